@@ -1,0 +1,183 @@
+"""The event log: append with gap-free positions in commit order, and read by position.
+
+Why a lock and not a sequence: a bigserial value is taken when a row is inserted, not when its transaction
+commits. Two appenders can take positions 7 and 8, and 8 can commit first. A reader that has seen 8 asks for
+"after 8" and never sees 7: the revocation at 7 is skipped forever. A rolled-back transaction also burns its
+value, leaving a hole that a careful reader would wait on forever.
+
+So every append takes one transaction-level advisory lock, reads the head, and writes head+1..head+n. The
+lock is held until commit, and Postgres makes a commit visible before it releases the transaction's locks, so
+the next appender (which reads the head in a statement that starts after it got the lock) sees the previous
+commit and continues from it. Positions are therefore dense and become visible in order. A rolled-back append
+writes nothing and frees its positions for the next appender. The appending transaction must run in READ
+COMMITTED: under REPEATABLE READ its snapshot could predate the lock and it would read a stale head.
+
+The lock serialises appends, so take it late: do the rest of the transaction's work first, append last, then
+commit. `lock_timeout` bounds the wait; the NOTIFY is delivered at commit, never for a rolled-back append.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import func, select, text
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from auth_service import contract as c
+from auth_service.projections import project
+from auth_service.tables import event_log, revocations
+
+# Any fixed 64-bit key would do; this one spells "toklife" so it is recognisable in pg_locks.
+APPEND_LOCK_KEY = 0x746F6B6C696665
+NOTIFY_CHANNEL = "tokenlife_log"
+MAX_PAGE = 1000
+LOCK_NOT_AVAILABLE = "55P03"
+SNAPSHOT_LEEWAY = timedelta(seconds=60)
+
+
+class AppendError(RuntimeError):
+    """The log could not be appended to (lock wait timed out, wrong isolation level)."""
+
+
+async def append_lock(conn: AsyncConnection, *, lock_timeout_ms: int = 5000) -> None:
+    """Take the log's append lock for the rest of the caller's transaction."""
+    await conn.execute(text(f"SET LOCAL lock_timeout = {int(lock_timeout_ms)}"))
+    try:
+        row = (
+            await conn.execute(
+                text("SELECT pg_advisory_xact_lock(:key), current_setting('transaction_isolation')"),
+                {"key": APPEND_LOCK_KEY},
+            )
+        ).one()
+    except DBAPIError as exc:
+        if _sqlstate(exc) == LOCK_NOT_AVAILABLE:
+            raise AppendError(f"the log's append lock was not free within {lock_timeout_ms} ms") from exc
+        raise
+    if row[1] != "read committed":
+        raise AppendError(f"appends need READ COMMITTED isolation, the transaction runs in {row[1]}")
+
+
+async def append(
+    conn: AsyncConnection, events: Sequence[c.Event], *, lock_timeout_ms: int = 5000
+) -> list[c.Event]:
+    """Append events in the caller's transaction and update the projections; returns them positioned.
+
+    The caller commits. Nothing is visible to readers, published or notified until it does.
+    """
+    if not events:
+        return []
+    await append_lock(conn, lock_timeout_ms=lock_timeout_ms)
+    head = await read_head(conn)
+    positioned: list[c.Event] = []
+    for offset, event in enumerate(events):
+        position = head + offset + 1
+        positioned.append(event.model_copy(update={"position": position, "prev_position": position - 1}))
+    await conn.execute(event_log.insert(), [_row(e) for e in positioned])
+    for event in positioned:
+        await project(conn, event)
+    await conn.execute(
+        text("SELECT pg_notify(:channel, :head)"),
+        {"channel": NOTIFY_CHANNEL, "head": str(head + len(events))},
+    )
+    return positioned
+
+
+def _sqlstate(exc: DBAPIError) -> str | None:
+    code = getattr(exc.orig, "sqlstate", None) or getattr(exc.orig, "pgcode", None)
+    return str(code) if code else None
+
+
+def _row(event: c.Event) -> dict[str, Any]:
+    return {
+        "position": event.position,
+        "event_id": event.event_id,
+        "type": event.type.value,
+        "occurred_at": event.occurred_at,
+        "user_id": getattr(event, "user_id", None),
+        "session_id": getattr(event, "session_id", None),
+        "jti": getattr(event, "jti", None),
+        "expires_at": event.expires_at,
+        "schema_version": event.schema_version,
+        "payload": c.to_json_dict(event),
+    }
+
+
+def decode_row(position: int, payload: dict[str, Any]) -> c.Event | c.UnknownEvent:
+    """Decode a stored payload; the position columns are the truth for position and prev_position."""
+    event = c.decode(payload)
+    return event.model_copy(update={"position": position, "prev_position": position - 1})
+
+
+async def read_head(conn: AsyncConnection) -> int:
+    """The position of the last committed event visible to this statement (0 for an empty log)."""
+    return int((await conn.execute(select(func.coalesce(func.max(event_log.c.position), 0)))).scalar_one())
+
+
+async def read_after(
+    conn: AsyncConnection, after: int, limit: int = MAX_PAGE
+) -> list[c.Event | c.UnknownEvent]:
+    """Events with position > after, in position order, at most `limit` (capped at MAX_PAGE)."""
+    rows = await read_payloads_after(conn, after, limit)
+    return [decode_row(position, payload) for position, payload in rows]
+
+
+async def read_payloads_after(
+    conn: AsyncConnection, after: int, limit: int = MAX_PAGE
+) -> list[tuple[int, Any]]:
+    """Raw (position, payload) pairs after a position, for passing events on without decoding them."""
+    limit = max(1, min(limit, MAX_PAGE))
+    rows = await conn.execute(
+        select(event_log.c.position, event_log.c.payload)
+        .where(event_log.c.position > after)
+        .order_by(event_log.c.position)
+        .limit(limit)
+    )
+    return [(int(r.position), _with_positions(r.payload, int(r.position))) for r in rows]
+
+
+def _with_positions(payload: dict[str, Any], position: int) -> dict[str, Any]:
+    return {**payload, "position": position, "prev_position": position - 1}
+
+
+async def read_page(conn: AsyncConnection, after: int, limit: int = MAX_PAGE) -> c.EventPage:
+    """One page of the events API: the events after a position and the head they were read at."""
+    rows = await read_payloads_after(conn, after, limit)
+    head = await read_head(conn)
+    return c.EventPage(head=max(head, rows[-1][0] if rows else 0), events=[p for _, p in rows])
+
+
+async def snapshot(engine: AsyncEngine, *, leeway: timedelta = SNAPSHOT_LEEWAY) -> c.RevocationSnapshot:
+    """Every live revocation and the exact position it is consistent with, from one consistent snapshot.
+
+    Entries stay in the snapshot for `leeway` after they expire, because a verifier accepts a token a few
+    seconds past its exp (clock skew leeway) and must still see its revocation then.
+    """
+    async with engine.connect() as conn:
+        conn = await conn.execution_options(isolation_level="REPEATABLE READ")
+        async with conn.begin():
+            # Both reads see the same snapshot; the projections were written in the appending transactions,
+            # so they reflect exactly the events up to this head.
+            head = await read_head(conn)
+            taken_at = (await conn.execute(select(func.now()))).scalar_one()
+            rows = await conn.execute(
+                select(revocations)
+                .where(revocations.c.expires_at > taken_at - leeway)
+                .order_by(revocations.c.position)
+            )
+            return c.RevocationSnapshot(
+                position=head,
+                taken_at=taken_at,
+                revocations=[
+                    c.Revocation(
+                        kind=c.RevocationKind(r.kind),
+                        subject=r.subject,
+                        not_before=r.not_before,
+                        expires_at=r.expires_at,
+                        position=r.position,
+                    )
+                    for r in rows
+                ],
+            )

@@ -1,0 +1,24 @@
+"""Operator maintenance of the log's projections: rebuild and prune."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from auth_service import projections
+from auth_service.db import create_engine
+from auth_service.log import append_lock
+from auth_service.settings import AuthSettings
+
+
+async def rebuild_projections(settings: AuthSettings) -> tuple[int, int]:
+    """Rebuild sessions and revocations from the log, then prune; returns (events replayed, pruned)."""
+    engine = create_engine(settings.database_url, pool_size=1)
+    try:
+        async with engine.begin() as conn:
+            # Holding the append lock keeps appends out until the rebuilt projections commit.
+            await append_lock(conn, lock_timeout_ms=settings.lock_timeout_ms)
+            replayed = await projections.rebuild(conn)
+            pruned = await projections.prune(conn, datetime.now(UTC))
+        return replayed, pruned
+    finally:
+        await engine.dispose()

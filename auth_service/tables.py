@@ -1,0 +1,108 @@
+"""The database tables, as SQLAlchemy Core metadata (the migrations under migrations/ create them).
+
+- event_log: the append-only log, the truth. Positions are gap-free and equal commit order (see log.py).
+- sessions, revocations: projections of the log, updated in the appending transaction and rebuildable.
+- users, refresh_tokens: credentials. They are not projections: a password or refresh-token hash must be
+  erasable, and nothing can be erased from the log.
+- relay_cursor: one row, the last position the broker confirmed.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    Column,
+    DateTime,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    SmallInteger,
+    Table,
+    Text,
+    Uuid,
+    func,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+
+metadata = MetaData()
+
+event_log = Table(
+    "event_log",
+    metadata,
+    Column("position", BigInteger, primary_key=True, autoincrement=False),
+    Column("event_id", Uuid, nullable=False, unique=True),
+    Column("type", Text, nullable=False),
+    Column("occurred_at", DateTime(timezone=True), nullable=False),
+    Column("recorded_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("user_id", Text),
+    Column("session_id", Uuid),
+    Column("jti", Text),
+    Column("expires_at", DateTime(timezone=True)),
+    Column("schema_version", SmallInteger, nullable=False),
+    Column("payload", JSONB, nullable=False),
+    Index("ix_event_log_session_id", "session_id", "position"),
+    Index("ix_event_log_user_id", "user_id", "position"),
+)
+
+users = Table(
+    "users",
+    metadata,
+    Column("user_id", Uuid, primary_key=True),
+    Column("email", Text, nullable=False, unique=True),
+    Column("password_hash", Text, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("password_changed_at", DateTime(timezone=True)),
+    Column("disabled", Boolean, nullable=False, server_default="false"),
+)
+
+sessions = Table(
+    "sessions",
+    metadata,
+    Column("session_id", Uuid, primary_key=True),
+    Column("user_id", Text, nullable=False),
+    Column("client_id", Text, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("last_refreshed_at", DateTime(timezone=True)),
+    Column("user_agent", Text),
+    Column("client_address", Text),
+    Column("expires_at", DateTime(timezone=True), nullable=False),
+    Column("revoked_at", DateTime(timezone=True)),
+    Column("revoked_reason", Text),
+    Index("ix_sessions_user_id", "user_id"),
+)
+
+refresh_tokens = Table(
+    "refresh_tokens",
+    metadata,
+    # SHA-256 of the opaque token: the token itself is never stored.
+    Column("token_hash", LargeBinary(32), primary_key=True),
+    Column("session_id", Uuid, nullable=False),
+    Column("generation", Integer, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("expires_at", DateTime(timezone=True), nullable=False),
+    Column("rotated_at", DateTime(timezone=True)),
+    Index("ix_refresh_tokens_session_id", "session_id"),
+)
+
+revocations = Table(
+    "revocations",
+    metadata,
+    Column("kind", Text, primary_key=True),
+    Column("subject", Text, primary_key=True),
+    Column("not_before", DateTime(timezone=True)),
+    Column("expires_at", DateTime(timezone=True), nullable=False),
+    Column("position", BigInteger, nullable=False),
+    Index("ix_revocations_expires_at", "expires_at"),
+)
+
+relay_cursor = Table(
+    "relay_cursor",
+    metadata,
+    Column("id", SmallInteger, primary_key=True),
+    Column("position", BigInteger, nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    CheckConstraint("id = 1", name="relay_cursor_single_row"),
+)
