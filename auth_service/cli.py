@@ -18,7 +18,7 @@ from pydantic import ValidationError
 from auth_service.settings import AuthSettings, UnsafeSettings
 
 # Modules that add their own subcommands with register(subparsers).
-COMMAND_MODULES: tuple[str, ...] = ()
+COMMAND_MODULES: tuple[str, ...] = ("auth_service.commands",)
 
 
 def _migrate(args: argparse.Namespace) -> int:

@@ -16,6 +16,11 @@ log = logging.getLogger("tokenlife")
 
 DEV_DATABASE_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/tokenlife"
 DEV_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
+DEV_ISSUER = "http://127.0.0.1:8000"
+# Dev-only well-known values, refused outside dev mode: never protect anything real with them.
+DEV_KEY_ENCRYPTION_KEY = "ZGV2LW9ubHkta2V5LWVuY3J5cHRpb24ta2V5LTMyYis"
+DEV_SERVICE_CLIENT = "dev-service"
+DEV_SERVICE_SECRET = "dev-service-secret"
 
 
 class UnsafeSettings(Exception):
@@ -38,6 +43,38 @@ class AuthSettings(BaseSettings):
     exchange: str = Field(default="tokenlife.events", min_length=1, max_length=255)
     lock_timeout_ms: int = Field(default=5000, ge=1, description="How long an append waits for the log lock.")
 
+    # Tokens
+    issuer: str = Field(default="", description="The iss claim and the discovery document's issuer (a URL).")
+    audience: str = Field(default="tokenlife", min_length=1, description="The aud claim of access tokens.")
+    default_client_id: str = Field(default="tokenlife", min_length=1, max_length=128)
+    access_token_ttl: int = Field(default=300, ge=10, le=86400, description="Access token lifetime, seconds.")
+    refresh_token_ttl: int = Field(default=30 * 86400, ge=60, description="Refresh token lifetime, seconds.")
+    refresh_grace_seconds: float = Field(
+        default=5.0,
+        ge=0,
+        le=120,
+        description="A rotated refresh token presented again within this is concurrent.",
+    )
+    key_encryption_key: SecretStr = Field(
+        default=SecretStr(""), description="base64url of 32 random bytes; encrypts signing keys at rest."
+    )
+    key_refresh_seconds: float = Field(
+        default=10.0, gt=0, description="How often instances reload signing keys."
+    )
+
+    # Services that may read the log, the snapshot and introspect: JSON {"client_id": "secret", ...}
+    service_clients: dict[str, SecretStr] = Field(default_factory=dict)
+
+    # Login abuse
+    login_max_failures: int = Field(default=5, ge=1, description="Failures before backoff starts.")
+    login_failure_window: float = Field(default=900.0, gt=0)
+    login_max_backoff: float = Field(default=900.0, gt=0)
+
+    # Relay
+    heartbeat_interval: float = Field(default=1.0, gt=0)
+    relay_poll_interval: float = Field(default=1.0, gt=0)
+    relay_enabled: bool = Field(default=True, description="Run the relay inside `tokenlife auth serve`.")
+
     @model_validator(mode="after")
     def _refuse_unsafe_defaults(self) -> Self:
         problems: list[str] = []
@@ -57,6 +94,28 @@ class AuthSettings(BaseSettings):
                 "TOKENLIFE_AMQP_URL uses RabbitMQ's well-known guest/guest account: create a broker user "
                 "for tokenlife"
             )
+        if not self.issuer:
+            if self.env == "dev":
+                object.__setattr__(self, "issuer", DEV_ISSUER)
+            else:
+                problems.append("TOKENLIFE_ISSUER is not set: the URL that names this auth service in tokens")
+        if not self.key_encryption_key.get_secret_value():
+            if self.env == "dev":
+                object.__setattr__(self, "key_encryption_key", SecretStr(DEV_KEY_ENCRYPTION_KEY))
+            else:
+                problems.append(
+                    "TOKENLIFE_KEY_ENCRYPTION_KEY is not set: signing keys would be stored unprotected "
+                    "(generate one with `tokenlife keys kek`)"
+                )
+        if not self.service_clients:
+            if self.env == "dev":
+                object.__setattr__(
+                    self, "service_clients", {DEV_SERVICE_CLIENT: SecretStr(DEV_SERVICE_SECRET)}
+                )
+        elif self.env != "dev" and any(
+            len(secret.get_secret_value()) < 16 for secret in self.service_clients.values()
+        ):
+            problems.append("TOKENLIFE_SERVICE_CLIENTS has a secret shorter than 16 characters")
         if problems:
             raise UnsafeSettings(
                 "refusing to start outside dev mode (TOKENLIFE_ENV=dev allows these for local trials):\n  - "

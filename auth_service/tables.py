@@ -4,6 +4,7 @@
 - sessions, revocations: projections of the log, updated in the appending transaction and rebuildable.
 - users, refresh_tokens: credentials. They are not projections: a password or refresh-token hash must be
   erasable, and nothing can be erased from the log.
+- signing_keys: the asymmetric keys; private halves encrypted at rest.
 - relay_cursor: one row, the last position the broker confirmed.
 """
 
@@ -56,6 +57,20 @@ users = Table(
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("password_changed_at", DateTime(timezone=True)),
     Column("disabled", Boolean, nullable=False, server_default="false"),
+    Column("scopes", Text, nullable=False, server_default=""),
+)
+
+signing_keys = Table(
+    "signing_keys",
+    metadata,
+    Column("kid", Text, primary_key=True),
+    Column("alg", Text, nullable=False),
+    Column("public_jwk", JSONB, nullable=False),
+    # The PKCS#8 private key, AES-256-GCM encrypted with the key-encryption key from the settings.
+    Column("private_key_encrypted", LargeBinary, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("retired_at", DateTime(timezone=True)),
+    Column("revoked_at", DateTime(timezone=True)),
 )
 
 sessions = Table(

@@ -12,18 +12,24 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
 import os
 import socket
+import subprocess
+import sys
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 
 import asyncpg
+import httpx
 import pytest
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from auth_service.db import asyncpg_dsn, create_engine
 from auth_service.migrate import upgrade
+from auth_service.settings import AuthSettings
 
 RUN_ID = uuid.uuid4().hex[:8]
 
@@ -140,3 +146,121 @@ async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
 def exchange_name() -> str:
     """An exchange name no other test or run uses."""
     return f"tokenlife.test.{RUN_ID}.{uuid.uuid4().hex[:12]}"
+
+
+# --- the auth service -------------------------------------------------------------------------------------
+
+SERVICE_CLIENT = ("test-service", "test-service-secret-0123456789")
+PASSWORD = "correct horse battery staple"
+
+
+def auth_env(database_url: str, amqp_url: str = "", **extra: str) -> dict[str, str]:
+    """TOKENLIFE_* variables for an auth service on this test's database, in dev mode."""
+    env = {
+        "TOKENLIFE_ENV": "dev",
+        "TOKENLIFE_DATABASE_URL": database_url,
+        "TOKENLIFE_SERVICE_CLIENTS": json.dumps({SERVICE_CLIENT[0]: SERVICE_CLIENT[1]}),
+        "TOKENLIFE_RELAY_ENABLED": "false",
+    }
+    if amqp_url:
+        env |= {"TOKENLIFE_AMQP_URL": amqp_url, "TOKENLIFE_RELAY_ENABLED": "true"}
+    return env | extra
+
+
+@pytest.fixture
+def auth_settings(database_url: str, monkeypatch: pytest.MonkeyPatch) -> AuthSettings:
+    """Dev-mode settings of an in-process auth service on this test's database, relay off."""
+    for name in [n for n in os.environ if n.startswith("TOKENLIFE_") and "TEST" not in n]:
+        monkeypatch.delenv(name)
+    for name, value in auth_env(database_url).items():
+        monkeypatch.setenv(name, value)
+    return AuthSettings()
+
+
+@pytest.fixture
+async def auth_client(auth_settings: AuthSettings) -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTP client talking to an in-process auth service (lifespan started) on this test's database."""
+    from auth_service.app import create_app
+
+    app = create_app(auth_settings)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app, client=("203.0.113.7", 50000))
+        async with httpx.AsyncClient(transport=transport, base_url="http://auth.test") as client:
+            yield client
+
+
+async def add_user(database_url: str, email: str, password: str = PASSWORD, scopes: str = "") -> str:
+    """Create a user directly in the database; returns the user id."""
+    from auth_service.passwords import hash_password
+    from auth_service.tables import users
+
+    engine = create_engine(database_url, pool_size=1)
+    try:
+        user_id = uuid.uuid4()
+        async with engine.begin() as conn:
+            await conn.execute(
+                users.insert().values(
+                    user_id=user_id, email=email, password_hash=hash_password(password), scopes=scopes
+                )
+            )
+        return str(user_id)
+    finally:
+        await engine.dispose()
+
+
+def free_port() -> int:
+    """A TCP port on loopback that was free a moment ago."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def start_auth_server(
+    database_url: str, amqp_url: str = "", **extra: str
+) -> tuple[subprocess.Popen[bytes], str]:
+    """Start `tokenlife auth serve` on a free loopback port; returns the process and base URL once ready."""
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TOKENLIFE_")}
+    env |= auth_env(database_url, amqp_url, TOKENLIFE_ISSUER=base, **extra)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "auth_service.cli",
+            "auth",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"auth service exited: {proc.stderr.read().decode() if proc.stderr else ''}")
+        try:
+            if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
+                return proc, base
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError("auth service did not become ready within 30 s")
+
+
+@pytest.fixture
+def auth_server(database_url: str) -> Iterator[str]:
+    """A real `tokenlife auth serve` process on loopback (relay off); its base URL. Killed after the test."""
+    proc, base = start_auth_server(database_url)
+    try:
+        yield base
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+        if proc.stderr:
+            proc.stderr.close()

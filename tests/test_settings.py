@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
+from auth_service.keys import new_key_encryption_key
 from auth_service.settings import DEV_AMQP_URL, AuthSettings, UnsafeSettings
 
 
 @pytest.fixture(autouse=True)
 def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("TOKENLIFE_ENV", "TOKENLIFE_DATABASE_URL", "TOKENLIFE_AMQP_URL", "TOKENLIFE_EXCHANGE"):
+    for name in [n for n in os.environ if n.startswith("TOKENLIFE_")]:
         monkeypatch.delenv(name, raising=False)
 
 
@@ -18,6 +21,14 @@ def test_production_refuses_missing_database_and_broker_urls() -> None:
         AuthSettings()
     assert "TOKENLIFE_DATABASE_URL is not set" in str(info.value)
     assert "TOKENLIFE_AMQP_URL is not set" in str(info.value)
+    assert "TOKENLIFE_ISSUER is not set" in str(info.value)
+    assert "TOKENLIFE_KEY_ENCRYPTION_KEY is not set" in str(info.value)
+
+
+def test_production_refuses_short_service_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TOKENLIFE_SERVICE_CLIENTS", '{"orders": "short"}')
+    with pytest.raises(UnsafeSettings, match="TOKENLIFE_SERVICE_CLIENTS has a secret shorter"):
+        AuthSettings()
 
 
 @pytest.mark.parametrize("url", ["amqp://guest:guest@broker:5672/", "amqp://broker:5672/"])
@@ -31,6 +42,8 @@ def test_production_refuses_the_guest_broker_account(url: str, monkeypatch: pyte
 def test_production_accepts_explicit_safe_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TOKENLIFE_DATABASE_URL", "postgresql+asyncpg://app@db/tokenlife")
     monkeypatch.setenv("TOKENLIFE_AMQP_URL", "amqps://tokenlife:s3cret@broker:5671/")
+    monkeypatch.setenv("TOKENLIFE_ISSUER", "https://auth.example.com")
+    monkeypatch.setenv("TOKENLIFE_KEY_ENCRYPTION_KEY", new_key_encryption_key())
     settings = AuthSettings()
     assert settings.env == "prod"
     assert "s3cret" not in repr(settings)

@@ -58,6 +58,7 @@ def test_migrate_twice_in_a_row_is_a_no_op(database_url: str) -> None:
         "relay_cursor",
         "revocations",
         "sessions",
+        "signing_keys",
         "users",
     ]
 

@@ -1,0 +1,32 @@
+"""For resource services (HTTP Basic service clients): the log by position, and the revocation snapshot."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import Response
+
+from auth_service.api.common import context, service_client, transaction
+from auth_service.log import MAX_PAGE, read_page, snapshot
+
+router = APIRouter(tags=["service"])
+
+
+@router.get("/v1/events", summary="The log after a position, in position order")
+async def events(
+    request: Request,
+    after: int = Query(0, ge=0, le=2**63 - 1),
+    limit: int = Query(MAX_PAGE, ge=1, le=MAX_PAGE),
+) -> Response:
+    """An EventPage: events with position > after (at most limit) and the head they were read at."""
+    service_client(request)
+    async with transaction(request) as conn:
+        page = await read_page(conn, after, limit)
+    return Response(page.model_dump_json(), media_type="application/json")
+
+
+@router.get("/v1/revocations", summary="Every live revocation and the position it is consistent with")
+async def revocations(request: Request) -> Response:
+    """A RevocationSnapshot: apply it, then the events after its position."""
+    service_client(request)
+    snap = await snapshot(context(request).engine)
+    return Response(snap.model_dump_json(), media_type="application/json")

@@ -1,0 +1,181 @@
+"""The auth service's FastAPI app: create_app(settings), its lifespan, and the one error mapping."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from sqlalchemy import text
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from auth_service import keys as keystore
+from auth_service import projections
+from auth_service.api import account, discovery, oauth, service
+from auth_service.api.common import context
+from auth_service.api.middleware import AccessLog, BodyLimit
+from auth_service.context import AuthContext
+from auth_service.db import create_engine
+from auth_service.errors import AuthServiceError, BearerError, InvalidClient, TooManyAttempts
+from auth_service.keys import KeyCache
+from auth_service.log import AppendError
+from auth_service.settings import AuthSettings
+from auth_service.throttle import LoginThrottle
+
+log = logging.getLogger("tokenlife.auth")
+REALM = "tokenlife"
+PRUNE_EVERY = 60.0
+
+
+def _quote(value: str) -> str:
+    cleaned = "".join(ch for ch in value if 0x20 <= ord(ch) < 0x7F)
+    return cleaned.replace("\\", "\\\\").replace('"', '\\"')
+
+
+def error_response(err: AuthServiceError) -> JSONResponse:
+    """The HTTP answer for one of our errors (RFC 6749 §5.2 body; RFC 6750 header for bearer errors)."""
+    error = getattr(err, "error", None)
+    body = (
+        {"error": error, "error_description": err.description}
+        if error
+        else {"error_description": err.description}
+    )
+    headers = {"Cache-Control": "no-store"}
+    if isinstance(err, BearerError):
+        params = [f'realm="{REALM}"']
+        if err.error:
+            params += [f'error="{err.error}"', f'error_description="{_quote(err.description)}"']
+        headers["WWW-Authenticate"] = "Bearer " + ", ".join(params)
+    elif isinstance(err, InvalidClient):
+        headers["WWW-Authenticate"] = f'Basic realm="{REALM}"'
+    elif isinstance(err, TooManyAttempts):
+        headers["Retry-After"] = str(err.retry_after)
+        body["error"] = "too_many_requests"
+    return JSONResponse(body, status_code=err.status, headers=headers)
+
+
+async def _supervise(name: str, body: Callable[[], Awaitable[None]], every: float) -> None:
+    """Run `body` every `every` seconds; a crash is logged and the loop goes on."""
+    while True:
+        try:
+            await body()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("background task %s failed; retrying in %.0f s", name, every)
+        await asyncio.sleep(every)
+
+
+async def load_keys(settings: AuthSettings, ctx_engine: object) -> keystore.KeyRing:
+    """Load the key ring, creating a first key in dev mode; outside dev a missing key is an error."""
+    from sqlalchemy.ext.asyncio import AsyncEngine
+
+    assert isinstance(ctx_engine, AsyncEngine)
+    kek = settings.key_encryption_key.get_secret_value()
+    async with ctx_engine.begin() as conn:
+        if settings.env == "dev" and await keystore.ensure_active_key(conn, kek):
+            log.warning("DEV MODE: generated a signing key; run `tokenlife keys rotate` in production")
+        ring = await keystore.load(conn, kek, settings.access_token_ttl)
+    if ring.active is None:
+        raise RuntimeError("no active signing key: run `tokenlife keys rotate` once before serving")
+    return ring
+
+
+def create_app(settings: AuthSettings) -> FastAPI:
+    """Build the auth service; nothing connects until the lifespan starts."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        settings.announce()
+        engine = create_engine(settings.database_url)
+        tasks: list[asyncio.Task[None]] = []
+        try:
+            keys = KeyCache(await load_keys(settings, engine))
+            throttle = LoginThrottle(
+                settings.login_max_failures, settings.login_failure_window, settings.login_max_backoff
+            )
+            app.state.ctx = AuthContext(settings, engine, keys, throttle)
+
+            async def reload_keys() -> None:
+                async with engine.connect() as conn:
+                    kek = settings.key_encryption_key.get_secret_value()
+                    keys.replace(await keystore.load(conn, kek, settings.access_token_ttl))
+
+            async def prune() -> None:
+                async with engine.begin() as conn:
+                    from datetime import UTC, datetime
+
+                    await projections.prune(conn, datetime.now(UTC))
+
+            tasks.append(asyncio.create_task(_supervise("keys", reload_keys, settings.key_refresh_seconds)))
+            tasks.append(asyncio.create_task(_supervise("prune", prune, PRUNE_EVERY)))
+            yield
+        finally:
+            for task in reversed(tasks):
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await engine.dispose()
+
+    app = FastAPI(title="tokenlife auth service", version="0.1.0", lifespan=lifespan)
+    app.include_router(oauth.router)
+    app.include_router(account.router)
+    app.include_router(discovery.router)
+    app.include_router(service.router)
+    _health(app)
+    _errors(app)
+    app.add_middleware(BodyLimit)
+    app.add_middleware(AccessLog)
+    return app
+
+
+def _health(app: FastAPI) -> None:
+    @app.get("/healthz", tags=["health"])
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["health"])
+    async def readyz(request: Request) -> Response:
+        ctx = context(request)
+        try:
+            async with ctx.engine.connect() as conn:
+                await conn.execute(text("SELECT 1"))
+        except Exception as exc:
+            return JSONResponse({"status": "unavailable", "reason": f"database: {type(exc).__name__}"}, 503)
+        if ctx.keys.current().active is None:
+            return JSONResponse({"status": "unavailable", "reason": "no active signing key"}, 503)
+        return JSONResponse({"status": "ready"})
+
+
+def _errors(app: FastAPI) -> None:
+    @app.exception_handler(AuthServiceError)
+    async def ours(request: Request, exc: AuthServiceError) -> Response:
+        return error_response(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> Response:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+        return JSONResponse({"error": "invalid_request", "error_description": problems[:500]}, 400)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http(request: Request, exc: StarletteHTTPException) -> Response:
+        return JSONResponse(
+            {
+                "error": "not_found" if exc.status_code == 404 else "invalid_request",
+                "error_description": str(exc.detail),
+            },
+            exc.status_code,
+            headers=exc.headers,
+        )
+
+    @app.exception_handler(AppendError)
+    async def busy(request: Request, exc: AppendError) -> Response:
+        log.warning("append failed: %s", exc)
+        return JSONResponse(
+            {"error": "temporarily_unavailable", "error_description": "the event log is busy; retry"},
+            503,
+            headers={"Retry-After": "1"},
+        )

@@ -1,0 +1,165 @@
+"""Commands of the auth service: serve, users, keys."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import sys
+import uuid
+from datetime import UTC, datetime
+
+from sqlalchemy import select
+
+from auth_service import keys as keystore
+from auth_service.context import AuthContext
+from auth_service.db import create_engine
+from auth_service.keys import KeyCache
+from auth_service.passwords import check_new_password, hash_password
+from auth_service.revoke import revoke_user
+from auth_service.settings import AuthSettings
+from auth_service.tables import signing_keys, users
+from auth_service.throttle import LoginThrottle
+
+
+def _say(text: str) -> None:
+    print(text)  # noqa: T201 - a command's answer
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from auth_service.app import create_app
+
+    settings = AuthSettings()
+    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="info", access_log=False)
+    return 0
+
+
+def _read_password(email: str) -> str:
+    if sys.stdin.isatty():
+        first = getpass.getpass(f"password for {email}: ")
+        if getpass.getpass("again: ") != first:
+            raise SystemExit("tokenlife: the passwords differ")
+        return first
+    return sys.stdin.readline().rstrip("\n")
+
+
+async def _user_add(settings: AuthSettings, email: str, password: str, scopes: str) -> uuid.UUID:
+    engine = create_engine(settings.database_url, pool_size=1)
+    try:
+        user_id = uuid.uuid4()
+        async with engine.begin() as conn:
+            await conn.execute(
+                users.insert().values(
+                    user_id=user_id, email=email, password_hash=hash_password(password), scopes=scopes
+                )
+            )
+        return user_id
+    finally:
+        await engine.dispose()
+
+
+def _user_add_cmd(args: argparse.Namespace) -> int:
+    settings = AuthSettings()
+    email = args.email.strip().lower()
+    password = _read_password(email)
+    try:
+        check_new_password(password)
+    except ValueError as exc:
+        _say(f"tokenlife: {exc}")
+        return 2
+    from sqlalchemy.exc import IntegrityError
+
+    try:
+        user_id = asyncio.run(_user_add(settings, email, password, " ".join(args.scope.split())))
+    except IntegrityError:
+        _say(f"tokenlife: a user with email {email} exists already")
+        return 1
+    _say(f"user {email} added with id {user_id}")
+    return 0
+
+
+async def _user_revoke(settings: AuthSettings, email: str) -> int:
+    engine = create_engine(settings.database_url, pool_size=1)
+    try:
+        async with engine.begin() as conn:
+            found = await conn.execute(select(users.c.user_id).where(users.c.email == email))
+            user_id = found.scalar_one_or_none()
+            if user_id is None:
+                _say(f"tokenlife: no user with email {email}")
+                return 1
+            # Revoking needs no signing key: an empty ring will do.
+            ring = keystore.KeyRing(None, {"keys": []}, {}, loaded_at=datetime.now(UTC))
+            ctx = AuthContext(settings, engine, KeyCache(ring), LoginThrottle())
+            [event] = await revoke_user(conn, ctx, str(user_id), "operator")
+        _say(f"revoked every token and session of {email} (position {event.position})")
+        return 0
+    finally:
+        await engine.dispose()
+
+
+def _user_revoke_cmd(args: argparse.Namespace) -> int:
+    return asyncio.run(_user_revoke(AuthSettings(), args.email.strip().lower()))
+
+
+async def _keys(settings: AuthSettings, action: str, kid: str | None) -> int:
+    engine = create_engine(settings.database_url, pool_size=1)
+    kek = settings.key_encryption_key.get_secret_value()
+    try:
+        async with engine.begin() as conn:
+            if action == "rotate":
+                _say(f"new active signing key {await keystore.rotate(conn, kek)}")
+            elif action == "revoke":
+                assert kid is not None
+                try:
+                    event = await keystore.revoke(conn, kid, settings.access_token_ttl, "operator")
+                except keystore.KeyError_ as exc:
+                    _say(f"tokenlife: {exc}")
+                    return 1
+                _say(f"key {kid} revoked (position {event.position})")
+            else:
+                rows = await conn.execute(select(signing_keys).order_by(signing_keys.c.created_at))
+                for r in rows:
+                    state = "revoked" if r.revoked_at else "retired" if r.retired_at else "active"
+                    _say(f"{r.kid}  {r.alg}  {state:8}  created {r.created_at.isoformat()}")
+        return 0
+    finally:
+        await engine.dispose()
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add `auth serve`, `user add|revoke` and `keys rotate|revoke|list|kek`."""
+    auth = sub.add_parser("auth", help="the auth service").add_subparsers(dest="auth_command", required=True)
+    serve = auth.add_parser("serve", help="run the auth service (and its relay)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.set_defaults(func=_serve)
+
+    user = sub.add_parser("user", help="manage users").add_subparsers(dest="user_command", required=True)
+    add = user.add_parser("add", help="add a user; the password is read from stdin or a prompt")
+    add.add_argument("email")
+    add.add_argument("--scope", default="", help="space-separated scopes the user may be granted")
+    add.set_defaults(func=_user_add_cmd)
+    revoke = user.add_parser("revoke", help="revoke every token and session of a user")
+    revoke.add_argument("email")
+    revoke.set_defaults(func=_user_revoke_cmd)
+
+    keys = sub.add_parser("keys", help="manage signing keys").add_subparsers(
+        dest="keys_command", required=True
+    )
+    keys.add_parser("rotate", help="generate a new active key").set_defaults(
+        func=lambda a: asyncio.run(_keys(AuthSettings(), "rotate", None))
+    )
+    rk = keys.add_parser("revoke", help="revoke a key and every token it signed")
+    rk.add_argument("kid")
+    rk.set_defaults(func=lambda a: asyncio.run(_keys(AuthSettings(), "revoke", a.kid)))
+    keys.add_parser("list", help="list keys").set_defaults(
+        func=lambda a: asyncio.run(_keys(AuthSettings(), "list", None))
+    )
+    keys.add_parser("kek", help="print a new key-encryption key").set_defaults(func=_kek)
+
+
+def _kek(args: argparse.Namespace) -> int:
+    _say(keystore.new_key_encryption_key())
+    return 0

@@ -1,0 +1,72 @@
+"""The auth service's errors, mapped to HTTP in one place (app.py).
+
+AuthServiceError
+├── OAuthError                 RFC 6749 §5.2 body {"error", "error_description"}, status 400 or 401
+│   ├── InvalidRequest         invalid_request: missing, repeated or malformed parameters
+│   ├── InvalidGrant           invalid_grant: bad credentials, unknown, expired or reused refresh token
+│   ├── InvalidClient          invalid_client (401): a service client failed to authenticate
+│   └── UnsupportedGrantType   unsupported_grant_type
+├── BearerError                RFC 6750 §3: 401 + WWW-Authenticate
+│   └── InvalidToken           invalid_token: bad, expired or revoked access token
+├── TooManyAttempts            429 + Retry-After: login backoff
+└── NotFound                   404: a session that is not the caller's, or does not exist
+"""
+
+from __future__ import annotations
+
+
+class AuthServiceError(Exception):
+    """Base of every error the auth service turns into an HTTP answer."""
+
+    status = 400
+
+    def __init__(self, description: str) -> None:
+        super().__init__(description)
+        self.description = description
+
+
+class OAuthError(AuthServiceError):
+    error = "invalid_request"
+
+
+class InvalidRequest(OAuthError):
+    error = "invalid_request"
+
+
+class InvalidGrant(OAuthError):
+    error = "invalid_grant"
+
+
+class InvalidClient(OAuthError):
+    error = "invalid_client"
+    status = 401
+
+
+class UnsupportedGrantType(OAuthError):
+    error = "unsupported_grant_type"
+
+
+class BearerError(AuthServiceError):
+    status = 401
+    error: str | None = "invalid_request"
+
+
+class MissingToken(BearerError):
+    error = None  # RFC 6750 §3.1: no error code when the request had no credentials at all
+
+
+class InvalidToken(BearerError):
+    error = "invalid_token"
+
+
+class TooManyAttempts(AuthServiceError):
+    status = 429
+
+    def __init__(self, description: str, retry_after: int) -> None:
+        super().__init__(description)
+        self.retry_after = retry_after
+
+
+class NotFound(AuthServiceError):
+    status = 404
+    error = "not_found"

@@ -1,0 +1,138 @@
+"""The per-request check, framework-free: Authorization header in, unrevoked Principal out."""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Literal
+
+from resource_service.errors import (
+    InsufficientScope,
+    InvalidRequest,
+    MissingToken,
+    ResourceError,
+    StateStale,
+    TokenRevoked,
+)
+from resource_service.state import RevocationState
+from resource_service.verifier import Principal, TokenVerifier
+
+__all__ = ["Freshness", "Guard", "Introspect", "Policy", "bearer_token"]
+
+logger = logging.getLogger(__name__)
+
+Freshness = Literal["fresh", "stale"]
+Policy = Literal["fail_closed", "fail_open", "introspect"]
+# Asks the auth service (RFC 7662) whether the token is still active; True means active.
+Introspect = Callable[[str], Awaitable[bool]]
+
+MAX_HEADER_BYTES = 8192
+
+
+def bearer_token(authorization: str | None, max_bytes: int = MAX_HEADER_BYTES) -> str:
+    """The token of a "Bearer <token>" header value; MissingToken or InvalidRequest otherwise."""
+    if authorization is None or not authorization.strip():
+        raise MissingToken()
+    if len(authorization) > max_bytes:
+        raise InvalidRequest("authorization header too large")
+    if not authorization.isascii():
+        raise InvalidRequest("authorization header must be ASCII")
+    scheme, _, rest = authorization.strip().partition(" ")
+    if scheme.lower() != "bearer":
+        # Credentials of another scheme are not bearer credentials: RFC 6750 answers as if none were sent.
+        raise MissingToken()
+    parts = rest.split()
+    if not parts:
+        raise InvalidRequest("missing bearer token")
+    if len(parts) > 1 or "," in parts[0]:
+        raise InvalidRequest("expected exactly one bearer token")
+    return parts[0]
+
+
+def _rejection_reason(err: ResourceError) -> str:
+    if isinstance(err, TokenRevoked):
+        return err.reason
+    if isinstance(err, StateStale):
+        return "state_stale"
+    return err.body_code
+
+
+class Guard:
+    """Verifies the bearer token, checks revocation on every call, applies the freshness policy and scopes."""
+
+    def __init__(
+        self,
+        verifier: TokenVerifier,
+        state: RevocationState,
+        freshness: Callable[[], Freshness],
+        *,
+        policy: Policy = "fail_closed",
+        introspect: Introspect | None = None,
+        retry_after: int = 5,
+        max_header_bytes: int = MAX_HEADER_BYTES,
+    ) -> None:
+        if policy not in ("fail_closed", "fail_open", "introspect"):
+            raise ValueError(f"unknown staleness policy {policy!r}")
+        if policy == "introspect" and introspect is None:
+            raise ValueError("policy 'introspect' needs an introspect callable")
+        self._verifier = verifier
+        self._state = state
+        self._freshness = freshness
+        self._policy = policy
+        self._introspect = introspect
+        self._retry_after = retry_after
+        self._max_header_bytes = max_header_bytes
+        self._warned_stale = False
+        # Read by the metrics layer: rejections by reason, and what happened while the state was stale.
+        self.rejections: Counter[str] = Counter()
+        self.stale_accepted = 0
+        self.introspections = 0
+
+    async def check(self, authorization: str | None, required_scopes: Iterable[str] = ()) -> Principal:
+        """The Principal of the request's bearer token, or a ResourceError saying why not."""
+        try:
+            return await self._check(authorization, required_scopes)
+        except ResourceError as err:
+            self.rejections[_rejection_reason(err)] += 1
+            raise
+
+    async def _check(self, authorization: str | None, required_scopes: Iterable[str]) -> Principal:
+        token = bearer_token(authorization, self._max_header_bytes)
+        principal = await self._verifier.verify(token)
+        # Never cached: a revocation must take effect on the very next request.
+        reason = self._state.is_revoked(principal.facts)
+        if reason is not None:
+            raise TokenRevoked(reason.value)
+        if self._freshness() == "fresh":
+            self._warned_stale = False
+        else:
+            await self._when_stale(token)
+        needed = tuple(required_scopes)
+        if any(scope not in principal.scopes for scope in needed):
+            raise InsufficientScope(" ".join(needed))
+        return principal
+
+    async def _when_stale(self, token: str) -> None:
+        if self._policy == "fail_closed":
+            raise StateStale(self._retry_after)
+        if self._policy == "fail_open":
+            self.stale_accepted += 1
+            if not self._warned_stale:
+                # Once per stale spell: a line per request would bury everything else in the log.
+                logger.warning("revocation state is stale; accepting tokens anyway (policy fail_open)")
+                self._warned_stale = True
+            return
+        introspect = self._introspect
+        if introspect is None:  # refused in __init__; kept so a bug here fails closed
+            raise StateStale(self._retry_after)
+        self.introspections += 1
+        try:
+            active = await introspect(token)
+        except Exception as exc:  # an unreachable auth service cannot vouch for the token: fail closed
+            logger.warning("introspection failed while stale: %s: %s", type(exc).__name__, exc)
+            raise StateStale(
+                self._retry_after, "revocation state is not fresh and introspection failed"
+            ) from None
+        if not active:
+            raise TokenRevoked("introspection_inactive")

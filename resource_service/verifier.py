@@ -1,0 +1,335 @@
+"""Verification of RFC 9068 JWT access tokens: shape, header, signature and claims (never revocation)."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import re
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Protocol, TypeGuard
+
+import jwt
+from jwt.types import Options
+
+from resource_service.errors import InvalidToken
+from resource_service.state import TokenFacts
+
+__all__ = ["JwksKeySource", "KeySource", "Principal", "StaticKeySource", "TokenVerifier", "parse_jwks"]
+
+ASYMMETRIC_ALGORITHMS = frozenset(
+    {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
+)
+# Three non-empty base64url segments, no padding: checked before any decoding so junk costs a regex only.
+_TOKEN_SHAPE = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
+# A kid is looked up in a dict, never used as a path or URL; refusing anything else keeps it that way
+# if a key source ever changes.
+_KID_SHAPE = re.compile(r"[A-Za-z0-9._~+=@-]{1,128}")
+_TYPES = frozenset({"at+jwt", "application/at+jwt"})
+_REQUIRED_CLAIMS = ["iss", "aud", "sub", "exp", "iat", "jti", "sid"]
+
+
+def _valid_kid(kid: object) -> TypeGuard[str]:
+    return isinstance(kid, str) and _KID_SHAPE.fullmatch(kid) is not None and ".." not in kid
+
+
+class KeySource(Protocol):
+    """Where public signing keys come from, by kid."""
+
+    async def get(self, kid: str) -> jwt.PyJWK | None:
+        """The key with this kid, or None."""
+        ...
+
+    async def refresh(self) -> bool:
+        """Refetch the keys if allowed now; True when a fetch happened and succeeded."""
+        ...
+
+
+def parse_jwks(jwks: Mapping[str, Any]) -> dict[str, jwt.PyJWK]:
+    """The usable public signature keys of a JWKS document by kid; anything else is skipped."""
+    keys = jwks.get("keys")
+    if not isinstance(keys, list):
+        raise ValueError("JWKS document has no 'keys' list")
+    usable: dict[str, jwt.PyJWK] = {}
+    for item in keys:
+        if not isinstance(item, dict) or not _valid_kid(item.get("kid")):
+            continue
+        # Only asymmetric public keys: an "oct" key would make HS* verification possible, and a private
+        # key ("d") has no business in a resource service.
+        if item.get("kty") not in ("RSA", "EC", "OKP") or "d" in item or item.get("use", "sig") != "sig":
+            continue
+        try:
+            usable[item["kid"]] = jwt.PyJWK(item)
+        except jwt.PyJWTError:
+            continue
+    return usable
+
+
+class StaticKeySource:
+    """A fixed set of keys (tests, or an embedded service that owns its keys)."""
+
+    def __init__(self, keys: Mapping[str, jwt.PyJWK]) -> None:
+        self._keys = dict(keys)
+        self.refreshes = 0
+
+    @classmethod
+    def from_jwks(cls, jwks: Mapping[str, Any]) -> StaticKeySource:
+        """Build from a JWKS document."""
+        return cls(parse_jwks(jwks))
+
+    async def get(self, kid: str) -> jwt.PyJWK | None:
+        """The key with this kid, or None."""
+        return self._keys.get(kid)
+
+    async def refresh(self) -> bool:
+        """Nothing to refetch; counted so tests can see the verifier asked."""
+        self.refreshes += 1
+        return False
+
+
+class JwksKeySource:
+    """Keys from a JWKS document fetched by a callable, refetched at most once per `min_interval` seconds."""
+
+    def __init__(
+        self,
+        fetch: Callable[[], Awaitable[Mapping[str, Any]]],
+        *,
+        min_interval: float = 10.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._fetch = fetch
+        self._min_interval = min_interval
+        self._clock = clock
+        self._keys: dict[str, jwt.PyJWK] = {}
+        self._last_attempt: float | None = None
+        self._lock = asyncio.Lock()
+        self.fetches = 0
+        self.failures = 0
+        self.last_error: str | None = None
+
+    async def get(self, kid: str) -> jwt.PyJWK | None:
+        """The key with this kid, or None; the first call loads the document."""
+        if self._last_attempt is None:
+            await self.refresh()
+        return self._keys.get(kid)
+
+    async def refresh(self) -> bool:
+        """Refetch unless a fetch was attempted less than `min_interval` ago; keep the old keys on failure."""
+        # Tokens with made-up kids are free to send; without this limit each one would cost the auth
+        # service a JWKS request. Concurrent callers wait for the one fetch in flight instead of stacking.
+        async with self._lock:
+            now = self._clock()
+            if self._last_attempt is not None and now - self._last_attempt < self._min_interval:
+                return False
+            self._last_attempt = now
+            self.fetches += 1
+            try:
+                keys = parse_jwks(await self._fetch())
+            except Exception as exc:  # any fetch or parse failure: keep serving with the keys we have
+                self.failures += 1
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                return False
+            self._keys = keys
+            self.last_error = None
+            return True
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who a verified access token speaks for."""
+
+    sub: str
+    sid: str
+    jti: str
+    client_id: str | None
+    scopes: frozenset[str]
+    iat: int
+    exp: int
+    kid: str
+    claims: Mapping[str, Any] = field(repr=False)
+    facts: TokenFacts = field(repr=False)
+
+
+def _numeric_date(claims: Mapping[str, Any], name: str) -> int:
+    value = claims[name]
+    # bool is an int in Python; a JSON true is not a date.
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise InvalidToken(f"claim {name} must be a number")
+    # Flooring only ever makes a token look older: earlier exp, and an iat more likely under a watermark.
+    return math.floor(value)
+
+
+def _text_claim(claims: Mapping[str, Any], name: str) -> str:
+    value = claims[name]
+    if not isinstance(value, str) or not value:
+        raise InvalidToken(f"claim {name} must be a non-empty string")
+    return value
+
+
+def _canonical_sid(sid: str) -> str:
+    # Revocations key sessions by str(UUID); any other spelling of the same UUID must still match.
+    try:
+        return str(uuid.UUID(sid))
+    except ValueError:
+        return sid
+
+
+class TokenVerifier:
+    """Verifies RFC 9068 access tokens against an issuer, an audience and a key source."""
+
+    def __init__(
+        self,
+        issuer: str,
+        audience: str,
+        key_source: KeySource,
+        *,
+        algorithms: Iterable[str] = ("RS256",),
+        leeway: int = 5,
+        cache_size: int = 10_000,
+        max_token_bytes: int = 8192,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        allowed = list(algorithms)
+        if not allowed:
+            raise ValueError("at least one algorithm must be allowed")
+        for alg in allowed:
+            if alg.lower() == "none" or alg.upper().startswith("HS"):
+                raise ValueError(
+                    f"algorithm {alg!r} is refused: resource services verify asymmetric signatures"
+                )
+            if alg not in ASYMMETRIC_ALGORITHMS:
+                raise ValueError(f"unknown algorithm {alg!r}")
+        self._issuer = issuer
+        self._audience = audience
+        self._keys = key_source
+        self._algorithms = allowed
+        self._leeway = leeway
+        self._cache_size = cache_size
+        self._max_token_bytes = max_token_bytes
+        self._clock = clock
+        self._cache: OrderedDict[str, Principal] = OrderedDict()
+        self.cache_hits = 0
+        self._options: Options = {
+            "verify_signature": True,
+            "require": _REQUIRED_CLAIMS,
+            "verify_aud": True,
+            "verify_iss": True,
+            "verify_sub": True,
+            "verify_jti": True,
+            # Time claims are checked below with our clock, the same code for a fresh and a cached token.
+            "verify_exp": False,
+            "verify_nbf": False,
+            "verify_iat": False,
+            "enforce_minimum_key_length": True,
+        }
+
+    async def verify(self, token: str) -> Principal:
+        """The Principal of a valid token; raises InvalidToken otherwise."""
+        if len(token) > self._max_token_bytes:
+            raise InvalidToken("token too large")
+        cached = self._cache.get(token)
+        if cached is not None:
+            # Claims cannot change, but time moves on: a cached token still expires.
+            if cached.exp <= self._clock() - self._leeway:
+                del self._cache[token]
+                raise InvalidToken("token has expired")
+            self._cache.move_to_end(token)
+            self.cache_hits += 1
+            return cached
+        principal = await self._verify_uncached(token)
+        if self._cache_size > 0:
+            self._cache[token] = principal
+            if len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
+        return principal
+
+    async def _verify_uncached(self, token: str) -> Principal:
+        if _TOKEN_SHAPE.fullmatch(token) is None:
+            raise InvalidToken("malformed token")
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.PyJWTError:
+            raise InvalidToken("malformed token") from None
+        kid = self._check_header(header)
+        key = await self._keys.get(kid)
+        if key is None:
+            await self._keys.refresh()
+            key = await self._keys.get(kid)
+            if key is None:
+                raise InvalidToken("unknown signing key")
+        try:
+            # The PyJWK binds its own algorithm, so a key can only verify with the algorithm it was
+            # published for, whatever the header says; the allow-list is ours, never the token's.
+            claims = jwt.decode(
+                token,
+                key=key,
+                algorithms=self._algorithms,
+                audience=self._audience,
+                issuer=self._issuer,
+                options=self._options,
+            )
+        except jwt.InvalidSignatureError:
+            raise InvalidToken("invalid signature") from None
+        except jwt.InvalidAudienceError:
+            raise InvalidToken("invalid audience") from None
+        except jwt.InvalidIssuerError:
+            raise InvalidToken("invalid issuer") from None
+        except jwt.MissingRequiredClaimError as exc:
+            raise InvalidToken(f"missing required claim {exc.claim}") from None
+        except jwt.InvalidAlgorithmError:
+            raise InvalidToken("algorithm does not match the signing key") from None
+        except (jwt.PyJWTError, ValueError, TypeError):
+            raise InvalidToken("invalid token") from None
+        return self._principal(claims, kid)
+
+    def _check_header(self, header: Mapping[str, Any]) -> str:
+        typ = header.get("typ")
+        if not isinstance(typ, str) or typ.lower() not in _TYPES:
+            raise InvalidToken("token type must be at+jwt")
+        if header.get("alg") not in self._algorithms:
+            raise InvalidToken("algorithm not allowed")
+        # We implement no JWS extension, so a token that declares one critical must be refused (RFC 7515
+        # §4.1.11); b64=false (RFC 7797) would change what the signature covers.
+        if "crit" in header or "b64" in header:
+            raise InvalidToken("unsupported critical header")
+        # jku, x5u, jwk and x5c are never read: keys come only from our key source.
+        kid = header.get("kid")
+        if not _valid_kid(kid):
+            raise InvalidToken("missing or invalid kid")
+        return kid
+
+    def _principal(self, claims: dict[str, Any], kid: str) -> Principal:
+        now = self._clock()
+        exp = _numeric_date(claims, "exp")
+        iat = _numeric_date(claims, "iat")
+        if exp <= now - self._leeway:
+            raise InvalidToken("token has expired")
+        if iat > now + self._leeway:
+            raise InvalidToken("token issued in the future")
+        if "nbf" in claims and _numeric_date(claims, "nbf") > now + self._leeway:
+            raise InvalidToken("token not yet valid")
+        sub = _text_claim(claims, "sub")
+        jti = _text_claim(claims, "jti")
+        sid = _canonical_sid(_text_claim(claims, "sid"))
+        client_id = claims.get("client_id")
+        if client_id is not None and not isinstance(client_id, str):
+            raise InvalidToken("claim client_id must be a string")
+        scope = claims.get("scope", "")
+        if not isinstance(scope, str):
+            raise InvalidToken("claim scope must be a space-separated string")
+        return Principal(
+            sub=sub,
+            sid=sid,
+            jti=jti,
+            client_id=client_id,
+            scopes=frozenset(scope.split()),
+            iat=iat,
+            exp=exp,
+            kid=kid,
+            claims=MappingProxyType(claims),
+            facts=TokenFacts(jti=jti, sid=sid, sub=sub, iat=iat, exp=exp, kid=kid),
+        )
