@@ -1,0 +1,366 @@
+"""The auth service over HTTP, on a real PostgreSQL: grants, rotation, logout scopes, revoke, introspect."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import Depends, FastAPI
+from fastapi.security import OAuth2PasswordBearer
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from auth_service.app import create_app
+from auth_service.log import read_after
+from auth_service.settings import AuthSettings
+from auth_service.tables import sessions
+from tests.conftest import PASSWORD, SERVICE_CLIENT, add_user
+
+pytestmark = pytest.mark.integration
+
+EMAIL = "ada@example.com"
+
+
+@asynccontextmanager
+async def client_for(settings: AuthSettings) -> AsyncIterator[httpx.AsyncClient]:
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app, client=("198.51.100.9", 4000))
+        async with httpx.AsyncClient(transport=transport, base_url="http://auth.test") as client:
+            yield client
+
+
+async def login(client: httpx.AsyncClient, email: str = EMAIL, password: str = PASSWORD, **extra: str) -> Any:
+    response = await client.post(
+        "/oauth/token", data={"grant_type": "password", "username": email, "password": password, **extra}
+    )
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+async def refresh(client: httpx.AsyncClient, token: str) -> httpx.Response:
+    return await client.post("/oauth/token", data={"grant_type": "refresh_token", "refresh_token": token})
+
+
+def bearer(tokens: Any) -> dict[str, str]:
+    return {"Authorization": f"Bearer {tokens['access_token']}"}
+
+
+async def event_types(engine: AsyncEngine, after: int = 0) -> list[str]:
+    async with engine.connect() as conn:
+        return [str(e.type) for e in await read_after(conn, after)]
+
+
+async def head(engine: AsyncEngine) -> int:
+    async with engine.connect() as conn:
+        events = await read_after(conn, 0)
+    return events[-1].position or 0 if events else 0
+
+
+@pytest.fixture
+async def user(database_url: str) -> str:
+    return await add_user(database_url, EMAIL, scopes="read write")
+
+
+async def test_login_issues_tokens_and_logs_session_started_then_token_issued(
+    auth_client: httpx.AsyncClient, engine: AsyncEngine, user: str
+) -> None:
+    response = await auth_client.post(
+        "/oauth/token", data={"grant_type": "password", "username": "Ada@Example.com ", "password": PASSWORD}
+    )
+    assert response.status_code == 200
+    assert response.headers["cache-control"] == "no-store"
+    body = response.json()
+    assert body["token_type"] == "Bearer"
+    assert body["expires_in"] == 300
+    assert body["scope"] == "read write"
+    assert len(body["refresh_token"]) >= 43  # 256 bits, base64url
+    assert await event_types(engine) == ["session.started", "token.issued"]
+
+
+async def test_requested_scope_is_narrowed_to_what_the_user_holds(
+    auth_client: httpx.AsyncClient, user: str
+) -> None:
+    body = await login(auth_client, scope="read admin")
+    assert body["scope"] == "read"
+
+
+@pytest.mark.parametrize(
+    ("email", "password"),
+    [(EMAIL, "wrong password"), ("nobody@example.com", PASSWORD)],
+    ids=["wrong", "unknown"],
+)
+async def test_wrong_password_and_unknown_user_get_the_same_answer(
+    auth_client: httpx.AsyncClient, user: str, email: str, password: str
+) -> None:
+    response = await auth_client.post(
+        "/oauth/token", data={"grant_type": "password", "username": email, "password": password}
+    )
+    assert response.status_code == 400
+    assert response.json() == {"error": "invalid_grant", "error_description": "invalid username or password"}
+
+
+async def test_repeated_failures_are_throttled_with_retry_after(
+    auth_client: httpx.AsyncClient, user: str
+) -> None:
+    statuses = []
+    for _ in range(8):
+        response = await auth_client.post(
+            "/oauth/token", data={"grant_type": "password", "username": EMAIL, "password": "nope-nope"}
+        )
+        statuses.append(response.status_code)
+    assert statuses[:5] == [400] * 5
+    assert 429 in statuses
+    throttled = await auth_client.post(
+        "/oauth/token", data={"grant_type": "password", "username": EMAIL, "password": PASSWORD}
+    )
+    assert throttled.status_code == 429
+    assert int(throttled.headers["retry-after"]) >= 1
+
+
+@pytest.mark.parametrize(
+    ("data", "error"),
+    [
+        ({}, "invalid_request"),
+        ({"grant_type": "client_credentials"}, "unsupported_grant_type"),
+        ({"grant_type": "password", "username": EMAIL}, "invalid_request"),
+        ({"grant_type": "refresh_token"}, "invalid_request"),
+        ({"grant_type": "refresh_token", "refresh_token": "not-a-token"}, "invalid_grant"),
+    ],
+)
+async def test_token_endpoint_errors_follow_rfc_6749(
+    auth_client: httpx.AsyncClient, user: str, data: dict[str, str], error: str
+) -> None:
+    response = await auth_client.post("/oauth/token", data=data)
+    assert response.status_code == 400
+    assert response.json()["error"] == error
+    assert response.json()["error_description"]
+
+
+async def test_refresh_rotates_along_a_chain_and_each_token_works_once(
+    auth_client: httpx.AsyncClient, engine: AsyncEngine, user: str
+) -> None:
+    tokens = await login(auth_client)
+    chain = [tokens["refresh_token"]]
+    for _ in range(3):
+        response = await refresh(auth_client, chain[-1])
+        assert response.status_code == 200
+        chain.append(response.json()["refresh_token"])
+        assert (await auth_client.get("/v1/sessions", headers=bearer(response.json()))).status_code == 200
+    assert len(set(chain)) == 4
+    assert await event_types(engine) == ["session.started"] + ["token.issued"] * 4
+
+
+async def test_concurrent_refreshes_within_the_grace_window_both_succeed(
+    auth_client: httpx.AsyncClient, engine: AsyncEngine, user: str
+) -> None:
+    tokens = await login(auth_client)
+    first, second = await asyncio.gather(
+        refresh(auth_client, tokens["refresh_token"]), refresh(auth_client, tokens["refresh_token"])
+    )
+    assert (first.status_code, second.status_code) == (200, 200)
+    assert "session.revoked" not in await event_types(engine)
+    # Both tabs go on: each one's new refresh token works.
+    for response in (first, second):
+        assert (await refresh(auth_client, response.json()["refresh_token"])).status_code == 200
+
+
+async def test_reused_refresh_token_after_the_grace_window_revokes_the_session(
+    auth_settings: AuthSettings, engine: AsyncEngine, user: str
+) -> None:
+    async with client_for(auth_settings.model_copy(update={"refresh_grace_seconds": 0.0})) as client:
+        tokens = await login(client)
+        rotated = await refresh(client, tokens["refresh_token"])
+        assert rotated.status_code == 200
+        position = await head(engine)
+        reused = await refresh(client, tokens["refresh_token"])
+        assert reused.status_code == 400
+        assert reused.json()["error"] == "invalid_grant"
+        assert await event_types(engine, position) == ["session.revoked"]
+        async with engine.connect() as conn:
+            reason = (await conn.execute(select(sessions.c.revoked_reason))).scalar_one()
+        assert reason == "refresh_token_reuse"
+        # The thief's successor and the legitimate access token are both dead now.
+        assert (await refresh(client, rotated.json()["refresh_token"])).status_code == 400
+        assert (await client.get("/v1/sessions", headers=bearer(rotated.json()))).status_code == 401
+
+
+async def test_logout_session_ends_only_this_session(
+    auth_client: httpx.AsyncClient, engine: AsyncEngine, user: str
+) -> None:
+    here, there = await login(auth_client), await login(auth_client)
+    position = await head(engine)
+    response = await auth_client.post("/v1/auth/logout", headers=bearer(here))
+    assert response.status_code == 200
+    assert await event_types(engine, position) == ["session.revoked"]
+    assert (await auth_client.get("/v1/sessions", headers=bearer(here))).status_code == 401
+    assert (await refresh(auth_client, here["refresh_token"])).status_code == 400
+    assert (await auth_client.get("/v1/sessions", headers=bearer(there))).status_code == 200
+
+
+async def test_logout_others_ends_every_other_session(
+    auth_client: httpx.AsyncClient, engine: AsyncEngine, user: str
+) -> None:
+    here, a, b = await login(auth_client), await login(auth_client), await login(auth_client)
+    position = await head(engine)
+    response = await auth_client.post("/v1/auth/logout", data={"scope": "others"}, headers=bearer(here))
+    assert response.json()["revoked"] == 2
+    assert await event_types(engine, position) == ["session.revoked", "session.revoked"]
+    listed = (await auth_client.get("/v1/sessions", headers=bearer(here))).json()["sessions"]
+    assert [s["current"] for s in listed] == [True]
+    for other in (a, b):
+        assert (await refresh(auth_client, other["refresh_token"])).status_code == 400
+
+
+async def test_logout_all_is_one_user_watermark_that_covers_every_session(
+    auth_client: httpx.AsyncClient, engine: AsyncEngine, user: str
+) -> None:
+    here, other = await login(auth_client), await login(auth_client)
+    position = await head(engine)
+    response = await auth_client.post("/v1/auth/logout", data={"scope": "all"}, headers=bearer(here))
+    assert response.status_code == 200
+    assert await event_types(engine, position) == ["user.revoked"]
+    for tokens in (here, other):
+        assert (await auth_client.get("/v1/sessions", headers=bearer(tokens))).status_code == 401
+        assert (await refresh(auth_client, tokens["refresh_token"])).status_code == 400
+    # A login right after, even within the same second, is not caught by the watermark.
+    fresh = await login(auth_client)
+    assert (await auth_client.get("/v1/sessions", headers=bearer(fresh))).status_code == 200
+
+
+async def test_revoke_endpoint_rfc_7009(
+    auth_client: httpx.AsyncClient, engine: AsyncEngine, user: str
+) -> None:
+    assert (await auth_client.post("/oauth/revoke", data={"token": "unknown"})).status_code == 200
+    assert await event_types(engine) == []
+    tokens = await login(auth_client)
+    position = await head(engine)
+    assert (
+        await auth_client.post("/oauth/revoke", data={"token": tokens["access_token"]})
+    ).status_code == 200
+    assert await event_types(engine, position) == ["token.revoked"]
+    assert (await auth_client.get("/v1/sessions", headers=bearer(tokens))).status_code == 401
+    response = await auth_client.post(
+        "/oauth/revoke", data={"token": tokens["refresh_token"], "token_type_hint": "refresh_token"}
+    )
+    assert response.status_code == 200
+    assert await event_types(engine, position + 1) == ["session.revoked"]
+    assert (await refresh(auth_client, tokens["refresh_token"])).status_code == 400
+
+
+async def test_introspection_tells_active_from_inactive(auth_client: httpx.AsyncClient, user: str) -> None:
+    tokens = await login(auth_client)
+
+    async def introspect(token: str) -> Any:
+        response = await auth_client.post("/oauth/introspect", data={"token": token}, auth=SERVICE_CLIENT)
+        assert response.status_code == 200
+        return response.json()
+
+    active = await introspect(tokens["access_token"])
+    assert active["active"] is True
+    assert active["token_type"] == "access_token"
+    listed = (await auth_client.get("/v1/sessions", headers=bearer(tokens))).json()["sessions"]
+    assert active["sid"] == listed[0]["session_id"]
+    assert active["sub"] == user
+    assert (await introspect(tokens["refresh_token"]))["token_type"] == "refresh_token"
+    assert await introspect("garbage") == {"active": False}
+    await auth_client.post("/v1/auth/logout", headers=bearer(tokens))
+    assert await introspect(tokens["access_token"]) == {"active": False}
+    assert await introspect(tokens["refresh_token"]) == {"active": False}
+    unauthenticated = await auth_client.post("/oauth/introspect", data={"token": tokens["access_token"]})
+    assert unauthenticated.status_code == 401
+    assert unauthenticated.json()["error"] == "invalid_client"
+
+
+async def test_sessions_listing_ending_one_and_its_timeline(
+    auth_client: httpx.AsyncClient, engine: AsyncEngine, user: str, database_url: str
+) -> None:
+    here, other = await login(auth_client), await login(auth_client)
+    listed = (await auth_client.get("/v1/sessions", headers=bearer(here))).json()["sessions"]
+    assert len(listed) == 2
+    assert {s["client_address"] for s in listed} == {"203.0.113.7"}  # the auth_client fixture's address
+    other_sid = next(s["session_id"] for s in listed if not s["current"])
+    stranger = await add_user(database_url, "eve@example.com")
+    assert stranger
+    eve = await login(auth_client, "eve@example.com")
+    assert (await auth_client.delete(f"/v1/sessions/{other_sid}", headers=bearer(eve))).status_code == 404
+    assert (await auth_client.get(f"/v1/sessions/{other_sid}/events", headers=bearer(eve))).status_code == 404
+    assert (await auth_client.delete(f"/v1/sessions/{other_sid}", headers=bearer(here))).status_code == 204
+    assert (await refresh(auth_client, other["refresh_token"])).status_code == 400
+    timeline = (await auth_client.get(f"/v1/sessions/{other_sid}/events", headers=bearer(here))).json()
+    assert [e["type"] for e in timeline["events"]] == ["session.started", "token.issued", "session.revoked"]
+
+
+async def test_password_change_ends_the_other_sessions(auth_client: httpx.AsyncClient, user: str) -> None:
+    here, other = await login(auth_client), await login(auth_client)
+    new = "a much better passphrase"
+    response = await auth_client.post(
+        "/v1/auth/password", data={"current_password": PASSWORD, "new_password": new}, headers=bearer(here)
+    )
+    assert response.json() == {"sessions_ended": 1}
+    assert (await auth_client.get("/v1/sessions", headers=bearer(other))).status_code == 401
+    assert (await auth_client.get("/v1/sessions", headers=bearer(here))).status_code == 200
+    await login(auth_client, password=new)
+    wrong = await auth_client.post(
+        "/v1/auth/password", data={"current_password": "nope", "new_password": new}, headers=bearer(here)
+    )
+    assert wrong.status_code == 400
+
+
+async def test_fastapi_oauth2_password_bearer_logs_in_against_the_token_endpoint(
+    auth_client: httpx.AsyncClient, user: str
+) -> None:
+    # What the docs' Authorize button sends: the OAuth2PasswordRequestForm fields, scope and client_id empty.
+    response = await auth_client.post(
+        "/oauth/token",
+        data={
+            "grant_type": "password",
+            "username": EMAIL,
+            "password": PASSWORD,
+            "scope": "",
+            "client_id": "",
+        },
+    )
+    assert response.status_code == 200
+    scheme = OAuth2PasswordBearer(tokenUrl="/oauth/token")
+    api = FastAPI()
+
+    @api.get("/me")
+    async def me(token: str = Depends(scheme)) -> dict[str, str]:
+        return {"token": token}
+
+    transport = httpx.ASGITransport(app=api)
+    async with httpx.AsyncClient(transport=transport, base_url="http://api.test") as client:
+        token = response.json()["access_token"]
+        assert (await client.get("/me", headers={"Authorization": f"Bearer {token}"})).json() == {
+            "token": token
+        }
+        flows = (await client.get("/openapi.json")).json()["components"]["securitySchemes"]
+        assert flows["OAuth2PasswordBearer"]["flows"]["password"]["tokenUrl"] == "/oauth/token"
+
+
+async def test_service_endpoints_give_the_log_and_the_snapshot(
+    auth_client: httpx.AsyncClient, user: str
+) -> None:
+    tokens = await login(auth_client)
+    await auth_client.post("/v1/auth/logout", headers=bearer(tokens))
+    page = (await auth_client.get("/v1/events", params={"after": 1, "limit": 10}, auth=SERVICE_CLIENT)).json()
+    assert page["head"] == 3
+    assert [(e["position"], e["type"]) for e in page["events"]] == [
+        (2, "token.issued"),
+        (3, "session.revoked"),
+    ]
+    snap = (await auth_client.get("/v1/revocations", auth=SERVICE_CLIENT)).json()
+    assert snap["position"] == 3
+    assert [r["kind"] for r in snap["revocations"]] == ["session"]
+    assert (await auth_client.get("/v1/events")).status_code == 401
+    assert (await auth_client.get("/v1/revocations", auth=(SERVICE_CLIENT[0], "wrong"))).status_code == 401
+
+
+async def test_health_and_readiness(auth_client: httpx.AsyncClient) -> None:
+    assert (await auth_client.get("/healthz")).json() == {"status": "ok"}
+    assert (await auth_client.get("/readyz")).json() == {"status": "ready"}
