@@ -13,5 +13,8 @@ lint:
 test:
 	$(PY) -m pytest
 
+bench:
+	$(PY) -m bench
+
 schema:
 	$(PY) -m auth_service.contract > docs/event-schema.json
