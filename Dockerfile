@@ -1,0 +1,10 @@
+# One image for every tokenlife process: `tokenlife auth serve`, `tokenlife relay`, `tokenlife resource serve`.
+FROM python:3.11-slim
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY auth_service auth_service
+COPY resource_service resource_service
+COPY migrations migrations
+RUN pip install --no-cache-dir . && useradd --system tokenlife
+USER tokenlife
+ENTRYPOINT ["tokenlife"]
