@@ -6,11 +6,14 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from auth_service import keys as keystore
@@ -23,6 +26,8 @@ from auth_service.db import create_engine
 from auth_service.errors import AuthServiceError, BearerError, InvalidClient, TooManyAttempts
 from auth_service.keys import KeyCache
 from auth_service.log import AppendError
+from auth_service.relay import Relay
+from auth_service.relay_metrics import RelayMetrics
 from auth_service.settings import AuthSettings
 from auth_service.throttle import LoginThrottle
 
@@ -70,13 +75,10 @@ async def _supervise(name: str, body: Callable[[], Awaitable[None]], every: floa
         await asyncio.sleep(every)
 
 
-async def load_keys(settings: AuthSettings, ctx_engine: object) -> keystore.KeyRing:
+async def load_keys(settings: AuthSettings, engine: AsyncEngine) -> keystore.KeyRing:
     """Load the key ring, creating a first key in dev mode; outside dev a missing key is an error."""
-    from sqlalchemy.ext.asyncio import AsyncEngine
-
-    assert isinstance(ctx_engine, AsyncEngine)
     kek = settings.key_encryption_key.get_secret_value()
-    async with ctx_engine.begin() as conn:
+    async with engine.begin() as conn:
         if settings.env == "dev" and await keystore.ensure_active_key(conn, kek):
             log.warning("DEV MODE: generated a signing key; run `tokenlife keys rotate` in production")
         ring = await keystore.load(conn, kek, settings.access_token_ttl)
@@ -93,6 +95,7 @@ def create_app(settings: AuthSettings) -> FastAPI:
         settings.announce()
         engine = create_engine(settings.database_url)
         tasks: list[asyncio.Task[None]] = []
+        relay: Relay | None = None
         try:
             keys = KeyCache(await load_keys(settings, engine))
             throttle = LoginThrottle(
@@ -107,20 +110,27 @@ def create_app(settings: AuthSettings) -> FastAPI:
 
             async def prune() -> None:
                 async with engine.begin() as conn:
-                    from datetime import UTC, datetime
-
                     await projections.prune(conn, datetime.now(UTC))
 
             tasks.append(asyncio.create_task(_supervise("keys", reload_keys, settings.key_refresh_seconds)))
             tasks.append(asyncio.create_task(_supervise("prune", prune, PRUNE_EVERY)))
+            if settings.relay_enabled:
+                relay = Relay.from_settings(settings, engine=engine, metrics=RelayMetrics(registry))
+                await relay.start()
+            app.state.relay = relay
             yield
         finally:
+            if relay is not None:
+                await relay.stop()
             for task in reversed(tasks):
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             await engine.dispose()
 
+    registry = CollectorRegistry()
     app = FastAPI(title="tokenlife auth service", version="0.1.0", lifespan=lifespan)
+    app.state.relay = None
+    app.state.registry = registry
     app.include_router(oauth.router)
     app.include_router(account.router)
     app.include_router(discovery.router)
@@ -147,7 +157,14 @@ def _health(app: FastAPI) -> None:
             return JSONResponse({"status": "unavailable", "reason": f"database: {type(exc).__name__}"}, 503)
         if ctx.keys.current().active is None:
             return JSONResponse({"status": "unavailable", "reason": "no active signing key"}, 503)
+        relay: Relay | None = request.app.state.relay
+        if relay is not None and not relay.ready:
+            return JSONResponse({"status": "unavailable", "reason": "the relay loop is not running"}, 503)
         return JSONResponse({"status": "ready"})
+
+    @app.get("/metrics", tags=["health"], include_in_schema=False)
+    async def metrics(request: Request) -> Response:
+        return Response(generate_latest(request.app.state.registry), media_type=CONTENT_TYPE_LATEST)
 
 
 def _errors(app: FastAPI) -> None:

@@ -18,7 +18,7 @@ from pydantic import ValidationError
 from auth_service.settings import AuthSettings, UnsafeSettings
 
 # Modules that add their own subcommands with register(subparsers).
-COMMAND_MODULES: tuple[str, ...] = ("auth_service.commands",)
+COMMAND_MODULES: tuple[str, ...] = ("auth_service.commands", "auth_service.relay_cli")
 
 
 def _migrate(args: argparse.Namespace) -> int:

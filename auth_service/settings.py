@@ -71,9 +71,13 @@ class AuthSettings(BaseSettings):
     login_max_backoff: float = Field(default=900.0, gt=0)
 
     # Relay
-    heartbeat_interval: float = Field(default=1.0, gt=0)
-    relay_poll_interval: float = Field(default=1.0, gt=0)
     relay_enabled: bool = Field(default=True, description="Run the relay inside `tokenlife auth serve`.")
+    relay_heartbeat_interval: float = Field(default=1.0, gt=0, description="Seconds between heartbeats.")
+    relay_poll_interval: float = Field(default=1.0, gt=0, description="Backstop poll when no NOTIFY comes.")
+    relay_publish_timeout: float = Field(default=5.0, gt=0, description="Seconds to wait for a confirm.")
+    relay_batch_size: int = Field(default=500, ge=1, le=10_000, description="Events per confirmed batch.")
+    relay_leader_retry_interval: float = Field(default=1.0, gt=0, description="Standby lock attempts.")
+    relay_max_backoff: float = Field(default=5.0, gt=0, description="Longest wait between reconnects.")
 
     @model_validator(mode="after")
     def _refuse_unsafe_defaults(self) -> Self:

@@ -1,0 +1,291 @@
+"""The relay: publishes the event log to RabbitMQ in position order, confirmed, with heartbeats.
+
+RabbitMQ is the fast path, not the truth: it can lose, duplicate or reorder messages, and consumers fill any
+gap from the log over HTTP. The relay's job is to make the fast path as good as it can be:
+
+- One leader among all auth instances (`relay_leader.LeaderLock`: a session-level advisory lock on a
+  dedicated connection). Standbys retry every `leader_retry_interval`, so when the leader's process dies a
+  standby leads within `leader_retry_interval` (plus one query) after Postgres closes the dead session, which
+  it does at once when the process dies (the kernel closes its socket). A leader that loses its lock
+  connection stops publishing at once (its publishing task is cancelled; its cursor UPDATE is fenced).
+- Woken by LISTEN on `log.NOTIFY_CHANNEL` on a dedicated connection, so a commit is published without waiting
+  for a timer; `poll_interval` is only the backstop for a LISTEN socket that died without anyone noticing.
+- Reads from the cursor (`relay_cursor`, one row) with `log.read_payloads_after`, publishes each event
+  persistent and mandatory with publisher confirms, pipelined in position order on one channel, and advances
+  the cursor only after every publish of the batch is confirmed.
+- Any failure (timeout, nack, return, closed channel or connection) drops the broker connection; the relay
+  reconnects with exponential backoff, redeclares the exchange, and resumes from the cursor.
+- Every `heartbeat_interval` it publishes a `contract.Heartbeat` with the head of the log (transient, not
+  mandatory), so consumers can tell "nothing happened" from "I am cut off".
+
+Delivery is at least once. A crash or failure after the broker confirmed a batch but before the cursor UPDATE
+publishes that batch again; so does a timeout on a publish the broker did take. Consumers deduplicate by
+position (or message_id = event_id). Within one connection, messages arrive in position order.
+
+A returned message (mandatory, no queue bound for its routing key) is a failure: the cursor does not advance
+and the relay retries with backoff, counting `reason="returned"`. So at least one queue must be bound for
+every event type, or the relay stalls on the first event nobody routes (resource services bind "#"). That is
+the price of never reporting "published" for a message that reached nobody; lag and the failures counter
+show it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+from prometheus_client import CollectorRegistry
+from sqlalchemy import select
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from auth_service import log as event_log
+from auth_service.db import create_engine
+from auth_service.relay_leader import LeaderLock
+from auth_service.relay_metrics import RelayMetrics
+from auth_service.relay_publisher import BrokerLink, PublishFailure
+from auth_service.relay_wakeup import Waker
+from auth_service.settings import AuthSettings
+from auth_service.tables import event_log as event_log_table
+
+log = logging.getLogger("tokenlife.relay")
+
+_DB_ERRORS = (SQLAlchemyError, asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
+_MIN_BACKOFF = 0.05
+
+
+class Relay:
+    """Publishes the log to the exchange while this instance holds the relay's leader lock.
+
+    Takeover bound: once the leader's database session ends (at once when its process dies), a standby leads
+    within `leader_retry_interval` plus one query, and publishes after one broker connect.
+    """
+
+    def __init__(
+        self,
+        database_url: str,
+        amqp_url: str,
+        exchange: str,
+        *,
+        engine: AsyncEngine | None = None,
+        heartbeat_interval: float = 1.0,
+        poll_interval: float = 1.0,
+        publish_timeout: float = 5.0,
+        batch_size: int = 500,
+        leader_retry_interval: float = 1.0,
+        max_backoff: float = 5.0,
+        metrics: RelayMetrics | None = None,
+    ) -> None:
+        self._database_url = database_url
+        self._amqp_url = amqp_url
+        self._exchange = exchange
+        self._engine = engine
+        self._heartbeat_interval = heartbeat_interval
+        self._poll_interval = poll_interval
+        self._publish_timeout = publish_timeout
+        self._batch_size = max(1, min(batch_size, event_log.MAX_PAGE))
+        self._leader_retry_interval = leader_retry_interval
+        self._max_backoff = max_backoff
+        # A private registry by default, so that two relays in one process never collide; expose
+        # `relay.metrics.registry` (or pass RelayMetrics(app_registry)) to serve them.
+        self.metrics = metrics if metrics is not None else RelayMetrics(CollectorRegistry())
+        self._lock = LeaderLock(
+            database_url, check_interval=leader_retry_interval, check_timeout=max(publish_timeout, 1.0)
+        )
+        self._task: asyncio.Task[None] | None = None
+        self._running = False
+        self._leading = False
+        self._link: BrokerLink | None = None
+        self._closing: set[asyncio.Task[None]] = set()
+        self._cursor = 0
+        self._progressed = False
+        self._opened_links = 0
+
+    @classmethod
+    def from_settings(cls, settings: AuthSettings, **options: Any) -> Relay:
+        """A relay configured by the settings; options override them (and go to the constructor)."""
+        configured: dict[str, Any] = {
+            "heartbeat_interval": settings.relay_heartbeat_interval,
+            "poll_interval": settings.relay_poll_interval,
+            "publish_timeout": settings.relay_publish_timeout,
+            "batch_size": settings.relay_batch_size,
+            "leader_retry_interval": settings.relay_leader_retry_interval,
+            "max_backoff": settings.relay_max_backoff,
+        }
+        return cls(
+            settings.database_url,
+            settings.amqp_url.get_secret_value(),
+            settings.exchange,
+            **(configured | options),
+        )
+
+    @property
+    def is_leader(self) -> bool:
+        """Whether this instance is the one publishing (it holds the lock and its connection is alive)."""
+        return self._leading and self._lock.held
+
+    @property
+    def connected(self) -> bool:
+        """Whether this instance leads and has a usable broker connection."""
+        return self.is_leader and self._link is not None and self._link.is_open
+
+    @property
+    def ready(self) -> bool:
+        """Whether the relay loop is running (leading or standing by).
+
+        A broker outage does not make the relay unready: the log stays the truth and consumers fall back to
+        HTTP; it shows as `connected` False, a growing lag and the failures counter.
+        """
+        return self._running
+
+    @property
+    def cursor(self) -> int:
+        """The last position this instance saw confirmed (the table's value while it leads)."""
+        return self._cursor
+
+    async def start(self) -> None:
+        """Run the relay in a background task (for an application's lifespan)."""
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self.run(), name="tokenlife-relay")
+
+    async def stop(self) -> None:
+        """Stop publishing, release leadership and close every connection."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    async def run(self) -> None:
+        """Stand by or lead until cancelled; a crash while leading is logged, and leadership retried."""
+        engine = self._engine or create_engine(self._database_url, pool_size=2)
+        self._running = True
+        try:
+            while True:
+                try:
+                    acquired = await self._lock.try_acquire()
+                except _DB_ERRORS as exc:
+                    log.warning("relay: cannot reach the database for the leader lock: %r", exc)
+                    acquired = False
+                if acquired:
+                    await self._lead(engine)
+                await asyncio.sleep(self._leader_retry_interval)
+        finally:
+            self._running = False
+            await self._lock.release()
+            await asyncio.gather(*self._closing, return_exceptions=True)
+            if self._engine is None:
+                await engine.dispose()
+
+    async def _lead(self, engine: AsyncEngine) -> None:
+        log.info("relay: this instance is the leader")
+        self._leading = True
+        self.metrics.leader.set(1)
+        publishing = asyncio.create_task(self._publish_loop(engine))
+        lost = asyncio.create_task(self._lock.wait_lost())
+        try:
+            done, _ = await asyncio.wait({publishing, lost}, return_when=asyncio.FIRST_COMPLETED)
+            if publishing in done:
+                publishing.result()
+            log.warning("relay: lost the leader lock; stopped publishing")
+        except _DB_ERRORS as exc:
+            log.warning("relay: database error while taking over (%r); giving up leadership", exc)
+            self.metrics.failures.labels(reason="database").inc()
+        except Exception:
+            # Supervision: a bug must not kill the relay for good, nor keep the lock from a healthy standby.
+            log.exception("relay: the publishing loop crashed; giving up leadership")
+            self.metrics.failures.labels(reason="internal").inc()
+        finally:
+            self._leading = False
+            self.metrics.leader.set(0)
+            for task in (publishing, lost):
+                task.cancel()
+            await asyncio.gather(publishing, lost, return_exceptions=True)
+            await self._lock.release()
+
+    async def _publish_loop(self, engine: AsyncEngine) -> None:
+        self._cursor = await self._lock.read_cursor()
+        self.metrics.positions(cursor=self._cursor)
+        waker = Waker(self._database_url, timeout=max(self._publish_timeout, 1.0))
+        backoff = _MIN_BACKOFF
+        try:
+            await waker.connect()
+            while True:
+                link: BrokerLink | None = None
+                self._progressed = False
+                try:
+                    link = await BrokerLink.open(
+                        self._amqp_url, self._exchange, publish_timeout=self._publish_timeout
+                    )
+                    self._opened_links += 1
+                    if self._opened_links > 1:
+                        self.metrics.reconnects.inc()
+                    self._link = link
+                    await self._pump(engine, link, waker)
+                except PublishFailure as failure:
+                    self.metrics.failures.labels(reason=failure.reason).inc()
+                    log.warning("relay: %s; resuming after position %d", failure, self._cursor)
+                except _DB_ERRORS as exc:
+                    self.metrics.failures.labels(reason="database").inc()
+                    log.warning("relay: database error %r; resuming after position %d", exc, self._cursor)
+                finally:
+                    self._link = None
+                    if link is not None:
+                        self._close_later(link)
+                backoff = _MIN_BACKOFF if self._progressed else min(backoff * 2, self._max_backoff)
+                await asyncio.sleep(backoff)
+        finally:
+            await waker.close()
+
+    async def _pump(self, engine: AsyncEngine, link: BrokerLink, waker: Waker) -> None:
+        loop = asyncio.get_running_loop()
+        next_heartbeat = loop.time()
+        while True:
+            if not link.is_open:
+                raise PublishFailure("connection", "the broker connection closed")
+            # Cleared before the read: a NOTIFY that lands during the read or the publish still wakes us.
+            waker.clear()
+            rows, recorded = await self._read_batch(engine)
+            if rows:
+                await link.publish_events(rows)
+                confirmed_at = datetime.now(UTC)
+                await self._lock.advance_cursor(rows[-1][0])
+                self._cursor = rows[-1][0]
+                self._progressed = True
+                self.metrics.published.inc(len(rows))
+                self.metrics.positions(cursor=self._cursor)
+                for at in recorded:
+                    self.metrics.publish_latency.observe(max(0.0, (confirmed_at - at).total_seconds()))
+            if loop.time() >= next_heartbeat:
+                head = await self._read_head(engine)
+                await link.publish_heartbeat(head)
+                self._progressed = True
+                self.metrics.heartbeats.inc()
+                self.metrics.positions(head=head)
+                next_heartbeat = loop.time() + self._heartbeat_interval
+            if len(rows) < self._batch_size:
+                await waker.wait(min(self._poll_interval, max(0.0, next_heartbeat - loop.time())))
+
+    async def _read_batch(self, engine: AsyncEngine) -> tuple[list[tuple[int, Any]], list[datetime]]:
+        async with asyncio.timeout(max(self._publish_timeout, 1.0)), engine.connect() as conn:
+            rows = await event_log.read_payloads_after(conn, self._cursor, self._batch_size)
+            if not rows:
+                return [], []
+            recorded = await conn.execute(
+                select(event_log_table.c.recorded_at).where(
+                    event_log_table.c.position.between(rows[0][0], rows[-1][0])
+                )
+            )
+            return rows, list(recorded.scalars())
+
+    async def _read_head(self, engine: AsyncEngine) -> int:
+        async with asyncio.timeout(max(self._publish_timeout, 1.0)), engine.connect() as conn:
+            return await event_log.read_head(conn)
+
+    def _close_later(self, link: BrokerLink) -> None:
+        # Closing waits for the broker's close-ok (up to ~2 s when it went silent): reconnect meanwhile.
+        task = asyncio.create_task(link.close())
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
