@@ -18,7 +18,11 @@ from pydantic import ValidationError
 from auth_service.settings import AuthSettings, UnsafeSettings
 
 # Modules that add their own subcommands with register(subparsers).
-COMMAND_MODULES: tuple[str, ...] = ("auth_service.commands", "auth_service.relay_cli")
+COMMAND_MODULES: tuple[str, ...] = (
+    "auth_service.commands",
+    "auth_service.relay_cli",
+    "resource_service.commands",
+)
 
 
 def _migrate(args: argparse.Namespace) -> int:

@@ -2,140 +2,32 @@
 
 from __future__ import annotations
 
-import asyncio
 import math
 import re
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Protocol, TypeGuard
+from typing import Any
 
 import jwt
 from jwt.types import Options
 
 from resource_service.errors import InvalidToken
+from resource_service.keys import KeySource, valid_kid
 from resource_service.state import TokenFacts
 
-__all__ = ["JwksKeySource", "KeySource", "Principal", "StaticKeySource", "TokenVerifier", "parse_jwks"]
+__all__ = ["Principal", "TokenVerifier"]
 
 ASYMMETRIC_ALGORITHMS = frozenset(
     {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
 )
 # Three non-empty base64url segments, no padding: checked before any decoding so junk costs a regex only.
 _TOKEN_SHAPE = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
-# A kid is looked up in a dict, never used as a path or URL; refusing anything else keeps it that way
-# if a key source ever changes.
-_KID_SHAPE = re.compile(r"[A-Za-z0-9._~+=@-]{1,128}")
 _TYPES = frozenset({"at+jwt", "application/at+jwt"})
 _REQUIRED_CLAIMS = ["iss", "aud", "sub", "exp", "iat", "jti", "sid"]
-
-
-def _valid_kid(kid: object) -> TypeGuard[str]:
-    return isinstance(kid, str) and _KID_SHAPE.fullmatch(kid) is not None and ".." not in kid
-
-
-class KeySource(Protocol):
-    """Where public signing keys come from, by kid."""
-
-    async def get(self, kid: str) -> jwt.PyJWK | None:
-        """The key with this kid, or None."""
-        ...
-
-    async def refresh(self) -> bool:
-        """Refetch the keys if allowed now; True when a fetch happened and succeeded."""
-        ...
-
-
-def parse_jwks(jwks: Mapping[str, Any]) -> dict[str, jwt.PyJWK]:
-    """The usable public signature keys of a JWKS document by kid; anything else is skipped."""
-    keys = jwks.get("keys")
-    if not isinstance(keys, list):
-        raise ValueError("JWKS document has no 'keys' list")
-    usable: dict[str, jwt.PyJWK] = {}
-    for item in keys:
-        if not isinstance(item, dict) or not _valid_kid(item.get("kid")):
-            continue
-        # Only asymmetric public keys: an "oct" key would make HS* verification possible, and a private
-        # key ("d") has no business in a resource service.
-        if item.get("kty") not in ("RSA", "EC", "OKP") or "d" in item or item.get("use", "sig") != "sig":
-            continue
-        try:
-            usable[item["kid"]] = jwt.PyJWK(item)
-        except jwt.PyJWTError:
-            continue
-    return usable
-
-
-class StaticKeySource:
-    """A fixed set of keys (tests, or an embedded service that owns its keys)."""
-
-    def __init__(self, keys: Mapping[str, jwt.PyJWK]) -> None:
-        self._keys = dict(keys)
-        self.refreshes = 0
-
-    @classmethod
-    def from_jwks(cls, jwks: Mapping[str, Any]) -> StaticKeySource:
-        """Build from a JWKS document."""
-        return cls(parse_jwks(jwks))
-
-    async def get(self, kid: str) -> jwt.PyJWK | None:
-        """The key with this kid, or None."""
-        return self._keys.get(kid)
-
-    async def refresh(self) -> bool:
-        """Nothing to refetch; counted so tests can see the verifier asked."""
-        self.refreshes += 1
-        return False
-
-
-class JwksKeySource:
-    """Keys from a JWKS document fetched by a callable, refetched at most once per `min_interval` seconds."""
-
-    def __init__(
-        self,
-        fetch: Callable[[], Awaitable[Mapping[str, Any]]],
-        *,
-        min_interval: float = 10.0,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self._fetch = fetch
-        self._min_interval = min_interval
-        self._clock = clock
-        self._keys: dict[str, jwt.PyJWK] = {}
-        self._last_attempt: float | None = None
-        self._lock = asyncio.Lock()
-        self.fetches = 0
-        self.failures = 0
-        self.last_error: str | None = None
-
-    async def get(self, kid: str) -> jwt.PyJWK | None:
-        """The key with this kid, or None; the first call loads the document."""
-        if self._last_attempt is None:
-            await self.refresh()
-        return self._keys.get(kid)
-
-    async def refresh(self) -> bool:
-        """Refetch unless a fetch was attempted less than `min_interval` ago; keep the old keys on failure."""
-        # Tokens with made-up kids are free to send; without this limit each one would cost the auth
-        # service a JWKS request. Concurrent callers wait for the one fetch in flight instead of stacking.
-        async with self._lock:
-            now = self._clock()
-            if self._last_attempt is not None and now - self._last_attempt < self._min_interval:
-                return False
-            self._last_attempt = now
-            self.fetches += 1
-            try:
-                keys = parse_jwks(await self._fetch())
-            except Exception as exc:  # any fetch or parse failure: keep serving with the keys we have
-                self.failures += 1
-                self.last_error = f"{type(exc).__name__}: {exc}"
-                return False
-            self._keys = keys
-            self.last_error = None
-            return True
 
 
 @dataclass(frozen=True, slots=True)
@@ -298,7 +190,7 @@ class TokenVerifier:
             raise InvalidToken("unsupported critical header")
         # jku, x5u, jwk and x5c are never read: keys come only from our key source.
         kid = header.get("kid")
-        if not _valid_kid(kid):
+        if not valid_kid(kid):
             raise InvalidToken("missing or invalid kid")
         return kid
 

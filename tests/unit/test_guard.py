@@ -30,8 +30,9 @@ from resource_service.errors import (
     www_authenticate,
 )
 from resource_service.guard import Guard
+from resource_service.keys import StaticKeySource
 from resource_service.state import RevocationState
-from resource_service.verifier import Principal, StaticKeySource, TokenVerifier
+from resource_service.verifier import Principal, TokenVerifier
 
 ISS = "https://auth.example"
 AUD = "https://api.example"

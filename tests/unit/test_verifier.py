@@ -16,7 +16,8 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from jwt.algorithms import RSAAlgorithm
 
 from resource_service.errors import InvalidToken
-from resource_service.verifier import JwksKeySource, StaticKeySource, TokenVerifier, parse_jwks
+from resource_service.keys import JwksKeySource, StaticKeySource, parse_jwks
+from resource_service.verifier import TokenVerifier
 
 ISS = "https://auth.example"
 AUD = "https://api.example"

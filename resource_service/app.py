@@ -1,0 +1,149 @@
+"""The runnable sample resource service: protected routes, readiness that follows the feed, and /metrics."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+from resource_service.auth_client import AuthClient
+from resource_service.dependency import require_principal
+from resource_service.feed import Feed
+from resource_service.guard import Guard
+from resource_service.keys import JwksKeySource
+from resource_service.metrics import build_registry
+from resource_service.settings import ResourceSettings
+from resource_service.state import RevocationState
+from resource_service.verifier import Principal, TokenVerifier
+
+__all__ = ["ADMIN_SCOPE", "Runtime", "create_app"]
+
+ADMIN_SCOPE = "admin"
+
+
+@dataclass(frozen=True, slots=True)
+class Runtime:
+    """What the lifespan builds and the routes use."""
+
+    settings: ResourceSettings
+    client: AuthClient
+    feed: Feed
+    guard: Guard
+    registry: CollectorRegistry
+
+
+def _build(settings: ResourceSettings) -> Runtime:
+    client = AuthClient(
+        settings.auth_url,
+        settings.service_client_id,
+        settings.service_client_secret.get_secret_value(),
+        timeout=settings.http_timeout,
+    )
+    state = RevocationState()
+    keys = JwksKeySource(client.jwks, min_interval=settings.jwks_min_interval)
+    verifier = TokenVerifier(
+        settings.issuer, settings.audience, keys, algorithms=settings.algorithms, leeway=settings.leeway
+    )
+    feed = Feed(settings, state, client)
+    guard = Guard(
+        verifier,
+        state,
+        feed.freshness,
+        policy=settings.stale_policy,
+        introspect=client.introspect,
+        retry_after=max(1, math.ceil(settings.poll_interval)),
+    )
+    return Runtime(settings, client, feed, guard, build_registry(feed, guard))
+
+
+def runtime(request: Request) -> Runtime:
+    """The app's Runtime (present once the lifespan has started)."""
+    found: Runtime = request.app.state.runtime
+    return found
+
+
+def _guard(request: Request) -> Guard:
+    return runtime(request).guard
+
+
+# At module level: the routes' string annotations (PEP 563) are resolved against this module's globals.
+_any_principal = require_principal(_guard)
+_admin_principal = require_principal(_guard, [ADMIN_SCOPE])
+
+
+def _principal_view(principal: Principal) -> dict[str, Any]:
+    return {
+        "sub": principal.sub,
+        "sid": principal.sid,
+        "jti": principal.jti,
+        "scopes": sorted(principal.scopes),
+        "client_id": principal.client_id,
+    }
+
+
+def create_app(settings: ResourceSettings) -> FastAPI:
+    """The sample service; nothing connects until the lifespan starts the feed."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        settings.announce()
+        rt = _build(settings)
+        app.state.runtime = rt
+        await rt.feed.start()
+        try:
+            yield
+        finally:
+            await rt.feed.stop()
+            await rt.client.aclose()
+
+    app = FastAPI(title="tokenlife sample resource service", lifespan=lifespan)
+
+    @app.get("/v1/whoami", summary="Who the bearer token speaks for")
+    async def whoami(principal: Annotated[Principal, Depends(_any_principal)]) -> dict[str, Any]:
+        """The verified, unrevoked principal of the request."""
+        return _principal_view(principal)
+
+    @app.get("/v1/admin", summary="A route that needs the admin scope")
+    async def admin(principal: Annotated[Principal, Depends(_admin_principal)]) -> dict[str, Any]:
+        """Only for tokens granted the admin scope."""
+        return {"admin": True, **_principal_view(principal)}
+
+    @app.get("/healthz", include_in_schema=False)
+    async def healthz() -> dict[str, str]:
+        """The process answers."""
+        return {"status": "ok"}
+
+    @app.get("/readyz", include_in_schema=False)
+    async def readyz(request: Request) -> Response:
+        """200 once caught up with the log, and while fresh when failing closed; 503 otherwise."""
+        rt = runtime(request)
+        feed = rt.feed
+        fresh = feed.freshness() == "fresh"
+        ready = feed.caught_up and (fresh or settings.stale_policy != "fail_closed")
+        staleness = feed.staleness()
+        body = {
+            "ready": ready,
+            "caught_up": feed.caught_up,
+            "fresh": fresh,
+            "broker_live": feed.live,
+            "applied_position": feed.state.applied_position,
+            "head_position": max(feed.head, feed.state.applied_position),
+            "staleness_seconds": None if math.isinf(staleness) else round(staleness, 3),
+        }
+        headers = {"Cache-Control": "no-store"}
+        if not ready:
+            headers["Retry-After"] = str(max(1, math.ceil(settings.poll_interval)))
+        return JSONResponse(body, status_code=200 if ready else 503, headers=headers)
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics(request: Request) -> Response:
+        """Prometheus text format."""
+        return Response(generate_latest(runtime(request).registry), media_type=CONTENT_TYPE_LATEST)
+
+    return app

@@ -1,0 +1,84 @@
+"""The resource service's HTTP client of the auth service: snapshot, events pages, JWKS, introspection.
+
+Every failure (transport, status, body) comes out as `AuthServiceUnavailable`, so callers handle one error.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+from pydantic import ValidationError
+
+from auth_service.contract import EventPage, RevocationSnapshot
+
+__all__ = ["AuthClient", "AuthServiceUnavailable"]
+
+
+class AuthServiceUnavailable(Exception):
+    """The auth service could not be reached or gave an answer we cannot use; the text says which."""
+
+
+class AuthClient:
+    """Calls the auth service with this service's HTTP Basic credentials."""
+
+    def __init__(self, base_url: str, client_id: str, client_secret: str, *, timeout: float = 5.0) -> None:
+        self._http = httpx.AsyncClient(
+            base_url=base_url,
+            auth=httpx.BasicAuth(client_id, client_secret),
+            timeout=timeout,
+            # A resource service talks to one auth service: a small pool is plenty.
+            limits=httpx.Limits(max_connections=8, max_keepalive_connections=4),
+            follow_redirects=False,
+        )
+
+    async def aclose(self) -> None:
+        """Close the connection pool."""
+        await self._http.aclose()
+
+    async def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        try:
+            response = await self._http.request(method, path, **kwargs)
+        except httpx.HTTPError as exc:
+            raise AuthServiceUnavailable(f"{method} {path}: {type(exc).__name__}: {exc}") from exc
+        if response.status_code != 200:
+            raise AuthServiceUnavailable(f"{method} {path}: HTTP {response.status_code}")
+        return response
+
+    async def snapshot(self) -> RevocationSnapshot:
+        """Every live revocation and the log position it is consistent with."""
+        response = await self._request("GET", "/v1/revocations")
+        try:
+            return RevocationSnapshot.model_validate_json(response.content)
+        except ValidationError as exc:
+            raise AuthServiceUnavailable(f"unreadable snapshot: {exc.error_count()} errors") from None
+
+    async def events(self, after: int, limit: int) -> EventPage:
+        """Events after a position (raw JSON objects: decode each) and the head of the log."""
+        response = await self._request("GET", "/v1/events", params={"after": after, "limit": limit})
+        try:
+            return EventPage.model_validate_json(response.content)
+        except ValidationError as exc:
+            raise AuthServiceUnavailable(f"unreadable events page: {exc.error_count()} errors") from None
+
+    async def jwks(self) -> dict[str, Any]:
+        """The auth service's JWKS document."""
+        response = await self._request("GET", "/.well-known/jwks.json")
+        try:
+            body = response.json()
+        except ValueError:
+            raise AuthServiceUnavailable("unreadable JWKS document") from None
+        if not isinstance(body, dict):
+            raise AuthServiceUnavailable("JWKS document is not a JSON object")
+        return body
+
+    async def introspect(self, token: str) -> bool:
+        """Whether the auth service says the access token is active now (RFC 7662)."""
+        response = await self._request(
+            "POST", "/oauth/introspect", data={"token": token, "token_type_hint": "access_token"}
+        )
+        try:
+            body = response.json()
+        except ValueError:
+            raise AuthServiceUnavailable("unreadable introspection answer") from None
+        return isinstance(body, dict) and body.get("active") is True

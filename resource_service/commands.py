@@ -1,0 +1,35 @@
+"""Commands of the resource service: `tokenlife resource serve`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from pydantic import ValidationError
+
+from resource_service.settings import ResourceSettings, UnsafeResourceSettings
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from resource_service.app import create_app
+
+    try:
+        settings = ResourceSettings()
+    except (UnsafeResourceSettings, ValidationError) as exc:
+        print(f"tokenlife: configuration error: {exc}", file=sys.stderr)  # noqa: T201
+        return 2
+    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="info", access_log=False)
+    return 0
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add `resource serve`."""
+    resource = sub.add_parser("resource", help="the sample resource service").add_subparsers(
+        dest="resource_command", required=True
+    )
+    serve = resource.add_parser("serve", help="run the sample resource service (and its revocation feed)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8001)
+    serve.set_defaults(func=_serve)

@@ -1,0 +1,321 @@
+"""The feed: keeps a RevocationState at the head of the log, pushed by the broker, backed by HTTP.
+
+Catch-up, at start and after every reconnect: subscribe and buffer -> snapshot at P -> apply -> events after P
+over HTTP up to the head -> drain the buffer (anything <= the applied position is a duplicate) -> live.
+A prev_position that does not follow the applied position, a heartbeat whose head is ahead, or a malformed
+message (dead-lettered) all trigger a gap fill from the events API. When heartbeats stop, a poller reads
+the log over HTTP every poll_interval, so a broker outage does not stop revocations.
+
+Freshness is the time the feed last *knew* it was at the head: a heartbeat whose head it had applied, or an
+HTTP read that found nothing newer. Past max_staleness the feed says "stale" and the Guard applies its policy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import random
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import aio_pika
+from aio_pika.abc import AbstractIncomingMessage
+from aio_pika.exceptions import CONNECTION_EXCEPTIONS
+
+from auth_service.contract import HEARTBEAT_TYPE, ContractError, Event, UnknownEvent, decode, decode_heartbeat
+from resource_service.auth_client import AuthClient, AuthServiceUnavailable
+from resource_service.guard import Freshness
+from resource_service.settings import ResourceSettings
+from resource_service.state import ApplyResult, RevocationState
+
+__all__ = ["Feed", "LogUnreadable"]
+
+log = logging.getLogger("tokenlife.feed")
+
+_BROKER_ERRORS = (*CONNECTION_EXCEPTIONS, TimeoutError)
+_INITIAL_BACKOFF = 0.1
+# (monotonic time received, message); None means the connection or channel closed.
+_Item = tuple[float, AbstractIncomingMessage] | None
+
+
+class LogUnreadable(Exception):
+    """The events API returned something that cannot be folded in (a producer bug): stay behind, go stale."""
+
+
+class Feed:
+    """Keeps one RevocationState current; start() runs its supervised background tasks, stop() ends them."""
+
+    def __init__(
+        self,
+        settings: ResourceSettings,
+        state: RevocationState,
+        client: AuthClient,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self.state = state
+        self._client = client
+        self._clock = clock
+        self._wall = wall_clock
+        self._sync_lock = asyncio.Lock()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._started_at = clock()
+        self._fresh_at: float | None = None
+        self._heartbeat_at: float | None = None
+        self._snapshot_needed = True
+        self.head = 0
+        self.caught_up = False  # reached the head of the log at least once: ready from then on
+        self.live = False  # a broker session is consuming
+        # Read by /metrics: malformed, gap_fills, polls, snapshots, reconnects, overflows, ...
+        self.counters: Counter[str] = Counter()
+        self.crashes: Counter[str] = Counter()
+        # Seconds from an event's occurred_at to its apply here; the app points it at a histogram.
+        self.observe_delay: Callable[[float], None] = lambda _seconds: None
+
+    # --- freshness ---------------------------------------------------------------------------------------
+
+    def staleness(self) -> float:
+        """Seconds since the feed last knew it was at the head (infinite before that)."""
+        return math.inf if self._fresh_at is None else max(0.0, self._clock() - self._fresh_at)
+
+    def freshness(self) -> Freshness:
+        """ "fresh" when caught up and confirmed at the head within max_staleness; else "stale"."""
+        fresh = self.caught_up and self.staleness() <= self.settings.max_staleness
+        return "fresh" if fresh else "stale"
+
+    def _mark_fresh(self, at: float) -> None:
+        self.caught_up = True
+        if self._fresh_at is None or at > self._fresh_at:
+            self._fresh_at = at
+
+    def _note_head(self, position: int) -> None:
+        self.head = max(self.head, position)
+
+    # --- lifecycle ---------------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start the broker session, the HTTP poller and the pruner, each supervised."""
+        self._started_at = self._clock()
+        for name, run in (
+            ("broker", self._broker_loop),
+            ("poller", self._poll_loop),
+            ("pruner", self._prune_loop),
+        ):
+            self._tasks.append(asyncio.create_task(self._supervise(name, run), name=f"tokenlife-feed-{name}"))
+
+    async def stop(self) -> None:
+        """Cancel every task and wait for them (the broker session closes its connection)."""
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+        self.live = False
+
+    async def _supervise(self, name: str, run: Callable[[], Awaitable[None]]) -> None:
+        backoff = _INITIAL_BACKOFF
+        while True:
+            try:
+                await run()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                # A bug must not silently end revocation updates: log it, count it, start the task again.
+                log.exception("feed task %s crashed; restarting", name)
+                self.crashes[name] += 1
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, self.settings.reconnect_max_backoff)
+
+    # --- the log over HTTP -------------------------------------------------------------------------------
+
+    async def sync_from_log(self, *, snapshot: bool = False) -> None:
+        """Bring the state to the head of the log over HTTP (snapshot first when asked or never loaded)."""
+        async with self._sync_lock:
+            if snapshot or self._snapshot_needed:
+                snap = await self._client.snapshot()
+                # Refused (False) when older than what we applied meanwhile: the events after it still apply.
+                self.state.load_snapshot(snap)
+                self._snapshot_needed = False
+                self._note_head(snap.position)
+                self.counters["snapshots"] += 1
+            while True:
+                started = self._clock()
+                page = await self._client.events(self.state.applied_position, self.settings.page_size)
+                self._note_head(page.head)
+                for raw in page.events:
+                    self._apply_logged(raw)
+                if self.state.applied_position >= page.head:
+                    # Nothing newer than what we hold existed when the request left: at the head as of then.
+                    self._mark_fresh(started)
+                    return
+                if not page.events:
+                    raise LogUnreadable(
+                        f"empty page after {self.state.applied_position} below head {page.head}"
+                    )
+
+    def _apply_logged(self, raw: dict[str, Any]) -> None:
+        try:
+            event = decode(raw)
+        except ContractError as exc:
+            # Skipping it could skip a revocation for good; staying behind makes the instance stale instead.
+            self.counters["log_unreadable"] += 1
+            raise LogUnreadable(f"event at position {raw.get('position')!r}: {exc}") from None
+        result = self.state.apply(event)
+        if result is ApplyResult.GAP:
+            raise LogUnreadable(f"event {event.position} does not follow {self.state.applied_position}")
+        self._applied(event, result)
+
+    def _applied(self, event: Event | UnknownEvent, result: ApplyResult) -> None:
+        if event.position is not None:
+            self._note_head(event.position)
+        if result in (ApplyResult.CHANGED, ApplyResult.ADVANCED):
+            self.observe_delay(max(0.0, self._wall() - event.occurred_at.timestamp()))
+
+    async def _fill_gap(self, why: str) -> None:
+        self.counters["gap_fills"] += 1
+        try:
+            await self.sync_from_log()
+        except (AuthServiceUnavailable, LogUnreadable) as exc:
+            # The poller and the next heartbeat try again; until then staleness grows.
+            log.warning("gap fill (%s) failed: %s", why, exc)
+
+    async def _poll_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.poll_interval)
+            last = self._heartbeat_at if self._heartbeat_at is not None else self._started_at
+            silent = self._clock() - last > 2 * self.settings.heartbeat_interval
+            if not (silent or not self.caught_up):
+                continue
+            self.counters["polls"] += 1
+            try:
+                await self.sync_from_log()
+            except (AuthServiceUnavailable, LogUnreadable) as exc:
+                self.counters["poll_failures"] += 1
+                log.debug("poll of the log failed: %s", exc)
+
+    async def _prune_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.prune_interval)
+            self.counters["pruned"] += self.state.prune(self._wall())
+
+    # --- the broker --------------------------------------------------------------------------------------
+
+    async def _broker_loop(self) -> None:
+        backoff = _INITIAL_BACKOFF
+        while True:
+            reached_live = False
+            try:
+                reached_live = await self._session()
+            except (*_BROKER_ERRORS, AuthServiceUnavailable, LogUnreadable) as exc:
+                log.warning("broker session ended: %s: %s", type(exc).__name__, exc)
+            finally:
+                self.live = False
+            self.counters["reconnects"] += 1
+            if reached_live:
+                backoff = _INITIAL_BACKOFF
+            # Jitter: a broker restart should not see every instance come back in the same millisecond.
+            await asyncio.sleep(backoff * random.uniform(0.5, 1.0))
+            backoff = min(backoff * 2, self.settings.reconnect_max_backoff)
+
+    async def _session(self) -> bool:
+        """One broker connection: subscribe, catch up, consume until it fails; True if it got live."""
+        s = self.settings
+        timeout = s.http_timeout
+        connection = await asyncio.wait_for(
+            aio_pika.connect(s.amqp_url.get_secret_value(), timeout=timeout), timeout
+        )
+        buffer: asyncio.Queue[_Item] = asyncio.Queue(maxsize=s.buffer_limit)
+        overflow = False
+
+        def lost(*_args: Any) -> None:
+            with contextlib.suppress(asyncio.QueueFull):
+                buffer.put_nowait(None)
+
+        async def buffered(message: AbstractIncomingMessage) -> None:
+            nonlocal overflow
+            try:
+                buffer.put_nowait((self._clock(), message))
+            except asyncio.QueueFull:
+                overflow = True
+
+        reached_live = False
+        try:
+            connection.close_callbacks.add(lost)
+            channel = await connection.channel()
+            channel.close_callbacks.add(lost)
+            await channel.set_qos(prefetch_count=s.prefetch)
+            exchange = await channel.declare_exchange(s.exchange, aio_pika.ExchangeType.TOPIC, durable=True)
+            dlx = await channel.declare_exchange(
+                f"{s.exchange}.dlx", aio_pika.ExchangeType.FANOUT, durable=True
+            )
+            # One shared, bounded queue keeps dead letters for an operator; the oldest go first when full.
+            dead = await channel.declare_queue(
+                f"{s.exchange}.dead",
+                durable=True,
+                arguments={"x-max-length": s.dead_letter_max, "x-overflow": "drop-head"},
+            )
+            await dead.bind(dlx)
+            queue = await channel.declare_queue(
+                exclusive=True, auto_delete=True, arguments={"x-dead-letter-exchange": dlx.name}
+            )
+            await queue.bind(exchange, routing_key="#")
+            await queue.consume(buffered)
+            await self.sync_from_log(snapshot=True)
+            self.live = reached_live = True
+            log.info("feed live at position %d", self.state.applied_position)
+            while True:
+                item = await buffer.get()
+                if overflow:
+                    self.counters["overflows"] += 1
+                    log.warning("buffer overflow (%d messages): catching up again", s.buffer_limit)
+                    return reached_live
+                if item is None:
+                    raise ConnectionError("broker connection or channel closed")
+                await self._handle(*item)
+        finally:
+            with contextlib.suppress(*_BROKER_ERRORS):
+                await asyncio.wait_for(connection.close(), timeout)
+
+    async def _handle(self, received: float, message: AbstractIncomingMessage) -> None:
+        if (message.routing_key or message.type) == HEARTBEAT_TYPE:
+            await self._heartbeat(received, message)
+            return
+        try:
+            event = decode(message.body)
+            if event.position is None:
+                raise ContractError("missing position")
+        except ContractError as exc:
+            self.counters["malformed"] += 1
+            log.warning("dead-lettering malformed message %s: %s", message.message_id, exc)
+            await message.nack(requeue=False)
+            # Whatever event it carried is in the log: read it from there.
+            await self._fill_gap("malformed message")
+            return
+        result = self.state.apply(event)
+        if result is ApplyResult.GAP:
+            await self._fill_gap(f"event {event.position} after {self.state.applied_position}")
+            result = self.state.apply(event)
+        self._applied(event, result)
+        await message.ack()
+
+    async def _heartbeat(self, received: float, message: AbstractIncomingMessage) -> None:
+        try:
+            heartbeat = decode_heartbeat(message.body)
+        except ContractError as exc:
+            self.counters["malformed"] += 1
+            log.warning("dead-lettering malformed heartbeat: %s", exc)
+            await message.nack(requeue=False)
+            return
+        self._heartbeat_at = received
+        self.counters["heartbeats"] += 1
+        self._note_head(heartbeat.head_position)
+        if heartbeat.head_position <= self.state.applied_position:
+            self._mark_fresh(received)
+        else:
+            await self._fill_gap(f"heartbeat head {heartbeat.head_position}")
+        await message.ack()

@@ -1,0 +1,117 @@
+"""Settings of a resource service, read from TOKENLIFE_* environment variables.
+
+Unsafe defaults (the broker's guest account, no service-client secret) are refused unless TOKENLIFE_ENV=dev.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Literal, Self
+from urllib.parse import urlsplit
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["ResourceSettings", "UnsafeResourceSettings"]
+
+log = logging.getLogger("tokenlife.resource")
+
+DEV_AUTH_URL = "http://127.0.0.1:8000"
+DEV_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
+# The auth service's dev-mode service client; refused outside dev mode like the auth service refuses it.
+DEV_SERVICE_CLIENT = "dev-service"
+DEV_SERVICE_SECRET = "dev-service-secret"
+
+
+class UnsafeResourceSettings(Exception):
+    """A setting is unsafe or missing outside dev mode; the message names every offending setting.
+
+    Not a ValueError on purpose: pydantic would wrap a ValueError into a generic validation error.
+    """
+
+
+class ResourceSettings(BaseSettings):
+    """Everything a resource service instance needs: where the auth service and the broker are, and limits."""
+
+    model_config = SettingsConfigDict(env_prefix="TOKENLIFE_", extra="ignore", frozen=True)
+
+    env: Literal["dev", "prod"] = Field(default="prod", description="dev allows unsafe local defaults.")
+    auth_url: str = Field(default="", description="Base URL of the auth service (snapshot, events, JWKS).")
+    amqp_url: SecretStr = Field(default=SecretStr(""), description="RabbitMQ URL the revocations come from.")
+    exchange: str = Field(default="tokenlife.events", min_length=1, max_length=200)
+    service_client_id: str = Field(
+        default="", description="HTTP Basic id of this service at the auth service."
+    )
+    service_client_secret: SecretStr = Field(default=SecretStr(""))
+    issuer: str = Field(default="", description="The iss tokens must carry; defaults to auth_url.")
+    audience: str = Field(default="tokenlife", min_length=1)
+    algorithms: tuple[str, ...] = Field(default=("RS256",), min_length=1)
+    leeway: int = Field(default=5, ge=0, le=60, description="Clock skew allowed on exp, iat, nbf (seconds).")
+
+    # Freshness
+    poll_interval: float = Field(default=1.0, gt=0, description="HTTP poll period when heartbeats stop.")
+    heartbeat_interval: float = Field(default=1.0, gt=0, description="The relay's heartbeat period.")
+    max_staleness: float = Field(default=5.0, gt=0, description="Unconfirmed for longer than this = stale.")
+    stale_policy: Literal["fail_closed", "fail_open", "introspect"] = "fail_closed"
+
+    # Limits and housekeeping
+    buffer_limit: int = Field(default=10_000, ge=1, description="Messages held in memory during catch-up.")
+    prefetch: int = Field(
+        default=100, ge=1, le=65535, description="Unacknowledged messages the broker sends."
+    )
+    page_size: int = Field(default=1000, ge=1, le=1000, description="Events per page of the events API.")
+    http_timeout: float = Field(default=5.0, gt=0)
+    reconnect_max_backoff: float = Field(default=5.0, gt=0)
+    prune_interval: float = Field(default=30.0, gt=0)
+    jwks_min_interval: float = Field(default=10.0, ge=0, description="Least time between two JWKS fetches.")
+    dead_letter_max: int = Field(default=10_000, ge=1, description="Dead letters kept for inspection.")
+
+    @model_validator(mode="after")
+    def _refuse_unsafe_defaults(self) -> Self:
+        dev = self.env == "dev"
+        problems: list[str] = []
+        if not self.auth_url:
+            if dev:
+                object.__setattr__(self, "auth_url", DEV_AUTH_URL)
+            else:
+                problems.append("TOKENLIFE_AUTH_URL is not set: the base URL of the auth service")
+        object.__setattr__(self, "auth_url", self.auth_url.rstrip("/"))
+        if not self.issuer:
+            object.__setattr__(self, "issuer", self.auth_url)
+        amqp = self.amqp_url.get_secret_value()
+        if not amqp:
+            if dev:
+                object.__setattr__(self, "amqp_url", SecretStr(DEV_AMQP_URL))
+            else:
+                problems.append("TOKENLIFE_AMQP_URL is not set: the RabbitMQ the revocations come from")
+        elif not dev and urlsplit(amqp).username in (None, "", "guest"):
+            problems.append(
+                "TOKENLIFE_AMQP_URL uses RabbitMQ's well-known guest/guest account: create a broker user"
+            )
+        if not self.service_client_id:
+            if dev:
+                object.__setattr__(self, "service_client_id", DEV_SERVICE_CLIENT)
+            else:
+                problems.append(
+                    "TOKENLIFE_SERVICE_CLIENT_ID is not set: this service's id at the auth service"
+                )
+        if not self.service_client_secret.get_secret_value():
+            if dev:
+                object.__setattr__(self, "service_client_secret", SecretStr(DEV_SERVICE_SECRET))
+            else:
+                problems.append(
+                    "TOKENLIFE_SERVICE_CLIENT_SECRET is not set: the auth service would refuse us"
+                )
+        if problems:
+            raise UnsafeResourceSettings(
+                "refusing to start outside dev mode (TOKENLIFE_ENV=dev allows these for local trials):\n  - "
+                + "\n  - ".join(problems)
+            )
+        return self
+
+    def announce(self) -> None:
+        """Say loudly, at start, when running in dev mode."""
+        if self.env == "dev":
+            log.warning(
+                "DEV MODE (TOKENLIFE_ENV=dev): unsafe defaults are allowed; never run this in production"
+            )

@@ -1,0 +1,240 @@
+"""End to end on loopback: `tokenlife auth serve` and `tokenlife resource serve` as real processes.
+
+The auth service runs with the relay switched on and the broker URL given: where the relay is wired into
+`auth serve` the revocation crosses RabbitMQ, otherwise the resource service's HTTP poll carries it. Either
+way the promise checked is the same: a logged-out token is refused within the deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import aio_pika
+import httpx
+import jwt
+import pytest
+
+from auth_service.db import create_engine
+from auth_service.keys import KeyRing, load
+from auth_service.settings import DEV_KEY_ENCRYPTION_KEY
+from tests.conftest import PASSWORD, SERVICE_CLIENT, add_user, free_port, start_auth_server
+
+pytestmark = [pytest.mark.e2e, pytest.mark.integration]
+
+DEADLINE = 10.0
+
+
+def _resource_command(port: int) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "auth_service.cli",
+        "resource",
+        "serve",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
+
+
+class ResourceProcess:
+    """`tokenlife resource serve` on a fixed loopback port, restartable."""
+
+    def __init__(self, auth_url: str, amqp_url: str, exchange: str) -> None:
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("TOKENLIFE_")} | {
+            "TOKENLIFE_ENV": "dev",
+            "TOKENLIFE_AUTH_URL": auth_url,
+            "TOKENLIFE_AMQP_URL": amqp_url,
+            "TOKENLIFE_EXCHANGE": exchange,
+            "TOKENLIFE_SERVICE_CLIENT_ID": SERVICE_CLIENT[0],
+            "TOKENLIFE_SERVICE_CLIENT_SECRET": SERVICE_CLIENT[1],
+            "TOKENLIFE_POLL_INTERVAL": "0.2",
+            "TOKENLIFE_HEARTBEAT_INTERVAL": "0.2",
+            "TOKENLIFE_MAX_STALENESS": "3",
+            "TOKENLIFE_HTTP_TIMEOUT": "2",
+            "TOKENLIFE_JWKS_MIN_INTERVAL": "0",
+        }
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        """Start the process and wait until it answers /healthz (not necessarily ready)."""
+        self.proc = subprocess.Popen(
+            _resource_command(self.port), env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        wait_for(lambda: _answers(f"{self.base}/healthz"), "the resource service answers")
+
+    def kill(self) -> None:
+        """kill -9, and reap it."""
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=1).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+def wait_for(check: Any, what: str, deadline: float = DEADLINE) -> None:
+    """Poll `check()` until true; fail naming `what` after the deadline."""
+    end = time.monotonic() + deadline
+    while not check():
+        if time.monotonic() > end:
+            pytest.fail(f"not within {deadline} s: {what}")
+        time.sleep(0.05)
+
+
+def login(auth_url: str, email: str) -> str:
+    """An access token from the real token endpoint."""
+    form = {"grant_type": "password", "username": email, "password": PASSWORD}
+    response = httpx.post(f"{auth_url}/oauth/token", data=form)
+    assert response.status_code == 200, response.text
+    token: str = response.json()["access_token"]
+    return token
+
+
+def whoami(base: str, token: str) -> httpx.Response:
+    """GET /v1/whoami with the token."""
+    return httpx.get(f"{base}/v1/whoami", headers={"Authorization": f"Bearer {token}"})
+
+
+def assert_invalid_token(response: httpx.Response) -> None:
+    """401 with an RFC 6750 challenge naming invalid_token."""
+    assert response.status_code == 401, response.text
+    challenge = response.headers["www-authenticate"]
+    assert challenge.startswith('Bearer realm="tokenlife"')
+    assert 'error="invalid_token"' in challenge
+    assert "error_description=" in challenge
+
+
+@pytest.fixture
+def stack(
+    database_url: str, amqp_url: str, exchange_name: str
+) -> Iterator[tuple[subprocess.Popen[bytes], str, ResourceProcess]]:
+    """The auth service (relay on) and a resource service, both real processes; killed after the test."""
+    auth_proc, auth_url = start_auth_server(database_url, amqp_url, TOKENLIFE_EXCHANGE=exchange_name)
+    resource = ResourceProcess(auth_url, amqp_url, exchange_name)
+    try:
+        resource.start()
+        yield auth_proc, auth_url, resource
+    finally:
+        resource.kill()
+        auth_proc.send_signal(signal.SIGCONT)
+        auth_proc.kill()
+        auth_proc.wait(timeout=10)
+        if auth_proc.stderr:
+            auth_proc.stderr.close()
+        asyncio.run(_delete_broker_objects(amqp_url, exchange_name))
+
+
+async def _delete_broker_objects(amqp_url: str, exchange: str) -> None:
+    # The resource service declares a durable dead-letter pair next to the exchange: leave nothing behind.
+    connection = await aio_pika.connect(amqp_url)
+    try:
+        channel = await connection.channel()
+        await channel.queue_delete(f"{exchange}.dead")
+        await channel.exchange_delete(f"{exchange}.dlx")
+        await channel.exchange_delete(exchange)
+    finally:
+        await connection.close()
+
+
+def test_logout_is_refused_everywhere_and_survives_a_resource_kill(
+    database_url: str, stack: tuple[subprocess.Popen[bytes], str, ResourceProcess]
+) -> None:
+    auth_proc, auth_url, resource = stack
+    user_id = asyncio.run(add_user(database_url, "hal@example.com"))
+    wait_for(lambda: _answers(f"{resource.base}/readyz"), "the resource service is ready")
+    token = login(auth_url, "hal@example.com")
+    response = whoami(resource.base, token)
+    assert response.status_code == 200
+    assert response.json()["sub"] == user_id
+
+    logout = httpx.post(f"{auth_url}/v1/auth/logout", headers={"Authorization": f"Bearer {token}"})
+    assert logout.status_code == 200
+    wait_for(lambda: whoami(resource.base, token).status_code == 401, "the logged-out token is refused")
+    assert_invalid_token(whoami(resource.base, token))
+
+    resource.kill()
+    # With the auth service paused the restarted instance cannot rebuild its state, so it must say not ready.
+    auth_proc.send_signal(signal.SIGSTOP)
+    try:
+        resource.start()
+        response = httpx.get(f"{resource.base}/readyz", timeout=5)
+        assert response.status_code == 503
+        assert response.json()["caught_up"] is False
+    finally:
+        auth_proc.send_signal(signal.SIGCONT)
+    wait_for(lambda: _answers(f"{resource.base}/readyz"), "the restarted instance is ready")
+    assert_invalid_token(whoami(resource.base, token))
+    assert whoami(resource.base, login(auth_url, "hal@example.com")).status_code == 200
+
+
+def _signing_key(database_url: str) -> tuple[str, Any]:
+    async def ring() -> KeyRing:
+        engine = create_engine(database_url, pool_size=1)
+        try:
+            async with engine.connect() as conn:
+                return await load(conn, DEV_KEY_ENCRYPTION_KEY, 300)
+        finally:
+            await engine.dispose()
+
+    active = asyncio.run(ring()).active
+    assert active is not None
+    return active.kid, active.private_key
+
+
+def _claims(auth_url: str, **overrides: Any) -> dict[str, Any]:
+    now = int(time.time())
+    base = {
+        "iss": auth_url,
+        "aud": "tokenlife",
+        "sub": str(uuid.uuid4()),
+        "sid": str(uuid.uuid4()),
+        "jti": uuid.uuid4().hex,
+        "iat": now,
+        "exp": now + 300,
+        "client_id": "tokenlife",
+    }
+    return base | overrides
+
+
+def _b64(obj: dict[str, Any]) -> str:
+    return base64.urlsafe_b64encode(json.dumps(obj).encode()).rstrip(b"=").decode()
+
+
+def test_forged_expired_and_foreign_tokens_get_rfc6750_challenges(
+    database_url: str, stack: tuple[subprocess.Popen[bytes], str, ResourceProcess]
+) -> None:
+    _auth_proc, auth_url, resource = stack
+    wait_for(lambda: _answers(f"{resource.base}/readyz"), "the resource service is ready")
+    kid, key = _signing_key(database_url)
+    headers = {"kid": kid, "typ": "at+jwt"}
+    now = int(time.time())
+    unsigned = f"{_b64({'alg': 'none', 'typ': 'at+jwt', 'kid': kid})}.{_b64(_claims(auth_url))}.AAAA"
+    expired = jwt.encode(_claims(auth_url, iat=now - 900, exp=now - 600), key, "RS256", headers)
+    foreign = jwt.encode(_claims(auth_url, aud="another-api"), key, "RS256", headers)
+    good = jwt.encode(_claims(auth_url), key, "RS256", headers)
+    assert whoami(resource.base, good).status_code == 200  # the forging itself is sound
+    for token, why in ((unsigned, "algorithm"), (expired, "expired"), (foreign, "audience")):
+        response = whoami(resource.base, token)
+        assert_invalid_token(response)
+        assert why in response.headers["www-authenticate"]
+    missing = httpx.get(f"{resource.base}/v1/whoami")
+    assert missing.status_code == 401
+    assert missing.headers["www-authenticate"] == 'Bearer realm="tokenlife"'

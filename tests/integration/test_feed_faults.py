@@ -1,0 +1,132 @@
+"""The feed under faults: the broker link cut (a TCP proxy in between), then the auth service gone too."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from urllib.parse import urlsplit, urlunsplit
+
+import httpx
+import pytest
+
+from auth_service import contract as c
+from tests.conftest import SERVICE_CLIENT, add_user, start_auth_server
+from tests.integration.test_feed import (
+    Exchange,
+    eventually,
+    exchange,  # noqa: F401 - a fixture
+    login,
+    logout,
+    resource_app,
+    resource_settings,
+    whoami,
+)
+from tests.tcp_proxy import TcpProxy
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+async def broker_proxy(amqp_url: str) -> AsyncIterator[tuple[TcpProxy, str]]:
+    """A TCP proxy in front of the broker, and the AMQP URL that goes through it."""
+    parts = urlsplit(amqp_url)
+    async with TcpProxy(parts.hostname or "127.0.0.1", parts.port or 5672) as proxy:
+        netloc = f"{parts.username}:{parts.password}@{proxy.host}:{proxy.port}"
+        yield proxy, urlunsplit(parts._replace(netloc=netloc))
+
+
+@contextlib.asynccontextmanager
+async def relay_heartbeats(target: Exchange, auth_url: str, every: float) -> AsyncIterator[None]:
+    """Stand in for the relay's heartbeats: the log's head, published straight to the broker."""
+
+    async def beat() -> None:
+        async with httpx.AsyncClient(base_url=auth_url, auth=SERVICE_CLIENT) as http:
+            while True:
+                page = c.EventPage.model_validate_json((await http.get("/v1/events?limit=1")).content)
+                heartbeat = c.Heartbeat(head_position=page.head)
+                await target.publish(c.encode(heartbeat), c.HEARTBEAT_TYPE)
+                await asyncio.sleep(every)
+
+    task = asyncio.create_task(beat())
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def test_a_cut_broker_link_falls_back_to_http_polling_and_reconnects(
+    auth_server: str,
+    database_url: str,
+    exchange: Exchange,  # noqa: F811 - the fixture
+    broker_proxy: tuple[TcpProxy, str],
+) -> None:
+    proxy, amqp_via_proxy = broker_proxy
+    await add_user(database_url, "fay@example.com")
+    token = await login(auth_server, "fay@example.com")
+    settings = resource_settings(auth_server, amqp_via_proxy, exchange.name)
+    async with (
+        relay_heartbeats(exchange, auth_server, every=0.1),
+        resource_app(settings) as (client, rt),
+    ):
+        feed = rt.feed
+        await eventually(lambda: _true(feed.live and feed.counters["heartbeats"] > 3), "heartbeats arrive")
+        proxy.refuse()
+        assert proxy.cut() >= 1
+        await eventually(lambda: _true(not feed.live), "the feed notices the cut")
+        polls = feed.counters["polls"]
+        await logout(auth_server, token)
+        await eventually(lambda: _status(client, token, 401), "the revocation arrives over HTTP")
+        assert feed.counters["polls"] > polls
+        # For longer than max_staleness without the broker: HTTP polls keep the instance fresh and ready.
+        end = time.monotonic() + settings.max_staleness * 1.5
+        while time.monotonic() < end:
+            assert feed.freshness() == "fresh"
+            assert (await client.get("/readyz")).status_code == 200
+            await asyncio.sleep(0.1)
+        proxy.heal()
+        await eventually(lambda: _true(feed.live), "the feed reconnects and catches up again")
+        assert feed.counters["snapshots"] >= 2
+        assert not feed.crashes
+
+
+async def test_with_broker_and_auth_service_unreachable_the_instance_goes_stale_and_fails_closed(
+    database_url: str,
+    amqp_url: str,
+    exchange: Exchange,  # noqa: F811 - the fixture
+    broker_proxy: tuple[TcpProxy, str],
+) -> None:
+    proxy, amqp_via_proxy = broker_proxy
+    proc, auth_url = start_auth_server(database_url)
+    try:
+        await add_user(database_url, "gus@example.com")
+        token = await login(auth_url, "gus@example.com")
+        async with resource_app(resource_settings(auth_url, amqp_via_proxy, exchange.name)) as (client, rt):
+            await eventually(lambda: _status(client, token, 200), "the token is accepted while fresh")
+            proxy.refuse()
+            proxy.cut()
+            proc.kill()
+            proc.wait(timeout=10)
+            await eventually(lambda: _status(client, token, 503), "the instance fails closed")
+            response = await whoami(client, token)
+            assert int(response.headers["retry-after"]) >= 1
+            assert response.json()["detail"] == "revocation state is not fresh"
+            assert rt.feed.freshness() == "stale"
+            assert (await client.get("/readyz")).status_code == 503
+            assert rt.guard.rejections["state_stale"] >= 1
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+        if proc.stderr:
+            proc.stderr.close()
+
+
+async def _true(value: bool) -> bool:
+    return value
+
+
+async def _status(client: httpx.AsyncClient, token: str, status: int) -> bool:
+    return (await whoami(client, token)).status_code == status
