@@ -26,10 +26,12 @@ COMMAND_MODULES: tuple[str, ...] = (
 
 
 def _migrate(args: argparse.Namespace) -> int:
-    from auth_service.migrate import upgrade
+    from auth_service.migrate import create_database, upgrade
 
     settings = AuthSettings()
     settings.announce()
+    if args.create_database and asyncio.run(create_database(settings.database_url)):
+        print("created the database")  # noqa: T201 - a command's answer
     upgrade(settings.database_url, args.revision)
     print(f"schema at {args.revision}")  # noqa: T201 - a command's answer
     return 0
@@ -53,6 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     migrate = sub.add_parser("migrate", help="apply database migrations (a no-op when up to date)")
     migrate.add_argument("--revision", default="head")
+    migrate.add_argument(
+        "--create-database", action="store_true", help="create the database if it is missing"
+    )
     migrate.set_defaults(func=_migrate)
 
     log_cmd = sub.add_parser("log", help="event log maintenance")
