@@ -6,8 +6,9 @@ AuthServiceError
 │   ├── InvalidGrant           invalid_grant: bad credentials, unknown, expired or reused refresh token
 │   ├── InvalidClient          invalid_client (401): a service client failed to authenticate
 │   └── UnsupportedGrantType   unsupported_grant_type
-├── BearerError                RFC 6750 §3: 401 + WWW-Authenticate
-│   └── InvalidToken           invalid_token: bad, expired or revoked access token
+├── BearerError                RFC 6750 §3: WWW-Authenticate; invalid_request (400): malformed header
+│   ├── MissingToken           401, no error code: no bearer credentials at all
+│   └── InvalidToken           401 invalid_token: bad, expired or revoked access token
 ├── TooManyAttempts            429 + Retry-After: login backoff
 └── NotFound                   404: a session that is not the caller's, or does not exist
 """
@@ -47,15 +48,17 @@ class UnsupportedGrantType(OAuthError):
 
 
 class BearerError(AuthServiceError):
-    status = 401
+    status = 400  # RFC 6750 §3.1: a malformed request is invalid_request, answered 400
     error: str | None = "invalid_request"
 
 
 class MissingToken(BearerError):
+    status = 401
     error = None  # RFC 6750 §3.1: no error code when the request had no credentials at all
 
 
 class InvalidToken(BearerError):
+    status = 401
     error = "invalid_token"
 
 

@@ -86,9 +86,9 @@ async def delete_session(sid: str, request: Request) -> Response:
 @router.get("/v1/sessions/{sid}/events", summary="A session's timeline, from the log")
 async def session_events(sid: str, request: Request) -> Response:
     """Every logged event of one of the caller's sessions, in position order."""
-    session_id = _session_id(sid)
     async with transaction(request) as conn:
         who = await principal(request, conn)
+        session_id = _session_id(sid)
         owner = (
             await conn.execute(select(sessions.c.user_id).where(sessions.c.session_id == session_id))
         ).scalar_one_or_none()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hmac
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from urllib.parse import parse_qsl
@@ -19,6 +20,8 @@ from auth_service.revoke import Principal, authenticate
 FORM_TYPE = "application/x-www-form-urlencoded"
 MAX_HEADER = 8192
 MAX_FIELD = 4096
+# C0 controls and DEL, tab excepted: no field needs them, and PostgreSQL refuses NUL in text and jsonb.
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
 
 def context(request: Request) -> AuthContext:
@@ -51,6 +54,8 @@ async def form(request: Request) -> dict[str, str]:
             raise InvalidRequest(f"parameter {name!r} is repeated")
         if len(value) > MAX_FIELD:
             raise InvalidRequest(f"parameter {name!r} is too long")
+        if _CONTROL.search(name) or _CONTROL.search(value):
+            raise InvalidRequest(f"parameter {name[:64]!r} contains a control character")
         fields[name] = value
     return fields
 
@@ -72,7 +77,10 @@ def bearer_token(request: Request) -> str:
         raise BearerError("malformed Authorization header")
     scheme, _, token = header.partition(" ")
     token = token.strip()
-    if scheme.lower() != "bearer" or not token or " " in token:
+    if scheme.lower() != "bearer":
+        # RFC 6750 §3.1: another scheme means no bearer credentials at all, so a bare challenge.
+        raise MissingToken("authentication required (Bearer)")
+    if not token or " " in token:
         raise BearerError("expected 'Authorization: Bearer <token>'")
     return token
 

@@ -6,6 +6,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 
 from auth_service.api.common import context, service_client, transaction
+from auth_service.errors import InvalidRequest
 from auth_service.log import MAX_PAGE, read_page, snapshot
 
 router = APIRouter(tags=["service"])
@@ -19,6 +20,9 @@ async def events(
 ) -> Response:
     """An EventPage: events with position > after (at most limit) and the head they were read at."""
     service_client(request)
+    for name in ("after", "limit"):
+        if len(request.query_params.getlist(name)) > 1:
+            raise InvalidRequest(f"parameter {name!r} is repeated")
     async with transaction(request) as conn:
         page = await read_page(conn, after, limit)
     return Response(page.model_dump_json(), media_type="application/json")
