@@ -1,8 +1,8 @@
 """End to end on loopback: `tokenlife auth serve` and `tokenlife resource serve` as real processes.
 
-The auth service runs with the relay switched on and the broker URL given: where the relay is wired into
-`auth serve` the revocation crosses RabbitMQ, otherwise the resource service's HTTP poll carries it. Either
-way the promise checked is the same: a logged-out token is refused within the deadline.
+The auth service runs its relay, so revocations cross RabbitMQ; when the broker is gone the resource service's
+HTTP poll carries them. Either way the promise checked is the same: a logged-out token is refused within the
+deadline, and nothing committed is lost across a kill -9 or a broker restart.
 """
 
 from __future__ import annotations
@@ -11,6 +11,8 @@ import asyncio
 import base64
 import json
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -238,3 +240,53 @@ def test_forged_expired_and_foreign_tokens_get_rfc6750_challenges(
     missing = httpx.get(f"{resource.base}/v1/whoami")
     assert missing.status_code == 401
     assert missing.headers["www-authenticate"] == 'Bearer realm="tokenlife"'
+
+
+def _rabbitmqctl(*args: str) -> None:
+    subprocess.run(["rabbitmqctl", *args], check=True, capture_output=True, timeout=120)
+
+
+def _readyz(base: str) -> dict[str, Any]:
+    try:
+        body: dict[str, Any] = httpx.get(f"{base}/readyz", timeout=2).json()
+    except httpx.TransportError:
+        return {}
+    return body
+
+
+def test_broker_restart_loses_no_revocation(
+    database_url: str, amqp_url: str, stack: tuple[subprocess.Popen[bytes], str, ResourceProcess]
+) -> None:
+    if shutil.which("rabbitmqctl") is None or "127.0.0.1" not in amqp_url and "localhost" not in amqp_url:
+        pytest.skip("restarting the broker needs the local RabbitMQ and its rabbitmqctl")
+    _auth_proc, auth_url, resource = stack
+    asyncio.run(add_user(database_url, "ida@example.com"))
+    wait_for(lambda: _readyz(resource.base).get("broker_live") is True, "the resource service is live")
+    during, after = login(auth_url, "ida@example.com"), login(auth_url, "ida@example.com")
+
+    _rabbitmqctl("stop_app")
+    try:
+        logout = httpx.post(f"{auth_url}/v1/auth/logout", headers={"Authorization": f"Bearer {during}"})
+        assert logout.status_code == 200  # committed in the log, whatever the broker does
+        wait_for(lambda: whoami(resource.base, during).status_code == 401, "refused over the HTTP path")
+        assert whoami(resource.base, after).status_code == 200  # still fresh: the HTTP poll confirms it
+    finally:
+        _rabbitmqctl("start_app")
+        _rabbitmqctl("await_startup")
+
+    wait_for(lambda: _readyz(resource.base).get("broker_live") is True, "the feed is back on the broker", 30)
+    logout = httpx.post(f"{auth_url}/v1/auth/logout", headers={"Authorization": f"Bearer {after}"})
+    assert logout.status_code == 200
+    wait_for(lambda: whoami(resource.base, after).status_code == 401, "refused after the restart")
+    assert_invalid_token(whoami(resource.base, during))
+
+    def relay_caught_up() -> bool:
+        metrics = httpx.get(f"{auth_url}/metrics").text
+        return "tokenlife_relay_lag_events 0.0" in metrics and "tokenlife_relay_leader 1.0" in metrics
+
+    wait_for(relay_caught_up, "the relay published everything after the restart", 30)
+    reconnects = re.search(
+        r"^tokenlife_relay_broker_reconnects_total ([0-9.]+)$", httpx.get(f"{auth_url}/metrics").text, re.M
+    )
+    assert reconnects is not None
+    assert float(reconnects.group(1)) >= 1
