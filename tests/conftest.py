@@ -20,6 +20,7 @@ import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
 
 import asyncpg
 import httpx
@@ -177,16 +178,23 @@ def auth_settings(database_url: str, monkeypatch: pytest.MonkeyPatch) -> AuthSet
     return AuthSettings()
 
 
-@pytest.fixture
-async def auth_client(auth_settings: AuthSettings) -> AsyncIterator[httpx.AsyncClient]:
-    """An HTTP client talking to an in-process auth service (lifespan started) on this test's database."""
+@asynccontextmanager
+async def serve_auth(settings: AuthSettings) -> AsyncIterator[httpx.AsyncClient]:
+    """An in-process auth service with its lifespan running, and an HTTP client talking to it."""
     from auth_service.app import create_app
 
-    app = create_app(auth_settings)
+    app = create_app(settings)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app, client=("203.0.113.7", 50000))
         async with httpx.AsyncClient(transport=transport, base_url="http://auth.test") as client:
             yield client
+
+
+@pytest.fixture
+async def auth_client(auth_settings: AuthSettings) -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTP client talking to an in-process auth service (lifespan started) on this test's database."""
+    async with serve_auth(auth_settings) as client:
+        yield client
 
 
 async def add_user(database_url: str, email: str, password: str = PASSWORD, scopes: str = "") -> str:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
@@ -14,24 +12,14 @@ from fastapi.security import OAuth2PasswordBearer
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from auth_service.app import create_app
 from auth_service.log import read_after
 from auth_service.settings import AuthSettings
 from auth_service.tables import sessions
-from tests.conftest import PASSWORD, SERVICE_CLIENT, add_user
+from tests.conftest import PASSWORD, SERVICE_CLIENT, add_user, serve_auth
 
 pytestmark = pytest.mark.integration
 
 EMAIL = "ada@example.com"
-
-
-@asynccontextmanager
-async def client_for(settings: AuthSettings) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(settings)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app, client=("198.51.100.9", 4000))
-        async with httpx.AsyncClient(transport=transport, base_url="http://auth.test") as client:
-            yield client
 
 
 async def login(client: httpx.AsyncClient, email: str = EMAIL, password: str = PASSWORD, **extra: str) -> Any:
@@ -172,7 +160,7 @@ async def test_concurrent_refreshes_within_the_grace_window_both_succeed(
 async def test_reused_refresh_token_after_the_grace_window_revokes_the_session(
     auth_settings: AuthSettings, engine: AsyncEngine, user: str
 ) -> None:
-    async with client_for(auth_settings.model_copy(update={"refresh_grace_seconds": 0.0})) as client:
+    async with serve_auth(auth_settings.model_copy(update={"refresh_grace_seconds": 0.0})) as client:
         tokens = await login(client)
         rotated = await refresh(client, tokens["refresh_token"])
         assert rotated.status_code == 200

@@ -7,13 +7,11 @@ import time
 from typing import Any
 
 import aio_pika
-import httpx
 import pytest
 
 from auth_service import contract as c
-from auth_service.app import create_app
 from auth_service.settings import AuthSettings
-from tests.conftest import PASSWORD, add_user
+from tests.conftest import PASSWORD, add_user, serve_auth
 
 pytestmark = pytest.mark.integration
 
@@ -46,33 +44,30 @@ async def test_logout_is_published_by_the_relay_running_in_the_auth_service(
     )
     await add_user(database_url, "ada@example.com")
     connection = await aio_pika.connect(amqp_url)
-    app = create_app(settings)
     try:
         channel = await connection.channel()
         exchange = await channel.declare_exchange(exchange_name, aio_pika.ExchangeType.TOPIC, durable=True)
         queue = await channel.declare_queue(exclusive=True)
         await queue.bind(exchange, routing_key="#")
-        async with app.router.lifespan_context(app):
-            transport = httpx.ASGITransport(app=app)
-            async with httpx.AsyncClient(transport=transport, base_url="http://auth.test") as client:
-                tokens = (
-                    await client.post(
-                        "/oauth/token",
-                        data={"grant_type": "password", "username": "ada@example.com", "password": PASSWORD},
-                    )
-                ).json()
-                response = await client.post(
-                    "/v1/auth/logout", headers={"Authorization": f"Bearer {tokens['access_token']}"}
+        async with serve_auth(settings) as client:
+            tokens = (
+                await client.post(
+                    "/oauth/token",
+                    data={"grant_type": "password", "username": "ada@example.com", "password": PASSWORD},
                 )
-                assert response.status_code == 200
-                body, headers = await next_message(queue, "session.revoked")
-                event = c.decode(body)
-                assert isinstance(event, c.SessionRevoked)
-                assert (event.position, headers["position"], headers["prev_position"]) == (3, 3, 2)
-                beat, _ = await next_message(queue, c.HEARTBEAT_TYPE)
-                assert c.decode_heartbeat(beat).head_position >= 3
-                metrics = (await client.get("/metrics")).text
-                assert "tokenlife_relay_leader 1.0" in metrics
-                assert (await client.get("/readyz")).json() == {"status": "ready"}
+            ).json()
+            response = await client.post(
+                "/v1/auth/logout", headers={"Authorization": f"Bearer {tokens['access_token']}"}
+            )
+            assert response.status_code == 200
+            body, headers = await next_message(queue, "session.revoked")
+            event = c.decode(body)
+            assert isinstance(event, c.SessionRevoked)
+            assert (event.position, headers["position"], headers["prev_position"]) == (3, 3, 2)
+            beat, _ = await next_message(queue, c.HEARTBEAT_TYPE)
+            assert c.decode_heartbeat(beat).head_position >= 3
+            metrics = (await client.get("/metrics")).text
+            assert "tokenlife_relay_leader 1.0" in metrics
+            assert (await client.get("/readyz")).json() == {"status": "ready"}
     finally:
         await connection.close()
