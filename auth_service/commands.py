@@ -113,7 +113,7 @@ async def _keys(settings: AuthSettings, action: str, kid: str | None) -> int:
             elif action == "revoke":
                 assert kid is not None
                 try:
-                    event = await keystore.revoke(conn, kid, settings.access_token_ttl, "operator")
+                    event = await keystore.revoke(conn, kid, kek, "operator")
                 except keystore.KeyError_ as exc:
                     _say(f"tokenlife: {exc}")
                     return 1

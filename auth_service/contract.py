@@ -48,6 +48,8 @@ class EventType(StrEnum):
 
 
 HEARTBEAT_TYPE: Final = "relay.heartbeat"
+# The expires_at of a revocation that must never be pruned (a revoked key: forged tokens can claim any exp).
+FOREVER: Final = datetime(9999, 1, 1, tzinfo=UTC)
 
 
 def utcnow() -> datetime:
@@ -127,7 +129,9 @@ class KeyRevoked(_EventBase):
 
     type: Literal[EventType.KEY_REVOKED] = EventType.KEY_REVOKED
     kid: str
-    expires_at: AwareDatetime = Field(description="The latest exp of any token the key signed.")
+    expires_at: AwareDatetime = Field(
+        default=FOREVER, description="FOREVER by default: a leaked key can sign tokens with any exp."
+    )
     reason: str
 
 

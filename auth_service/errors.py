@@ -10,6 +10,7 @@ AuthServiceError
 │   ├── MissingToken           401, no error code: no bearer credentials at all
 │   └── InvalidToken           401 invalid_token: bad, expired or revoked access token
 ├── TooManyAttempts            429 + Retry-After: login backoff
+├── NoSigningKey               503: no active signing key to sign with
 └── NotFound                   404: a session that is not the caller's, or does not exist
 """
 
@@ -68,6 +69,11 @@ class TooManyAttempts(AuthServiceError):
     def __init__(self, description: str, retry_after: int) -> None:
         super().__init__(description)
         self.retry_after = retry_after
+
+
+class NoSigningKey(AuthServiceError):
+    status = 503
+    error = "temporarily_unavailable"
 
 
 class NotFound(AuthServiceError):

@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from auth_service import contract as c
 from auth_service.context import AuthContext
-from auth_service.errors import InvalidGrant, InvalidRequest, TooManyAttempts
+from auth_service.errors import InvalidGrant, InvalidRequest, NoSigningKey, TooManyAttempts
 from auth_service.log import append, append_lock
 from auth_service.passwords import verify_password
 from auth_service.tables import refresh_tokens, revocations, sessions, users
@@ -83,7 +83,7 @@ def grant_scope(requested: str | None, granted: str) -> str:
     return " ".join(s for s in held if s in wanted)
 
 
-async def _watermark(conn: AsyncConnection, user_id: str) -> datetime | None:
+async def current_watermark(conn: AsyncConnection, user_id: str) -> datetime | None:
     """The latest not-before watermark that applies to the user (theirs or the global one)."""
     rows = await conn.execute(
         select(revocations.c.not_before).where(
@@ -108,7 +108,7 @@ async def _issue(
 ) -> AccessToken:
     key = ctx.keys.current().active
     if key is None:
-        raise RuntimeError("no active signing key")
+        raise NoSigningKey("no active signing key: an operator must run `tokenlife keys rotate`")
     s = ctx.settings
     return sign_access_token(
         key,
@@ -120,7 +120,7 @@ async def _issue(
         scope=scope,
         ttl=s.access_token_ttl,
         now=now,
-        not_before=await _watermark(conn, user_id),
+        not_before=await current_watermark(conn, user_id),
     )
 
 

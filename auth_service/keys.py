@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import os
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -25,7 +26,7 @@ from sqlalchemy import select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from auth_service import contract as c
-from auth_service.log import append
+from auth_service.log import append, append_lock
 from auth_service.tables import signing_keys
 
 ALGORITHM = "RS256"
@@ -119,24 +120,28 @@ async def ensure_active_key(conn: AsyncConnection, key_encryption_key: str) -> s
     return await rotate(conn, key_encryption_key)
 
 
-async def revoke(conn: AsyncConnection, kid: str, access_token_ttl: int, reason: str) -> c.Event:
-    """Revoke a key: it leaves the JWKS and a key.revoked event covers every token it signed."""
+async def revoke(conn: AsyncConnection, kid: str, key_encryption_key: str, reason: str) -> c.Event:
+    """Revoke a key: it leaves the JWKS and a key.revoked event covers every token it signed.
+
+    Revoking the active key first rotates to a new one, so the service never stands without a signing key.
+    """
+    await append_lock(conn)  # the log's lock first, as every appending transaction does (see grants.py)
     row = (
         await conn.execute(select(signing_keys).where(signing_keys.c.kid == kid).with_for_update())
     ).one_or_none()
     if row is None:
         raise KeyError_(f"no signing key with kid {kid!r}")
+    if row.retired_at is None:
+        await rotate(conn, key_encryption_key)
     now = datetime.now(UTC)
     await conn.execute(
         update(signing_keys)
         .where(signing_keys.c.kid == kid)
         .values(revoked_at=now, retired_at=row.retired_at or now)
     )
-    last_signed = row.retired_at or now
-    [event] = await append(
-        conn,
-        [c.KeyRevoked(kid=kid, expires_at=last_signed + timedelta(seconds=access_token_ttl), reason=reason)],
-    )
+    # Not last_signed + ttl: whoever holds a compromised key can sign tokens with any exp, so the revocation
+    # must outlive every such token, and is never pruned.
+    [event] = await append(conn, [c.KeyRevoked(kid=kid, expires_at=c.FOREVER, reason=reason)])
     return event
 
 
@@ -172,8 +177,21 @@ async def load(conn: AsyncConnection, key_encryption_key: str, access_token_ttl:
 class KeyCache:
     """The instance's KeyRing, reloaded every `refresh_seconds` so rotations reach every instance."""
 
+    # An unknown kid may reload the ring early, but at most this often: a stream of made-up kids must not
+    # turn into a stream of database reads.
+    MIN_RELOAD_INTERVAL = 1.0
+
     def __init__(self, ring: KeyRing) -> None:
         self._ring = ring
+        self._early_reload_at = 0.0
+
+    def may_reload(self) -> bool:
+        """Whether an early reload (for an unknown kid) is allowed now; claims the slot if so."""
+        now = time.monotonic()
+        if now - self._early_reload_at < self.MIN_RELOAD_INTERVAL:
+            return False
+        self._early_reload_at = now
+        return True
 
     def current(self) -> KeyRing:
         """The ring as last loaded."""

@@ -17,12 +17,14 @@ from sqlalchemy import select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from auth_service import contract as c
+from auth_service import keys as keystore
 from auth_service.context import AuthContext
 from auth_service.errors import InvalidGrant, InvalidRequest, InvalidToken, NotFound
+from auth_service.grants import current_watermark
 from auth_service.log import append, append_lock
 from auth_service.passwords import check_new_password, hash_password, verify_password
 from auth_service.tables import refresh_tokens, revocations, sessions, users
-from auth_service.tokens import hash_refresh_token, verify_access_token, whole_second_ceiling
+from auth_service.tokens import hash_refresh_token, unverified_kid, verify_access_token, whole_second_floor
 
 LogoutScope = Literal["session", "others", "all"]
 
@@ -49,9 +51,20 @@ def revocation_reason(rows: list[tuple[str, str, datetime | None]], iat: int) ->
     return None
 
 
+async def _know_kid(conn: AsyncConnection, ctx: AuthContext, token: str) -> None:
+    """Reload the key ring when the token names a kid it lacks: another instance may have rotated."""
+    kid = unverified_kid(token)
+    if kid is not None and kid not in ctx.keys.current().public_keys and ctx.keys.may_reload():
+        s = ctx.settings
+        ctx.keys.replace(
+            await keystore.load(conn, s.key_encryption_key.get_secret_value(), s.access_token_ttl)
+        )
+
+
 async def authenticate(conn: AsyncConnection, ctx: AuthContext, token: str) -> Principal:
     """Verify one of our access tokens and check the log's projections that it is not revoked."""
     s = ctx.settings
+    await _know_kid(conn, ctx, token)
     kid, claims = verify_access_token(token, ctx.keys.current(), issuer=s.issuer, audience=s.audience)
     try:
         session_id = uuid.UUID(str(claims["sid"]))
@@ -92,11 +105,14 @@ async def _end_sessions(
     return await append(conn, events, lock_timeout_ms=ctx.settings.lock_timeout_ms)
 
 
-async def _live_sessions(conn: AsyncConnection, user_id: str) -> list[uuid.UUID]:
+async def _unrevoked_sessions(conn: AsyncConnection, ctx: AuthContext, user_id: str) -> list[uuid.UUID]:
+    # Not only sessions whose refresh token is alive: an access token from a refresh just before the
+    # session expired lives up to access_token_ttl longer, and must be revocable too.
+    alive_after = datetime.now(UTC) - timedelta(seconds=ctx.settings.access_token_ttl + 1)
     rows = await conn.execute(
         select(sessions.c.session_id)
         .where(sessions.c.user_id == user_id, sessions.c.revoked_at.is_(None))
-        .where(sessions.c.expires_at > datetime.now(UTC))
+        .where(sessions.c.expires_at > alive_after)
         .order_by(sessions.c.created_at)
     )
     return [r.session_id for r in rows]
@@ -109,7 +125,7 @@ async def logout(
     await append_lock(conn, lock_timeout_ms=ctx.settings.lock_timeout_ms)
     if scope == "all":
         return await revoke_user(conn, ctx, who.user_id, "logout_all")
-    live = await _live_sessions(conn, who.user_id)
+    live = await _unrevoked_sessions(conn, ctx, who.user_id)
     if scope == "session":
         targets = [sid for sid in live if sid == who.session_id]
     else:
@@ -121,7 +137,10 @@ async def revoke_user(conn: AsyncConnection, ctx: AuthContext, user_id: str, rea
     """Revoke every token of the user issued up to now, and every session started before."""
     await append_lock(conn, lock_timeout_ms=ctx.settings.lock_timeout_ms)
     now = datetime.now(UTC)
-    not_before = whole_second_ceiling(now)
+    # Every token issued so far has iat <= max(this second, an earlier watermark it was lifted to), because
+    # issuing takes the append lock we now hold; one second past that covers them all (iat < not_before).
+    earlier = await current_watermark(conn, user_id)
+    not_before = max(whole_second_floor(now), earlier or whole_second_floor(now)) + timedelta(seconds=1)
     event = c.UserRevoked(
         user_id=user_id,
         not_before=not_before,
@@ -178,6 +197,7 @@ async def _revoke_refresh(conn: AsyncConnection, ctx: AuthContext, token: str) -
 
 async def _revoke_access(conn: AsyncConnection, ctx: AuthContext, token: str) -> list[c.Event] | None:
     s = ctx.settings
+    await _know_kid(conn, ctx, token)
     try:
         _kid, claims = verify_access_token(
             token, ctx.keys.current(), issuer=s.issuer, audience=s.audience, verify_exp=False
@@ -217,5 +237,5 @@ async def change_password(
         .where(users.c.user_id == user.user_id)
         .values(password_hash=new_hash, password_changed_at=datetime.now(UTC))
     )
-    others = [sid for sid in await _live_sessions(conn, who.user_id) if sid != who.session_id]
+    others = [sid for sid in await _unrevoked_sessions(conn, ctx, who.user_id) if sid != who.session_id]
     return await _end_sessions(conn, ctx, who.user_id, others, "password_change")

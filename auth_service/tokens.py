@@ -32,9 +32,9 @@ class AccessToken:
     scope: str
 
 
-def whole_second_ceiling(moment: datetime) -> datetime:
-    """Round up to a whole second: `iat` is whole seconds, so a watermark must be too (see contract.py)."""
-    return datetime.fromtimestamp(math.ceil(moment.timestamp()), UTC)
+def whole_second_floor(moment: datetime) -> datetime:
+    """Round down to a whole second, as `iat` is (so watermarks compare exactly with it)."""
+    return datetime.fromtimestamp(math.floor(moment.timestamp()), UTC)
 
 
 def sign_access_token(
@@ -108,6 +108,17 @@ def verify_access_token(
     except jwt.PyJWTError as exc:
         raise InvalidToken(f"invalid token: {exc}") from None
     return kid, claims
+
+
+def unverified_kid(token: str) -> str | None:
+    """The kid a token's header names, unverified (None when there is none or the token is malformed)."""
+    if len(token) > MAX_TOKEN_BYTES or token.count(".") != 2:
+        return None
+    try:
+        kid = jwt.get_unverified_header(token).get("kid")
+    except jwt.PyJWTError:
+        return None
+    return kid if isinstance(kid, str) and len(kid) <= 128 else None
 
 
 def new_refresh_token() -> str:

@@ -9,7 +9,7 @@ import pytest
 from auth_service.grants import Rotation, decide_rotation, grant_scope
 from auth_service.revoke import revocation_reason
 from auth_service.throttle import LoginThrottle
-from auth_service.tokens import hash_refresh_token, new_refresh_token, whole_second_ceiling
+from auth_service.tokens import hash_refresh_token, new_refresh_token, unverified_kid, whole_second_floor
 
 NOW = datetime(2026, 11, 27, 12, 0, 0, 500000, tzinfo=UTC)
 GRACE = timedelta(seconds=5)
@@ -45,13 +45,24 @@ def test_granted_scope_never_exceeds_what_the_user_holds(
     assert grant_scope(requested, held) == granted
 
 
-def test_watermark_rounds_up_so_no_earlier_token_slips_under_it() -> None:
-    mark = whole_second_ceiling(NOW)
+def test_a_watermark_one_second_past_the_floor_covers_every_earlier_token() -> None:
+    mark = whole_second_floor(NOW) + timedelta(seconds=1)  # what revoke_user sets with no earlier watermark
     assert mark == datetime(2026, 11, 27, 12, 0, 1, tzinfo=UTC)
     issued_before = int(NOW.timestamp())  # iat of a token signed just before, truncated to the second
     assert revocation_reason([("user", "u", mark)], issued_before) == "user_revoked"
+    on_the_second = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
+    assert whole_second_floor(on_the_second) == on_the_second
+    assert revocation_reason([("user", "u", mark)], int(on_the_second.timestamp())) == "user_revoked"
     assert revocation_reason([("user", "u", mark)], int(mark.timestamp())) is None
-    assert whole_second_ceiling(mark) == mark
+
+
+def test_unverified_kid_reads_the_header_and_refuses_junk() -> None:
+    import jwt
+
+    token = jwt.encode({"sub": "x"}, "k" * 32, algorithm="HS256", headers={"kid": "abc"})
+    assert unverified_kid(token) == "abc"
+    assert unverified_kid("not-a-jwt") is None
+    assert unverified_kid(jwt.encode({"sub": "x"}, "k" * 32, algorithm="HS256")) is None
 
 
 def test_revocation_reason_for_jti_session_and_key_is_presence() -> None:

@@ -12,6 +12,8 @@ from fastapi.security import OAuth2PasswordBearer
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from auth_service import contract as c
+from auth_service import keys as keystore
 from auth_service.log import read_after
 from auth_service.settings import AuthSettings
 from auth_service.tables import sessions
@@ -352,3 +354,54 @@ async def test_service_endpoints_give_the_log_and_the_snapshot(
 async def test_health_and_readiness(auth_client: httpx.AsyncClient) -> None:
     assert (await auth_client.get("/healthz")).json() == {"status": "ok"}
     assert (await auth_client.get("/readyz")).json() == {"status": "ready"}
+
+
+async def test_a_second_logout_all_covers_a_token_issued_after_the_first(
+    auth_client: httpx.AsyncClient, user: str
+) -> None:
+    # Within one second, the login between the two gets an iat lifted to the first watermark; the second
+    # watermark must still cover it. Repeated so that most runs land all three calls in one second.
+    for _ in range(3):
+        first = await login(auth_client)
+        assert (
+            await auth_client.post("/v1/auth/logout", data={"scope": "all"}, headers=bearer(first))
+        ).status_code == 200
+        between = await login(auth_client)
+        assert (await auth_client.get("/v1/sessions", headers=bearer(between))).status_code == 200
+        second = await auth_client.post("/v1/auth/logout", data={"scope": "all"}, headers=bearer(between))
+        assert second.status_code == 200
+        assert (await auth_client.get("/v1/sessions", headers=bearer(between))).status_code == 401
+
+
+async def test_an_instance_that_has_not_seen_a_rotation_still_revokes_and_logs_out(
+    auth_settings: AuthSettings, engine: AsyncEngine, user: str
+) -> None:
+    async with serve_auth(auth_settings) as stale:
+        async with engine.begin() as conn:
+            await keystore.rotate(conn, auth_settings.key_encryption_key.get_secret_value())
+        async with serve_auth(auth_settings) as fresh:
+            tokens, other = await login(fresh), await login(fresh)
+            position = await head(engine)
+            assert (
+                await stale.post("/oauth/revoke", data={"token": tokens["access_token"]})
+            ).status_code == 200
+            assert await event_types(engine, position) == ["token.revoked"]
+            assert (await fresh.get("/v1/sessions", headers=bearer(tokens))).status_code == 401
+            assert (await stale.post("/v1/auth/logout", headers=bearer(other))).status_code == 200
+
+
+async def test_revoking_the_active_key_rotates_first_and_is_never_pruned(
+    auth_settings: AuthSettings, auth_client: httpx.AsyncClient, engine: AsyncEngine, user: str
+) -> None:
+    async with engine.begin() as conn:
+        active = (await keystore.load(conn, auth_settings.key_encryption_key.get_secret_value(), 300)).active
+        assert active is not None
+        event = await keystore.revoke(
+            conn, active.kid, auth_settings.key_encryption_key.get_secret_value(), "test"
+        )
+        ring = await keystore.load(conn, auth_settings.key_encryption_key.get_secret_value(), 300)
+    assert isinstance(event, c.KeyRevoked)
+    assert event.expires_at == c.FOREVER  # a leaked key can sign tokens with any exp
+    assert ring.active is not None
+    assert ring.active.kid != active.kid
+    assert active.kid not in ring.public_keys

@@ -181,7 +181,9 @@ async def test_revoked_key_leaves_the_jwks_and_is_logged(
 
     async with engine.begin() as conn:
         new_kid = await keys.rotate(conn, auth_settings.key_encryption_key.get_secret_value())
-        await keys.revoke(conn, old_kid, auth_settings.access_token_ttl, reason="compromised")
+        await keys.revoke(
+            conn, old_kid, auth_settings.key_encryption_key.get_secret_value(), reason="compromised"
+        )
     jwks = await jwks_when(auth_client, lambda published: old_kid not in published)
 
     assert kids(jwks) == {new_kid}
