@@ -11,8 +11,7 @@ Wire form of a logged event (message body on the exchange, item of the events AP
 
 `position` and `prev_position` are null before the event is appended. A token is covered by a not-before
 watermark (`user.revoked`, `global.revoked`) when its `iat` is strictly less than `not_before`; producers
-round `not_before` up to a whole second, since `iat` is a whole second, so a token issued before the
-revocation can never slip under it.
+set `not_before` to a whole second past the `iat` of every token issued before the revocation.
 
 Error tree::
 

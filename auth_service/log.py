@@ -27,7 +27,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from auth_service import contract as c
-from auth_service.projections import project
+from auth_service.projections import RETAIN_AFTER_EXPIRY, project
 from auth_service.tables import event_log, revocations
 
 # Any fixed 64-bit key would do; this one spells "toklife" so it is recognisable in pg_locks.
@@ -35,7 +35,6 @@ APPEND_LOCK_KEY = 0x746F6B6C696665
 NOTIFY_CHANNEL = "tokenlife_log"
 MAX_PAGE = 1000
 LOCK_NOT_AVAILABLE = "55P03"
-SNAPSHOT_LEEWAY = timedelta(seconds=60)
 
 
 class AppendError(RuntimeError):
@@ -149,7 +148,7 @@ async def read_page(conn: AsyncConnection, after: int, limit: int = MAX_PAGE) ->
     return c.EventPage(head=max(head, rows[-1][0] if rows else 0), events=[p for _, p in rows])
 
 
-async def snapshot(engine: AsyncEngine, *, leeway: timedelta = SNAPSHOT_LEEWAY) -> c.RevocationSnapshot:
+async def snapshot(engine: AsyncEngine, *, leeway: timedelta = RETAIN_AFTER_EXPIRY) -> c.RevocationSnapshot:
     """Every live revocation and the exact position it is consistent with, from one consistent snapshot.
 
     Entries stay in the snapshot for `leeway` after they expire, because a verifier accepts a token a few

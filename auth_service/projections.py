@@ -18,6 +18,9 @@ from auth_service import contract as c
 from auth_service.tables import event_log, revocations, sessions
 
 REBUILD_BATCH = 1000
+# How long a revocation is kept past its expires_at, here and in snapshots: longer than any verifier's
+# leeway on exp (resource services allow at most 60 s), so no token outlives its revocation.
+RETAIN_AFTER_EXPIRY = timedelta(seconds=120)
 
 
 async def project(conn: AsyncConnection, event: c.Event | c.UnknownEvent) -> None:
@@ -111,7 +114,7 @@ async def _mark_sessions(
     )
 
 
-async def prune(conn: AsyncConnection, now: datetime, leeway: timedelta = timedelta(seconds=30)) -> int:
+async def prune(conn: AsyncConnection, now: datetime, leeway: timedelta = RETAIN_AFTER_EXPIRY) -> int:
     """Delete revocations whose every covered token has expired; returns how many went."""
     result = await conn.execute(delete(revocations).where(revocations.c.expires_at < now - leeway))
     return result.rowcount

@@ -45,7 +45,8 @@ def _build(settings: ResourceSettings) -> Runtime:
         settings.service_client_secret.get_secret_value(),
         timeout=settings.http_timeout,
     )
-    state = RevocationState()
+    # An entry must outlive the verifier's leeway on exp, or a revoked token could be accepted again in it.
+    state = RevocationState(leeway=settings.leeway + 30.0)
     keys = JwksKeySource(client.jwks, min_interval=settings.jwks_min_interval)
     verifier = TokenVerifier(
         settings.issuer, settings.audience, keys, algorithms=settings.algorithms, leeway=settings.leeway

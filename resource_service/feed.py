@@ -85,9 +85,10 @@ class Feed:
         return math.inf if self._fresh_at is None else max(0.0, self._clock() - self._fresh_at)
 
     def freshness(self) -> Freshness:
-        """ "fresh" when caught up and confirmed at the head within max_staleness; else "stale"."""
-        fresh = self.caught_up and self.staleness() <= self.settings.max_staleness
-        return "fresh" if fresh else "stale"
+        """ "fresh" when confirmed at the head within max_staleness; "unsynced" before the first catch-up."""
+        if not self.caught_up:
+            return "unsynced"
+        return "fresh" if self.staleness() <= self.settings.max_staleness else "stale"
 
     def _mark_fresh(self, at: float) -> None:
         self.caught_up = True
@@ -311,11 +312,15 @@ class Feed:
             log.warning("dead-lettering malformed heartbeat: %s", exc)
             await message.nack(requeue=False)
             return
-        self._heartbeat_at = received
+        # It says where the head was when it was sent: a heartbeat delayed in transit (a backlog, a slow link)
+        # must not make the instance look fresher than that, and must not keep the HTTP poller idle either.
+        # A relay clock ahead of ours counts as no delay.
+        sent = received - max(0.0, self._wall() - heartbeat.sent_at.timestamp())
+        self._heartbeat_at = sent if self._heartbeat_at is None else max(self._heartbeat_at, sent)
         self.counters["heartbeats"] += 1
         self._note_head(heartbeat.head_position)
         if heartbeat.head_position <= self.state.applied_position:
-            self._mark_fresh(received)
+            self._mark_fresh(sent)
         else:
             await self._fill_gap(f"heartbeat head {heartbeat.head_position}")
         await message.ack()

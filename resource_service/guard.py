@@ -22,7 +22,8 @@ __all__ = ["Freshness", "Guard", "Introspect", "Policy", "bearer_token"]
 
 logger = logging.getLogger(__name__)
 
-Freshness = Literal["fresh", "stale"]
+# "unsynced": the state never reached the head, so it may lack revocations of any age, not only recent ones.
+Freshness = Literal["fresh", "stale", "unsynced"]
 Policy = Literal["fail_closed", "fail_open", "introspect"]
 # Asks the auth service (RFC 7662) whether the token is still active; True means active.
 Introspect = Callable[[str], Awaitable[bool]]
@@ -104,8 +105,13 @@ class Guard:
         reason = self._state.is_revoked(principal.facts)
         if reason is not None:
             raise TokenRevoked(reason.value)
-        if self._freshness() == "fresh":
+        freshness = self._freshness()
+        if freshness == "fresh":
             self._warned_stale = False
+        elif freshness == "unsynced":
+            # fail_open and introspect are about a state that was right a moment ago; a state that never
+            # caught up knows nothing, so no policy accepts on it.
+            raise StateStale(self._retry_after, "revocation state has not caught up with the log yet")
         else:
             await self._when_stale(token)
         needed = tuple(required_scopes)

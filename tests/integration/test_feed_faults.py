@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 import time
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
@@ -15,6 +17,7 @@ from auth_service import contract as c
 from tests.conftest import SERVICE_CLIENT, add_user, start_auth_server
 from tests.integration.test_feed import (
     Exchange,
+    _ready,
     eventually,
     exchange,  # noqa: F401 - a fixture
     login,
@@ -130,3 +133,38 @@ async def _true(value: bool) -> bool:
 
 async def _status(client: httpx.AsyncClient, token: str, status: int) -> bool:
     return (await whoami(client, token)).status_code == status
+
+
+async def test_late_heartbeats_do_not_keep_a_cut_off_instance_fresh(
+    database_url: str,
+    amqp_url: str,
+    exchange: Exchange,  # noqa: F811 - the fixture
+) -> None:
+    auth_proc, auth_url = start_auth_server(database_url)
+    try:
+        await add_user(database_url, "lev@example.com")
+        token = await login(auth_url, "lev@example.com")
+        async with resource_app(resource_settings(auth_url, amqp_url, exchange.name)) as (client, rt):
+            await eventually(lambda: _ready(client), "ready")
+            assert (await whoami(client, token)).status_code == 200
+            auth_proc.send_signal(signal.SIGSTOP)  # no HTTP path either
+            try:
+
+                async def stale_despite_heartbeats() -> bool:
+                    # Heartbeats that keep arriving, each sent a minute ago (a backlog, a slow link).
+                    old = datetime.now(UTC) - timedelta(seconds=60)
+                    beat = c.Heartbeat(head_position=rt.feed.state.applied_position, sent_at=old)
+                    await exchange.publish(c.encode(beat), c.HEARTBEAT_TYPE)
+                    return rt.feed.freshness() == "stale"
+
+                await eventually(stale_despite_heartbeats, "stale while only late heartbeats arrive")
+                response = await whoami(client, token)
+                assert response.status_code == 503
+                assert response.headers["retry-after"]
+            finally:
+                auth_proc.send_signal(signal.SIGCONT)
+    finally:
+        auth_proc.kill()
+        auth_proc.wait(timeout=10)
+        if auth_proc.stderr:
+            auth_proc.stderr.close()

@@ -42,9 +42,9 @@ NOW = 1_900_000_000
 
 class Freshness:
     def __init__(self) -> None:
-        self.value: Literal["fresh", "stale"] = "fresh"
+        self.value: Literal["fresh", "stale", "unsynced"] = "fresh"
 
-    def __call__(self) -> Literal["fresh", "stale"]:
+    def __call__(self) -> Literal["fresh", "stale", "unsynced"]:
         return self.value
 
 
@@ -391,3 +391,16 @@ async def test_watermark_revocation_reaches_the_middleware(
         response = await http.get("/me", headers={"Authorization": f"Bearer {token}"})
     assert response.status_code == 401
     assert guard.rejections["user_revoked"] == 1
+
+
+@pytest.mark.parametrize("policy", ["fail_closed", "fail_open", "introspect"])
+async def test_a_state_that_never_caught_up_refuses_under_every_policy(
+    verifier: TokenVerifier, state: RevocationState, token: str, policy: Any
+) -> None:
+    freshness = Freshness()
+    freshness.value = "unsynced"
+    introspect = Introspection(active=True)
+    guard = Guard(verifier, state, freshness, policy=policy, introspect=introspect)
+    with pytest.raises(StateStale):
+        await guard.check(f"Bearer {token}")
+    assert introspect.asked == []
