@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import random
 import time
 from collections import Counter
@@ -28,9 +27,11 @@ from aio_pika.exceptions import CONNECTION_EXCEPTIONS
 
 from auth_service.contract import HEARTBEAT_TYPE, ContractError, Event, UnknownEvent, decode, decode_heartbeat
 from resource_service.auth_client import AuthClient, AuthServiceUnavailable
+from resource_service.freshness import FreshnessTracker
 from resource_service.guard import Freshness
 from resource_service.settings import ResourceSettings
 from resource_service.state import ApplyResult, RevocationState
+from resource_service.topology import subscribe
 
 __all__ = ["Feed", "LogUnreadable"]
 
@@ -65,12 +66,9 @@ class Feed:
         self._wall = wall_clock
         self._sync_lock = asyncio.Lock()
         self._tasks: list[asyncio.Task[None]] = []
-        self._started_at = clock()
-        self._fresh_at: float | None = None
-        self._heartbeat_at: float | None = None
+        self.tracker = FreshnessTracker(settings.max_staleness, settings.heartbeat_interval, clock())
         self._snapshot_needed = True
         self.head = 0
-        self.caught_up = False  # reached the head of the log at least once: ready from then on
         self.live = False  # a broker session is consuming
         # Read by /metrics: malformed, gap_fills, polls, snapshots, reconnects, overflows, ...
         self.counters: Counter[str] = Counter()
@@ -80,20 +78,18 @@ class Feed:
 
     # --- freshness ---------------------------------------------------------------------------------------
 
+    @property
+    def caught_up(self) -> bool:
+        """Whether the state reached the head of the log at least once (ready from then on)."""
+        return self.tracker.caught_up
+
     def staleness(self) -> float:
         """Seconds since the feed last knew it was at the head (infinite before that)."""
-        return math.inf if self._fresh_at is None else max(0.0, self._clock() - self._fresh_at)
+        return self.tracker.staleness(self._clock())
 
     def freshness(self) -> Freshness:
-        """ "fresh" when confirmed at the head within max_staleness; "unsynced" before the first catch-up."""
-        if not self.caught_up:
-            return "unsynced"
-        return "fresh" if self.staleness() <= self.settings.max_staleness else "stale"
-
-    def _mark_fresh(self, at: float) -> None:
-        self.caught_up = True
-        if self._fresh_at is None or at > self._fresh_at:
-            self._fresh_at = at
+        """The Guard's view: fresh, stale, or unsynced before the first catch-up."""
+        return self.tracker.freshness(self._clock())
 
     def _note_head(self, position: int) -> None:
         self.head = max(self.head, position)
@@ -102,7 +98,7 @@ class Feed:
 
     async def start(self) -> None:
         """Start the broker session, the HTTP poller and the pruner, each supervised."""
-        self._started_at = self._clock()
+        self.tracker.restart(self._clock())
         for name, run in (
             ("broker", self._broker_loop),
             ("poller", self._poll_loop),
@@ -152,7 +148,7 @@ class Feed:
                     self._apply_logged(raw)
                 if self.state.applied_position >= page.head:
                     # Nothing newer than what we hold existed when the request left: at the head as of then.
-                    self._mark_fresh(started)
+                    self.tracker.at_head(started)
                     return
                 if not page.events:
                     raise LogUnreadable(
@@ -188,9 +184,7 @@ class Feed:
     async def _poll_loop(self) -> None:
         while True:
             await asyncio.sleep(self.settings.poll_interval)
-            last = self._heartbeat_at if self._heartbeat_at is not None else self._started_at
-            silent = self._clock() - last > 2 * self.settings.heartbeat_interval
-            if not (silent or not self.caught_up):
+            if self.caught_up and not self.tracker.heartbeats_silent(self._clock()):
                 continue
             self.counters["polls"] += 1
             try:
@@ -249,23 +243,7 @@ class Feed:
             connection.close_callbacks.add(lost)
             channel = await connection.channel()
             channel.close_callbacks.add(lost)
-            await channel.set_qos(prefetch_count=s.prefetch)
-            exchange = await channel.declare_exchange(s.exchange, aio_pika.ExchangeType.TOPIC, durable=True)
-            dlx = await channel.declare_exchange(
-                f"{s.exchange}.dlx", aio_pika.ExchangeType.FANOUT, durable=True
-            )
-            # One shared, bounded queue keeps dead letters for an operator; the oldest go first when full.
-            dead = await channel.declare_queue(
-                f"{s.exchange}.dead",
-                durable=True,
-                arguments={"x-max-length": s.dead_letter_max, "x-overflow": "drop-head"},
-            )
-            await dead.bind(dlx)
-            queue = await channel.declare_queue(
-                exclusive=True, auto_delete=True, arguments={"x-dead-letter-exchange": dlx.name}
-            )
-            await queue.bind(exchange, routing_key="#")
-            await queue.consume(buffered)
+            await subscribe(channel, s, buffered)
             await self.sync_from_log(snapshot=True)
             self.live = reached_live = True
             log.info("feed live at position %d", self.state.applied_position)
@@ -314,13 +292,11 @@ class Feed:
             return
         # It says where the head was when it was sent: a heartbeat delayed in transit (a backlog, a slow link)
         # must not make the instance look fresher than that, and must not keep the HTTP poller idle either.
-        # A relay clock ahead of ours counts as no delay.
-        sent = received - max(0.0, self._wall() - heartbeat.sent_at.timestamp())
-        self._heartbeat_at = sent if self._heartbeat_at is None else max(self._heartbeat_at, sent)
+        sent = self.tracker.heartbeat(received, self._wall() - heartbeat.sent_at.timestamp())
         self.counters["heartbeats"] += 1
         self._note_head(heartbeat.head_position)
         if heartbeat.head_position <= self.state.applied_position:
-            self._mark_fresh(sent)
+            self.tracker.at_head(sent)
         else:
             await self._fill_gap(f"heartbeat head {heartbeat.head_position}")
         await message.ack()

@@ -1,0 +1,57 @@
+"""How sure an instance is that its revocation state is at the head of the log. Pure: times are passed in.
+
+Evidence of being at the head comes from two places: a relay heartbeat whose head was already applied (as
+of when the heartbeat was sent), or an HTTP read of the log that found nothing newer (as of when the request
+left). Staleness is the time since the latest such evidence.
+"""
+
+from __future__ import annotations
+
+import math
+
+from resource_service.guard import Freshness
+
+__all__ = ["FreshnessTracker"]
+
+
+class FreshnessTracker:
+    """Records evidence of being at the head, and of heartbeats, and judges freshness from them."""
+
+    def __init__(self, max_staleness: float, heartbeat_interval: float, started_at: float) -> None:
+        self.max_staleness = max_staleness
+        self.heartbeat_interval = heartbeat_interval
+        self.caught_up = False  # reached the head of the log at least once: ready from then on
+        self._started_at = started_at
+        self._fresh_at: float | None = None
+        self._heartbeat_at: float | None = None
+
+    def restart(self, now: float) -> None:
+        """Count heartbeat silence from now (the feed just started)."""
+        self._started_at = now
+
+    def at_head(self, as_of: float) -> None:
+        """Evidence that the state was at the head at monotonic time `as_of`."""
+        self.caught_up = True
+        if self._fresh_at is None or as_of > self._fresh_at:
+            self._fresh_at = as_of
+
+    def heartbeat(self, received: float, age: float) -> float:
+        """A heartbeat arrived at `received`, sent `age` seconds before; returns when it was sent."""
+        sent = received - max(0.0, age)  # a sender clock ahead of ours counts as no delay
+        self._heartbeat_at = sent if self._heartbeat_at is None else max(self._heartbeat_at, sent)
+        return sent
+
+    def heartbeats_silent(self, now: float) -> bool:
+        """No heartbeat (sent) within two intervals: time to read the log over HTTP instead."""
+        last = self._heartbeat_at if self._heartbeat_at is not None else self._started_at
+        return now - last > 2 * self.heartbeat_interval
+
+    def staleness(self, now: float) -> float:
+        """Seconds since the last evidence of being at the head (infinite before any)."""
+        return math.inf if self._fresh_at is None else max(0.0, now - self._fresh_at)
+
+    def freshness(self, now: float) -> Freshness:
+        """ "fresh" within max_staleness of the last evidence; "unsynced" before the first catch-up."""
+        if not self.caught_up:
+            return "unsynced"
+        return "fresh" if self.staleness(now) <= self.max_staleness else "stale"
