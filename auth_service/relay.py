@@ -108,7 +108,7 @@ class Relay:
     def from_settings(cls, settings: AuthSettings, **options: Any) -> Relay:
         """A relay configured by the settings; options override them (and go to the constructor)."""
         configured: dict[str, Any] = {
-            "heartbeat_interval": settings.relay_heartbeat_interval,
+            "heartbeat_interval": settings.heartbeat_interval,
             "poll_interval": settings.relay_poll_interval,
             "publish_timeout": settings.relay_publish_timeout,
             "batch_size": settings.relay_batch_size,

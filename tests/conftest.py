@@ -164,7 +164,12 @@ def auth_env(database_url: str, amqp_url: str = "", **extra: str) -> dict[str, s
         "TOKENLIFE_RELAY_ENABLED": "false",
     }
     if amqp_url:
-        env |= {"TOKENLIFE_AMQP_URL": amqp_url, "TOKENLIFE_RELAY_ENABLED": "true"}
+        # Heartbeats as often as the tests' resource services expect them (their heartbeat_interval).
+        env |= {
+            "TOKENLIFE_AMQP_URL": amqp_url,
+            "TOKENLIFE_RELAY_ENABLED": "true",
+            "TOKENLIFE_HEARTBEAT_INTERVAL": "0.2",
+        }
     return env | extra
 
 

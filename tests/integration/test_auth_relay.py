@@ -39,7 +39,7 @@ async def test_logout_is_published_by_the_relay_running_in_the_auth_service(
             "exchange": exchange_name,
             # A poll this slow shows that the normal path is the NOTIFY, not the timer.
             "relay_poll_interval": 600.0,
-            "relay_heartbeat_interval": 0.2,
+            "heartbeat_interval": 0.2,
         }
     )
     await add_user(database_url, "ada@example.com")
