@@ -29,7 +29,7 @@ from auth_service.log import AppendError
 from auth_service.relay import Relay
 from auth_service.relay_metrics import RelayMetrics
 from auth_service.settings import AuthSettings
-from auth_service.throttle import LoginThrottle
+from auth_service.throttle import BackoffRule, LoginThrottle
 
 log = logging.getLogger("tokenlife.auth")
 REALM = "tokenlife"
@@ -99,7 +99,9 @@ def create_app(settings: AuthSettings) -> FastAPI:
         try:
             keys = KeyCache(await load_keys(settings, engine))
             throttle = LoginThrottle(
-                settings.login_max_failures, settings.login_failure_window, settings.login_max_backoff
+                BackoffRule(
+                    settings.login_max_failures, settings.login_failure_window, settings.login_max_backoff
+                )
             )
             app.state.ctx = AuthContext(settings, engine, keys, throttle)
 
@@ -111,6 +113,7 @@ def create_app(settings: AuthSettings) -> FastAPI:
             async def prune() -> None:
                 async with engine.begin() as conn:
                     await projections.prune(conn, datetime.now(UTC))
+                    await throttle.prune(conn, datetime.now(UTC))
 
             tasks.append(asyncio.create_task(_supervise("keys", reload_keys, settings.key_refresh_seconds)))
             tasks.append(asyncio.create_task(_supervise("prune", prune, PRUNE_EVERY)))

@@ -19,7 +19,7 @@ from auth_service.passwords import check_new_password, hash_password
 from auth_service.revoke import revoke_user
 from auth_service.settings import AuthSettings
 from auth_service.tables import signing_keys, users
-from auth_service.throttle import LoginThrottle
+from auth_service.throttle import BackoffRule, LoginThrottle
 
 
 def _say(text: str) -> None:
@@ -91,7 +91,7 @@ async def _user_revoke(settings: AuthSettings, email: str) -> int:
                 return 1
             # Revoking needs no signing key: an empty ring will do.
             ring = keystore.KeyRing(None, {"keys": []}, {}, loaded_at=datetime.now(UTC))
-            ctx = AuthContext(settings, engine, KeyCache(ring), LoginThrottle())
+            ctx = AuthContext(settings, engine, KeyCache(ring), LoginThrottle(BackoffRule()))
             [event] = await revoke_user(conn, ctx, str(user_id), "operator")
         _say(f"revoked every token and session of {email} (position {event.position})")
         return 0

@@ -146,7 +146,7 @@ async def password_grant(
     """Log in: check the password, start a session, issue the first access and refresh tokens."""
     email = username.strip().lower()
     keys = (f"account:{email}", f"address:{client.address}")
-    wait = ctx.throttle.retry_after(*keys)
+    wait = await ctx.throttle.retry_after(conn, datetime.now(UTC), *keys)
     if wait:
         raise TooManyAttempts("too many failed logins; try again later", retry_after=wait)
     user = (await conn.execute(select(users).where(users.c.email == email))).one_or_none()
@@ -154,9 +154,11 @@ async def password_grant(
     # a dummy hash, so both failures cost the same and answer the same.
     ok = await asyncio.to_thread(verify_password, user.password_hash if user else None, password)
     if user is None or not ok or user.disabled:
-        ctx.throttle.failed(*keys)
+        # In a transaction of its own: the request's transaction rolls back with the error.
+        async with ctx.engine.begin() as own:
+            await ctx.throttle.failed(own, datetime.now(UTC), *keys)
         raise InvalidGrant(BAD_CREDENTIALS)
-    ctx.throttle.succeeded(keys[0])
+    await ctx.throttle.succeeded(conn, keys[0])
 
     now = datetime.now(UTC)
     await append_lock(conn, lock_timeout_ms=ctx.settings.lock_timeout_ms)

@@ -5,6 +5,7 @@
 - users, refresh_tokens: credentials. They are not projections: a password or refresh-token hash must be
   erasable, and nothing can be erased from the log.
 - signing_keys: the asymmetric keys; private halves encrypted at rest.
+- login_failures: failed logins per account and per address, for the backoff every instance shares.
 - relay_cursor: one row, the last position the broker confirmed.
 """
 
@@ -111,6 +112,17 @@ revocations = Table(
     Column("expires_at", DateTime(timezone=True), nullable=False),
     Column("position", BigInteger, nullable=False),
     Index("ix_revocations_expires_at", "expires_at"),
+)
+
+login_failures = Table(
+    "login_failures",
+    metadata,
+    # "account:<email>" or "address:<client address>"
+    Column("key", Text, primary_key=True),
+    Column("failures", Integer, nullable=False),
+    Column("first_at", DateTime(timezone=True), nullable=False),
+    Column("last_at", DateTime(timezone=True), nullable=False),
+    Index("ix_login_failures_last_at", "last_at"),
 )
 
 relay_cursor = Table(

@@ -1,72 +1,78 @@
-"""Login backoff, per account and per client address. Pure and in-process.
+"""Login backoff, per account and per client address, shared by every auth instance through PostgreSQL.
 
 After `max_failures` failures within `window` seconds, each further attempt must wait 2**(n - max_failures)
-seconds (capped at `max_backoff`) after the last failure. The state is per instance: behind a load balancer
-the effective limit is multiplied by the number of instances, which still turns an online guessing attack
-from thousands of tries per second into a handful per minute.
+seconds (capped at `max_backoff`) after the last failure. The rule (`wait_seconds`) is pure; the counts live
+in the `login_failures` table, so N instances behind a load balancer do not multiply the allowance by N.
 """
 
 from __future__ import annotations
 
 import math
-import time
-from collections import OrderedDict
-from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 
-MAX_TRACKED = 100_000  # bounded memory: the least recently failing keys are forgotten first
+from sqlalchemy import case, delete, select
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from auth_service.tables import login_failures
 
 
-@dataclass
-class _Failures:
-    count: int
-    first: float
-    last: float
+@dataclass(frozen=True)
+class BackoffRule:
+    max_failures: int = 5
+    window: float = 900.0
+    max_backoff: float = 900.0
+
+
+def wait_seconds(
+    rule: BackoffRule, failures: int, first_at: datetime, last_at: datetime, now: datetime
+) -> int:
+    """Seconds one key must still wait, given its failures (0: go ahead)."""
+    if (now - first_at).total_seconds() > rule.window:
+        return 0
+    excess = failures - rule.max_failures
+    if excess < 0:
+        return 0
+    backoff = min(rule.max_backoff, 2.0**excess)
+    wait = (last_at - now).total_seconds() + backoff
+    return math.ceil(wait) if wait > 0 else 0
 
 
 class LoginThrottle:
-    """Counts failed logins and says how long a key must wait."""
+    """Reads and records failed logins; the caller passes the connection (and commits)."""
 
-    def __init__(
-        self,
-        max_failures: int = 5,
-        window: float = 900.0,
-        max_backoff: float = 900.0,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self._max_failures = max_failures
-        self._window = window
-        self._max_backoff = max_backoff
-        self._clock = clock
-        self._failures: OrderedDict[str, _Failures] = OrderedDict()
+    def __init__(self, rule: BackoffRule) -> None:
+        self.rule = rule
 
-    def retry_after(self, *keys: str) -> int:
+    async def retry_after(self, conn: AsyncConnection, now: datetime, *keys: str) -> int:
         """Seconds to wait before another attempt for any of the keys (0: go ahead)."""
-        now = self._clock()
-        wait = 0.0
-        for key in keys:
-            entry = self._failures.get(key)
-            if entry is None or now - entry.first > self._window:
-                continue
-            excess = entry.count - self._max_failures
-            if excess >= 0:
-                backoff = min(self._max_backoff, 2.0**excess)
-                wait = max(wait, entry.last + backoff - now)
-        return math.ceil(wait) if wait > 0 else 0
+        rows = await conn.execute(select(login_failures).where(login_failures.c.key.in_(keys)))
+        return max((wait_seconds(self.rule, r.failures, r.first_at, r.last_at, now) for r in rows), default=0)
 
-    def failed(self, *keys: str) -> None:
-        """Record a failed attempt for each key."""
-        now = self._clock()
-        for key in keys:
-            entry = self._failures.pop(key, None)
-            if entry is None or now - entry.first > self._window:
-                entry = _Failures(0, now, now)
-            entry.count += 1
-            entry.last = now
-            self._failures[key] = entry
-        while len(self._failures) > MAX_TRACKED:
-            self._failures.popitem(last=False)
+    async def failed(self, conn: AsyncConnection, now: datetime, *keys: str) -> None:
+        """Count a failure for each key; a key whose window has passed starts again from one."""
+        window_start = now - timedelta(seconds=self.rule.window)
+        for key in sorted(keys):  # one order everywhere: concurrent failures cannot deadlock
+            stmt = insert(login_failures).values(key=key, failures=1, first_at=now, last_at=now)
+            expired = login_failures.c.first_at < window_start
+            await conn.execute(
+                stmt.on_conflict_do_update(
+                    index_elements=[login_failures.c.key],
+                    set_={
+                        "failures": case((expired, 1), else_=login_failures.c.failures + 1),
+                        "first_at": case((expired, now), else_=login_failures.c.first_at),
+                        "last_at": now,
+                    },
+                )
+            )
 
-    def succeeded(self, key: str) -> None:
+    async def succeeded(self, conn: AsyncConnection, key: str) -> None:
         """Forget the failures of a key (the account, after a correct password)."""
-        self._failures.pop(key, None)
+        await conn.execute(delete(login_failures).where(login_failures.c.key == key))
+
+    async def prune(self, conn: AsyncConnection, now: datetime) -> int:
+        """Delete keys whose last failure left the window; returns how many."""
+        cutoff = now - timedelta(seconds=self.rule.window + self.rule.max_backoff)
+        result = await conn.execute(delete(login_failures).where(login_failures.c.last_at < cutoff))
+        return result.rowcount

@@ -8,7 +8,7 @@ import pytest
 
 from auth_service.grants import Rotation, decide_rotation, grant_scope
 from auth_service.revoke import revocation_reason
-from auth_service.throttle import LoginThrottle
+from auth_service.throttle import BackoffRule, wait_seconds
 from auth_service.tokens import hash_refresh_token, new_refresh_token, unverified_kid, whole_second_floor
 
 NOW = datetime(2026, 11, 27, 12, 0, 0, 500000, tzinfo=UTC)
@@ -71,31 +71,34 @@ def test_revocation_reason_for_jti_session_and_key_is_presence() -> None:
     assert revocation_reason([], 0) is None
 
 
-def test_login_backoff_grows_per_key_and_resets_on_success() -> None:
-    now = [0.0]
-    throttle = LoginThrottle(max_failures=3, window=100, max_backoff=60, clock=lambda: now[0])
-    for _ in range(3):
-        assert throttle.retry_after("account:a") == 0
-        throttle.failed("account:a")
-    assert throttle.retry_after("account:a") == 1
-    throttle.failed("account:a")
-    assert throttle.retry_after("account:a") == 2
-    assert throttle.retry_after("account:b") == 0
-    now[0] = 2.0
-    assert throttle.retry_after("account:a") == 0
-    throttle.succeeded("account:a")
-    throttle.failed("account:a")
-    assert throttle.retry_after("account:a") == 0
+RULE = BackoffRule(max_failures=3, window=100, max_backoff=60)
+T = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 
 
-def test_login_failures_outside_the_window_are_forgotten() -> None:
-    now = [0.0]
-    throttle = LoginThrottle(max_failures=1, window=10, clock=lambda: now[0])
-    throttle.failed("address:x")
-    throttle.failed("address:x")
-    assert throttle.retry_after("address:x") > 0
-    now[0] = 11.0
-    assert throttle.retry_after("address:x") == 0
+def at(seconds: float) -> datetime:
+    return T + timedelta(seconds=seconds)
+
+
+@pytest.mark.parametrize(
+    ("failures", "last", "now", "wait"),
+    [
+        (2, 0, 0, 0),  # under the limit
+        (3, 0, 0, 1),  # at the limit: 2**0
+        (4, 0, 0, 2),
+        (4, 0, 1.5, 1),  # part of the backoff has passed
+        (4, 0, 2, 0),
+        (20, 0, 0, 60),  # capped at max_backoff
+    ],
+)
+def test_backoff_doubles_past_the_limit_and_is_capped(
+    failures: int, last: float, now: float, wait: int
+) -> None:
+    assert wait_seconds(RULE, failures, at(0), at(last), at(now)) == wait
+
+
+def test_failures_outside_the_window_are_forgotten() -> None:
+    assert wait_seconds(RULE, 50, at(0), at(99), at(100)) > 0
+    assert wait_seconds(RULE, 50, at(0), at(99), at(101)) == 0
 
 
 def test_refresh_tokens_are_random_and_stored_only_as_sha256() -> None:

@@ -112,6 +112,20 @@ async def test_repeated_failures_are_throttled_with_retry_after(
     assert int(throttled.headers["retry-after"]) >= 1
 
 
+async def test_the_backoff_is_shared_by_every_auth_instance(auth_settings: AuthSettings, user: str) -> None:
+    async with serve_auth(auth_settings) as one, serve_auth(auth_settings) as two:
+        for instance in (one, two, one, two, one):  # five failures, spread over two instances
+            response = await instance.post(
+                "/oauth/token", data={"grant_type": "password", "username": EMAIL, "password": "nope-nope"}
+            )
+            assert response.status_code == 400
+        throttled = await two.post(
+            "/oauth/token", data={"grant_type": "password", "username": EMAIL, "password": PASSWORD}
+        )
+        assert throttled.status_code == 429
+        assert int(throttled.headers["retry-after"]) >= 1
+
+
 @pytest.mark.parametrize(
     ("data", "error"),
     [
