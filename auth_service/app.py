@@ -98,10 +98,10 @@ def create_app(settings: AuthSettings) -> FastAPI:
         relay: Relay | None = None
         try:
             keys = KeyCache(await load_keys(settings, engine))
+            window, cap = settings.login_failure_window, settings.login_max_backoff
             throttle = LoginThrottle(
-                BackoffRule(
-                    settings.login_max_failures, settings.login_failure_window, settings.login_max_backoff
-                )
+                BackoffRule(settings.login_max_failures, window, cap),
+                BackoffRule(settings.login_max_failures_per_address, window, cap),
             )
             app.state.ctx = AuthContext(settings, engine, keys, throttle)
 

@@ -66,7 +66,10 @@ class AuthSettings(BaseSettings):
     service_clients: dict[str, SecretStr] = Field(default_factory=dict)
 
     # Login abuse
-    login_max_failures: int = Field(default=5, ge=1, description="Failures before backoff starts.")
+    login_max_failures: int = Field(default=5, ge=1, description="Failures per account before backoff.")
+    login_max_failures_per_address: int = Field(
+        default=20, ge=1, description="Failures per client address before backoff (many users may share one)."
+    )
     login_failure_window: float = Field(default=900.0, gt=0)
     login_max_backoff: float = Field(default=900.0, gt=0)
 

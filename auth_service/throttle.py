@@ -40,20 +40,29 @@ def wait_seconds(
 
 
 class LoginThrottle:
-    """Reads and records failed logins; the caller passes the connection (and commits)."""
+    """Reads and records failed logins; the caller passes the connection (and commits).
 
-    def __init__(self, rule: BackoffRule) -> None:
+    Keys are "account:..." or "address:..."; addresses get their own, looser rule, because many honest
+    users can share one (an office behind NAT), while an account belongs to one person.
+    """
+
+    def __init__(self, rule: BackoffRule, address_rule: BackoffRule | None = None) -> None:
         self.rule = rule
+        self.address_rule = address_rule or rule
+
+    def _rule(self, key: str) -> BackoffRule:
+        return self.address_rule if key.startswith("address:") else self.rule
 
     async def retry_after(self, conn: AsyncConnection, now: datetime, *keys: str) -> int:
         """Seconds to wait before another attempt for any of the keys (0: go ahead)."""
         rows = await conn.execute(select(login_failures).where(login_failures.c.key.in_(keys)))
-        return max((wait_seconds(self.rule, r.failures, r.first_at, r.last_at, now) for r in rows), default=0)
+        waits = (wait_seconds(self._rule(r.key), r.failures, r.first_at, r.last_at, now) for r in rows)
+        return max(waits, default=0)
 
     async def failed(self, conn: AsyncConnection, now: datetime, *keys: str) -> None:
         """Count a failure for each key; a key whose window has passed starts again from one."""
-        window_start = now - timedelta(seconds=self.rule.window)
         for key in sorted(keys):  # one order everywhere: concurrent failures cannot deadlock
+            window_start = now - timedelta(seconds=self._rule(key).window)
             stmt = insert(login_failures).values(key=key, failures=1, first_at=now, last_at=now)
             expired = login_failures.c.first_at < window_start
             await conn.execute(
@@ -73,6 +82,7 @@ class LoginThrottle:
 
     async def prune(self, conn: AsyncConnection, now: datetime) -> int:
         """Delete keys whose last failure left the window; returns how many."""
-        cutoff = now - timedelta(seconds=self.rule.window + self.rule.max_backoff)
+        longest = max(r.window + r.max_backoff for r in (self.rule, self.address_rule))
+        cutoff = now - timedelta(seconds=longest)
         result = await conn.execute(delete(login_failures).where(login_failures.c.last_at < cutoff))
         return result.rowcount

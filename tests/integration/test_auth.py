@@ -112,6 +112,23 @@ async def test_repeated_failures_are_throttled_with_retry_after(
     assert int(throttled.headers["retry-after"]) >= 1
 
 
+async def test_an_address_gets_a_looser_limit_than_an_account(
+    auth_client: httpx.AsyncClient, user: str
+) -> None:
+    # Six failures from one address, each on another account: past the account limit, under the address one.
+    for n in range(6):
+        response = await auth_client.post(
+            "/oauth/token",
+            data={"grant_type": "password", "username": f"u{n}@example.com", "password": "x" * 9},
+        )
+        assert response.status_code == 400
+    assert (
+        await auth_client.post(
+            "/oauth/token", data={"grant_type": "password", "username": EMAIL, "password": PASSWORD}
+        )
+    ).status_code == 200
+
+
 async def test_the_backoff_is_shared_by_every_auth_instance(auth_settings: AuthSettings, user: str) -> None:
     async with serve_auth(auth_settings) as one, serve_auth(auth_settings) as two:
         for instance in (one, two, one, two, one):  # five failures, spread over two instances
