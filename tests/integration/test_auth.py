@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from auth_service import contract as c
 from auth_service import keys as keystore
-from auth_service.log import read_after
+from auth_service.log import read_after, read_head
 from auth_service.settings import AuthSettings
 from auth_service.tables import sessions
 from tests.conftest import PASSWORD, SERVICE_CLIENT, add_user, serve_auth
@@ -47,8 +47,7 @@ async def event_types(engine: AsyncEngine, after: int = 0) -> list[str]:
 
 async def head(engine: AsyncEngine) -> int:
     async with engine.connect() as conn:
-        events = await read_after(conn, 0)
-    return events[-1].position or 0 if events else 0
+        return await read_head(conn)
 
 
 @pytest.fixture
