@@ -6,22 +6,26 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 from sqlalchemy import select
 
-from auth_service.api.common import context, form, principal, required, transaction
+from auth_service.api.common import context, form, form_body, openapi_bearer, principal, required, transaction
 from auth_service.errors import InvalidRequest, NotFound
 from auth_service.log import decode_row
 from auth_service.revoke import change_password, end_session, logout
 from auth_service.tables import event_log, sessions
 
-router = APIRouter(tags=["account"])
+router = APIRouter(tags=["account"], dependencies=[Depends(openapi_bearer)])
 SCOPES = ("session", "others", "all")
 MAX_TIMELINE = 1000
 
 
-@router.post("/v1/auth/logout", summary="Log out: this session, the others, or all")
+@router.post(
+    "/v1/auth/logout",
+    summary="Log out: this session, the others, or all",
+    openapi_extra=form_body(("scope", False)),
+)
 async def logout_route(request: Request) -> Response:
     """scope=session (default) ends this session; others ends every other; all revokes every token."""
     fields = await form(request) if request.headers.get("content-type") else {}
@@ -104,7 +108,11 @@ async def session_events(sid: str, request: Request) -> Response:
     return JSONResponse({"session_id": str(session_id), "events": events})
 
 
-@router.post("/v1/auth/password", summary="Change the password; ends the caller's other sessions")
+@router.post(
+    "/v1/auth/password",
+    summary="Change the password; ends the caller's other sessions",
+    openapi_extra=form_body(("current_password", True), ("new_password", True)),
+)
 async def password(request: Request) -> Response:
     """Form fields current_password and new_password."""
     fields = await form(request)

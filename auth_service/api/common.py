@@ -8,9 +8,11 @@ import hmac
 import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 from urllib.parse import parse_qsl
 
 from fastapi import Request
+from fastapi.security import HTTPBasic, OAuth2PasswordBearer
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from auth_service.context import AuthContext
@@ -18,6 +20,42 @@ from auth_service.errors import BearerError, InvalidClient, InvalidRequest, Miss
 from auth_service.revoke import Principal, authenticate
 
 FORM_TYPE = "application/x-www-form-urlencoded"
+
+
+# Only there so the OpenAPI document declares the schemes (the docs' Authorize button logs in through the
+# password grant); the credentials are read and judged by bearer_token() and service_client() below.
+class _DeclaredBearer(OAuth2PasswordBearer):
+    async def __call__(self, request: Request) -> None:  # type: ignore[override]
+        return None
+
+
+class _DeclaredBasic(HTTPBasic):
+    async def __call__(self, request: Request) -> None:  # type: ignore[override]
+        return None  # FastAPI's HTTPBasic answers malformed credentials itself, even with auto_error=False
+
+
+openapi_bearer = _DeclaredBearer(tokenUrl="/oauth/token")
+openapi_basic = _DeclaredBasic()
+
+
+def form_body(*fields: tuple[str, bool]) -> dict[str, Any]:
+    """OpenAPI `requestBody` for a form-encoded endpoint: (name, required) pairs, all strings."""
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                FORM_TYPE: {
+                    "schema": {
+                        "type": "object",
+                        "properties": {name: {"type": "string"} for name, _ in fields},
+                        "required": [name for name, needed in fields if needed],
+                    }
+                }
+            },
+        }
+    }
+
+
 MAX_HEADER = 8192
 MAX_FIELD = 4096
 # C0 controls and DEL, tab excepted: no field needs them, and PostgreSQL refuses NUL in text and jsonb.

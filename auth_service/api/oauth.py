@@ -6,11 +6,19 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 from sqlalchemy import select
 
-from auth_service.api.common import context, form, required, service_client, transaction
+from auth_service.api.common import (
+    context,
+    form,
+    form_body,
+    openapi_basic,
+    required,
+    service_client,
+    transaction,
+)
 from auth_service.errors import InvalidRequest, InvalidToken, OAuthError, UnsupportedGrantType
 from auth_service.grants import Client, password_grant, refresh_grant
 from auth_service.revoke import authenticate, revoke_token
@@ -40,7 +48,18 @@ def _client(request: Request, fields: dict[str, str]) -> Client:
     )
 
 
-@router.post("/oauth/token", summary="Log in or refresh (password and refresh_token grants)")
+@router.post(
+    "/oauth/token",
+    summary="Log in or refresh (password and refresh_token grants)",
+    openapi_extra=form_body(
+        ("grant_type", True),
+        ("username", False),
+        ("password", False),
+        ("refresh_token", False),
+        ("scope", False),
+        ("client_id", False),
+    ),
+)
 async def token(request: Request) -> Response:
     """RFC 6749 token endpoint; OAuth2PasswordBearer(tokenUrl="/oauth/token") works against it."""
     fields = await form(request)
@@ -64,7 +83,11 @@ async def token(request: Request) -> Response:
     return JSONResponse(tokens.body(), headers=NO_STORE)
 
 
-@router.post("/oauth/revoke", summary="Revoke an access or refresh token (RFC 7009)")
+@router.post(
+    "/oauth/revoke",
+    summary="Revoke an access or refresh token (RFC 7009)",
+    openapi_extra=form_body(("token", True), ("token_type_hint", False)),
+)
 async def revoke(request: Request) -> Response:
     """Always 200 for a well-formed request, whether or not the token was known (RFC 7009 §2.2)."""
     fields = await form(request)
@@ -76,7 +99,12 @@ async def revoke(request: Request) -> Response:
     return Response(status_code=200, headers=NO_STORE)
 
 
-@router.post("/oauth/introspect", summary="Introspect a token (RFC 7662), for service clients")
+@router.post(
+    "/oauth/introspect",
+    summary="Introspect a token (RFC 7662), for service clients",
+    dependencies=[Depends(openapi_basic)],
+    openapi_extra=form_body(("token", True), ("token_type_hint", False)),
+)
 async def introspect(request: Request) -> Response:
     """Whether a token is active now, with its claims; inactive for anything unknown, expired or revoked."""
     service_client(request)

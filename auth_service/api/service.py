@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
 
-from auth_service.api.common import context, service_client, transaction
+from auth_service.api.common import context, openapi_basic, service_client, transaction
 from auth_service.errors import InvalidRequest
 from auth_service.log import MAX_PAGE, read_page, snapshot
 
-router = APIRouter(tags=["service"])
+router = APIRouter(tags=["service"], dependencies=[Depends(openapi_basic)])
 
 
 @router.get("/v1/events", summary="The log after a position, in position order")

@@ -435,3 +435,18 @@ async def test_revoking_the_active_key_rotates_first_and_is_never_pruned(
     assert ring.active is not None
     assert ring.active.kid != active.kid
     assert active.kid not in ring.public_keys
+
+
+async def test_the_docs_authorize_button_logs_in_through_the_password_grant(
+    auth_client: httpx.AsyncClient,
+) -> None:
+    spec = (await auth_client.get("/openapi.json")).json()
+    schemes = spec["components"]["securitySchemes"]
+    password_flows = [s["flows"]["password"] for s in schemes.values() if s.get("type") == "oauth2"]
+    assert password_flows == [{"scopes": {}, "tokenUrl": "/oauth/token"}]
+    assert spec["paths"]["/v1/sessions"]["get"]["security"]
+    form = spec["paths"]["/oauth/token"]["post"]["requestBody"]["content"][
+        "application/x-www-form-urlencoded"
+    ]
+    assert form["schema"]["required"] == ["grant_type"]
+    assert {"username", "password", "refresh_token", "scope"} <= set(form["schema"]["properties"])
