@@ -32,6 +32,7 @@ show it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from datetime import UTC, datetime
 from typing import Any
@@ -227,6 +228,9 @@ class Relay:
                 except PublishFailure as failure:
                     self.metrics.failures.labels(reason=failure.reason).inc()
                     log.warning("relay: %s; resuming after position %d", failure, self._cursor)
+                    # Heartbeats refresh the head; without a broker, refresh it here, so lag shows the outage.
+                    with contextlib.suppress(*_DB_ERRORS):
+                        self.metrics.positions(head=await self._read_head(engine))
                 except _DB_ERRORS as exc:
                     self.metrics.failures.labels(reason="database").inc()
                     log.warning("relay: database error %r; resuming after position %d", exc, self._cursor)

@@ -90,6 +90,8 @@ async def test_a_silent_broker_times_out_and_the_relay_resumes_when_it_answers(
     await eventually(lambda: failures(relay, "timeout") >= 2, "publish and connect timeouts counted")
     assert not relay.connected
     assert await stored_cursor(engine) == before
+    # The lag metric shows the outage (the head is refreshed even though no heartbeat can go out).
+    assert relay.metrics.registry.get_sample_value("tokenlife_relay_lag_events") == head - before
 
     broker_proxy.heal()
     await eventually(lambda: consumer.has_all(head), "every event after the broker answers again")
