@@ -97,7 +97,8 @@ def create_app(settings: AuthSettings) -> FastAPI:
         tasks: list[asyncio.Task[None]] = []
         relay: Relay | None = None
         try:
-            keys = KeyCache(await load_keys(settings, engine))
+            kek = settings.key_encryption_key.get_secret_value()
+            keys = KeyCache(await load_keys(settings, engine), kek, settings.access_token_ttl)
             window, cap = settings.login_failure_window, settings.login_max_backoff
             throttle = LoginThrottle(
                 BackoffRule(settings.login_max_failures, window, cap),
@@ -107,8 +108,7 @@ def create_app(settings: AuthSettings) -> FastAPI:
 
             async def reload_keys() -> None:
                 async with engine.connect() as conn:
-                    kek = settings.key_encryption_key.get_secret_value()
-                    keys.replace(await keystore.load(conn, kek, settings.access_token_ttl))
+                    await keys.reload(conn)
 
             async def prune() -> None:
                 async with engine.begin() as conn:

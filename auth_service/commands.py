@@ -91,7 +91,8 @@ async def _user_revoke(settings: AuthSettings, email: str) -> int:
                 return 1
             # Revoking needs no signing key: an empty ring will do.
             ring = keystore.KeyRing(None, {"keys": []}, {}, loaded_at=datetime.now(UTC))
-            ctx = AuthContext(settings, engine, KeyCache(ring), LoginThrottle(BackoffRule()))
+            keys = KeyCache(ring, settings.key_encryption_key.get_secret_value(), settings.access_token_ttl)
+            ctx = AuthContext(settings, engine, keys, LoginThrottle(BackoffRule()))
             [event] = await revoke_user(conn, ctx, str(user_id), "operator")
         _say(f"revoked every token and session of {email} (position {event.position})")
         return 0

@@ -175,28 +175,31 @@ async def load(conn: AsyncConnection, key_encryption_key: str, access_token_ttl:
 
 
 class KeyCache:
-    """The instance's KeyRing, reloaded every `refresh_seconds` so rotations reach every instance."""
+    """The instance's KeyRing: reloaded periodically, and early when a token names a kid it lacks."""
 
     # An unknown kid may reload the ring early, but at most this often: a stream of made-up kids must not
     # turn into a stream of database reads.
     MIN_RELOAD_INTERVAL = 1.0
 
-    def __init__(self, ring: KeyRing) -> None:
+    def __init__(self, ring: KeyRing, key_encryption_key: str, access_token_ttl: int) -> None:
         self._ring = ring
+        self._kek = key_encryption_key
+        self._ttl = access_token_ttl
         self._early_reload_at = 0.0
-
-    def may_reload(self) -> bool:
-        """Whether an early reload (for an unknown kid) is allowed now; claims the slot if so."""
-        now = time.monotonic()
-        if now - self._early_reload_at < self.MIN_RELOAD_INTERVAL:
-            return False
-        self._early_reload_at = now
-        return True
 
     def current(self) -> KeyRing:
         """The ring as last loaded."""
         return self._ring
 
-    def replace(self, ring: KeyRing) -> None:
-        """Swap in a freshly loaded ring."""
-        self._ring = ring
+    async def reload(self, conn: AsyncConnection) -> None:
+        """Load the ring again (a rotation or revocation by another instance shows up here)."""
+        self._ring = await load(conn, self._kek, self._ttl)
+
+    async def know(self, conn: AsyncConnection, kid: str | None) -> None:
+        """Reload early when `kid` is not in the ring (another instance may have rotated), rate-limited."""
+        if kid is None or kid in self._ring.public_keys:
+            return
+        now = time.monotonic()
+        if now - self._early_reload_at >= self.MIN_RELOAD_INTERVAL:
+            self._early_reload_at = now
+            await self.reload(conn)

@@ -17,7 +17,6 @@ from sqlalchemy import select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from auth_service import contract as c
-from auth_service import keys as keystore
 from auth_service.context import AuthContext
 from auth_service.errors import InvalidGrant, InvalidRequest, InvalidToken, NotFound
 from auth_service.grants import current_watermark
@@ -51,20 +50,10 @@ def revocation_reason(rows: list[tuple[str, str, datetime | None]], iat: int) ->
     return None
 
 
-async def _know_kid(conn: AsyncConnection, ctx: AuthContext, token: str) -> None:
-    """Reload the key ring when the token names a kid it lacks: another instance may have rotated."""
-    kid = unverified_kid(token)
-    if kid is not None and kid not in ctx.keys.current().public_keys and ctx.keys.may_reload():
-        s = ctx.settings
-        ctx.keys.replace(
-            await keystore.load(conn, s.key_encryption_key.get_secret_value(), s.access_token_ttl)
-        )
-
-
 async def authenticate(conn: AsyncConnection, ctx: AuthContext, token: str) -> Principal:
     """Verify one of our access tokens and check the log's projections that it is not revoked."""
     s = ctx.settings
-    await _know_kid(conn, ctx, token)
+    await ctx.keys.know(conn, unverified_kid(token))
     kid, claims = verify_access_token(token, ctx.keys.current(), issuer=s.issuer, audience=s.audience)
     try:
         session_id = uuid.UUID(str(claims["sid"]))
@@ -197,7 +186,7 @@ async def _revoke_refresh(conn: AsyncConnection, ctx: AuthContext, token: str) -
 
 async def _revoke_access(conn: AsyncConnection, ctx: AuthContext, token: str) -> list[c.Event] | None:
     s = ctx.settings
-    await _know_kid(conn, ctx, token)
+    await ctx.keys.know(conn, unverified_kid(token))
     try:
         _kid, claims = verify_access_token(
             token, ctx.keys.current(), issuer=s.issuer, audience=s.audience, verify_exp=False
