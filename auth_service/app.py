@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -19,17 +19,25 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from auth_service import keys as keystore
 from auth_service import projections
 from auth_service.api import account, discovery, oauth, service
-from auth_service.api.common import context
+from auth_service.api.deps import AppState, app_state, context
 from auth_service.api.middleware import AccessLog, BodyLimit
+from auth_service.backoff import BackoffRule
 from auth_service.context import AuthContext
 from auth_service.db import create_engine
-from auth_service.errors import AuthServiceError, BearerError, InvalidClient, TooManyAttempts
+from auth_service.errors import (
+    AppendError,
+    AuthServiceError,
+    BearerError,
+    InvalidClient,
+    OAuthError,
+    TooManyAttempts,
+)
+from auth_service.keyring import KeyRing
 from auth_service.keys import KeyCache
-from auth_service.log import AppendError
 from auth_service.relay import Relay
 from auth_service.relay_metrics import RelayMetrics
 from auth_service.settings import AuthSettings
-from auth_service.throttle import BackoffRule, LoginThrottle
+from auth_service.throttle import LoginThrottle
 
 log = logging.getLogger("tokenlife.auth")
 REALM = "tokenlife"
@@ -44,12 +52,11 @@ def _quote(value: str) -> str:
 def error_response(err: AuthServiceError) -> JSONResponse:
     """The HTTP answer for one of our errors (RFC 6749 §5.2 body; RFC 6750 header for bearer errors)."""
     error = getattr(err, "error", None)
-    body = (
-        {"error": error, "error_description": err.description}
-        if error
-        else {"error_description": err.description}
-    )
+    description = getattr(err, "public_description", err.description)
+    body = {"error": error, "error_description": description} if error else {"error_description": description}
     headers = {"Cache-Control": "no-store"}
+    if isinstance(err, OAuthError):
+        headers["Pragma"] = "no-cache"
     if isinstance(err, BearerError):
         params = [f'realm="{REALM}"']
         if err.error:
@@ -60,6 +67,8 @@ def error_response(err: AuthServiceError) -> JSONResponse:
     elif isinstance(err, TooManyAttempts):
         headers["Retry-After"] = str(err.retry_after)
         body["error"] = "too_many_requests"
+    elif isinstance(err, AppendError):
+        headers["Retry-After"] = "1"
     return JSONResponse(body, status_code=err.status, headers=headers)
 
 
@@ -75,7 +84,7 @@ async def _supervise(name: str, body: Callable[[], Awaitable[None]], every: floa
         await asyncio.sleep(every)
 
 
-async def load_keys(settings: AuthSettings, engine: AsyncEngine) -> keystore.KeyRing:
+async def load_keys(settings: AuthSettings, engine: AsyncEngine) -> KeyRing:
     """Load the key ring, creating a first key in dev mode; outside dev a missing key is an error."""
     kek = settings.key_encryption_key.get_secret_value()
     async with engine.begin() as conn:
@@ -104,7 +113,7 @@ def create_app(settings: AuthSettings) -> FastAPI:
                 BackoffRule(settings.login_max_failures, window, cap),
                 BackoffRule(settings.login_max_failures_per_address, window, cap),
             )
-            app.state.ctx = AuthContext(settings, engine, keys, throttle)
+            state.context = AuthContext(settings, engine, keys, throttle)
 
             async def reload_keys() -> None:
                 async with engine.connect() as conn:
@@ -118,9 +127,9 @@ def create_app(settings: AuthSettings) -> FastAPI:
             tasks.append(asyncio.create_task(_supervise("keys", reload_keys, settings.key_refresh_seconds)))
             tasks.append(asyncio.create_task(_supervise("prune", prune, PRUNE_EVERY)))
             if settings.relay_enabled:
-                relay = Relay.from_settings(settings, engine=engine, metrics=RelayMetrics(registry))
+                relay = Relay.from_settings(settings, engine=engine, metrics=RelayMetrics(state.registry))
                 await relay.start()
-            app.state.relay = relay
+            state.relay = relay
             yield
         finally:
             if relay is not None:
@@ -130,10 +139,9 @@ def create_app(settings: AuthSettings) -> FastAPI:
             await asyncio.gather(*tasks, return_exceptions=True)
             await engine.dispose()
 
-    registry = CollectorRegistry()
+    state = AppState()
     app = FastAPI(title="tokenlife auth service", version="0.1.0", lifespan=lifespan)
-    app.state.relay = None
-    app.state.registry = registry
+    app.state.tokenlife = state
     app.include_router(oauth.router)
     app.include_router(account.router)
     app.include_router(discovery.router)
@@ -160,19 +168,21 @@ def _health(app: FastAPI) -> None:
             return JSONResponse({"status": "unavailable", "reason": f"database: {type(exc).__name__}"}, 503)
         if ctx.keys.current().active is None:
             return JSONResponse({"status": "unavailable", "reason": "no active signing key"}, 503)
-        relay: Relay | None = request.app.state.relay
+        relay = app_state(request.app).relay
         if relay is not None and not relay.ready:
             return JSONResponse({"status": "unavailable", "reason": "the relay loop is not running"}, 503)
         return JSONResponse({"status": "ready"})
 
     @app.get("/metrics", tags=["health"], include_in_schema=False)
     async def metrics(request: Request) -> Response:
-        return Response(generate_latest(request.app.state.registry), media_type=CONTENT_TYPE_LATEST)
+        return Response(generate_latest(app_state(request.app).registry), media_type=CONTENT_TYPE_LATEST)
 
 
 def _errors(app: FastAPI) -> None:
     @app.exception_handler(AuthServiceError)
     async def ours(request: Request, exc: AuthServiceError) -> Response:
+        if isinstance(exc, AppendError):
+            log.warning("append failed: %s", exc)
         return error_response(exc)
 
     @app.exception_handler(RequestValidationError)
@@ -189,13 +199,4 @@ def _errors(app: FastAPI) -> None:
             },
             exc.status_code,
             headers=exc.headers,
-        )
-
-    @app.exception_handler(AppendError)
-    async def busy(request: Request, exc: AppendError) -> Response:
-        log.warning("append failed: %s", exc)
-        return JSONResponse(
-            {"error": "temporarily_unavailable", "error_description": "the event log is busy; retry"},
-            503,
-            headers={"Retry-After": "1"},
         )

@@ -12,14 +12,16 @@ from datetime import UTC, datetime
 from sqlalchemy import select
 
 from auth_service import keys as keystore
+from auth_service.backoff import BackoffRule
 from auth_service.context import AuthContext
 from auth_service.db import create_engine
+from auth_service.keyring import KeyRing
 from auth_service.keys import KeyCache
 from auth_service.passwords import check_new_password, hash_password
 from auth_service.revoke import revoke_user
 from auth_service.settings import AuthSettings
 from auth_service.tables import signing_keys, users
-from auth_service.throttle import BackoffRule, LoginThrottle
+from auth_service.throttle import LoginThrottle
 
 
 def _say(text: str) -> None:
@@ -90,7 +92,7 @@ async def _user_revoke(settings: AuthSettings, email: str) -> int:
                 _say(f"tokenlife: no user with email {email}")
                 return 1
             # Revoking needs no signing key: an empty ring will do.
-            ring = keystore.KeyRing(None, {"keys": []}, {}, loaded_at=datetime.now(UTC))
+            ring = KeyRing(None, {"keys": []}, {}, loaded_at=datetime.now(UTC))
             keys = KeyCache(ring, settings.key_encryption_key.get_secret_value(), settings.access_token_ttl)
             ctx = AuthContext(settings, engine, keys, LoginThrottle(BackoffRule()))
             [event] = await revoke_user(conn, ctx, str(user_id), "operator")
@@ -114,7 +116,9 @@ async def _keys(settings: AuthSettings, action: str, kid: str | None) -> int:
             elif action == "revoke":
                 assert kid is not None
                 try:
-                    event = await keystore.revoke(conn, kid, kek, "operator")
+                    event = await keystore.revoke(
+                        conn, kid, kek, "operator", lock_timeout_ms=settings.lock_timeout_ms
+                    )
                 except keystore.KeyError_ as exc:
                     _say(f"tokenlife: {exc}")
                     return 1

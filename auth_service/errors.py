@@ -1,17 +1,22 @@
-"""The auth service's errors, mapped to HTTP in one place (app.py).
+"""The auth service's errors, mapped to HTTP in one place (app.py's exception handler, api/errors.py).
 
 AuthServiceError
 ├── OAuthError                 RFC 6749 §5.2 body {"error", "error_description"}, status 400 or 401
 │   ├── InvalidRequest         invalid_request: missing, repeated or malformed parameters
-│   ├── InvalidGrant           invalid_grant: bad credentials, unknown, expired or reused refresh token
+│   ├── InvalidGrant           invalid_grant: bad credentials, unknown or expired refresh token
+│   │   └── RefreshTokenReused invalid_grant, raised after the session's revocation: the transaction commits
 │   ├── InvalidClient          invalid_client (401): a service client failed to authenticate
-│   └── UnsupportedGrantType   unsupported_grant_type
+│   ├── UnsupportedGrantType   unsupported_grant_type
+│   └── UnsupportedTokenType   unsupported_token_type (RFC 7009 §2.2.1): an unknown token_type_hint
 ├── BearerError                RFC 6750 §3: WWW-Authenticate; invalid_request (400): malformed header
 │   ├── MissingToken           401, no error code: no bearer credentials at all
 │   └── InvalidToken           401 invalid_token: bad, expired or revoked access token
 ├── TooManyAttempts            429 + Retry-After: login backoff
 ├── NoSigningKey               503: no active signing key to sign with
+├── AppendError                503 + Retry-After: the log's append lock was not free in time
 └── NotFound                   404: a session that is not the caller's, or does not exist
+
+An error whose `keeps_writes` is true still commits the request's transaction before it is answered.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ class AuthServiceError(Exception):
     """Base of every error the auth service turns into an HTTP answer."""
 
     status = 400
+    keeps_writes = False
 
     def __init__(self, description: str) -> None:
         super().__init__(description)
@@ -39,6 +45,10 @@ class InvalidGrant(OAuthError):
     error = "invalid_grant"
 
 
+class RefreshTokenReused(InvalidGrant):
+    keeps_writes = True  # the session's revocation must stick, though the answer is an error
+
+
 class InvalidClient(OAuthError):
     error = "invalid_client"
     status = 401
@@ -46,6 +56,10 @@ class InvalidClient(OAuthError):
 
 class UnsupportedGrantType(OAuthError):
     error = "unsupported_grant_type"
+
+
+class UnsupportedTokenType(OAuthError):
+    error = "unsupported_token_type"
 
 
 class BearerError(AuthServiceError):
@@ -74,6 +88,14 @@ class TooManyAttempts(AuthServiceError):
 class NoSigningKey(AuthServiceError):
     status = 503
     error = "temporarily_unavailable"
+
+
+class AppendError(AuthServiceError):
+    """The log could not be appended to (lock wait timed out, wrong isolation level)."""
+
+    status = 503
+    error = "temporarily_unavailable"
+    public_description = "the event log is busy; retry"
 
 
 class NotFound(AuthServiceError):

@@ -1,9 +1,7 @@
 """The token endpoint's grants: password (login) and refresh_token (rotation with reuse detection).
 
-Every transaction that will append takes the log's append lock before any row lock. Appending already
-serialises on that lock, so taking it first costs nothing in throughput and makes the lock order the same
-everywhere: a refresh (row locks, then the log) can never deadlock with a logout (the log, then the session
-row its projection updates).
+Both check what needs no database first, then enter `log.appending()` before any row lock (the lock order
+rule is in log.py), and decide with the pure rules of grant_rules.py.
 """
 
 from __future__ import annotations
@@ -12,18 +10,26 @@ import asyncio
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from enum import Enum
 from typing import Any
 
-from sqlalchemy import insert, select, tuple_, update
+from sqlalchemy import insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from auth_service import contract as c
 from auth_service.context import AuthContext
-from auth_service.errors import InvalidGrant, InvalidRequest, NoSigningKey, TooManyAttempts
-from auth_service.log import append, append_lock
+from auth_service.errors import (
+    InvalidGrant,
+    InvalidRequest,
+    NoSigningKey,
+    RefreshTokenReused,
+    TooManyAttempts,
+)
+from auth_service.grant_rules import Rotation, decide_rotation, grant_scope
+from auth_service.lifetimes import latest_access_expiry
+from auth_service.log import appending
 from auth_service.passwords import verify_password
-from auth_service.tables import refresh_tokens, revocations, sessions, users
+from auth_service.queries import current_watermark
+from auth_service.tables import refresh_tokens, sessions, users
 from auth_service.tokens import AccessToken, hash_refresh_token, new_refresh_token, sign_access_token
 
 BAD_CREDENTIALS = "invalid username or password"
@@ -57,43 +63,6 @@ class Tokens:
         if self.access.scope:
             body["scope"] = self.access.scope
         return body
-
-
-class Rotation(Enum):
-    """What presenting a refresh token means, decided under its row lock."""
-
-    ROTATE = "rotate"  # the current token of its family: replace it
-    CONCURRENT = "concurrent"  # rotated moments ago (another tab): give this caller a sibling
-    REUSE = "reuse"  # rotated long ago: stolen or replayed, end the session
-
-
-def decide_rotation(rotated_at: datetime | None, now: datetime, grace: timedelta) -> Rotation:
-    """The rotation decision, pure."""
-    if rotated_at is None:
-        return Rotation.ROTATE
-    return Rotation.CONCURRENT if now - rotated_at <= grace else Rotation.REUSE
-
-
-def grant_scope(requested: str | None, granted: str) -> str:
-    """The scopes a token gets: what was asked for and the user holds; everything held if nothing asked."""
-    held = granted.split()
-    if requested is None or not requested.strip():
-        return " ".join(held)
-    wanted = requested.split()
-    return " ".join(s for s in held if s in wanted)
-
-
-async def current_watermark(conn: AsyncConnection, user_id: str) -> datetime | None:
-    """The latest not-before watermark that applies to the user (theirs or the global one)."""
-    rows = await conn.execute(
-        select(revocations.c.not_before).where(
-            tuple_(revocations.c.kind, revocations.c.subject).in_(
-                [(c.RevocationKind.USER.value, user_id), (c.RevocationKind.GLOBAL.value, c.GLOBAL_SUBJECT)]
-            )
-        )
-    )
-    marks = [r.not_before for r in rows if r.not_before is not None]
-    return max(marks) if marks else None
 
 
 async def _issue(
@@ -161,36 +130,34 @@ async def password_grant(
     await ctx.throttle.succeeded(conn, keys[0])
 
     now = datetime.now(UTC)
-    await append_lock(conn, lock_timeout_ms=ctx.settings.lock_timeout_ms)
-    session_id = uuid.uuid4()
-    session_expires = now + timedelta(seconds=ctx.settings.refresh_token_ttl)
-    refresh = await _store_refresh_token(conn, session_id, 1, now, session_expires)
-    user_id = str(user.user_id)
-    access = await _issue(
-        conn,
-        ctx,
-        user_id=user_id,
-        session_id=session_id,
-        client_id=client.client_id,
-        scope=grant_scope(scope, user.scopes),
-        now=now,
-    )
-    await append(
-        conn,
-        [
-            c.SessionStarted(
-                user_id=user_id,
-                session_id=session_id,
-                client_id=client.client_id,
-                user_agent=client.user_agent,
-                client_address=client.address,
-                expires_at=session_expires,
-                occurred_at=now,
-            ),
-            _issued(access, user_id, session_id, "login", now),
-        ],
-        lock_timeout_ms=ctx.settings.lock_timeout_ms,
-    )
+    async with appending(conn, lock_timeout_ms=ctx.settings.lock_timeout_ms) as log_:
+        session_id = uuid.uuid4()
+        session_expires = now + timedelta(seconds=ctx.settings.refresh_token_ttl)
+        refresh = await _store_refresh_token(conn, session_id, 1, now, session_expires)
+        user_id = str(user.user_id)
+        access = await _issue(
+            conn,
+            ctx,
+            user_id=user_id,
+            session_id=session_id,
+            client_id=client.client_id,
+            scope=grant_scope(scope, user.scopes),
+            now=now,
+        )
+        await log_.append(
+            [
+                c.SessionStarted(
+                    user_id=user_id,
+                    session_id=session_id,
+                    client_id=client.client_id,
+                    user_agent=client.user_agent,
+                    client_address=client.address,
+                    expires_at=session_expires,
+                    occurred_at=now,
+                ),
+                _issued(access, user_id, session_id, "login", now),
+            ]
+        )
     return Tokens(access, refresh, ctx.settings.access_token_ttl)
 
 
@@ -211,64 +178,69 @@ def _issued(
 
 async def refresh_grant(
     conn: AsyncConnection, ctx: AuthContext, refresh_token: str, client: Client, scope: str | None
-) -> Tokens | InvalidGrant:
-    """Rotate a refresh token. A reuse returns (not raises) the error: its session revocation must commit."""
+) -> Tokens:
+    """Rotate a refresh token. A reuse raises RefreshTokenReused, whose session revocation is committed."""
     if not refresh_token or len(refresh_token) > 512:
         raise InvalidRequest("refresh_token is missing or malformed")
     now = datetime.now(UTC)
-    await append_lock(conn, lock_timeout_ms=ctx.settings.lock_timeout_ms)
-    row = (
-        await conn.execute(
-            select(refresh_tokens)
-            .where(refresh_tokens.c.token_hash == hash_refresh_token(refresh_token))
-            .with_for_update()
-        )
-    ).one_or_none()
-    if row is None:
-        raise InvalidGrant("unknown refresh token")
-    session = (
-        await conn.execute(select(sessions).where(sessions.c.session_id == row.session_id).with_for_update())
-    ).one_or_none()
-    if session is None or session.revoked_at is not None:
-        raise InvalidGrant("the session has ended")
-    if row.expires_at <= now:
-        raise InvalidGrant("refresh token expired")
-    user = (
-        await conn.execute(select(users).where(users.c.user_id == uuid.UUID(session.user_id)))
-    ).one_or_none()
-    if user is None or user.disabled:
-        raise InvalidGrant("the account is disabled")
+    async with appending(conn, lock_timeout_ms=ctx.settings.lock_timeout_ms) as log_:
+        row = (
+            await conn.execute(
+                select(refresh_tokens)
+                .where(refresh_tokens.c.token_hash == hash_refresh_token(refresh_token))
+                .with_for_update()
+            )
+        ).one_or_none()
+        if row is None:
+            raise InvalidGrant("unknown refresh token")
+        session = (
+            await conn.execute(
+                select(sessions).where(sessions.c.session_id == row.session_id).with_for_update()
+            )
+        ).one_or_none()
+        if session is None or session.revoked_at is not None:
+            raise InvalidGrant("the session has ended")
+        if row.expires_at <= now:
+            raise InvalidGrant("refresh token expired")
+        user = (
+            await conn.execute(select(users).where(users.c.user_id == uuid.UUID(session.user_id)))
+        ).one_or_none()
+        if user is None or user.disabled:
+            raise InvalidGrant("the account is disabled")
 
-    decision = decide_rotation(row.rotated_at, now, timedelta(seconds=ctx.settings.refresh_grace_seconds))
-    if decision is Rotation.REUSE:
-        await append(
+        decision = decide_rotation(row.rotated_at, now, timedelta(seconds=ctx.settings.refresh_grace_seconds))
+        if decision is Rotation.REUSE:
+            await log_.append(
+                [
+                    c.SessionRevoked(
+                        session_id=session.session_id,
+                        user_id=session.user_id,
+                        reason="refresh_token_reuse",
+                        expires_at=latest_access_expiry(now, ctx.settings.access_token_ttl),
+                        occurred_at=now,
+                    )
+                ]
+            )
+            raise RefreshTokenReused("refresh token was already used; the session is revoked")
+        if decision is Rotation.ROTATE:
+            await conn.execute(
+                update(refresh_tokens)
+                .where(refresh_tokens.c.token_hash == row.token_hash)
+                .values(rotated_at=now)
+            )
+        # ROTATE gets the successor; CONCURRENT gets a sibling of it, so that a second tab refreshing at the
+        # same moment is not logged out (its token's successor is not recoverable: only hashes are stored).
+        refresh = await _store_refresh_token(
+            conn, session.session_id, row.generation + 1, now, row.expires_at
+        )
+        access = await _issue(
             conn,
-            [
-                c.SessionRevoked(
-                    session_id=session.session_id,
-                    user_id=session.user_id,
-                    reason="refresh_token_reuse",
-                    expires_at=now + timedelta(seconds=ctx.settings.access_token_ttl),
-                    occurred_at=now,
-                )
-            ],
+            ctx,
+            user_id=session.user_id,
+            session_id=session.session_id,
+            client_id=session.client_id,
+            scope=grant_scope(scope, user.scopes),
+            now=now,
         )
-        return InvalidGrant("refresh token was already used; the session is revoked")
-    if decision is Rotation.ROTATE:
-        await conn.execute(
-            update(refresh_tokens).where(refresh_tokens.c.token_hash == row.token_hash).values(rotated_at=now)
-        )
-    # ROTATE gets the successor; CONCURRENT gets a sibling of it, so that a second tab refreshing at the same
-    # moment is not logged out (its token's successor is not recoverable: only hashes are stored).
-    refresh = await _store_refresh_token(conn, session.session_id, row.generation + 1, now, row.expires_at)
-    access = await _issue(
-        conn,
-        ctx,
-        user_id=session.user_id,
-        session_id=session.session_id,
-        client_id=session.client_id,
-        scope=grant_scope(scope, user.scopes),
-        now=now,
-    )
-    await append(conn, [_issued(access, session.user_id, session.session_id, "refresh", now)])
+        await log_.append([_issued(access, session.user_id, session.session_id, "refresh", now)])
     return Tokens(access, refresh, ctx.settings.access_token_ttl)

@@ -14,8 +14,7 @@ import base64
 import os
 import time
 import uuid
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import jwt
@@ -26,31 +25,16 @@ from sqlalchemy import select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from auth_service import contract as c
-from auth_service.log import append, append_lock
+from auth_service import lifetimes
+from auth_service.keyring import ALGORITHM, KeyRing, SigningKey
+from auth_service.log import appending
 from auth_service.tables import signing_keys
 
-ALGORITHM = "RS256"
 RSA_BITS = 2048
 
 
 class KeyError_(LookupError):
     """No usable signing key, or an unknown kid."""
-
-
-@dataclass(frozen=True)
-class SigningKey:
-    kid: str
-    private_key: rsa.RSAPrivateKey
-
-
-@dataclass(frozen=True)
-class KeyRing:
-    """What an instance signs with and publishes, as loaded at `loaded_at`."""
-
-    active: SigningKey | None
-    jwks: dict[str, Any]
-    public_keys: dict[str, rsa.RSAPublicKey]
-    loaded_at: datetime
 
 
 def _kek(key_encryption_key: str) -> AESGCM:
@@ -120,35 +104,37 @@ async def ensure_active_key(conn: AsyncConnection, key_encryption_key: str) -> s
     return await rotate(conn, key_encryption_key)
 
 
-async def revoke(conn: AsyncConnection, kid: str, key_encryption_key: str, reason: str) -> c.Event:
+async def revoke(
+    conn: AsyncConnection, kid: str, key_encryption_key: str, reason: str, *, lock_timeout_ms: int
+) -> c.Event:
     """Revoke a key: it leaves the JWKS and a key.revoked event covers every token it signed.
 
     Revoking the active key first rotates to a new one, so the service never stands without a signing key.
     """
-    await append_lock(conn)  # the log's lock first, as every appending transaction does (see grants.py)
-    row = (
-        await conn.execute(select(signing_keys).where(signing_keys.c.kid == kid).with_for_update())
-    ).one_or_none()
-    if row is None:
-        raise KeyError_(f"no signing key with kid {kid!r}")
-    if row.retired_at is None:
-        await rotate(conn, key_encryption_key)
-    now = datetime.now(UTC)
-    await conn.execute(
-        update(signing_keys)
-        .where(signing_keys.c.kid == kid)
-        .values(revoked_at=now, retired_at=row.retired_at or now)
-    )
-    # Not last_signed + ttl: whoever holds a compromised key can sign tokens with any exp, so the revocation
-    # must outlive every such token, and is never pruned.
-    [event] = await append(conn, [c.KeyRevoked(kid=kid, expires_at=c.FOREVER, reason=reason)])
+    async with appending(conn, lock_timeout_ms=lock_timeout_ms) as log_:
+        row = (
+            await conn.execute(select(signing_keys).where(signing_keys.c.kid == kid).with_for_update())
+        ).one_or_none()
+        if row is None:
+            raise KeyError_(f"no signing key with kid {kid!r}")
+        if row.retired_at is None:
+            await rotate(conn, key_encryption_key)
+        now = datetime.now(UTC)
+        await conn.execute(
+            update(signing_keys)
+            .where(signing_keys.c.kid == kid)
+            .values(revoked_at=now, retired_at=row.retired_at or now)
+        )
+        # Not last_signed + ttl: whoever holds a compromised key can sign tokens with any exp, so the
+        # revocation must outlive every such token, and is never pruned.
+        [event] = await log_.append([c.KeyRevoked(kid=kid, expires_at=c.FOREVER, reason=reason)])
     return event
 
 
 async def load(conn: AsyncConnection, key_encryption_key: str, access_token_ttl: int) -> KeyRing:
     """Load the active key and every public key a live token may still need."""
     now = datetime.now(UTC)
-    horizon = now - timedelta(seconds=access_token_ttl + 60)
+    horizon = lifetimes.key_publication_horizon(now, access_token_ttl)
     rows = (
         await conn.execute(
             select(signing_keys)

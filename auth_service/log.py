@@ -12,13 +12,21 @@ commit and continues from it. Positions are therefore dense and become visible i
 writes nothing and frees its positions for the next appender. The appending transaction must run in READ
 COMMITTED: under REPEATABLE READ its snapshot could predate the lock and it would read a stale head.
 
-The lock serialises appends, so take it late: do the rest of the transaction's work first, append last, then
-commit. `lock_timeout` bounds the wait; the NOTIFY is delivered at commit, never for a rolled-back append.
+`appending(conn, lock_timeout_ms=...)` is the only way to append: it takes the lock once, with the configured
+timeout (`lock_timeout` bounds the wait), and hands out an Appender that knows it holds it; an Appender used
+after its block ends refuses. The NOTIFY is delivered at commit, never for a rolled-back append.
+
+The lock order, the one rule for every appending transaction: take the append lock before any row lock. So do
+the validation that needs no database first, then enter `appending()`, then read and lock rows, decide, and
+append. Appends serialise on the lock anyway, so taking it first costs no throughput, and it makes the order
+the same everywhere: a refresh (row locks, then the log) could otherwise deadlock with a logout (the log, then
+the session row its projection updates).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from datetime import timedelta
 from typing import Any
 
@@ -27,7 +35,9 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from auth_service import contract as c
-from auth_service.projections import RETAIN_AFTER_EXPIRY, project
+from auth_service.errors import AppendError
+from auth_service.lifetimes import REVOCATION_RETENTION
+from auth_service.projections import decode_row, project, reset
 from auth_service.tables import event_log, revocations
 
 # Any fixed 64-bit key would do; this one spells "toklife" so it is recognisable in pg_locks.
@@ -37,12 +47,7 @@ MAX_PAGE = 1000
 LOCK_NOT_AVAILABLE = "55P03"
 
 
-class AppendError(RuntimeError):
-    """The log could not be appended to (lock wait timed out, wrong isolation level)."""
-
-
-async def append_lock(conn: AsyncConnection, *, lock_timeout_ms: int = 5000) -> None:
-    """Take the log's append lock for the rest of the caller's transaction."""
+async def _take_lock(conn: AsyncConnection, lock_timeout_ms: int) -> None:
     await conn.execute(text(f"SET LOCAL lock_timeout = {int(lock_timeout_ms)}"))
     try:
         row = (
@@ -59,29 +64,68 @@ async def append_lock(conn: AsyncConnection, *, lock_timeout_ms: int = 5000) -> 
         raise AppendError(f"appends need READ COMMITTED isolation, the transaction runs in {row[1]}")
 
 
-async def append(
-    conn: AsyncConnection, events: Sequence[c.Event], *, lock_timeout_ms: int = 5000
-) -> list[c.Event]:
-    """Append events in the caller's transaction and update the projections; returns them positioned.
+class Appender:
+    """Appends to the log in one transaction that holds the append lock; made only by `appending()`."""
 
-    The caller commits. Nothing is visible to readers, published or notified until it does.
-    """
-    if not events:
-        return []
-    await append_lock(conn, lock_timeout_ms=lock_timeout_ms)
-    head = await read_head(conn)
-    positioned: list[c.Event] = []
-    for offset, event in enumerate(events):
-        position = head + offset + 1
-        positioned.append(event.model_copy(update={"position": position, "prev_position": position - 1}))
-    await conn.execute(event_log.insert(), [_row(e) for e in positioned])
-    for event in positioned:
-        await project(conn, event)
-    await conn.execute(
-        text("SELECT pg_notify(:channel, :head)"),
-        {"channel": NOTIFY_CHANNEL, "head": str(head + len(events))},
-    )
-    return positioned
+    def __init__(self, conn: AsyncConnection) -> None:
+        self._conn = conn
+        self._holding = True
+
+    async def append(self, events: Sequence[c.Event]) -> list[c.Event]:
+        """Append events, update the projections; returns them positioned. Visible once the caller commits."""
+        if not self._holding:
+            raise AppendError("append outside its log.appending() block: the append lock is not held")
+        if not events:
+            return []
+        conn = self._conn
+        head = await read_head(conn)
+        positioned: list[c.Event] = []
+        for offset, event in enumerate(events):
+            position = head + offset + 1
+            positioned.append(event.model_copy(update={"position": position, "prev_position": position - 1}))
+        await conn.execute(event_log.insert(), [_row(e) for e in positioned])
+        for event in positioned:
+            await project(conn, event)
+        await conn.execute(
+            text("SELECT pg_notify(:channel, :head)"),
+            {"channel": NOTIFY_CHANNEL, "head": str(head + len(events))},
+        )
+        return positioned
+
+    async def rebuild_projections(self) -> int:
+        """Recompute every projection from the log; returns the events replayed.
+
+        Under the append lock, so no append interleaves with the replay.
+        """
+        if not self._holding:
+            raise AppendError("rebuild outside its log.appending() block: the append lock is not held")
+        await reset(self._conn)
+        after, replayed = 0, 0
+        while True:
+            rows = await read_payloads_after(self._conn, after, MAX_PAGE)
+            if not rows:
+                return replayed
+            for position, payload in rows:
+                await project(self._conn, decode_row(position, payload))
+            after = rows[-1][0]
+            replayed += len(rows)
+
+
+@asynccontextmanager
+async def appending(conn: AsyncConnection, *, lock_timeout_ms: int) -> AsyncIterator[Appender]:
+    """Take the log's append lock for the rest of the caller's transaction, and append within the block."""
+    await _take_lock(conn, lock_timeout_ms)
+    appender = Appender(conn)
+    try:
+        yield appender
+    finally:
+        appender._holding = False
+
+
+async def append(conn: AsyncConnection, events: Sequence[c.Event], *, lock_timeout_ms: int) -> list[c.Event]:
+    """Take the lock and append in one step, for a transaction that has nothing else to do under the lock."""
+    async with appending(conn, lock_timeout_ms=lock_timeout_ms) as appender:
+        return await appender.append(events)
 
 
 def _sqlstate(exc: DBAPIError) -> str | None:
@@ -102,12 +146,6 @@ def _row(event: c.Event) -> dict[str, Any]:
         "schema_version": event.schema_version,
         "payload": c.to_json_dict(event),
     }
-
-
-def decode_row(position: int, payload: dict[str, Any]) -> c.Event | c.UnknownEvent:
-    """Decode a stored payload; the position columns are the truth for position and prev_position."""
-    event = c.decode(payload)
-    return event.model_copy(update={"position": position, "prev_position": position - 1})
 
 
 async def read_head(conn: AsyncConnection) -> int:
@@ -148,7 +186,7 @@ async def read_page(conn: AsyncConnection, after: int, limit: int = MAX_PAGE) ->
     return c.EventPage(head=max(head, rows[-1][0] if rows else 0), events=[p for _, p in rows])
 
 
-async def snapshot(engine: AsyncEngine, *, leeway: timedelta = RETAIN_AFTER_EXPIRY) -> c.RevocationSnapshot:
+async def snapshot(engine: AsyncEngine, *, leeway: timedelta = REVOCATION_RETENTION) -> c.RevocationSnapshot:
     """Every live revocation and the exact position it is consistent with, from one consistent snapshot.
 
     Entries stay in the snapshot for `leeway` after they expire, because a verifier accepts a token a few

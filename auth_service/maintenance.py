@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 from auth_service import projections
 from auth_service.db import create_engine
-from auth_service.log import append_lock
+from auth_service.log import appending
 from auth_service.settings import AuthSettings
 
 
@@ -16,8 +16,8 @@ async def rebuild_projections(settings: AuthSettings) -> tuple[int, int]:
     try:
         async with engine.begin() as conn:
             # Holding the append lock keeps appends out until the rebuilt projections commit.
-            await append_lock(conn, lock_timeout_ms=settings.lock_timeout_ms)
-            replayed = await projections.rebuild(conn)
+            async with appending(conn, lock_timeout_ms=settings.lock_timeout_ms) as log_:
+                replayed = await log_.rebuild_projections()
             pruned = await projections.prune(conn, datetime.now(UTC))
         return replayed, pruned
     finally:

@@ -1,26 +1,29 @@
 """Projections of the log: sessions and live revocations.
 
-`project()` is the single definition of how an event changes the projections. The append protocol calls it
-inside the appending transaction, and `rebuild()` calls it again for every event of the log, so the two paths
-cannot drift apart. Every rule is idempotent and order-tolerant where it can be (GREATEST, COALESCE), so
+`project()` is the single definition of how an event changes the projections. The log calls it inside the
+appending transaction, and again for every event of the log when it rebuilds them, so the two paths cannot
+drift apart. Every rule is idempotent and order-tolerant where it can be (GREATEST, COALESCE), so
 replaying an event twice leaves the projections as they were.
 """
 
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from typing import Any
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import delete, func, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from auth_service import contract as c
-from auth_service.tables import event_log, revocations, sessions
+from auth_service.lifetimes import REVOCATION_RETENTION
+from auth_service.tables import revocations, sessions
 
-REBUILD_BATCH = 1000
-# How long a revocation is kept past its expires_at, here and in snapshots: longer than any verifier's
-# leeway on exp (resource services allow at most 60 s), so no token outlives its revocation.
-RETAIN_AFTER_EXPIRY = timedelta(seconds=120)
+
+def decode_row(position: int, payload: dict[str, Any]) -> c.Event | c.UnknownEvent:
+    """Decode a stored payload; the position columns are the truth for position and prev_position."""
+    event = c.decode(payload)
+    return event.model_copy(update={"position": position, "prev_position": position - 1})
 
 
 async def project(conn: AsyncConnection, event: c.Event | c.UnknownEvent) -> None:
@@ -114,34 +117,13 @@ async def _mark_sessions(
     )
 
 
-async def prune(conn: AsyncConnection, now: datetime, leeway: timedelta = RETAIN_AFTER_EXPIRY) -> int:
+async def prune(conn: AsyncConnection, now: datetime, leeway: timedelta = REVOCATION_RETENTION) -> int:
     """Delete revocations whose every covered token has expired; returns how many went."""
     result = await conn.execute(delete(revocations).where(revocations.c.expires_at < now - leeway))
     return result.rowcount
 
 
-async def rebuild(conn: AsyncConnection) -> int:
-    """Recompute every projection from the log, in the caller's transaction; returns the events replayed.
-
-    The caller holds the append lock (log.append_lock) so that no append interleaves with the replay.
-    """
-    from auth_service.log import decode_row  # the log imports this module: import late to avoid a cycle
-
+async def reset(conn: AsyncConnection) -> None:
+    """Empty every projection, before a replay of the whole log (log.Appender.rebuild_projections)."""
     await conn.execute(delete(revocations))
     await conn.execute(delete(sessions))
-    after, replayed = 0, 0
-    while True:
-        rows = (
-            await conn.execute(
-                select(event_log.c.position, event_log.c.payload)
-                .where(event_log.c.position > after)
-                .order_by(event_log.c.position)
-                .limit(REBUILD_BATCH)
-            )
-        ).all()
-        if not rows:
-            return replayed
-        for row in rows:
-            await project(conn, decode_row(row.position, row.payload))
-        after = rows[-1].position
-        replayed += len(rows)

@@ -1,42 +1,20 @@
 """Login backoff, per account and per client address, shared by every auth instance through PostgreSQL.
 
 After `max_failures` failures within `window` seconds, each further attempt must wait 2**(n - max_failures)
-seconds (capped at `max_backoff`) after the last failure. The rule (`wait_seconds`) is pure; the counts live
-in the `login_failures` table, so N instances behind a load balancer do not multiply the allowance by N.
+seconds (capped at `max_backoff`) after the last failure. The rule (backoff.wait_seconds) is pure; the counts
+live in the `login_failures` table, so N instances behind a load balancer do not multiply the allowance by N.
 """
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import case, delete, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from auth_service.backoff import BackoffRule, wait_seconds
 from auth_service.tables import login_failures
-
-
-@dataclass(frozen=True)
-class BackoffRule:
-    max_failures: int = 5
-    window: float = 900.0
-    max_backoff: float = 900.0
-
-
-def wait_seconds(
-    rule: BackoffRule, failures: int, first_at: datetime, last_at: datetime, now: datetime
-) -> int:
-    """Seconds one key must still wait, given its failures (0: go ahead)."""
-    if (now - first_at).total_seconds() > rule.window:
-        return 0
-    excess = failures - rule.max_failures
-    if excess < 0:
-        return 0
-    backoff = min(rule.max_backoff, 2.0**excess)
-    wait = (last_at - now).total_seconds() + backoff
-    return math.ceil(wait) if wait > 0 else 0
 
 
 class LoginThrottle:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import math
 import secrets
 import uuid
 from collections.abc import Mapping
@@ -14,7 +13,7 @@ from typing import Any
 import jwt
 
 from auth_service.errors import InvalidToken
-from auth_service.keys import ALGORITHM, KeyRing, SigningKey
+from auth_service.keyring import ALGORITHM, KeyRing, SigningKey
 
 ACCESS_TOKEN_TYPE = "at+jwt"
 MAX_TOKEN_BYTES = 8192
@@ -30,11 +29,6 @@ class AccessToken:
     issued_at: datetime
     expires_at: datetime
     scope: str
-
-
-def whole_second_floor(moment: datetime) -> datetime:
-    """Round down to a whole second, as `iat` is (so watermarks compare exactly with it)."""
-    return datetime.fromtimestamp(math.floor(moment.timestamp()), UTC)
 
 
 def sign_access_token(

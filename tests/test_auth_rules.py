@@ -6,10 +6,11 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from auth_service.grants import Rotation, decide_rotation, grant_scope
-from auth_service.revoke import revocation_reason
-from auth_service.throttle import BackoffRule, wait_seconds
-from auth_service.tokens import hash_refresh_token, new_refresh_token, unverified_kid, whole_second_floor
+from auth_service.authn import revocation_reason
+from auth_service.backoff import BackoffRule, wait_seconds
+from auth_service.grant_rules import Rotation, decide_rotation, grant_scope
+from auth_service.lifetimes import whole_second_floor
+from auth_service.tokens import hash_refresh_token, new_refresh_token, unverified_kid
 
 NOW = datetime(2026, 11, 27, 12, 0, 0, 500000, tzinfo=UTC)
 GRACE = timedelta(seconds=5)

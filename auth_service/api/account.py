@@ -6,19 +6,17 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
-from sqlalchemy import select
 
-from auth_service.api.common import context, form, form_body, openapi_bearer, principal, required, transaction
+from auth_service import queries
+from auth_service.api.deps import Context, CurrentPrincipal, transaction
+from auth_service.api.forms import form, form_body, required
 from auth_service.errors import InvalidRequest, NotFound
-from auth_service.log import decode_row
 from auth_service.revoke import change_password, end_session, logout
-from auth_service.tables import event_log, sessions
 
-router = APIRouter(tags=["account"], dependencies=[Depends(openapi_bearer)])
+router = APIRouter(tags=["account"])
 SCOPES = ("session", "others", "all")
-MAX_TIMELINE = 1000
 
 
 @router.post(
@@ -26,15 +24,14 @@ MAX_TIMELINE = 1000
     summary="Log out: this session, the others, or all",
     openapi_extra=form_body(("scope", False)),
 )
-async def logout_route(request: Request) -> Response:
+async def logout_route(request: Request, ctx: Context, who: CurrentPrincipal) -> Response:
     """scope=session (default) ends this session; others ends every other; all revokes every token."""
     fields = await form(request) if request.headers.get("content-type") else {}
     scope = fields.get("scope") or request.query_params.get("scope") or "session"
     if scope not in SCOPES:
         raise InvalidRequest(f"scope must be one of {', '.join(SCOPES)}")
-    async with transaction(request) as conn:
-        who = await principal(request, conn)
-        events = await logout(conn, context(request), who, scope)  # type: ignore[arg-type]
+    async with transaction(ctx) as conn:
+        events = await logout(conn, ctx, who, scope)  # type: ignore[arg-type]
     return JSONResponse(
         {
             "scope": scope,
@@ -58,17 +55,11 @@ def _session_view(row: Any, current: uuid.UUID) -> dict[str, Any]:
 
 
 @router.get("/v1/sessions", summary="The caller's live sessions")
-async def list_sessions(request: Request) -> Response:
+async def list_sessions(ctx: Context, who: CurrentPrincipal) -> Response:
     """Live sessions of the caller, oldest first."""
-    async with transaction(request) as conn:
-        who = await principal(request, conn)
-        rows = await conn.execute(
-            select(sessions)
-            .where(sessions.c.user_id == who.user_id, sessions.c.revoked_at.is_(None))
-            .where(sessions.c.expires_at > datetime.now(UTC))
-            .order_by(sessions.c.created_at)
-        )
-        return JSONResponse({"sessions": [_session_view(r, who.session_id) for r in rows]})
+    async with transaction(ctx) as conn:
+        rows = await queries.live_sessions(conn, who.user_id, datetime.now(UTC))
+    return JSONResponse({"sessions": [_session_view(r, who.session_id) for r in rows]})
 
 
 def _session_id(raw: str) -> uuid.UUID:
@@ -79,32 +70,22 @@ def _session_id(raw: str) -> uuid.UUID:
 
 
 @router.delete("/v1/sessions/{sid}", status_code=204, summary="End one of the caller's sessions")
-async def delete_session(sid: str, request: Request) -> Response:
+async def delete_session(sid: str, ctx: Context, who: CurrentPrincipal) -> Response:
     """End a session of the caller's; 404 for a session that is not theirs."""
-    async with transaction(request) as conn:
-        who = await principal(request, conn)
-        await end_session(conn, context(request), who, _session_id(sid))
+    async with transaction(ctx) as conn:
+        await end_session(conn, ctx, who, _session_id(sid))
     return Response(status_code=204)
 
 
 @router.get("/v1/sessions/{sid}/events", summary="A session's timeline, from the log")
-async def session_events(sid: str, request: Request) -> Response:
+async def session_events(sid: str, ctx: Context, who: CurrentPrincipal) -> Response:
     """Every logged event of one of the caller's sessions, in position order."""
-    async with transaction(request) as conn:
-        who = await principal(request, conn)
-        session_id = _session_id(sid)
-        owner = (
-            await conn.execute(select(sessions.c.user_id).where(sessions.c.session_id == session_id))
-        ).scalar_one_or_none()
-        if owner != who.user_id:
+    session_id = _session_id(sid)
+    async with transaction(ctx) as conn:
+        row = await queries.session(conn, session_id)
+        if row is None or row.user_id != who.user_id:
             raise NotFound("no such session")
-        rows = await conn.execute(
-            select(event_log.c.position, event_log.c.payload)
-            .where(event_log.c.session_id == session_id)
-            .order_by(event_log.c.position)
-            .limit(MAX_TIMELINE)
-        )
-        events = [decode_row(r.position, r.payload).model_dump(mode="json") for r in rows]
+        events = [e.model_dump(mode="json") for e in await queries.session_timeline(conn, session_id)]
     return JSONResponse({"session_id": str(session_id), "events": events})
 
 
@@ -113,16 +94,10 @@ async def session_events(sid: str, request: Request) -> Response:
     summary="Change the password; ends the caller's other sessions",
     openapi_extra=form_body(("current_password", True), ("new_password", True)),
 )
-async def password(request: Request) -> Response:
+async def password(request: Request, ctx: Context, who: CurrentPrincipal) -> Response:
     """Form fields current_password and new_password."""
     fields = await form(request)
-    async with transaction(request) as conn:
-        who = await principal(request, conn)
-        events = await change_password(
-            conn,
-            context(request),
-            who,
-            required(fields, "current_password"),
-            required(fields, "new_password"),
-        )
+    current, new = required(fields, "current_password"), required(fields, "new_password")
+    async with transaction(ctx) as conn:
+        events = await change_password(conn, ctx, who, current, new)
     return JSONResponse({"sessions_ended": len(events)})

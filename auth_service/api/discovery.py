@@ -5,8 +5,8 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
-from auth_service.api.common import context
-from auth_service.keys import ALGORITHM
+from auth_service.api.deps import context
+from auth_service.keyring import ALGORITHM
 
 router = APIRouter(tags=["discovery"])
 

@@ -2,35 +2,35 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 
-from auth_service.api.common import context, openapi_basic, service_client, transaction
+from auth_service.api.deps import Context, ServiceClient, transaction
 from auth_service.errors import InvalidRequest
 from auth_service.log import MAX_PAGE, read_page, snapshot
 
-router = APIRouter(tags=["service"], dependencies=[Depends(openapi_basic)])
+router = APIRouter(tags=["service"])
 
 
 @router.get("/v1/events", summary="The log after a position, in position order")
 async def events(
     request: Request,
+    ctx: Context,
+    _client: ServiceClient,
     after: int = Query(0, ge=0, le=2**63 - 1),
     limit: int = Query(MAX_PAGE, ge=1, le=MAX_PAGE),
 ) -> Response:
     """An EventPage: events with position > after (at most limit) and the head they were read at."""
-    service_client(request)
     for name in ("after", "limit"):
         if len(request.query_params.getlist(name)) > 1:
             raise InvalidRequest(f"parameter {name!r} is repeated")
-    async with transaction(request) as conn:
+    async with transaction(ctx) as conn:
         page = await read_page(conn, after, limit)
     return Response(page.model_dump_json(), media_type="application/json")
 
 
 @router.get("/v1/revocations", summary="Every live revocation and the position it is consistent with")
-async def revocations(request: Request) -> Response:
+async def revocations(ctx: Context, _client: ServiceClient) -> Response:
     """A RevocationSnapshot: apply it, then the events after its position."""
-    service_client(request)
-    snap = await snapshot(context(request).engine)
+    snap = await snapshot(ctx.engine)
     return Response(snap.model_dump_json(), media_type="application/json")

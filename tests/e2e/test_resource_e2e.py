@@ -27,7 +27,8 @@ import jwt
 import pytest
 
 from auth_service.db import create_engine
-from auth_service.keys import KeyRing, load
+from auth_service.keyring import KeyRing
+from auth_service.keys import load
 from auth_service.settings import DEV_KEY_ENCRYPTION_KEY
 from tests.conftest import PASSWORD, SERVICE_CLIENT, add_user, free_port, start_auth_server
 

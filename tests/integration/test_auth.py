@@ -427,7 +427,11 @@ async def test_revoking_the_active_key_rotates_first_and_is_never_pruned(
         active = (await keystore.load(conn, auth_settings.key_encryption_key.get_secret_value(), 300)).active
         assert active is not None
         event = await keystore.revoke(
-            conn, active.kid, auth_settings.key_encryption_key.get_secret_value(), "test"
+            conn,
+            active.kid,
+            auth_settings.key_encryption_key.get_secret_value(),
+            "test",
+            lock_timeout_ms=auth_settings.lock_timeout_ms,
         )
         ring = await keystore.load(conn, auth_settings.key_encryption_key.get_secret_value(), 300)
     assert isinstance(event, c.KeyRevoked)

@@ -182,7 +182,11 @@ async def test_revoked_key_leaves_the_jwks_and_is_logged(
     async with engine.begin() as conn:
         new_kid = await keys.rotate(conn, auth_settings.key_encryption_key.get_secret_value())
         await keys.revoke(
-            conn, old_kid, auth_settings.key_encryption_key.get_secret_value(), reason="compromised"
+            conn,
+            old_kid,
+            auth_settings.key_encryption_key.get_secret_value(),
+            reason="compromised",
+            lock_timeout_ms=auth_settings.lock_timeout_ms,
         )
     jwks = await jwks_when(auth_client, lambda published: old_kid not in published)
 

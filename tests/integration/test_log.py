@@ -15,10 +15,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from auth_service import contract as c
 from auth_service.db import asyncpg_dsn
+from auth_service.errors import AppendError
 from auth_service.log import (
     NOTIFY_CHANNEL,
-    AppendError,
     append,
+    appending,
     read_after,
     read_head,
     read_page,
@@ -28,6 +29,7 @@ from auth_service.log import (
 pytestmark = pytest.mark.integration
 
 APPENDERS = 8
+LOCK_TIMEOUT_MS = 5000
 APPENDS_EACH = 25
 
 
@@ -37,7 +39,8 @@ def revoked(reason: str = "test", *, ttl: timedelta = timedelta(minutes=5)) -> c
 
 async def append_committed(engine: AsyncEngine, *events: c.Event) -> list[c.Event]:
     async with engine.begin() as conn:
-        return await append(conn, events)
+        async with appending(conn, lock_timeout_ms=LOCK_TIMEOUT_MS) as log_:
+            return await log_.append(events)
 
 
 async def waiting_on_locks(engine: AsyncEngine) -> int:
@@ -62,7 +65,7 @@ async def test_positions_are_dense_and_visible_in_commit_order_under_concurrent_
     async def holder() -> None:
         # Takes the lock and keeps its transaction open while every other appender tries to commit.
         async with engine.begin() as conn:
-            [event] = await append(conn, [revoked("holder")])
+            [event] = await append(conn, [revoked("holder")], lock_timeout_ms=LOCK_TIMEOUT_MS)
             holder_has_lock.set()
             await release_holder.wait()
         committed.add(event.event_id)
@@ -74,7 +77,7 @@ async def test_positions_are_dense_and_visible_in_commit_order_under_concurrent_
             roll_back = rng.random() < 0.2
             async with engine.connect() as conn:
                 tx = await conn.begin()
-                await append(conn, batch)
+                await append(conn, batch, lock_timeout_ms=LOCK_TIMEOUT_MS)
                 if roll_back:
                     await tx.rollback()
                 else:
@@ -119,7 +122,7 @@ async def test_a_rolled_back_append_leaves_no_hole(engine: AsyncEngine) -> None:
     await append_committed(engine, revoked())
     async with engine.connect() as conn:
         tx = await conn.begin()
-        [lost] = await append(conn, [revoked()])
+        [lost] = await append(conn, [revoked()], lock_timeout_ms=LOCK_TIMEOUT_MS)
         assert lost.position == 2
         await tx.rollback()
     [next_event] = await append_committed(engine, revoked())
@@ -164,7 +167,7 @@ async def test_notify_is_sent_on_commit_and_never_for_a_rollback(
     try:
         async with engine.connect() as conn:
             tx = await conn.begin()
-            await append(conn, [revoked()])
+            await append(conn, [revoked()], lock_timeout_ms=LOCK_TIMEOUT_MS)
             await tx.rollback()
         await append_committed(engine, revoked(), revoked())
         assert await asyncio.wait_for(heard.get(), timeout=10) == "2"
@@ -175,11 +178,23 @@ async def test_notify_is_sent_on_commit_and_never_for_a_rollback(
 
 async def test_append_gives_up_after_lock_timeout(engine: AsyncEngine) -> None:
     async with engine.begin() as holder:
-        await append(holder, [revoked()])
+        await append(holder, [revoked()], lock_timeout_ms=LOCK_TIMEOUT_MS)
         async with engine.connect() as conn:
             await conn.begin()
             with pytest.raises(AppendError, match="lock"):
-                await append(conn, [revoked()], lock_timeout_ms=50)
+                async with appending(conn, lock_timeout_ms=50) as log_:
+                    await log_.append([revoked()])
+
+
+async def test_an_appender_refuses_once_its_block_has_ended(engine: AsyncEngine) -> None:
+    async with engine.begin() as conn:
+        async with appending(conn, lock_timeout_ms=LOCK_TIMEOUT_MS) as log_:
+            [inside] = await log_.append([revoked()])
+        with pytest.raises(AppendError, match="outside"):
+            await log_.append([revoked()])
+    assert inside.position == 1
+    async with engine.connect() as conn:
+        assert await read_head(conn) == 1
 
 
 async def test_append_refuses_repeatable_read(engine: AsyncEngine) -> None:
@@ -187,7 +202,7 @@ async def test_append_refuses_repeatable_read(engine: AsyncEngine) -> None:
         conn = await conn.execution_options(isolation_level="REPEATABLE READ")
         async with conn.begin():
             with pytest.raises(AppendError, match="READ COMMITTED"):
-                await append(conn, [revoked()])
+                await append(conn, [revoked()], lock_timeout_ms=LOCK_TIMEOUT_MS)
 
 
 async def test_snapshot_holds_live_revocations_at_the_exact_head(engine: AsyncEngine) -> None:

@@ -87,6 +87,7 @@ async def test_log_rebuild_command_restores_damaged_projections(
                     session_id=sid, user_id="u", expires_at=now + timedelta(minutes=5), reason="logout"
                 ),
             ],
+            lock_timeout_ms=5000,
         )
     async with engine.begin() as conn:
         await conn.execute(revocations.delete())

@@ -16,8 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from auth_service import contract as c
 from auth_service.db import create_engine
-from auth_service.log import append, append_lock
-from auth_service.projections import rebuild
+from auth_service.log import append, appending
 from auth_service.tables import revocations, sessions
 
 pytestmark = pytest.mark.integration
@@ -87,11 +86,11 @@ async def _incremental_then_rebuilt(url: str, history: list[list[c.Event]]) -> t
     try:
         for batch in history:
             async with engine.begin() as conn:
-                await append(conn, batch)
+                await append(conn, batch, lock_timeout_ms=5000)
         incremental = await _projections(engine)
         async with engine.begin() as conn:
-            await append_lock(conn)
-            await rebuild(conn)
+            async with appending(conn, lock_timeout_ms=5000) as log_:
+                await log_.rebuild_projections()
         return incremental, await _projections(engine)
     finally:
         await engine.dispose()

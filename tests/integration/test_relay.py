@@ -145,7 +145,7 @@ def revoked() -> c.TokenRevoked:
 async def append_events(engine: AsyncEngine, count: int) -> int:
     """Commit `count` events in one transaction; returns the new head."""
     async with engine.begin() as conn:
-        events = await append(conn, [revoked() for _ in range(count)])
+        events = await append(conn, [revoked() for _ in range(count)], lock_timeout_ms=5000)
     position = events[-1].position
     assert position is not None
     return position
