@@ -7,10 +7,10 @@ PY ?= $(if $(wildcard .venv/bin/python),.venv/bin/python,python3)
 # :8000, a sample resource service on :8001. Ctrl-C stops both.
 run: export TOKENLIFE_ENV = dev
 run:
-	$(PY) -m auth_service.cli migrate --create-database
+	$(PY) -m tokenlife migrate --create-database
 	@trap 'trap - INT TERM EXIT; kill 0' INT TERM EXIT; \
-	$(PY) -m auth_service.cli auth serve --port 8000 & \
-	$(PY) -m auth_service.cli resource serve --port 8001 & \
+	$(PY) -m tokenlife auth serve --port 8000 & \
+	$(PY) -m tokenlife resource serve --port 8001 & \
 	wait
 
 check: lint test

@@ -35,7 +35,7 @@ from auth_service.errors import (
 from auth_service.keyring import KeyRing
 from auth_service.keys import KeyCache
 from auth_service.relay import Relay
-from auth_service.relay_metrics import RelayMetrics
+from auth_service.relay.metrics import RelayMetrics
 from auth_service.settings import AuthSettings
 from auth_service.throttle import LoginThrottle
 

@@ -1,4 +1,4 @@
-"""Commands of the auth service: serve, users, keys."""
+"""Commands of the auth service: migrate, log rebuild, serve, users, keys."""
 
 from __future__ import annotations
 
@@ -133,8 +133,42 @@ async def _keys(settings: AuthSettings, action: str, kid: str | None) -> int:
         await engine.dispose()
 
 
+def _migrate(args: argparse.Namespace) -> int:
+    from auth_service.migrate import create_database, upgrade
+
+    settings = AuthSettings()
+    settings.announce()
+    if args.create_database and asyncio.run(create_database(settings.database_url)):
+        _say("created the database")
+    upgrade(settings.database_url, args.revision)
+    _say(f"schema at {args.revision}")
+    return 0
+
+
+def _log_rebuild(args: argparse.Namespace) -> int:
+    from auth_service.maintenance import rebuild_projections
+
+    settings = AuthSettings()
+    settings.announce()
+    replayed, pruned = asyncio.run(rebuild_projections(settings))
+    _say(f"rebuilt projections from {replayed} events; pruned {pruned} expired revocations")
+    return 0
+
+
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add `auth serve`, `user add|revoke` and `keys rotate|revoke|list|kek`."""
+    """Add `migrate`, `log rebuild`, `auth serve`, `user add|revoke` and `keys rotate|revoke|list|kek`."""
+    migrate = sub.add_parser("migrate", help="apply database migrations (a no-op when up to date)")
+    migrate.add_argument("--revision", default="head")
+    migrate.add_argument(
+        "--create-database", action="store_true", help="create the database if it is missing"
+    )
+    migrate.set_defaults(func=_migrate)
+
+    log_cmd = sub.add_parser("log", help="event log maintenance")
+    log_sub = log_cmd.add_subparsers(dest="log_command", required=True)
+    rebuild = log_sub.add_parser("rebuild", help="rebuild every projection from the log")
+    rebuild.set_defaults(func=_log_rebuild)
+
     auth = sub.add_parser("auth", help="the auth service").add_subparsers(dest="auth_command", required=True)
     serve = auth.add_parser("serve", help="run the auth service (and its relay)")
     serve.add_argument("--host", default="127.0.0.1")

@@ -9,7 +9,7 @@ import logging
 from typing import Literal, Self
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 log = logging.getLogger("tokenlife")
@@ -28,6 +28,21 @@ class UnsafeSettings(Exception):
 
     Not a ValueError on purpose: pydantic would wrap a ValueError into a generic validation error.
     """
+
+
+class RelaySettings(BaseModel):
+    """How the relay runs, passed whole; AuthSettings.relay builds it from the TOKENLIFE_* variables."""
+
+    model_config = ConfigDict(frozen=True)
+
+    heartbeat_interval: float = Field(default=1.0, gt=0, description="Seconds between heartbeats.")
+    poll_interval: float = Field(default=1.0, gt=0, description="Backstop poll when no NOTIFY comes.")
+    publish_timeout: float = Field(default=5.0, gt=0, description="Seconds to wait for a confirm.")
+    batch_size: int = Field(default=500, ge=1, le=10_000, description="Events per confirmed batch.")
+    leader_retry_interval: float = Field(
+        default=1.0, gt=0, description="Seconds between standby lock attempts."
+    )
+    max_backoff: float = Field(default=5.0, gt=0, description="Longest wait between reconnects.")
 
 
 class AuthSettings(BaseSettings):
@@ -81,6 +96,18 @@ class AuthSettings(BaseSettings):
     relay_batch_size: int = Field(default=500, ge=1, le=10_000, description="Events per confirmed batch.")
     relay_leader_retry_interval: float = Field(default=1.0, gt=0, description="Standby lock attempts.")
     relay_max_backoff: float = Field(default=5.0, gt=0, description="Longest wait between reconnects.")
+
+    @property
+    def relay(self) -> RelaySettings:
+        """The relay's settings, from the flat variables (TOKENLIFE_RELAY_*, TOKENLIFE_HEARTBEAT_INTERVAL)."""
+        return RelaySettings(
+            heartbeat_interval=self.heartbeat_interval,
+            poll_interval=self.relay_poll_interval,
+            publish_timeout=self.relay_publish_timeout,
+            batch_size=self.relay_batch_size,
+            leader_retry_interval=self.relay_leader_retry_interval,
+            max_backoff=self.relay_max_backoff,
+        )
 
     @model_validator(mode="after")
     def _refuse_unsafe_defaults(self) -> Self:

@@ -155,11 +155,11 @@ async def _delete_broker_objects(amqp_url: str, exchange: str) -> None:
 def _spawn(
     stack: AsyncExitStack, args: list[str], env: dict[str, str]
 ) -> tuple[subprocess.Popen[bytes], IO[bytes]]:
-    """Start `python -m auth_service.cli ARGS`; killed (and its log closed) when `stack` closes."""
+    """Start `python -m tokenlife ARGS`; killed (and its log closed) when `stack` closes."""
     log = tempfile.TemporaryFile()  # not a pipe: a chatty process must never block on a full pipe
     base = {k: v for k, v in os.environ.items() if not k.startswith("TOKENLIFE_")}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "auth_service.cli", *args],
+        [sys.executable, "-m", "tokenlife", *args],
         env=base | env,
         stdout=subprocess.DEVNULL,
         stderr=log,

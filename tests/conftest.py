@@ -240,7 +240,7 @@ def start_auth_server(
         [
             sys.executable,
             "-m",
-            "auth_service.cli",
+            "tokenlife",
             "auth",
             "serve",
             "--host",

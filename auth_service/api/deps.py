@@ -123,8 +123,8 @@ class _Basic(HTTPBasic):
         return client_id
 
 
-bearer_scheme = _Bearer(tokenUrl="/oauth/token")
-basic_scheme = _Basic()
+bearer_scheme = _Bearer(tokenUrl="/oauth/token", scheme_name="OAuth2PasswordBearer")
+basic_scheme = _Basic(scheme_name="HTTPBasic")
 
 CurrentPrincipal = Annotated[Principal, Depends(bearer_scheme)]
 ServiceClient = Annotated[str, Depends(basic_scheme)]

@@ -41,7 +41,7 @@ def _resource_command(port: int) -> list[str]:
     return [
         sys.executable,
         "-m",
-        "auth_service.cli",
+        "tokenlife",
         "resource",
         "serve",
         "--host",

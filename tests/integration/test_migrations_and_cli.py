@@ -25,7 +25,7 @@ def tokenlife(*args: str, database_url: str, **env: str) -> subprocess.Completed
     environ = {k: v for k, v in os.environ.items() if not k.startswith("TOKENLIFE_")}
     environ |= {"TOKENLIFE_ENV": "dev", "TOKENLIFE_DATABASE_URL": database_url, **env}
     return subprocess.run(
-        [sys.executable, "-m", "auth_service.cli", *args],
+        [sys.executable, "-m", "tokenlife", *args],
         env=environ,
         capture_output=True,
         text=True,

@@ -26,8 +26,9 @@ from auth_service import contract as c
 from auth_service.db import asyncpg_dsn
 from auth_service.log import append
 from auth_service.relay import Relay
-from auth_service.relay_leader import RELAY_LOCK_KEY
-from auth_service.relay_metrics import RelayMetrics
+from auth_service.relay.leader import RELAY_LOCK_KEY
+from auth_service.relay.metrics import RelayMetrics
+from auth_service.settings import RelaySettings
 
 pytestmark = pytest.mark.integration
 
@@ -126,7 +127,7 @@ async def start_relay(
     started: list[Relay] = []
 
     async def start(*, broker_url: str = amqp_url, **options: Any) -> Relay:
-        relay = Relay(database_url, broker_url, exchange_name, **{**FAST, **options})
+        relay = Relay(database_url, broker_url, exchange_name, settings=RelaySettings(**{**FAST, **options}))
         started.append(relay)
         await relay.start()
         return relay

@@ -138,14 +138,8 @@ async def test_a_killed_leader_process_is_replaced_within_the_bound(
         "TOKENLIFE_AMQP_URL": amqp_url,
         "TOKENLIFE_EXCHANGE": exchange_name,
     }
-    # `tokenlife relay` as the console script runs it; the module list is set here so the test does not
-    # depend on cli.COMMAND_MODULES already naming relay_cli.
-    script = (
-        "import sys, auth_service.cli as cli; "
-        "cli.COMMAND_MODULES = (*cli.COMMAND_MODULES, 'auth_service.relay_cli') "
-        "if 'auth_service.relay_cli' not in cli.COMMAND_MODULES else cli.COMMAND_MODULES; "
-        "sys.exit(cli.main(sys.argv[1:]))"
-    )
+    # `tokenlife relay` as the console script runs it.
+    script = "import sys, tokenlife.cli as cli; sys.exit(cli.main(sys.argv[1:]))"
     args = [
         "relay",
         "--heartbeat-interval",

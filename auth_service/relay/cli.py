@@ -46,14 +46,14 @@ def _relay(args: argparse.Namespace) -> int:
 async def _serve(settings: AuthSettings, args: argparse.Namespace) -> None:
     from prometheus_client import start_http_server
 
-    from auth_service.relay import Relay
+    from auth_service.relay.loop import Relay
 
     overrides = {
         name: getattr(args, name)
         for name in (flag.removeprefix("--").replace("-", "_") for flag, _, _ in _OPTIONS)
         if getattr(args, name) is not None
     }
-    relay = Relay.from_settings(settings, **overrides)
+    relay = Relay.from_settings(settings, relay=settings.relay.model_copy(update=overrides))
     if args.metrics_port:
         start_http_server(args.metrics_port, registry=relay.metrics.registry)
     stopping = asyncio.Event()

@@ -1,33 +1,4 @@
-"""The relay: publishes the event log to RabbitMQ in position order, confirmed, with heartbeats.
-
-RabbitMQ is the fast path, not the truth: it can lose, duplicate or reorder messages, and consumers fill any
-gap from the log over HTTP. The relay's job is to make the fast path as good as it can be:
-
-- One leader among all auth instances (`relay_leader.LeaderLock`: a session-level advisory lock on a
-  dedicated connection). Standbys retry every `leader_retry_interval`, so when the leader's process dies a
-  standby leads within `leader_retry_interval` (plus one query) after Postgres closes the dead session, which
-  it does at once when the process dies (the kernel closes its socket). A leader that loses its lock
-  connection stops publishing at once (its publishing task is cancelled; its cursor UPDATE is fenced).
-- Woken by LISTEN on `log.NOTIFY_CHANNEL` on a dedicated connection, so a commit is published without waiting
-  for a timer; `poll_interval` is only the backstop for a LISTEN socket that died without anyone noticing.
-- Reads from the cursor (`relay_cursor`, one row) with `log.read_payloads_after`, publishes each event
-  persistent and mandatory with publisher confirms, pipelined in position order on one channel, and advances
-  the cursor only after every publish of the batch is confirmed.
-- Any failure (timeout, nack, return, closed channel or connection) drops the broker connection; the relay
-  reconnects with exponential backoff, redeclares the exchange, and resumes from the cursor.
-- Every `heartbeat_interval` it publishes a `contract.Heartbeat` with the head of the log (transient, not
-  mandatory), so consumers can tell "nothing happened" from "I am cut off".
-
-Delivery is at least once. A crash or failure after the broker confirmed a batch but before the cursor UPDATE
-publishes that batch again; so does a timeout on a publish the broker did take. Consumers deduplicate by
-position (or message_id = event_id). Within one connection, messages arrive in position order.
-
-A returned message (mandatory, no queue bound for its routing key) is a failure: the cursor does not advance
-and the relay retries with backoff, counting `reason="returned"`. So at least one queue must be bound for
-every event type, or the relay stalls on the first event nobody routes (resource services bind "#"). That is
-the price of never reporting "published" for a message that reached nobody; lag and the failures counter
-show it.
-"""
+"""The relay's loop: lead, read from the cursor, publish confirmed, advance; see the package docstring."""
 
 from __future__ import annotations
 
@@ -45,11 +16,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from auth_service import log as event_log
 from auth_service.db import create_engine
-from auth_service.relay_leader import LeaderLock
-from auth_service.relay_metrics import RelayMetrics
-from auth_service.relay_publisher import BrokerLink, PublishFailure
-from auth_service.relay_wakeup import Waker
-from auth_service.settings import AuthSettings
+from auth_service.relay.leader import LeaderLock
+from auth_service.relay.metrics import RelayMetrics
+from auth_service.relay.publisher import BrokerLink, PublishFailure
+from auth_service.relay.wakeup import Waker
+from auth_service.settings import AuthSettings, RelaySettings
 from auth_service.tables import event_log as event_log_table
 
 log = logging.getLogger("tokenlife.relay")
@@ -71,30 +42,28 @@ class Relay:
         amqp_url: str,
         exchange: str,
         *,
+        settings: RelaySettings | None = None,
         engine: AsyncEngine | None = None,
-        heartbeat_interval: float = 1.0,
-        poll_interval: float = 1.0,
-        publish_timeout: float = 5.0,
-        batch_size: int = 500,
-        leader_retry_interval: float = 1.0,
-        max_backoff: float = 5.0,
         metrics: RelayMetrics | None = None,
     ) -> None:
+        settings = settings or RelaySettings()
         self._database_url = database_url
         self._amqp_url = amqp_url
         self._exchange = exchange
         self._engine = engine
-        self._heartbeat_interval = heartbeat_interval
-        self._poll_interval = poll_interval
-        self._publish_timeout = publish_timeout
-        self._batch_size = max(1, min(batch_size, event_log.MAX_PAGE))
-        self._leader_retry_interval = leader_retry_interval
-        self._max_backoff = max_backoff
+        self._heartbeat_interval = settings.heartbeat_interval
+        self._poll_interval = settings.poll_interval
+        self._publish_timeout = settings.publish_timeout
+        self._batch_size = max(1, min(settings.batch_size, event_log.MAX_PAGE))
+        self._leader_retry_interval = settings.leader_retry_interval
+        self._max_backoff = settings.max_backoff
         # A private registry by default, so that two relays in one process never collide; expose
         # `relay.metrics.registry` (or pass RelayMetrics(app_registry)) to serve them.
         self.metrics = metrics if metrics is not None else RelayMetrics(CollectorRegistry())
         self._lock = LeaderLock(
-            database_url, check_interval=leader_retry_interval, check_timeout=max(publish_timeout, 1.0)
+            database_url,
+            check_interval=settings.leader_retry_interval,
+            check_timeout=max(settings.publish_timeout, 1.0),
         )
         self._task: asyncio.Task[None] | None = None
         self._running = False
@@ -106,21 +75,22 @@ class Relay:
         self._opened_links = 0
 
     @classmethod
-    def from_settings(cls, settings: AuthSettings, **options: Any) -> Relay:
-        """A relay configured by the settings; options override them (and go to the constructor)."""
-        configured: dict[str, Any] = {
-            "heartbeat_interval": settings.heartbeat_interval,
-            "poll_interval": settings.relay_poll_interval,
-            "publish_timeout": settings.relay_publish_timeout,
-            "batch_size": settings.relay_batch_size,
-            "leader_retry_interval": settings.relay_leader_retry_interval,
-            "max_backoff": settings.relay_max_backoff,
-        }
+    def from_settings(
+        cls,
+        settings: AuthSettings,
+        *,
+        relay: RelaySettings | None = None,
+        engine: AsyncEngine | None = None,
+        metrics: RelayMetrics | None = None,
+    ) -> Relay:
+        """A relay configured by the service's settings (`relay` replaces their relay part, if given)."""
         return cls(
             settings.database_url,
             settings.amqp_url.get_secret_value(),
             settings.exchange,
-            **(configured | options),
+            settings=relay or settings.relay,
+            engine=engine,
+            metrics=metrics,
         )
 
     @property

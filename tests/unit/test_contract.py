@@ -105,7 +105,7 @@ def test_heartbeat_round_trips_and_is_validated() -> None:
 
 
 def test_exported_json_schema_matches_the_code() -> None:
-    exported = Path(__file__).resolve().parent.parent / "docs" / "event-schema.json"
+    exported = Path(__file__).resolve().parents[2] / "docs" / "event-schema.json"
     assert exported.read_text() == c.json_schema_text(), (
         "docs/event-schema.json is stale: run `python -m auth_service.contract > docs/event-schema.json`"
     )

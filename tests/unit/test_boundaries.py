@@ -1,0 +1,171 @@
+"""Module boundaries the architecture depends on: who may import whom, pure cores, no import cycles."""
+
+from __future__ import annotations
+
+import ast
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+PACKAGES = ("auth_service", "resource_service", "tokenlife")
+IO_LIBRARIES = {
+    "sqlalchemy",
+    "asyncpg",
+    "aio_pika",
+    "aiormq",
+    "httpx",
+    "fastapi",
+    "starlette",
+    "uvicorn",
+    "redis",
+}
+# Modules that decide without doing I/O: they must not import (even through our own modules) an I/O library.
+PURE_CORES = (
+    "resource_service.state",
+    "resource_service.freshness",
+    "resource_service.guard",
+    "resource_service.verifier",
+    "auth_service.contract",
+    "auth_service.tokens",
+    "auth_service.keyring",
+    "auth_service.lifetimes",
+    "auth_service.grant_rules",
+    "auth_service.backoff",
+    "auth_service.errors",
+)
+
+
+def _module_files() -> dict[str, Path]:
+    files: dict[str, Path] = {}
+    for package in PACKAGES:
+        for path in (ROOT / package).rglob("*.py"):
+            parts = path.relative_to(ROOT).with_suffix("").parts
+            name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+            files[name] = path
+    return files
+
+
+MODULES = _module_files()
+
+
+def _imports(path: Path) -> set[str]:
+    """Every absolute import in a file, anywhere in it (a function-level import is an import too)."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return names
+
+
+def _our_modules(path: Path) -> set[str]:
+    """The project modules a file imports (`from pkg import mod` counts as importing pkg.mod)."""
+    return {name for name in _imports(path) if name in MODULES}
+
+
+def _closure(module: str) -> Iterator[str]:
+    seen, todo = {module}, [module]
+    while todo:
+        current = todo.pop()
+        yield current
+        for name in _our_modules(MODULES[current]):
+            if name not in seen:
+                seen.add(name)
+                todo.append(name)
+
+
+def test_resource_service_imports_only_the_contract_from_auth_service() -> None:
+    offenders = {
+        f"{path.relative_to(ROOT)}: {name}"
+        for path in (ROOT / "resource_service").rglob("*.py")
+        for name in _imports(path)
+        if name.startswith("auth_service")
+        and name not in ("auth_service", "auth_service.contract")
+        and not name.startswith("auth_service.contract.")
+    }
+    assert not offenders
+
+
+def test_auth_service_imports_nothing_of_resource_service_or_the_command_line() -> None:
+    offenders = {
+        f"{path.relative_to(ROOT)}: {name}"
+        for path in (ROOT / "auth_service").rglob("*.py")
+        for name in _imports(path)
+        if name.split(".")[0] in ("resource_service", "tokenlife")
+    }
+    assert not offenders
+
+
+def test_resource_service_imports_nothing_of_the_command_line() -> None:
+    offenders = {
+        f"{path.relative_to(ROOT)}: {name}"
+        for path in (ROOT / "resource_service").rglob("*.py")
+        for name in _imports(path)
+        if name.split(".")[0] == "tokenlife"
+    }
+    assert not offenders
+
+
+def test_the_contract_imports_only_the_standard_library_and_pydantic() -> None:
+    allowed = set(sys.stdlib_module_names) | {"pydantic", "__future__"}
+    roots = {name.split(".")[0] for name in _imports(ROOT / "auth_service" / "contract.py")}
+    assert roots <= allowed, roots - allowed
+
+
+@pytest.mark.parametrize("core", PURE_CORES)
+def test_a_pure_core_imports_no_io_library_even_indirectly(core: str) -> None:
+    offenders = {
+        f"{module}: {name}"
+        for module in _closure(core)
+        for name in _imports(MODULES[module])
+        if name.split(".")[0] in IO_LIBRARIES
+    }
+    assert not offenders
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    cycles: list[list[str]] = []
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+
+    def visit(node: str, path: list[str]) -> None:
+        state[node] = 1
+        for dep in sorted(graph[node]):
+            if state.get(dep) == 1:
+                cycles.append([*path[path.index(dep) :], dep])
+            elif dep not in state:
+                visit(dep, [*path, dep])
+        state[node] = 2
+
+    for node in sorted(graph):
+        if node not in state:
+            visit(node, [node])
+    return cycles
+
+
+@pytest.mark.parametrize("package", ["auth_service", "resource_service"])
+def test_no_import_cycles(package: str) -> None:
+    graph = {
+        name: {dep for dep in _our_modules(path) if dep.startswith(package) and dep != name}
+        for name, path in MODULES.items()
+        if name.startswith(package)
+    }
+    # A package's __init__ is imported with each of its modules; an edge into it from inside is no cycle.
+    for name in graph:
+        graph[name] = {dep for dep in graph[name] if not name.startswith(dep + ".")}
+    assert not _cycles(graph)
+
+
+def test_the_cycle_finder_finds_a_cycle_through_a_function_level_import(tmp_path: Path) -> None:
+    """Written the way log and projections once imported each other."""
+    (tmp_path / "a.py").write_text("from auth_service.b import x\n")
+    (tmp_path / "b.py").write_text("def f():\n    from auth_service.a import y\n")
+    graph = {
+        "auth_service.a": {n for n in _imports(tmp_path / "a.py") if n.count(".") == 1},
+        "auth_service.b": {n for n in _imports(tmp_path / "b.py") if n.count(".") == 1},
+    }
+    assert _cycles(graph) == [["auth_service.a", "auth_service.b", "auth_service.a"]]

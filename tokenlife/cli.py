@@ -1,0 +1,48 @@
+"""The `tokenlife` command line.
+
+Each service's command module exposes `register(subparsers)`; this module only assembles them and turns
+configuration errors into a clear message and exit status 2. It sits above both services, so neither service
+imports the other for the sake of the command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from pydantic import ValidationError
+
+from auth_service import commands as auth_commands
+from auth_service.relay import cli as relay_commands
+from auth_service.settings import UnsafeSettings
+from resource_service import commands as resource_commands
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser for every tokenlife command."""
+    parser = argparse.ArgumentParser(prog="tokenlife", description="Immediate JWT revocation.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    auth_commands.register(sub)
+    relay_commands.register(sub)
+    resource_commands.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `tokenlife` console script."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
+    try:
+        return int(args.func(args))
+    except (UnsafeSettings, ValidationError) as exc:
+        print(f"tokenlife: configuration error: {exc}", file=sys.stderr)  # noqa: T201
+        return 2
+    except KeyboardInterrupt:
+        return 130
