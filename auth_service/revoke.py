@@ -29,23 +29,16 @@ LogoutScope = Literal["session", "others", "all"]
 MAX_REFRESH_TOKEN = 512
 
 
-def _session_ended(
-    ctx: AuthContext, user_id: str, session_id: uuid.UUID, reason: str, now: datetime
-) -> c.Event:
-    return c.SessionRevoked(
-        session_id=session_id,
-        user_id=user_id,
-        expires_at=lifetimes.latest_access_expiry(now, ctx.settings.access_token_ttl),
-        reason=reason,
-        occurred_at=now,
-    )
-
-
 async def _end_sessions(
     log_: Appender, ctx: AuthContext, user_id: str, session_ids: list[uuid.UUID], reason: str
 ) -> list[c.Event]:
     now = datetime.now(UTC)
-    return await log_.append([_session_ended(ctx, user_id, sid, reason, now) for sid in session_ids])
+    until = lifetimes.latest_access_expiry(now, ctx.settings.access_token_ttl)
+    events: list[c.Event] = [
+        c.SessionRevoked(session_id=sid, user_id=user_id, expires_at=until, reason=reason, occurred_at=now)
+        for sid in session_ids
+    ]
+    return await log_.append(events)
 
 
 async def logout(

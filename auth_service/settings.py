@@ -100,14 +100,11 @@ class AuthSettings(BaseSettings):
     @property
     def relay(self) -> RelaySettings:
         """The relay's settings, from the flat variables (TOKENLIFE_RELAY_*, TOKENLIFE_HEARTBEAT_INTERVAL)."""
-        return RelaySettings(
-            heartbeat_interval=self.heartbeat_interval,
-            poll_interval=self.relay_poll_interval,
-            publish_timeout=self.relay_publish_timeout,
-            batch_size=self.relay_batch_size,
-            leader_retry_interval=self.relay_leader_retry_interval,
-            max_backoff=self.relay_max_backoff,
-        )
+        # heartbeat_interval is shared with resource services, so its variable has no RELAY_ prefix.
+        flat = {name: f"relay_{name}" for name in RelaySettings.model_fields} | {
+            "heartbeat_interval": "heartbeat_interval"
+        }
+        return RelaySettings.model_validate({name: getattr(self, field) for name, field in flat.items()})
 
     @model_validator(mode="after")
     def _refuse_unsafe_defaults(self) -> Self:

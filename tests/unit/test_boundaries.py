@@ -91,22 +91,18 @@ def test_resource_service_imports_only_the_contract_from_auth_service() -> None:
     assert not offenders
 
 
-def test_auth_service_imports_nothing_of_resource_service_or_the_command_line() -> None:
+@pytest.mark.parametrize(
+    ("package", "forbidden"),
+    [("auth_service", ("resource_service", "tokenlife")), ("resource_service", ("tokenlife",))],
+)
+def test_a_service_imports_neither_the_other_nor_the_command_line(
+    package: str, forbidden: tuple[str, ...]
+) -> None:
     offenders = {
         f"{path.relative_to(ROOT)}: {name}"
-        for path in (ROOT / "auth_service").rglob("*.py")
+        for path in (ROOT / package).rglob("*.py")
         for name in _imports(path)
-        if name.split(".")[0] in ("resource_service", "tokenlife")
-    }
-    assert not offenders
-
-
-def test_resource_service_imports_nothing_of_the_command_line() -> None:
-    offenders = {
-        f"{path.relative_to(ROOT)}: {name}"
-        for path in (ROOT / "resource_service").rglob("*.py")
-        for name in _imports(path)
-        if name.split(".")[0] == "tokenlife"
+        if name.split(".")[0] in forbidden
     }
     assert not offenders
 
