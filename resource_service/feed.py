@@ -73,8 +73,9 @@ class Feed:
         # Read by /metrics: malformed, gap_fills, polls, snapshots, reconnects, overflows, ...
         self.counters: Counter[str] = Counter()
         self.crashes: Counter[str] = Counter()
-        # Seconds from an event's occurred_at to its apply here; the app points it at a histogram.
-        self.observe_delay: Callable[[float], None] = lambda _seconds: None
+        # Hooks told, for each event that changed the state, the seconds from its occurred_at to its apply
+        # here (metrics add a histogram's observe).
+        self.on_applied: list[Callable[[float], None]] = []
 
     # --- freshness ---------------------------------------------------------------------------------------
 
@@ -171,7 +172,9 @@ class Feed:
         if event.position is not None:
             self._note_head(event.position)
         if result in (ApplyResult.CHANGED, ApplyResult.ADVANCED):
-            self.observe_delay(max(0.0, self._wall() - event.occurred_at.timestamp()))
+            delay = max(0.0, self._wall() - event.occurred_at.timestamp())
+            for hook in self.on_applied:
+                hook(delay)
 
     async def _fill_gap(self, why: str) -> None:
         self.counters["gap_fills"] += 1

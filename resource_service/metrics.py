@@ -77,7 +77,7 @@ class _FeedCollector(Collector):
 
 
 def build_registry(feed: Feed, guard: Guard) -> CollectorRegistry:
-    """A registry for /metrics; also points the feed's apply-delay observer at a histogram in it."""
+    """A registry for /metrics; a histogram in it observes the feed's apply delays through feed.on_applied."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_FeedCollector(feed, guard))
     delay = Histogram(
@@ -86,5 +86,5 @@ def build_registry(feed: Feed, guard: Guard) -> CollectorRegistry:
         buckets=_DELAY_BUCKETS,
         registry=registry,
     )
-    feed.observe_delay = delay.observe
+    feed.on_applied.append(delay.observe)
     return registry
