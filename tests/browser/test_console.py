@@ -115,12 +115,12 @@ def test_two_devices_sign_out_others_then_everywhere(
     expect(laptop.page.locator("#session-list li", has_text="(this device)")).to_have_count(1)
     expect(laptop.page.locator("#session-list")).to_contain_text("tokenlife-test (phone)")
     assert laptop.page.locator("#feed-list").bounding_box() == feed_box
-    shoot(laptop.page, "signed-in", artifacts)
 
     laptop.page.get_by_role("button", name=f"Timeline of session {laptop.claim('sid')[:8]}").click()
     timeline = laptop.page.locator("#timeline-list")
     expect(timeline).to_contain_text("Signed in: new session")
     expect(timeline).to_contain_text("Access token issued (sign-in)")
+    shoot(laptop.page, "signed-in", artifacts)
 
     laptop.page.get_by_role("button", name="Sign out other devices").click()
     expect(laptop.page.locator("#sessions-status")).to_have_text("Signed out 1 other session.")
