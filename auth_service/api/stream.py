@@ -61,16 +61,24 @@ def _frame(event: str, data: dict[str, Any], position: int | None = None) -> byt
     return ("\n".join(lines) + "\n\n").encode()
 
 
-async def _user_events(engine: AsyncEngine, user_id: str, after: int, upto: int) -> list[dict[str, Any]]:
+async def _user_events(engine: AsyncEngine, user_id: str, after: int, upto: int) -> tuple[int, list[bytes]]:
+    """The caller's events in (after, upto] as frames, and the position to go on from."""
     async with engine.connect() as conn:
-        rows = await conn.execute(
-            select(event_log.c.position, event_log.c.payload)
-            .where(event_log.c.position > after, event_log.c.position <= upto)
-            .where(or_(event_log.c.user_id == user_id, event_log.c.type.in_(_UNADDRESSED)))
-            .order_by(event_log.c.position)
-            .limit(MAX_BATCH)
-        )
-        return [decode_row(r.position, r.payload).model_dump(mode="json") for r in rows]
+        rows = (
+            await conn.execute(
+                select(event_log.c.position, event_log.c.payload)
+                .where(event_log.c.position > after, event_log.c.position <= upto)
+                .where(or_(event_log.c.user_id == user_id, event_log.c.type.in_(_UNADDRESSED)))
+                .order_by(event_log.c.position)
+                .limit(MAX_BATCH)
+            )
+        ).all()
+    frames = []
+    for row in rows:
+        event = decode_row(row.position, row.payload).model_dump(mode="json")
+        frames.append(_frame(str(event["type"]), event, int(row.position)))
+    # A full batch may not reach `upto`: go on from its last event, not from `upto`.
+    return (int(rows[-1].position) if len(rows) == MAX_BATCH else upto), frames
 
 
 async def _still_valid(ctx: AuthContext, token: str) -> bool:
@@ -94,12 +102,18 @@ async def _stream(ctx: AuthContext, token: str, who: Principal, cursor: int) -> 
         if head <= cursor:
             yield b": keep-alive\n\n"
             continue
-        events = await _user_events(ctx.engine, who.user_id, cursor, head)
-        # A full batch may not reach the head: go on from its last event, not from the head.
-        cursor = int(events[-1]["position"]) if len(events) == MAX_BATCH else head
-        for event in events:
-            yield _frame(str(event["type"]), event, int(event["position"]))
-        if events and not await _still_valid(ctx, token):
+        cursor, frames = await _user_events(ctx.engine, who.user_id, cursor, head)
+        for frame in frames:
+            yield frame
+        if frames and not await _still_valid(ctx, token):
+            # What revoked the token committed before the check saw it, so it lies at or below the head
+            # read now: deliver everything up to there, then close.
+            async with ctx.engine.connect() as conn:
+                head = await read_head(conn)
+            while cursor < head:
+                cursor, frames = await _user_events(ctx.engine, who.user_id, cursor, head)
+                for frame in frames:
+                    yield frame
             yield _frame("end", {"reason": "token_revoked"})
             return
 

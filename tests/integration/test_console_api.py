@@ -4,15 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
+import subprocess
 from collections.abc import Iterator
 
 import httpx
 import pytest
 
+from auth_service.api.stream import _stream
+from auth_service.app import create_app as create_auth_app
+from auth_service.log import read_head
+from auth_service.revoke import authenticate
 from auth_service.settings import AuthSettings
 from resource_service.app import create_app as create_resource_app
 from resource_service.settings import ResourceSettings, UnsafeResourceSettings
-from tests.conftest import PASSWORD, add_user
+from tests.conftest import PASSWORD, add_user, start_auth_server
 
 pytestmark = pytest.mark.integration
 
@@ -163,3 +169,55 @@ def test_event_stream_resumes_after_a_position(auth_server: str, database_url: s
     bad = httpx.get(f"{auth_server}/v1/me/events/stream?after=-1", headers=fresh)
     assert bad.status_code == 400
     assert bad.json()["error"] == "invalid_request"
+
+
+def test_an_open_event_stream_does_not_hold_up_a_stop(database_url: str) -> None:
+    asyncio.run(add_user(database_url, "dee@example.com"))
+    proc, base = start_auth_server(database_url)
+    try:
+        headers = {"Authorization": f"Bearer {_login(base, 'dee@example.com')}"}
+        with httpx.stream("GET", f"{base}/v1/me/events/stream", headers=headers, timeout=60) as stream:
+            assert next(stream.iter_lines()) == ": connected"
+            proc.send_signal(signal.SIGTERM)
+            try:
+                # The token lives 300 s; without the graceful-shutdown cut the server would wait for it.
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                pytest.fail("the auth service did not stop while an event stream was open")
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+        if proc.stderr:
+            proc.stderr.close()
+
+
+async def test_event_stream_delivers_a_revocation_that_lands_between_its_read_and_its_check(
+    auth_settings: AuthSettings, database_url: str
+) -> None:
+    await add_user(database_url, "eve@example.com")
+    app = create_auth_app(auth_settings)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://auth.test") as client:
+            form = {"grant_type": "password", "username": "eve@example.com", "password": PASSWORD}
+            tokens = [(await client.post("/oauth/token", data=form)).json()["access_token"] for _ in range(2)]
+            ctx = app.state.ctx
+            async with ctx.engine.connect() as conn:
+                who = await authenticate(conn, ctx, tokens[1])
+                start = await read_head(conn)
+            stream = _stream(ctx, tokens[1], who, start)
+            assert await anext(stream) == b": connected\n\n"
+
+            async def logout(token: str) -> None:
+                answer = await client.post("/v1/auth/logout", headers={"Authorization": f"Bearer {token}"})
+                assert answer.status_code == 200
+
+            await logout(tokens[0])
+            assert b"event: session.revoked" in await anext(stream)  # paused before its validity check
+            await logout(tokens[1])  # lands now: after the read, before the check
+            last = await anext(stream)
+            assert b"event: session.revoked" in last
+            assert f"id: {start + 2}".encode() in last
+            assert b'"reason":"token_revoked"' in await anext(stream)
+            with pytest.raises(StopAsyncIteration):
+                await anext(stream)
