@@ -52,6 +52,17 @@ async def test_console_pages_forbid_inline_code_framing_and_sniffing(auth_client
     assert (await auth_client.get("/console/%2e%2e/settings.py")).status_code == 404
 
 
+def test_without_a_resource_service_the_page_may_connect_only_to_its_own_origin() -> None:
+    from auth_service.console.pages import security_headers
+
+    policy = security_headers("")["Content-Security-Policy"]
+    assert "connect-src 'self';" in policy
+    assert (
+        "connect-src 'self' https://api.example;"
+        in security_headers("https://api.example")["Content-Security-Policy"]
+    )
+
+
 def test_console_resource_url_must_be_a_base_url() -> None:
     with pytest.raises(ValueError, match="console_resource_url"):
         AuthSettings(env="dev", console_resource_url="javascript:alert(1)")

@@ -300,6 +300,7 @@
         ? "You signed out everywhere: every session of yours has ended."
         : "You signed out of this device.",
     );
+    $("password").focus(); // the button pressed is gone: keep keyboard users in the form, email kept
     watchRefusal(token, committed, `after the auth service confirmed the sign-out (${Math.round(committed - t0)} ms round trip)`);
   }
 
