@@ -18,10 +18,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from auth_service import keys as keystore
 from auth_service import projections
-from auth_service.api import account, discovery, oauth, service
+from auth_service.api import account, discovery, oauth, service, stream
 from auth_service.api.deps import AppState, app_state, context
 from auth_service.api.middleware import AccessLog, BodyLimit
 from auth_service.backoff import BackoffRule
+from auth_service.console.pages import build_router as console_router
 from auth_service.context import AuthContext
 from auth_service.db import create_engine
 from auth_service.errors import (
@@ -146,6 +147,8 @@ def create_app(settings: AuthSettings) -> FastAPI:
     app.include_router(account.router)
     app.include_router(discovery.router)
     app.include_router(service.router)
+    app.include_router(stream.router)
+    app.include_router(console_router(settings))
     _health(app)
     _errors(app)
     app.add_middleware(BodyLimit)

@@ -34,7 +34,16 @@ def _serve(args: argparse.Namespace) -> int:
     from auth_service.app import create_app
 
     settings = AuthSettings()
-    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="info", access_log=False)
+    # Open event streams (GET /v1/me/events/stream) would hold a stop for as long as their tokens live:
+    # cut them after a few seconds; their clients reconnect, with the last position, to another instance.
+    uvicorn.run(
+        create_app(settings),
+        host=args.host,
+        port=args.port,
+        log_level="info",
+        access_log=False,
+        timeout_graceful_shutdown=5,
+    )
     return 0
 
 

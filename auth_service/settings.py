@@ -17,6 +17,7 @@ log = logging.getLogger("tokenlife")
 DEV_DATABASE_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/tokenlife"
 DEV_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
 DEV_ISSUER = "http://127.0.0.1:8000"
+DEV_CONSOLE_RESOURCE_URL = "http://127.0.0.1:8001"
 # Dev-only well-known values, refused outside dev mode: never protect anything real with them.
 DEV_KEY_ENCRYPTION_KEY = "ZGV2LW9ubHkta2V5LWVuY3J5cHRpb24ta2V5LTMyYis"
 DEV_SERVICE_CLIENT = "dev-service"
@@ -88,6 +89,11 @@ class AuthSettings(BaseSettings):
     login_failure_window: float = Field(default=900.0, gt=0)
     login_max_backoff: float = Field(default=900.0, gt=0)
 
+    # The web console: the resource service its "call" button talks to (also allowed in its CSP connect-src)
+    console_resource_url: str = Field(
+        default="", pattern=r"^(https?://[^/?#\s]+/?)?$", description="Base URL; dev: the local sample."
+    )
+
     # Relay
     relay_enabled: bool = Field(default=True, description="Run the relay inside `tokenlife auth serve`.")
     heartbeat_interval: float = Field(default=1.0, gt=0, description="Seconds between heartbeats.")
@@ -130,6 +136,9 @@ class AuthSettings(BaseSettings):
                 object.__setattr__(self, "issuer", DEV_ISSUER)
             else:
                 problems.append("TOKENLIFE_ISSUER is not set: the URL that names this auth service in tokens")
+        if not self.console_resource_url and self.env == "dev":
+            object.__setattr__(self, "console_resource_url", DEV_CONSOLE_RESOURCE_URL)
+        object.__setattr__(self, "console_resource_url", self.console_resource_url.rstrip("/"))
         if not self.key_encryption_key.get_secret_value():
             if self.env == "dev":
                 object.__setattr__(self, "key_encryption_key", SecretStr(DEV_KEY_ENCRYPTION_KEY))

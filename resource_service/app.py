@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Request
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
@@ -104,6 +105,16 @@ def create_app(settings: ResourceSettings) -> FastAPI:
             await rt.client.aclose()
 
     app = FastAPI(title="tokenlife sample resource service", lifespan=lifespan)
+    if settings.cors_origins:
+        # Pages of these origins (the auth service's console) may call with a bearer token; never cookies.
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(settings.cors_origins),
+            allow_methods=["GET"],
+            allow_headers=["Authorization"],
+            expose_headers=["WWW-Authenticate", "Retry-After"],
+            max_age=600,
+        )
 
     @app.get("/v1/whoami", summary="Who the bearer token speaks for")
     async def whoami(principal: Annotated[Principal, Depends(_any_principal)]) -> dict[str, Any]:

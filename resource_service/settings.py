@@ -65,6 +65,10 @@ class ResourceSettings(BaseSettings):
     prune_interval: float = Field(default=30.0, gt=0)
     jwks_min_interval: float = Field(default=10.0, ge=0, description="Least time between two JWKS fetches.")
     dead_letter_max: int = Field(default=10_000, ge=1, description="Dead letters kept for inspection.")
+    cors_origins: tuple[str, ...] | None = Field(
+        default=None,
+        description="Browser origins allowed to call (GET, bearer); none, or in dev the auth URL's.",
+    )
 
     @model_validator(mode="after")
     def _refuse_unsafe_defaults(self) -> Self:
@@ -78,6 +82,11 @@ class ResourceSettings(BaseSettings):
         object.__setattr__(self, "auth_url", self.auth_url.rstrip("/"))
         if not self.issuer:
             object.__setattr__(self, "issuer", self.auth_url)
+        if self.cors_origins is None:
+            parts = urlsplit(self.auth_url)
+            object.__setattr__(self, "cors_origins", (f"{parts.scheme}://{parts.netloc}",) if dev else ())
+        elif bad := [o for o in self.cors_origins if not _is_origin(o)]:
+            problems.append(f"TOKENLIFE_CORS_ORIGINS has entries that are not scheme://host[:port]: {bad}")
         amqp = self.amqp_url.get_secret_value()
         if not amqp:
             if dev:
@@ -115,3 +124,12 @@ class ResourceSettings(BaseSettings):
             log.warning(
                 "DEV MODE (TOKENLIFE_ENV=dev): unsafe defaults are allowed; never run this in production"
             )
+
+
+def _is_origin(value: str) -> bool:
+    parts = urlsplit(value)
+    return (
+        parts.scheme in ("http", "https")
+        and bool(parts.netloc)
+        and value == f"{parts.scheme}://{parts.netloc}"
+    )

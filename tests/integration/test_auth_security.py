@@ -27,6 +27,13 @@ PUBLIC = {
     ("GET", "/docs"),
     ("GET", "/docs/oauth2-redirect"),
     ("GET", "/redoc"),
+    # The web console's page, files and config: public, like any login page.
+    ("GET", "/console"),
+    ("GET", "/console/"),
+    ("GET", "/console/config.json"),
+    ("GET", "/console/console.css"),
+    ("GET", "/console/console.js"),
+    ("GET", "/console/favicon.svg"),
 }
 FORM = {"content-type": "application/x-www-form-urlencoded"}
 BAD_BASIC = "Basic " + base64.b64encode(b"nobody:wrong").decode()

@@ -1,0 +1,142 @@
+"""The caller's own events as they commit: server-sent events on GET /v1/me/events/stream.
+
+The stream is authenticated once with the bearer token, then re-checked after every batch it sends: the batch
+that revokes the caller's token is still delivered (it is the user's own news), and then the stream ends with
+an `end` event saying why. It also ends when the token expires; the client reconnects with a fresh token and
+`?after=` the last position it saw, so nothing is missed across reconnects.
+
+Scope: events carrying the caller's user id, plus key and global revocations (they end the caller's tokens
+too and name no user).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import StreamingResponse
+from sqlalchemy import or_, select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from auth_service import contract as c
+from auth_service.api.deps import Context, CurrentPrincipal, bearer_token
+from auth_service.authn import Principal, authenticate
+from auth_service.context import AuthContext
+from auth_service.errors import BearerError
+from auth_service.log import read_head
+from auth_service.projections import decode_row
+from auth_service.tables import event_log
+
+router = APIRouter(tags=["account"])
+
+POLL_INTERVAL = 0.25
+KEEPALIVE = 15.0
+MAX_BATCH = 500
+_UNADDRESSED = (c.EventType.KEY_REVOKED.value, c.EventType.GLOBAL_REVOKED.value)
+
+
+# The timeout is when to give up waiting and answer with the head, not a cancellation: hence a parameter.
+async def wait_for_commit(engine: AsyncEngine, after: int, timeout: float) -> int:  # noqa: ASYNC109
+    """Wait until the log's head passes `after` or `timeout` seconds pass; the head last seen.
+
+    For now a short poll of the head (one primary-key lookup every POLL_INTERVAL, only while a stream waits);
+    this one function is the place to put a shared LISTEN wake-up instead.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        async with engine.connect() as conn:
+            head = await read_head(conn)
+        left = deadline - time.monotonic()
+        if head > after or left <= 0:
+            return head
+        await asyncio.sleep(min(POLL_INTERVAL, left))
+
+
+def _frame(event: str, data: dict[str, Any], position: int | None = None) -> bytes:
+    lines = [f"id: {position}"] if position is not None else []
+    lines += [f"event: {event}", f"data: {json.dumps(data, separators=(',', ':'))}"]
+    return ("\n".join(lines) + "\n\n").encode()
+
+
+async def _user_events(engine: AsyncEngine, user_id: str, after: int, upto: int) -> tuple[int, list[bytes]]:
+    """The caller's events in (after, upto] as frames, and the position to go on from."""
+    async with engine.connect() as conn:
+        rows = (
+            await conn.execute(
+                select(event_log.c.position, event_log.c.payload)
+                .where(event_log.c.position > after, event_log.c.position <= upto)
+                .where(or_(event_log.c.user_id == user_id, event_log.c.type.in_(_UNADDRESSED)))
+                .order_by(event_log.c.position)
+                .limit(MAX_BATCH)
+            )
+        ).all()
+    frames = []
+    for row in rows:
+        event = decode_row(row.position, row.payload).model_dump(mode="json")
+        frames.append(_frame(str(event["type"]), event, int(row.position)))
+    # A full batch may not reach `upto`: go on from its last event, not from `upto`.
+    return (int(rows[-1].position) if len(rows) == MAX_BATCH else upto), frames
+
+
+async def _still_valid(ctx: AuthContext, token: str) -> bool:
+    try:
+        async with ctx.engine.connect() as conn:
+            await authenticate(conn, ctx, token)
+    except BearerError:
+        return False
+    return True
+
+
+async def _stream(ctx: AuthContext, token: str, who: Principal, cursor: int) -> AsyncIterator[bytes]:
+    expires = float(who.claims["exp"])
+    yield b": connected\n\n"  # sends the headers now, so the client knows the stream is open
+    while True:
+        left = expires - time.time()
+        if left <= 0:
+            yield _frame("end", {"reason": "token_expired"})
+            return
+        head = await wait_for_commit(ctx.engine, cursor, min(KEEPALIVE, left))
+        if head <= cursor:
+            yield b": keep-alive\n\n"
+            continue
+        cursor, frames = await _user_events(ctx.engine, who.user_id, cursor, head)
+        for frame in frames:
+            yield frame
+        if frames and not await _still_valid(ctx, token):
+            # What revoked the token committed before the check saw it, so it lies at or below the head
+            # read now: deliver everything up to there, then close.
+            async with ctx.engine.connect() as conn:
+                head = await read_head(conn)
+            while cursor < head:
+                cursor, frames = await _user_events(ctx.engine, who.user_id, cursor, head)
+                for frame in frames:
+                    yield frame
+            yield _frame("end", {"reason": "token_revoked"})
+            return
+
+
+@router.get(
+    "/v1/me/events/stream",
+    summary="The caller's own events as they commit (text/event-stream)",
+    response_class=StreamingResponse,
+)
+async def my_events(
+    request: Request,
+    who: CurrentPrincipal,
+    ctx: Context,
+    after: Annotated[int | None, Query(ge=0, description="Start after this position; default: now.")] = None,
+) -> StreamingResponse:
+    """Server-sent events: `id` is the log position, `event` the type, `data` the event; `end` closes."""
+    token = bearer_token(request)  # kept to re-check the token after every batch
+    async with ctx.engine.connect() as conn:
+        head = await read_head(conn)
+    cursor = head if after is None else min(after, head)
+    return StreamingResponse(
+        _stream(ctx, token, who, cursor),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+    )
