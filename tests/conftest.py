@@ -1,8 +1,9 @@
 """Fixtures for real PostgreSQL and RabbitMQ.
 
-Where the servers come from, in order: TOKENLIFE_TEST_DATABASE_URL / TOKENLIFE_TEST_AMQP_URL when set;
-otherwise testcontainers when a Docker engine answers; otherwise the tests that need them are skipped with one
-reason, except under CI, where a missing server is an error.
+Where PostgreSQL comes from: TOKENLIFE_TEST_DATABASE_URL when set, otherwise one embedded PostgreSQL started
+for the whole run in a temporary directory (tokenlife/embedded_db.py), so the suite needs nothing installed.
+RabbitMQ: TOKENLIFE_TEST_AMQP_URL when set, otherwise testcontainers when a Docker engine answers, otherwise
+the tests that need it are skipped with the reason, except under CI, where a missing broker is an error.
 
 Every test that asks for `database_url` gets a database of its own, cloned from a migrated template that this
 run creates, and dropped after the test. Exchanges are named per test. Nothing is shared through fixed names.
@@ -59,18 +60,20 @@ def _docker_answers() -> bool:
 
 
 @pytest.fixture(scope="session")
-def postgres_server_url() -> Iterator[str]:
+def postgres_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A SQLAlchemy URL of a PostgreSQL server where this run may create and drop databases."""
     url = os.environ.get("TOKENLIFE_TEST_DATABASE_URL")
     if url:
         yield url
         return
-    if not _docker_answers():
-        _missing("PostgreSQL", "TOKENLIFE_TEST_DATABASE_URL")
-    from testcontainers.postgres import PostgresContainer
+    from tokenlife import embedded_db
 
-    with PostgresContainer("postgres:16-alpine", driver="asyncpg") as container:
-        yield container.get_connection_url()
+    # Throwaway data: no fsync, which makes the per-test CREATE DATABASE cheap.
+    server = embedded_db.start(tmp_path_factory.mktemp("embedded-postgres"), durable=False)
+    try:
+        yield server.url()
+    finally:
+        server.stop()
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,1 @@
+"""tokenlife: the command line and the local development stack."""
