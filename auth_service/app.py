@@ -23,9 +23,10 @@ from auth_service.api.common import context
 from auth_service.api.middleware import AccessLog, BodyLimit
 from auth_service.context import AuthContext
 from auth_service.db import create_engine
-from auth_service.errors import AuthServiceError, BearerError, InvalidClient, TooManyAttempts
+from auth_service.errors import AuthServiceError, BearerError, InvalidClient, TooManyAttempts, TooManyWaiters
 from auth_service.keys import KeyCache
 from auth_service.log import AppendError
+from auth_service.log_listener import LogListener
 from auth_service.relay import Relay
 from auth_service.relay_metrics import RelayMetrics
 from auth_service.settings import AuthSettings
@@ -60,6 +61,8 @@ def error_response(err: AuthServiceError) -> JSONResponse:
     elif isinstance(err, TooManyAttempts):
         headers["Retry-After"] = str(err.retry_after)
         body["error"] = "too_many_requests"
+    elif isinstance(err, TooManyWaiters):
+        headers["Retry-After"] = str(err.retry_after)
     return JSONResponse(body, status_code=err.status, headers=headers)
 
 
@@ -96,7 +99,10 @@ def create_app(settings: AuthSettings) -> FastAPI:
         engine = create_engine(settings.database_url)
         tasks: list[asyncio.Task[None]] = []
         relay: Relay | None = None
+        listener = LogListener(settings.database_url, max_waiters=settings.long_poll_max_waiters)
+        app.state.log_listener = listener
         try:
+            await listener.start()
             kek = settings.key_encryption_key.get_secret_value()
             keys = KeyCache(await load_keys(settings, engine), kek, settings.access_token_ttl)
             window, cap = settings.login_failure_window, settings.login_max_backoff
@@ -128,6 +134,7 @@ def create_app(settings: AuthSettings) -> FastAPI:
             for task in reversed(tasks):
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            await listener.stop()
             await engine.dispose()
 
     registry = CollectorRegistry()

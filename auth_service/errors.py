@@ -11,6 +11,7 @@ AuthServiceError
 │   └── InvalidToken           401 invalid_token: bad, expired or revoked access token
 ├── TooManyAttempts            429 + Retry-After: login backoff
 ├── NoSigningKey               503: no active signing key to sign with
+├── TooManyWaiters             503 + Retry-After: every long-poll slot of this instance is taken
 └── NotFound                   404: a session that is not the caller's, or does not exist
 """
 
@@ -74,6 +75,15 @@ class TooManyAttempts(AuthServiceError):
 class NoSigningKey(AuthServiceError):
     status = 503
     error = "temporarily_unavailable"
+
+
+class TooManyWaiters(AuthServiceError):
+    status = 503
+    error = "temporarily_unavailable"
+
+    def __init__(self, description: str, retry_after: int) -> None:
+        super().__init__(description)
+        self.retry_after = retry_after
 
 
 class NotFound(AuthServiceError):

@@ -73,6 +73,11 @@ class AuthSettings(BaseSettings):
     login_failure_window: float = Field(default=900.0, gt=0)
     login_max_backoff: float = Field(default=900.0, gt=0)
 
+    # Long-poll of the events API: each waiter holds no database connection, but wakes to read on a commit.
+    long_poll_max_waiters: int = Field(
+        default=500, ge=1, description="Long-polls one instance holds at once; past it, 503 + Retry-After."
+    )
+
     # Relay
     relay_enabled: bool = Field(default=True, description="Run the relay inside `tokenlife auth serve`.")
     heartbeat_interval: float = Field(default=1.0, gt=0, description="Seconds between heartbeats.")
