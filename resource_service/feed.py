@@ -1,13 +1,19 @@
-"""The feed: keeps a RevocationState at the head of the log, pushed by the broker, backed by HTTP.
+"""The feed: keeps a RevocationState at the head of the log, over the broker and over long-poll of the log.
 
-Catch-up, at start and after every reconnect: subscribe and buffer -> snapshot at P -> apply -> events after P
-over HTTP up to the head -> drain the buffer (anything <= the applied position is a duplicate) -> live.
-A prev_position that does not follow the applied position, a heartbeat whose head is ahead, or a malformed
-message (dead-lettered) all trigger a gap fill from the events API. When heartbeats stop, a poller reads
-the log over HTTP every poll_interval, so a broker outage does not stop revocations.
+Two transports. Long-poll (`GET /v1/events?wait=S`): the auth service holds the request until an event
+commits or S passes, so a revocation arrives one round trip after its commit, and an idle answer still
+confirms freshness. The broker, when TOKENLIFE_AMQP_URL is set: pushed events and relay heartbeats; the
+long-poll then idles, and takes over the moment heartbeats stop (two intervals), so an outage costs a round
+trip, not a poll interval. Without a broker, long-poll alone carries everything.
+
+Broker catch-up, at start and after every reconnect: subscribe and buffer -> snapshot at P -> apply -> events
+after P over HTTP up to the head -> drain the buffer (anything <= the applied position is a duplicate) ->
+live. A prev_position that does not follow the applied position, a heartbeat whose head is ahead, or a
+malformed message (dead-lettered) all trigger a gap fill from the events API.
 
 Freshness is the time the feed last *knew* it was at the head: a heartbeat whose head it had applied, or an
-HTTP read that found nothing newer. Past max_staleness the feed says "stale" and the Guard applies its policy.
+HTTP read that found nothing newer (freshness.read_as_of says as of when). Past max_staleness the feed says
+"stale" and the Guard applies its policy.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ from aio_pika.exceptions import CONNECTION_EXCEPTIONS
 
 from auth_service.contract import HEARTBEAT_TYPE, ContractError, Event, UnknownEvent, decode, decode_heartbeat
 from resource_service.auth_client import AuthClient, AuthServiceUnavailable
-from resource_service.freshness import FreshnessTracker
+from resource_service.freshness import FreshnessTracker, read_as_of
 from resource_service.guard import Freshness
 from resource_service.settings import ResourceSettings
 from resource_service.state import ApplyResult, RevocationState
@@ -70,6 +76,7 @@ class Feed:
         self._snapshot_needed = True
         self.head = 0
         self.live = False  # a broker session is consuming
+        self.broker = bool(settings.amqp_url.get_secret_value())
         # Read by /metrics: malformed, gap_fills, polls, snapshots, reconnects, overflows, ...
         self.counters: Counter[str] = Counter()
         self.crashes: Counter[str] = Counter()
@@ -97,13 +104,19 @@ class Feed:
     # --- lifecycle ---------------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Start the broker session, the HTTP poller and the pruner, each supervised."""
+        """Start the long-poll, the broker session (when configured) and the pruner, each supervised."""
         self.tracker.restart(self._clock())
-        for name, run in (
-            ("broker", self._broker_loop),
-            ("poller", self._poll_loop),
+        runs: list[tuple[str, Callable[[], Awaitable[None]]]] = [
+            ("long-poll", self._long_poll_loop),
             ("pruner", self._prune_loop),
-        ):
+        ]
+        if self.broker:
+            runs.append(("broker", self._broker_loop))
+        else:
+            log.warning(
+                "no TOKENLIFE_AMQP_URL: revocations arrive by long-poll of the auth service's log alone"
+            )
+        for name, run in runs:
             self._tasks.append(asyncio.create_task(self._supervise(name, run), name=f"tokenlife-feed-{name}"))
 
     async def stop(self) -> None:
@@ -181,17 +194,43 @@ class Feed:
             # The poller and the next heartbeat try again; until then staleness grows.
             log.warning("gap fill (%s) failed: %s", why, exc)
 
-    async def _poll_loop(self) -> None:
+    def _hold(self) -> float:
+        # At most half the staleness bound: the evidence of one answer must cover the wait for the next.
+        return min(self.settings.long_poll_wait, self.settings.max_staleness / 2)
+
+    def _broker_carries(self) -> bool:
+        return self.broker and self.caught_up and not self.tracker.heartbeats_silent(self._clock())
+
+    async def _long_poll_loop(self) -> None:
+        idle = min(self.settings.heartbeat_interval, self.settings.poll_interval) / 4
         while True:
-            await asyncio.sleep(self.settings.poll_interval)
-            if self.caught_up and not self.tracker.heartbeats_silent(self._clock()):
+            if self._broker_carries():
+                await asyncio.sleep(idle)
                 continue
             self.counters["polls"] += 1
             try:
-                await self.sync_from_log()
+                await self.long_poll(self._hold())
             except (AuthServiceUnavailable, LogUnreadable) as exc:
                 self.counters["poll_failures"] += 1
-                log.debug("poll of the log failed: %s", exc)
+                log.debug("long-poll of the log failed: %s", exc)
+                await asyncio.sleep(self.settings.poll_interval)
+
+    async def long_poll(self, hold: float) -> None:
+        """One long-poll of the log: apply what it brings; an answer at the head confirms freshness."""
+        if self._snapshot_needed:
+            await self.sync_from_log()
+            return
+        # Not under the sync lock: a gap fill or a broker catch-up must not wait for a hold to end. The
+        # state only moves forward, so what this page brings is either new or a duplicate.
+        sent = self._clock()
+        page = await self._client.events(self.state.applied_position, self.settings.page_size, wait=hold)
+        received = self._clock()
+        async with self._sync_lock:
+            self._note_head(page.head)
+            for raw in page.events:
+                self._apply_logged(raw)
+            if self.state.applied_position >= page.head:
+                self.tracker.at_head(read_as_of(sent, received, page.held))
 
     async def _prune_loop(self) -> None:
         while True:
