@@ -15,13 +15,16 @@ import asyncio
 import functools
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import asyncpg
 import httpx
@@ -60,7 +63,7 @@ def _docker_answers() -> bool:
 
 
 @pytest.fixture(scope="session")
-def postgres_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def postgres_server_url() -> Iterator[str]:
     """A SQLAlchemy URL of a PostgreSQL server where this run may create and drop databases."""
     url = os.environ.get("TOKENLIFE_TEST_DATABASE_URL")
     if url:
@@ -68,12 +71,17 @@ def postgres_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[st
         return
     from tokenlife import embedded_db
 
-    # Throwaway data: no fsync, which makes the per-test CREATE DATABASE cheap.
-    server = embedded_db.start(tmp_path_factory.mktemp("embedded-postgres"), durable=False)
+    # Not under pytest's basetemp: a later pytest run (of anyone on the machine) prunes old basetemps, and
+    # would delete a running server's data directory and socket. Throwaway data: no fsync.
+    data_dir = Path(tempfile.mkdtemp(prefix="tokenlife-test-pg-"))
     try:
-        yield server.url()
+        server = embedded_db.start(data_dir, durable=False)
+        try:
+            yield server.url()
+        finally:
+            server.stop()
     finally:
-        server.stop()
+        shutil.rmtree(data_dir, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
