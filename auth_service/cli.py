@@ -22,6 +22,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "auth_service.commands",
     "auth_service.relay_cli",
     "resource_service.commands",
+    "tokenlife.dev",
 )
 
 
