@@ -99,8 +99,12 @@ class AuthSettings(BaseSettings):
         if not amqp:
             if self.env == "dev":
                 object.__setattr__(self, "amqp_url", SecretStr(DEV_AMQP_URL))
-            else:
-                problems.append("TOKENLIFE_AMQP_URL is not set: say which RabbitMQ the relay publishes to")
+            elif self.relay_enabled:
+                # Without a broker, resource services long-poll the events API: then turn the relay off.
+                problems.append(
+                    "TOKENLIFE_AMQP_URL is not set: say which RabbitMQ the relay publishes to, or set "
+                    "TOKENLIFE_RELAY_ENABLED=false to serve resource services by long-poll alone"
+                )
         elif self.env != "dev" and _uses_guest_account(amqp):
             problems.append(
                 "TOKENLIFE_AMQP_URL uses RabbitMQ's well-known guest/guest account: create a broker user "
