@@ -67,8 +67,11 @@ async def _hold(
             held = time.monotonic() - started
             page = await _read(request, after, limit)
             remaining = wait - (time.monotonic() - started)
-            if page.events or page.head > after or remaining <= 0 or gone.done():
+            if page.events or remaining <= 0 or gone.done():
                 return page, held
+            if page.head > after:
+                # A commit landed between the page's two reads (events, then head): read again at once.
+                continue
             woken = asyncio.create_task(changed.wait())
             try:
                 await asyncio.wait({woken, gone}, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)

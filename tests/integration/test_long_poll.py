@@ -127,7 +127,12 @@ async def test_one_commit_wakes_every_waiter_through_the_one_listener(
     app: FastAPI, http: httpx.AsyncClient, engine: AsyncEngine
 ) -> None:
     await _connected(app)
+    before = _listener(app).notifications
     head = await _commit(engine)
+    end = time.monotonic() + 10
+    while _listener(app).notifications < before + 1:  # that commit's NOTIFY arrives asynchronously
+        assert time.monotonic() < end, "no NOTIFY for a commit"
+        await asyncio.sleep(0.01)
     notified = _listener(app).notifications
     waiters = [asyncio.create_task(_page(http, after=head, wait=30)) for _ in range(5)]
     await _holding(app, 5)
