@@ -1,30 +1,37 @@
-# One command runs every check: `make check`. Tools come from .venv when it exists.
-PY ?= $(if $(wildcard .venv/bin/python),.venv/bin/python,python3)
+# Two commands on a fresh clone: `make run` and `make test`. Both create .venv and install on first use.
+VENV := .venv
+PY := $(VENV)/bin/python
 
-.PHONY: check lint test schema bench run
+.PHONY: run test check lint schema bench setup
 
-# The whole stack in dev mode on this machine's PostgreSQL and RabbitMQ: auth service (with its relay) on
-# :8000, a sample resource service on :8001. Ctrl-C stops both.
-run: export TOKENLIFE_ENV = dev
-run:
-	$(PY) -m tokenlife migrate --create-database
-	@trap 'trap - INT TERM EXIT; kill 0' INT TERM EXIT; \
-	$(PY) -m tokenlife auth serve --port 8000 & \
-	$(PY) -m tokenlife resource serve --port 8001 & \
-	wait
+# The virtual environment, (re)installed when pyproject.toml changes.
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev,bench]'
+	touch $@
 
-check: lint test
+setup: $(VENV)/.installed
 
-lint:
+# Everything on this machine with nothing but Python: embedded PostgreSQL in .tokenlife/, the auth service
+# on :8000 and a sample resource service on :8001 (`tokenlife dev --help` for ports and RabbitMQ). Ctrl-C stops it.
+run: setup
+	$(VENV)/bin/tokenlife dev
+
+# ruff, mypy --strict, then the suite. Without TOKENLIFE_TEST_DATABASE_URL the tests start one embedded
+# PostgreSQL; without TOKENLIFE_TEST_AMQP_URL (or Docker) the broker tests skip, saying why.
+test: setup lint
+	$(PY) -m pytest
+
+check: test
+
+lint: setup
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 	$(PY) -m mypy
 
-test:
-	$(PY) -m pytest
-
-bench:
+bench: setup
 	$(PY) -m bench
 
-schema:
+schema: setup
 	$(PY) -m auth_service.contract > docs/event-schema.json

@@ -32,9 +32,11 @@ from auth_service.errors import (
     InvalidClient,
     OAuthError,
     TooManyAttempts,
+    TooManyWaiters,
 )
 from auth_service.keyring import KeyRing
 from auth_service.keys import KeyCache
+from auth_service.log_listener import LogListener
 from auth_service.relay import Relay
 from auth_service.relay.metrics import RelayMetrics
 from auth_service.settings import AuthSettings
@@ -70,6 +72,8 @@ def error_response(err: AuthServiceError) -> JSONResponse:
         body["error"] = "too_many_requests"
     elif isinstance(err, AppendError):
         headers["Retry-After"] = "1"
+    elif isinstance(err, TooManyWaiters):
+        headers["Retry-After"] = str(err.retry_after)
     return JSONResponse(body, status_code=err.status, headers=headers)
 
 
@@ -106,7 +110,10 @@ def create_app(settings: AuthSettings) -> FastAPI:
         engine = create_engine(settings.database_url)
         tasks: list[asyncio.Task[None]] = []
         relay: Relay | None = None
+        listener = LogListener(settings.database_url, max_waiters=settings.long_poll_max_waiters)
+        state.log_listener = listener
         try:
+            await listener.start()
             kek = settings.key_encryption_key.get_secret_value()
             keys = KeyCache(await load_keys(settings, engine), kek, settings.access_token_ttl)
             window, cap = settings.login_failure_window, settings.login_max_backoff
@@ -138,6 +145,7 @@ def create_app(settings: AuthSettings) -> FastAPI:
             for task in reversed(tasks):
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            await listener.stop()
             await engine.dispose()
 
     state = AppState()

@@ -215,6 +215,14 @@ class EventPage(BaseModel):
 
     head: int = Field(ge=0)
     events: list[dict[str, Any]]
+    # Heartbeat information, so that an idle long-poll still confirms freshness. Optional: older servers
+    # omit them, and a reader then knows only that the page was read after its request was sent.
+    server_time: AwareDatetime | None = Field(default=None, description="The server's clock at its answer.")
+    held: float | None = Field(
+        default=None,
+        ge=0,
+        description="Seconds a long-poll was held before the server's last read of the log (0: at once).",
+    )
 
 
 _event_adapter: TypeAdapter[Event] = TypeAdapter(Event)

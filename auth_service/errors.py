@@ -14,6 +14,7 @@ AuthServiceError
 ├── TooManyAttempts            429 + Retry-After: login backoff
 ├── NoSigningKey               503: no active signing key to sign with
 ├── AppendError                503 + Retry-After: the log's append lock was not free in time
+├── TooManyWaiters             503 + Retry-After: every long-poll slot of this instance is taken
 └── NotFound                   404: a session that is not the caller's, or does not exist
 
 An error whose `keeps_writes` is true still commits the request's transaction before it is answered.
@@ -96,6 +97,15 @@ class AppendError(AuthServiceError):
     status = 503
     error = "temporarily_unavailable"
     public_description = "the event log is busy; retry"
+
+
+class TooManyWaiters(AuthServiceError):
+    status = 503
+    error = "temporarily_unavailable"
+
+    def __init__(self, description: str, retry_after: int) -> None:
+        super().__init__(description)
+        self.retry_after = retry_after
 
 
 class NotFound(AuthServiceError):

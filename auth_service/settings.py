@@ -94,6 +94,11 @@ class AuthSettings(BaseSettings):
         default="", pattern=r"^(https?://[^/?#\s]+/?)?$", description="Base URL; dev: the local sample."
     )
 
+    # Long-poll of the events API: each waiter holds no database connection, but wakes to read on a commit.
+    long_poll_max_waiters: int = Field(
+        default=500, ge=1, description="Long-polls one instance holds at once; past it, 503 + Retry-After."
+    )
+
     # Relay
     relay_enabled: bool = Field(default=True, description="Run the relay inside `tokenlife auth serve`.")
     heartbeat_interval: float = Field(default=1.0, gt=0, description="Seconds between heartbeats.")
@@ -124,8 +129,12 @@ class AuthSettings(BaseSettings):
         if not amqp:
             if self.env == "dev":
                 object.__setattr__(self, "amqp_url", SecretStr(DEV_AMQP_URL))
-            else:
-                problems.append("TOKENLIFE_AMQP_URL is not set: say which RabbitMQ the relay publishes to")
+            elif self.relay_enabled:
+                # Without a broker, resource services long-poll the events API: then turn the relay off.
+                problems.append(
+                    "TOKENLIFE_AMQP_URL is not set: say which RabbitMQ the relay publishes to, or set "
+                    "TOKENLIFE_RELAY_ENABLED=false to serve resource services by long-poll alone"
+                )
         elif self.env != "dev" and _uses_guest_account(amqp):
             problems.append(
                 "TOKENLIFE_AMQP_URL uses RabbitMQ's well-known guest/guest account: create a broker user "

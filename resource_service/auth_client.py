@@ -12,17 +12,22 @@ from pydantic import ValidationError
 
 from auth_service.contract import EventPage, RevocationSnapshot
 
-__all__ = ["AuthClient", "AuthServiceUnavailable"]
+__all__ = ["AuthClient", "AuthServiceUnavailable", "LogUnreadable"]
 
 
 class AuthServiceUnavailable(Exception):
     """The auth service could not be reached or gave an answer we cannot use; the text says which."""
 
 
+class LogUnreadable(Exception):
+    """The events API returned something that cannot be folded in (a producer bug): stay behind, go stale."""
+
+
 class AuthClient:
     """Calls the auth service with this service's HTTP Basic credentials."""
 
     def __init__(self, base_url: str, client_id: str, client_secret: str, *, timeout: float = 5.0) -> None:
+        self._timeout = timeout
         self._http = httpx.AsyncClient(
             base_url=base_url,
             auth=httpx.BasicAuth(client_id, client_secret),
@@ -53,9 +58,18 @@ class AuthClient:
         except ValidationError as exc:
             raise AuthServiceUnavailable(f"unreadable snapshot: {exc.error_count()} errors") from None
 
-    async def events(self, after: int, limit: int) -> EventPage:
-        """Events after a position (raw JSON objects: decode each) and the head of the log."""
-        response = await self._request("GET", "/v1/events", params={"after": after, "limit": limit})
+    async def events(self, after: int, limit: int, *, wait: float = 0.0) -> EventPage:
+        """Events after a position (raw JSON objects: decode each) and the head of the log.
+
+        With `wait`, the auth service holds the request up to that many seconds while nothing is new.
+        """
+        params: dict[str, int | float] = {"after": after, "limit": limit}
+        kwargs: dict[str, Any] = {}
+        if wait > 0:
+            params["wait"] = wait
+            # The hold is not a timeout: allow it on top of the usual read timeout.
+            kwargs["timeout"] = httpx.Timeout(self._timeout + wait, connect=self._timeout)
+        response = await self._request("GET", "/v1/events", params=params, **kwargs)
         try:
             return EventPage.model_validate_json(response.content)
         except ValidationError as exc:

@@ -1,50 +1,41 @@
-"""The feed: keeps a RevocationState at the head of the log, pushed by the broker, backed by HTTP.
+"""The feed: keeps a RevocationState at the head of the log, over the broker and over long-poll of the log.
 
-Catch-up, at start and after every reconnect: subscribe and buffer -> snapshot at P -> apply -> events after P
-over HTTP up to the head -> drain the buffer (anything <= the applied position is a duplicate) -> live.
-A prev_position that does not follow the applied position, a heartbeat whose head is ahead, or a malformed
-message (dead-lettered) all trigger a gap fill from the events API. When heartbeats stop, a poller reads
-the log over HTTP every poll_interval, so a broker outage does not stop revocations.
+Two transports. Long-poll (`GET /v1/events?wait=S`): the auth service holds the request until an event
+commits or S passes, so a revocation arrives one round trip after its commit, and an idle answer still
+confirms freshness. The broker, when TOKENLIFE_AMQP_URL is set: pushed events and relay heartbeats; the
+long-poll then idles, and takes over the moment heartbeats stop (two intervals), so an outage costs a round
+trip, not a poll interval. Without a broker, long-poll alone carries everything.
+
+The broker session (catch-up, buffering, gap fills, dead letters) is broker_feed.py; this module holds the
+state's shared side: reads of the log, applying, freshness, the long-poll and the supervision of tasks.
 
 Freshness is the time the feed last *knew* it was at the head: a heartbeat whose head it had applied, or an
-HTTP read that found nothing newer. Past max_staleness the feed says "stale" and the Guard applies its policy.
+HTTP read that found nothing newer (freshness.read_as_of says as of when). Past max_staleness the feed says
+"stale" and the Guard applies its policy.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import random
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import aio_pika
-from aio_pika.abc import AbstractIncomingMessage
-from aio_pika.exceptions import CONNECTION_EXCEPTIONS
-
-from auth_service.contract import HEARTBEAT_TYPE, ContractError, Event, UnknownEvent, decode, decode_heartbeat
-from resource_service.auth_client import AuthClient, AuthServiceUnavailable
-from resource_service.freshness import FreshnessTracker
+from auth_service.contract import ContractError, Event, UnknownEvent, decode
+from resource_service.auth_client import AuthClient, AuthServiceUnavailable, LogUnreadable
+from resource_service.broker_feed import BrokerTransport
+from resource_service.freshness import FreshnessTracker, read_as_of
 from resource_service.guard import Freshness
 from resource_service.settings import ResourceSettings
 from resource_service.state import ApplyResult, RevocationState
-from resource_service.topology import subscribe
 
 __all__ = ["Feed", "LogUnreadable"]
 
 log = logging.getLogger("tokenlife.feed")
 
-_BROKER_ERRORS = (*CONNECTION_EXCEPTIONS, TimeoutError)
 _INITIAL_BACKOFF = 0.1
-# (monotonic time received, message); None means the connection or channel closed.
-_Item = tuple[float, AbstractIncomingMessage] | None
-
-
-class LogUnreadable(Exception):
-    """The events API returned something that cannot be folded in (a producer bug): stay behind, go stale."""
 
 
 class Feed:
@@ -62,14 +53,15 @@ class Feed:
         self.settings = settings
         self.state = state
         self._client = client
-        self._clock = clock
-        self._wall = wall_clock
+        self.clock = clock
+        self.wall_clock = wall_clock
         self._sync_lock = asyncio.Lock()
         self._tasks: list[asyncio.Task[None]] = []
         self.tracker = FreshnessTracker(settings.max_staleness, settings.heartbeat_interval, clock())
         self._snapshot_needed = True
         self.head = 0
         self.live = False  # a broker session is consuming
+        self.broker = bool(settings.amqp_url.get_secret_value())
         # Read by /metrics: malformed, gap_fills, polls, snapshots, reconnects, overflows, ...
         self.counters: Counter[str] = Counter()
         self.crashes: Counter[str] = Counter()
@@ -86,25 +78,32 @@ class Feed:
 
     def staleness(self) -> float:
         """Seconds since the feed last knew it was at the head (infinite before that)."""
-        return self.tracker.staleness(self._clock())
+        return self.tracker.staleness(self.clock())
 
     def freshness(self) -> Freshness:
         """The Guard's view: fresh, stale, or unsynced before the first catch-up."""
-        return self.tracker.freshness(self._clock())
+        return self.tracker.freshness(self.clock())
 
-    def _note_head(self, position: int) -> None:
+    def note_head(self, position: int) -> None:
+        """Remember a head position seen (the highest wins)."""
         self.head = max(self.head, position)
 
     # --- lifecycle ---------------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Start the broker session, the HTTP poller and the pruner, each supervised."""
-        self.tracker.restart(self._clock())
-        for name, run in (
-            ("broker", self._broker_loop),
-            ("poller", self._poll_loop),
+        """Start the long-poll, the broker session (when configured) and the pruner, each supervised."""
+        self.tracker.restart(self.clock())
+        runs: list[tuple[str, Callable[[], Awaitable[None]]]] = [
+            ("long-poll", self._long_poll_loop),
             ("pruner", self._prune_loop),
-        ):
+        ]
+        if self.broker:
+            runs.append(("broker", BrokerTransport(self).run))
+        else:
+            log.warning(
+                "no TOKENLIFE_AMQP_URL: revocations arrive by long-poll of the auth service's log alone"
+            )
+        for name, run in runs:
             self._tasks.append(asyncio.create_task(self._supervise(name, run), name=f"tokenlife-feed-{name}"))
 
     async def stop(self) -> None:
@@ -139,12 +138,12 @@ class Feed:
                 # Refused (False) when older than what we applied meanwhile: the events after it still apply.
                 self.state.load_snapshot(snap)
                 self._snapshot_needed = False
-                self._note_head(snap.position)
+                self.note_head(snap.position)
                 self.counters["snapshots"] += 1
             while True:
-                started = self._clock()
+                started = self.clock()
                 page = await self._client.events(self.state.applied_position, self.settings.page_size)
-                self._note_head(page.head)
+                self.note_head(page.head)
                 for raw in page.events:
                     self._apply_logged(raw)
                 if self.state.applied_position >= page.head:
@@ -166,140 +165,66 @@ class Feed:
         result = self.state.apply(event)
         if result is ApplyResult.GAP:
             raise LogUnreadable(f"event {event.position} does not follow {self.state.applied_position}")
-        self._applied(event, result)
+        self.applied(event, result)
 
-    def _applied(self, event: Event | UnknownEvent, result: ApplyResult) -> None:
+    def applied(self, event: Event | UnknownEvent, result: ApplyResult) -> None:
+        """Account for an event just applied: the head it proves, and its delay when it changed the state."""
         if event.position is not None:
-            self._note_head(event.position)
+            self.note_head(event.position)
         if result in (ApplyResult.CHANGED, ApplyResult.ADVANCED):
-            delay = max(0.0, self._wall() - event.occurred_at.timestamp())
+            delay = max(0.0, self.wall_clock() - event.occurred_at.timestamp())
             for hook in self.on_applied:
                 hook(delay)
 
-    async def _fill_gap(self, why: str) -> None:
+    async def fill_gap(self, why: str) -> None:
+        """Read the log up to its head; a failure is logged (the long-poll and the next heartbeat retry)."""
         self.counters["gap_fills"] += 1
         try:
             await self.sync_from_log()
         except (AuthServiceUnavailable, LogUnreadable) as exc:
-            # The poller and the next heartbeat try again; until then staleness grows.
+            # The long-poll and the next heartbeat try again; until then staleness grows.
             log.warning("gap fill (%s) failed: %s", why, exc)
 
-    async def _poll_loop(self) -> None:
+    def _hold(self) -> float:
+        # At most half the staleness bound: the evidence of one answer must cover the wait for the next.
+        return min(self.settings.long_poll_wait, self.settings.max_staleness / 2)
+
+    def _broker_carries(self) -> bool:
+        return self.broker and self.caught_up and not self.tracker.heartbeats_silent(self.clock())
+
+    async def _long_poll_loop(self) -> None:
+        idle = min(self.settings.heartbeat_interval, self.settings.poll_interval) / 4
         while True:
-            await asyncio.sleep(self.settings.poll_interval)
-            if self.caught_up and not self.tracker.heartbeats_silent(self._clock()):
+            if self._broker_carries():
+                await asyncio.sleep(idle)
                 continue
             self.counters["polls"] += 1
             try:
-                await self.sync_from_log()
+                await self.long_poll(self._hold())
             except (AuthServiceUnavailable, LogUnreadable) as exc:
                 self.counters["poll_failures"] += 1
-                log.debug("poll of the log failed: %s", exc)
+                log.debug("long-poll of the log failed: %s", exc)
+                await asyncio.sleep(self.settings.poll_interval)
+
+    async def long_poll(self, hold: float) -> None:
+        """One long-poll of the log: apply what it brings; an answer at the head confirms freshness."""
+        if self._snapshot_needed:
+            await self.sync_from_log()
+            return
+        # Not under the sync lock: a gap fill or a broker catch-up must not wait for a hold to end. The
+        # state only moves forward, so what this page brings is either new or a duplicate.
+        sent = self.clock()
+        page = await self._client.events(self.state.applied_position, self.settings.page_size, wait=hold)
+        received = self.clock()
+        async with self._sync_lock:
+            self.note_head(page.head)
+            for raw in page.events:
+                self._apply_logged(raw)
+            self.counters["long_poll_events"] += len(page.events)
+            if self.state.applied_position >= page.head:
+                self.tracker.at_head(read_as_of(sent, received, page.held))
 
     async def _prune_loop(self) -> None:
         while True:
             await asyncio.sleep(self.settings.prune_interval)
-            self.counters["pruned"] += self.state.prune(self._wall())
-
-    # --- the broker --------------------------------------------------------------------------------------
-
-    async def _broker_loop(self) -> None:
-        backoff = _INITIAL_BACKOFF
-        while True:
-            reached_live = False
-            try:
-                reached_live = await self._session()
-            except (*_BROKER_ERRORS, AuthServiceUnavailable, LogUnreadable) as exc:
-                log.warning("broker session ended: %s: %s", type(exc).__name__, exc)
-            finally:
-                self.live = False
-            self.counters["reconnects"] += 1
-            if reached_live:
-                backoff = _INITIAL_BACKOFF
-            # Jitter: a broker restart should not see every instance come back in the same millisecond.
-            await asyncio.sleep(backoff * random.uniform(0.5, 1.0))
-            backoff = min(backoff * 2, self.settings.reconnect_max_backoff)
-
-    async def _session(self) -> bool:
-        """One broker connection: subscribe, catch up, consume until it fails; True if it got live."""
-        s = self.settings
-        timeout = s.http_timeout
-        connection = await asyncio.wait_for(
-            aio_pika.connect(s.amqp_url.get_secret_value(), timeout=timeout), timeout
-        )
-        buffer: asyncio.Queue[_Item] = asyncio.Queue(maxsize=s.buffer_limit)
-        overflow = False
-
-        def lost(*_args: Any) -> None:
-            with contextlib.suppress(asyncio.QueueFull):
-                buffer.put_nowait(None)
-
-        async def buffered(message: AbstractIncomingMessage) -> None:
-            nonlocal overflow
-            try:
-                buffer.put_nowait((self._clock(), message))
-            except asyncio.QueueFull:
-                overflow = True
-
-        reached_live = False
-        try:
-            connection.close_callbacks.add(lost)
-            channel = await connection.channel()
-            channel.close_callbacks.add(lost)
-            await subscribe(channel, s, buffered)
-            await self.sync_from_log(snapshot=True)
-            self.live = reached_live = True
-            log.info("feed live at position %d", self.state.applied_position)
-            while True:
-                item = await buffer.get()
-                if overflow:
-                    self.counters["overflows"] += 1
-                    log.warning("buffer overflow (%d messages): catching up again", s.buffer_limit)
-                    return reached_live
-                if item is None:
-                    raise ConnectionError("broker connection or channel closed")
-                await self._handle(*item)
-        finally:
-            with contextlib.suppress(*_BROKER_ERRORS):
-                await asyncio.wait_for(connection.close(), timeout)
-
-    async def _handle(self, received: float, message: AbstractIncomingMessage) -> None:
-        if (message.routing_key or message.type) == HEARTBEAT_TYPE:
-            await self._heartbeat(received, message)
-            return
-        try:
-            event = decode(message.body)
-            if event.position is None:
-                raise ContractError("missing position")
-        except ContractError as exc:
-            self.counters["malformed"] += 1
-            log.warning("dead-lettering malformed message %s: %s", message.message_id, exc)
-            await message.nack(requeue=False)
-            # Whatever event it carried is in the log: read it from there.
-            await self._fill_gap("malformed message")
-            return
-        result = self.state.apply(event)
-        if result is ApplyResult.GAP:
-            await self._fill_gap(f"event {event.position} after {self.state.applied_position}")
-            result = self.state.apply(event)
-        self._applied(event, result)
-        await message.ack()
-
-    async def _heartbeat(self, received: float, message: AbstractIncomingMessage) -> None:
-        try:
-            heartbeat = decode_heartbeat(message.body)
-        except ContractError as exc:
-            self.counters["malformed"] += 1
-            log.warning("dead-lettering malformed heartbeat: %s", exc)
-            await message.nack(requeue=False)
-            return
-        # It says where the head was when it was sent: a heartbeat delayed in transit (a backlog, a slow link)
-        # must not make the instance look fresher than that, and must not keep the HTTP poller idle either.
-        sent = self.tracker.heartbeat(received, self._wall() - heartbeat.sent_at.timestamp())
-        self.counters["heartbeats"] += 1
-        self._note_head(heartbeat.head_position)
-        if heartbeat.head_position <= self.state.applied_position:
-            self.tracker.at_head(sent)
-        else:
-            await self._fill_gap(f"heartbeat head {heartbeat.head_position}")
-        await message.ack()
+            self.counters["pruned"] += self.state.prune(self.wall_clock())

@@ -1,8 +1,8 @@
 """How sure an instance is that its revocation state is at the head of the log. Pure: times are passed in.
 
 Evidence of being at the head comes from two places: a relay heartbeat whose head was already applied (as
-of when the heartbeat was sent), or an HTTP read of the log that found nothing newer (as of when the request
-left). Staleness is the time since the latest such evidence.
+of when the heartbeat was sent), or an HTTP read of the log that found nothing newer (as of `read_as_of`).
+Staleness is the time since the latest such evidence.
 """
 
 from __future__ import annotations
@@ -11,7 +11,27 @@ import math
 
 from resource_service.guard import Freshness
 
-__all__ = ["FreshnessTracker"]
+__all__ = ["FreshnessTracker", "read_as_of"]
+
+
+def read_as_of(sent: float, received: float, held: float | None) -> float:
+    """When an answer of the events API that found nothing newer proves we were at the head (monotonic).
+
+    The server's last read of the log happened after it received our request, which was after we sent it,
+    and at least `held` seconds after it received it (the server measures `held` before that read starts).
+    So the read happened at or after `sent + held` on our clock, and before `received`. Claiming
+    `sent + held` is therefore never later than the truth, whatever the network did; `received` caps it in
+    case a server reports more than the time that passed. The server's wall clock (`server_time`) is not
+    used: it is another machine's clock, and only durations can be carried across.
+
+    Why not `sent` alone: a long-poll held 25 s would then prove freshness as of 25 s ago and a waiting
+    instance would go stale while nothing is wrong. Why not `received`: the read may have happened long
+    before the answer arrived (a slow link, a paused process), which would overstate freshness.
+    The only error left is the servers' and our monotonic clocks' rate difference over `held` (parts per
+    million of at most 30 s). The feed also keeps each hold under max_staleness / 2, so that the evidence
+    from one answer covers the wait for the next.
+    """
+    return min(received, sent + max(0.0, held or 0.0))
 
 
 class FreshnessTracker:

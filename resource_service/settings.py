@@ -17,7 +17,6 @@ __all__ = ["ResourceSettings", "UnsafeResourceSettings"]
 log = logging.getLogger("tokenlife.resource")
 
 DEV_AUTH_URL = "http://127.0.0.1:8000"
-DEV_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
 # The auth service's dev-mode service client; refused outside dev mode like the auth service refuses it.
 DEV_SERVICE_CLIENT = "dev-service"
 DEV_SERVICE_SECRET = "dev-service-secret"
@@ -49,7 +48,10 @@ class ResourceSettings(BaseSettings):
     leeway: int = Field(default=5, ge=0, le=60, description="Clock skew allowed on exp, iat, nbf (seconds).")
 
     # Freshness
-    poll_interval: float = Field(default=1.0, gt=0, description="HTTP poll period when heartbeats stop.")
+    poll_interval: float = Field(default=1.0, gt=0, description="Retry period of a failed read of the log.")
+    long_poll_wait: float = Field(
+        default=25.0, gt=0, le=30, description="Longest hold of a long-poll (kept under max_staleness / 2)."
+    )
     heartbeat_interval: float = Field(default=1.0, gt=0, description="The relay's heartbeat period.")
     max_staleness: float = Field(default=5.0, gt=0, description="Unconfirmed for longer than this = stale.")
     stale_policy: Literal["fail_closed", "fail_open", "introspect"] = "fail_closed"
@@ -88,12 +90,8 @@ class ResourceSettings(BaseSettings):
         elif bad := [o for o in self.cors_origins if not _is_origin(o)]:
             problems.append(f"TOKENLIFE_CORS_ORIGINS has entries that are not scheme://host[:port]: {bad}")
         amqp = self.amqp_url.get_secret_value()
-        if not amqp:
-            if dev:
-                object.__setattr__(self, "amqp_url", SecretStr(DEV_AMQP_URL))
-            else:
-                problems.append("TOKENLIFE_AMQP_URL is not set: the RabbitMQ the revocations come from")
-        elif not dev and urlsplit(amqp).username in (None, "", "guest"):
+        # No broker is a valid choice: the feed then long-polls the auth service's log alone.
+        if amqp and not dev and urlsplit(amqp).username in (None, "", "guest"):
             problems.append(
                 "TOKENLIFE_AMQP_URL uses RabbitMQ's well-known guest/guest account: create a broker user"
             )

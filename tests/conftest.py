@@ -1,8 +1,9 @@
 """Fixtures for real PostgreSQL and RabbitMQ.
 
-Where the servers come from, in order: TOKENLIFE_TEST_DATABASE_URL / TOKENLIFE_TEST_AMQP_URL when set;
-otherwise testcontainers when a Docker engine answers; otherwise the tests that need them are skipped with one
-reason, except under CI, where a missing server is an error.
+Where PostgreSQL comes from: TOKENLIFE_TEST_DATABASE_URL when set, otherwise one embedded PostgreSQL started
+for the whole run in a temporary directory (tokenlife/embedded_db.py), so the suite needs nothing installed.
+RabbitMQ: TOKENLIFE_TEST_AMQP_URL when set, otherwise testcontainers when a Docker engine answers, otherwise
+the tests that need it are skipped with the reason, except under CI, where a missing broker is an error.
 
 Every test that asks for `database_url` gets a database of its own, cloned from a migrated template that this
 run creates, and dropped after the test. Exchanges are named per test. Nothing is shared through fixed names.
@@ -14,13 +15,16 @@ import asyncio
 import functools
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import asyncpg
 import httpx
@@ -65,12 +69,19 @@ def postgres_server_url() -> Iterator[str]:
     if url:
         yield url
         return
-    if not _docker_answers():
-        _missing("PostgreSQL", "TOKENLIFE_TEST_DATABASE_URL")
-    from testcontainers.postgres import PostgresContainer
+    from tokenlife import embedded_db
 
-    with PostgresContainer("postgres:16-alpine", driver="asyncpg") as container:
-        yield container.get_connection_url()
+    # Not under pytest's basetemp: a later pytest run (of anyone on the machine) prunes old basetemps, and
+    # would delete a running server's data directory and socket. Throwaway data: no fsync.
+    data_dir = Path(tempfile.mkdtemp(prefix="tokenlife-test-pg-"))
+    try:
+        server = embedded_db.start(data_dir, durable=False)
+        try:
+            yield server.url()
+        finally:
+            server.stop()
+    finally:
+        shutil.rmtree(data_dir, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

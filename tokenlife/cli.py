@@ -18,6 +18,7 @@ from auth_service import commands as auth_commands
 from auth_service.relay import cli as relay_commands
 from auth_service.settings import UnsafeSettings
 from resource_service import commands as resource_commands
+from tokenlife import dev
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     auth_commands.register(sub)
     relay_commands.register(sub)
     resource_commands.register(sub)
+    dev.register(sub)
     return parser
 
 

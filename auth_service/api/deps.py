@@ -25,6 +25,7 @@ from auth_service.context import AuthContext
 from auth_service.errors import AuthServiceError, BearerError, InvalidClient, MissingToken
 
 if TYPE_CHECKING:
+    from auth_service.log_listener import LogListener
     from auth_service.relay import Relay
 
 MAX_HEADER = 8192
@@ -37,6 +38,7 @@ class AppState:
     registry: CollectorRegistry = field(default_factory=CollectorRegistry)
     context: AuthContext | None = None  # set by the lifespan once the engine and keys are up
     relay: Relay | None = None
+    log_listener: LogListener | None = None  # long-poll waiters share its one LISTEN connection
 
 
 def app_state(app: FastAPI) -> AppState:

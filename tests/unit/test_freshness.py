@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import math
 
-from resource_service.freshness import FreshnessTracker
+from hypothesis import given
+from hypothesis import strategies as st
+
+from resource_service.freshness import FreshnessTracker, read_as_of
 
 
 def tracker() -> FreshnessTracker:
@@ -50,3 +53,28 @@ def test_silence_counts_from_the_start_before_any_heartbeat() -> None:
     assert t.heartbeats_silent(102.5)
     t.restart(150.0)
     assert not t.heartbeats_silent(151.0)
+
+
+def test_a_held_answer_proves_the_head_as_of_send_plus_hold() -> None:
+    # Sent at 100, held 25 s by the server, back at 25.3: at the head as of 125, not as of 100.
+    assert read_as_of(100.0, 125.3, 25.0) == 125.0
+    assert read_as_of(100.0, 100.2, 0.0) == 100.0
+    assert read_as_of(100.0, 100.2, None) == 100.0  # an older server that does not say: the send time
+
+
+@given(
+    sent=st.floats(0, 1e6),
+    to_server=st.floats(0, 60),
+    held=st.floats(0, 30),
+    back=st.floats(0, 60),
+    claimed=st.floats(0, 1e3) | st.none(),
+)
+def test_the_claimed_time_is_never_after_the_read_nor_after_the_answer(
+    sent: float, to_server: float, held: float, back: float, claimed: float | None
+) -> None:
+    # Whatever the network delays: the server read at sent + to_server + held, the answer came back after.
+    read_at = sent + to_server + held
+    received = read_at + back
+    assert read_as_of(sent, received, held) <= read_at
+    # A server that claims more hold than passed can never push the evidence past the answer's arrival.
+    assert read_as_of(sent, received, claimed) <= received

@@ -8,6 +8,7 @@ import pytest
 
 from auth_service.keys import new_key_encryption_key
 from auth_service.settings import DEV_AMQP_URL, AuthSettings, UnsafeSettings
+from resource_service.settings import ResourceSettings
 
 
 @pytest.fixture(autouse=True)
@@ -55,3 +56,22 @@ def test_dev_mode_fills_local_defaults_and_says_so(caplog: pytest.LogCaptureFixt
     assert settings.database_url.startswith("postgresql+asyncpg://")
     settings.announce()
     assert "DEV MODE" in caplog.text
+
+
+def test_production_without_a_broker_is_accepted_with_the_relay_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TOKENLIFE_DATABASE_URL", "postgresql+asyncpg://app@db/tokenlife")
+    monkeypatch.setenv("TOKENLIFE_ISSUER", "https://auth.example.com")
+    monkeypatch.setenv("TOKENLIFE_KEY_ENCRYPTION_KEY", new_key_encryption_key())
+    with pytest.raises(UnsafeSettings, match="TOKENLIFE_RELAY_ENABLED=false"):
+        AuthSettings()
+    monkeypatch.setenv("TOKENLIFE_RELAY_ENABLED", "false")
+    assert AuthSettings().amqp_url.get_secret_value() == ""
+
+
+def test_a_resource_service_without_a_broker_is_valid_in_production(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TOKENLIFE_AUTH_URL", "https://auth.example.com")
+    monkeypatch.setenv("TOKENLIFE_SERVICE_CLIENT_ID", "orders")
+    monkeypatch.setenv("TOKENLIFE_SERVICE_CLIENT_SECRET", "a-long-enough-secret-0123")
+    settings = ResourceSettings()
+    assert settings.amqp_url.get_secret_value() == ""  # the feed long-polls the log alone
+    assert ResourceSettings(env="dev").amqp_url.get_secret_value() == ""  # dev no longer assumes a broker

