@@ -12,6 +12,7 @@ too and name no user).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import AsyncIterator
@@ -23,37 +24,43 @@ from sqlalchemy import or_, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from auth_service import contract as c
-from auth_service.api.deps import Context, CurrentPrincipal, bearer_token
+from auth_service.api.deps import Context, CurrentPrincipal, app_state, bearer_token
 from auth_service.authn import Principal, authenticate
 from auth_service.context import AuthContext
 from auth_service.errors import BearerError
 from auth_service.log import read_head
+from auth_service.log_listener import LogListener
 from auth_service.projections import decode_row
 from auth_service.tables import event_log
 
 router = APIRouter(tags=["account"])
 
-POLL_INTERVAL = 0.25
 KEEPALIVE = 15.0
 MAX_BATCH = 500
 _UNADDRESSED = (c.EventType.KEY_REVOKED.value, c.EventType.GLOBAL_REVOKED.value)
 
 
 # The timeout is when to give up waiting and answer with the head, not a cancellation: hence a parameter.
-async def wait_for_commit(engine: AsyncEngine, after: int, timeout: float) -> int:  # noqa: ASYNC109
+async def wait_for_commit(
+    engine: AsyncEngine,
+    listener: LogListener,
+    after: int,
+    timeout: float,  # noqa: ASYNC109
+) -> int:
     """Wait until the log's head passes `after` or `timeout` seconds pass; the head last seen.
 
-    For now a short poll of the head (one primary-key lookup every POLL_INTERVAL, only while a stream waits);
-    this one function is the place to put a shared LISTEN wake-up instead.
+    Woken by the process's one LISTEN connection (the long-poll's), so a waiting stream costs no query.
     """
     deadline = time.monotonic() + timeout
     while True:
+        changed = listener.changed()  # taken before the read: a commit after it sets this event
         async with engine.connect() as conn:
             head = await read_head(conn)
         left = deadline - time.monotonic()
         if head > after or left <= 0:
             return head
-        await asyncio.sleep(min(POLL_INTERVAL, left))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(changed.wait(), left)
 
 
 def _frame(event: str, data: dict[str, Any], position: int | None = None) -> bytes:
@@ -91,7 +98,9 @@ async def _still_valid(ctx: AuthContext, token: str) -> bool:
     return True
 
 
-async def _stream(ctx: AuthContext, token: str, who: Principal, cursor: int) -> AsyncIterator[bytes]:
+async def _stream(
+    ctx: AuthContext, listener: LogListener, token: str, who: Principal, cursor: int
+) -> AsyncIterator[bytes]:
     expires = float(who.claims["exp"])
     yield b": connected\n\n"  # sends the headers now, so the client knows the stream is open
     while True:
@@ -99,7 +108,7 @@ async def _stream(ctx: AuthContext, token: str, who: Principal, cursor: int) -> 
         if left <= 0:
             yield _frame("end", {"reason": "token_expired"})
             return
-        head = await wait_for_commit(ctx.engine, cursor, min(KEEPALIVE, left))
+        head = await wait_for_commit(ctx.engine, listener, cursor, min(KEEPALIVE, left))
         if head <= cursor:
             yield b": keep-alive\n\n"
             continue
@@ -132,11 +141,13 @@ async def my_events(
 ) -> StreamingResponse:
     """Server-sent events: `id` is the log position, `event` the type, `data` the event; `end` closes."""
     token = bearer_token(request)  # kept to re-check the token after every batch
+    listener = app_state(request.app).log_listener
+    assert listener is not None, "the lifespan starts the listener before any request"
     async with ctx.engine.connect() as conn:
         head = await read_head(conn)
     cursor = head if after is None else min(after, head)
     return StreamingResponse(
-        _stream(ctx, token, who, cursor),
+        _stream(ctx, listener, token, who, cursor),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
     )

@@ -218,7 +218,9 @@ async def test_event_stream_delivers_a_revocation_that_lands_between_its_read_an
             async with ctx.engine.connect() as conn:
                 who = await authenticate(conn, ctx, tokens[1])
                 start = await read_head(conn)
-            stream = _stream(ctx, tokens[1], who, start)
+            listener = app_state(app).log_listener
+            assert listener is not None
+            stream = _stream(ctx, listener, tokens[1], who, start)
             assert await anext(stream) == b": connected\n\n"
 
             async def logout(token: str) -> None:
