@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 from pydantic import ValidationError
 
-from auth_service.contract import EventPage, RevocationSnapshot
+from auth_service.contract import ColumnarSnapshot, EventPage, RevocationSnapshot
 
 __all__ = ["AuthClient", "AuthServiceUnavailable"]
 
@@ -45,10 +45,15 @@ class AuthClient:
             raise AuthServiceUnavailable(f"{method} {path}: HTTP {response.status_code}")
         return response
 
-    async def snapshot(self) -> RevocationSnapshot:
-        """Every live revocation and the log position it is consistent with."""
-        response = await self._request("GET", "/v1/revocations")
+    async def snapshot(self) -> ColumnarSnapshot | RevocationSnapshot:
+        """Every live revocation and the log position it is consistent with (the compact form if served)."""
+        response = await self._request("GET", "/v1/revocations", params={"form": "columns"})
         try:
+            return ColumnarSnapshot.model_validate_json(response.content)
+        except ValidationError:
+            pass
+        try:
+            # An auth service older than the columnar form ignores the parameter and sends objects.
             return RevocationSnapshot.model_validate_json(response.content)
         except ValidationError as exc:
             raise AuthServiceUnavailable(f"unreadable snapshot: {exc.error_count()} errors") from None

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
 
 from auth_service.api.common import context, openapi_basic, service_client, transaction
 from auth_service.errors import InvalidRequest
-from auth_service.log import MAX_PAGE, read_page, snapshot
+from auth_service.log import MAX_PAGE, columnar_snapshot, read_page, snapshot
 
 router = APIRouter(tags=["service"], dependencies=[Depends(openapi_basic)])
 
@@ -29,8 +31,17 @@ async def events(
 
 
 @router.get("/v1/revocations", summary="Every live revocation and the position it is consistent with")
-async def revocations(request: Request) -> Response:
-    """A RevocationSnapshot: apply it, then the events after its position."""
+async def revocations(
+    request: Request,
+    form: Literal["objects", "columns"] = Query(
+        "objects", description="objects: a RevocationSnapshot; columns: a ColumnarSnapshot (compact)"
+    ),
+) -> Response:
+    """A RevocationSnapshot (or a ColumnarSnapshot): apply it, then the events after its position."""
     service_client(request)
-    snap = await snapshot(context(request).engine)
-    return Response(snap.model_dump_json(), media_type="application/json")
+    engine = context(request).engine
+    if form == "columns":
+        body = (await columnar_snapshot(engine)).model_dump_json()
+    else:
+        body = (await snapshot(engine)).model_dump_json()
+    return Response(body, media_type="application/json")
