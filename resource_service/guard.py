@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Literal
+from typing import Literal, Protocol
 
 from resource_service.errors import (
     InsufficientScope,
@@ -29,6 +30,12 @@ Policy = Literal["fail_closed", "fail_open", "introspect"]
 Introspect = Callable[[str], Awaitable[bool]]
 
 MAX_HEADER_BYTES = 8192
+
+
+class FreshUntil(Protocol):
+    """Knows the monotonic time up to which the state counts as fresh (FreshnessTracker)."""
+
+    fresh_until: float
 
 
 def bearer_token(authorization: str | None, max_bytes: int = MAX_HEADER_BYTES) -> str:
@@ -72,6 +79,8 @@ class Guard:
         introspect: Introspect | None = None,
         retry_after: int = 5,
         max_header_bytes: int = MAX_HEADER_BYTES,
+        fresh_until: FreshUntil | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if policy not in ("fail_closed", "fail_open", "introspect"):
             raise ValueError(f"unknown staleness policy {policy!r}")
@@ -84,6 +93,9 @@ class Guard:
         self._introspect = introspect
         self._retry_after = retry_after
         self._max_header_bytes = max_header_bytes
+        # Optional: with it, a request within the freshness deadline needs one clock read, not a judgement.
+        self._fresh_until = fresh_until
+        self._clock = clock
         self._warned_stale = False
         # Read by the metrics layer: rejections by reason, and what happened while the state was stale.
         self.rejections: Counter[str] = Counter()
@@ -107,7 +119,10 @@ class Guard:
         ):
             return None
         principal = self._verifier.cached(authorization[7:])
-        if principal is None or self._freshness() != "fresh":
+        if principal is None:
+            return None
+        deadline = self._fresh_until
+        if (deadline is None or self._clock() > deadline.fresh_until) and self._freshness() != "fresh":
             return None
         reason = self._state.is_revoked(principal.facts)
         if reason is not None:
