@@ -17,6 +17,9 @@ import httpx
 from bench.stack import Stack, login
 from bench.timing import summarise
 
+# The latest run's samples by picture label (read by bench/__main__.py for docs/benchmark-latency.png).
+last_samples: dict[str, list[float]] = {}
+
 N = 50
 GIVE_UP = 15.0  # seconds; far past the poll-only bound, so a timeout means something is broken
 HEARTBEAT_INTERVAL = 1.0  # the resource service's defaults, which the stack does not override
@@ -82,6 +85,7 @@ async def _measure(
             "note": f"failed after {len(samples)}: {exc}",
         }
     polls.sort()
+    last_samples[f"propagation: {case}"] = samples
     return summarise(case, samples, f"{note}; n={N}, median {polls[len(polls) // 2]} whoami calls until 401")
 
 

@@ -95,8 +95,12 @@ class ExpiringTable:
             expires = old  # type: ignore[assignment]  # old is not None here
         bucket = self._bucket(math.ceil(expires))
         if changed:
-            expires = bucket.expiries.setdefault(expires, expires)
-            self.expiry[key] = expires
+            shared = bucket.expiries.get(expires)
+            if shared is None:
+                # A copy, not the caller's float: a survivor among a parsed snapshot's short-lived floats
+                # would keep their whole memory pool resident.
+                shared = bucket.expiries[expires] = expires + 0.0
+            self.expiry[key] = expires = shared
         # An extended entry leaves its old cell behind in an earlier bucket; a cell counts only in the bucket
         # of the entry's current expiry, so stale cells are skipped (lazy deletion) and pruned with it.
         bucket.keys.append(key)
