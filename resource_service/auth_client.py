@@ -10,7 +10,13 @@ from typing import Any
 import httpx
 from pydantic import ValidationError
 
-from auth_service.contract import ColumnarSnapshot, EventPage, RevocationSnapshot
+from auth_service.contract import (
+    ColumnarSnapshot,
+    ContractError,
+    EventPage,
+    RevocationSnapshot,
+    decode_snapshot,
+)
 
 __all__ = ["AuthClient", "AuthServiceUnavailable"]
 
@@ -47,16 +53,12 @@ class AuthClient:
 
     async def snapshot(self) -> ColumnarSnapshot | RevocationSnapshot:
         """Every live revocation and the log position it is consistent with (the compact form if served)."""
+        # An auth service older than the columnar form ignores the parameter and sends objects.
         response = await self._request("GET", "/v1/revocations", params={"form": "columns"})
         try:
-            return ColumnarSnapshot.model_validate_json(response.content)
-        except ValidationError:
-            pass
-        try:
-            # An auth service older than the columnar form ignores the parameter and sends objects.
-            return RevocationSnapshot.model_validate_json(response.content)
-        except ValidationError as exc:
-            raise AuthServiceUnavailable(f"unreadable snapshot: {exc.error_count()} errors") from None
+            return decode_snapshot(response.content)
+        except ContractError as exc:
+            raise AuthServiceUnavailable(f"unreadable snapshot: {exc}") from None
 
     async def events(self, after: int, limit: int) -> EventPage:
         """Events after a position (raw JSON objects: decode each) and the head of the log."""

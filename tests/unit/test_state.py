@@ -25,6 +25,7 @@ from auth_service.contract import (
     TokenRevoked,
     UnknownEvent,
     UserRevoked,
+    decode_snapshot,
 )
 from resource_service.entries import subject_key, subject_text
 from resource_service.state import ApplyResult, RevocationReason, RevocationState, TokenFacts
@@ -458,3 +459,14 @@ def test_columnar_watermarks_without_not_before_are_a_contract_error() -> None:
     )
     with pytest.raises(ContractError, match="not_before"):
         RevocationState().load_snapshot(broken)
+
+
+def test_decode_snapshot_reads_both_forms_and_refuses_anything_else() -> None:
+    revocation = Revocation(kind=RevocationKind.JTI, subject="j1", expires_at=at(300), position=2)
+    objects = snapshot(2, revocation)
+    columns = columnar(2, [revocation])
+    assert decode_snapshot(objects.model_dump_json()) == objects
+    assert decode_snapshot(columns.model_dump_json().encode()) == columns
+    for bad in (b"[]", b"{", b'{"form": "columns", "position": 1}', b"\xff"):
+        with pytest.raises(ContractError):
+            decode_snapshot(bad)
