@@ -9,7 +9,7 @@ from fastapi.responses import Response
 
 from auth_service.api.common import context, openapi_basic, service_client, transaction
 from auth_service.errors import InvalidRequest
-from auth_service.log import MAX_PAGE, columnar_snapshot, read_page, snapshot
+from auth_service.log import MAX_PAGE, columnar_snapshot_json, read_page, snapshot
 
 router = APIRouter(tags=["service"], dependencies=[Depends(openapi_basic)])
 
@@ -41,7 +41,7 @@ async def revocations(
     service_client(request)
     engine = context(request).engine
     if form == "columns":
-        body = (await columnar_snapshot(engine)).model_dump_json()
+        body = await columnar_snapshot_json(engine)
     else:
         body = (await snapshot(engine)).model_dump_json()
     return Response(body, media_type="application/json")
