@@ -16,9 +16,12 @@ import time
 from contextlib import AsyncExitStack
 
 import asyncpg
+import httpx
 
+from auth_service.contract import decode_snapshot
 from bench.results import Results
 from bench.stack import Stack, StackUnavailable, free_port, ready, running_stack, spawn
+from resource_service.state import RevocationState
 
 EVENTS = 1_000_000
 LIVE = 100_000
@@ -77,7 +80,8 @@ async def run(results: Results) -> None:
             for _ in range(ROUNDS):
                 times["empty"].append(await _start(empty))
                 times["loaded"].append(await _start(loaded))
-    except (StackUnavailable, OSError, asyncpg.PostgresError) as exc:
+            parts = await _snapshot_parts(loaded)
+    except (StackUnavailable, OSError, asyncpg.PostgresError, httpx.HTTPError) as exc:
         reason = " ".join(str(exc).split())[:200]
         results.skipped("resource instance ready after start", reason)
         results.target(name, None, "s", "<= +1 s", None, f"not measured: {reason}")
@@ -92,7 +96,35 @@ async def run(results: Results) -> None:
         note=f"{ROUNDS} starts, interleaved with the empty ones; columnar snapshot over HTTP",
     )
     results.notes["cold_start_seconds"] = times
-    results.target(name, loaded_s - empty_s, "s", "<= +1 s", loaded_s - empty_s <= 1.0)
+    results.row(
+        "  of which: snapshot served by the auth service",
+        value=parts["fetch"],
+        unit="s",
+        note=f"GET /v1/revocations?form=columns, {parts['bytes'] / 1e6:.1f} MB",
+    )
+    results.row(
+        "  of which: snapshot decoded and folded",
+        value=parts["fold"],
+        unit="s",
+        note="in the resource instance",
+    )
+    over = loaded_s - empty_s
+    why = (
+        f"snapshot served in {parts['fetch']:.2f} s, decoded and folded in {parts['fold']:.2f} s; the rest "
+        "is the catch-up around it (events after the snapshot, first readiness poll) on a loaded machine"
+    )
+    results.target(name, over, "s", "<= +1 s", over <= 1.0, "" if over <= 1.0 else why)
+
+
+async def _snapshot_parts(stack: Stack) -> dict[str, float]:
+    """The snapshot's size, the time the auth service takes to serve it, and the time to fold it in."""
+    async with httpx.AsyncClient(base_url=stack.auth_url, auth=stack.service_client, timeout=60) as http:
+        start = time.perf_counter()
+        response = await http.get("/v1/revocations", params={"form": "columns"})
+        fetched = time.perf_counter()
+        RevocationState().load_snapshot(decode_snapshot(response.content))
+        folded = time.perf_counter()
+    return {"bytes": len(response.content), "fetch": fetched - start, "fold": folded - fetched}
 
 
 if __name__ == "__main__":

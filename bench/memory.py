@@ -54,10 +54,19 @@ def growth_child() -> None:
     state.load_snapshot(c.decode_snapshot(raw))
     seconds = time.perf_counter() - start
     gc.collect()
+    growth = (_rss() - rss) / SNAPSHOT_ENTRIES
+    try:  # glibc only: what of the growth is freed heap the allocator keeps rather than live data
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+        trimmed: float | None = (_rss() - rss) / SNAPSHOT_ENTRIES
+    except (OSError, AttributeError):
+        trimmed = None
     out = {
         "bytes": len(raw),
         "seconds": seconds,
-        "growth": (_rss() - rss) / SNAPSHOT_ENTRIES,
+        "growth": growth,
+        "trimmed": trimmed,
         "high_water": (_hwm() - rss) / SNAPSHOT_ENTRIES if _hwm() > hwm else None,
         "entries": sum(state.counts().values()),
     }
@@ -110,4 +119,8 @@ def run(results: Results) -> None:
         "B",
         "<= 240 B",
         measured["growth"] <= 240,
+        ""
+        if measured["growth"] <= 240 or measured["trimmed"] is None
+        else f"after malloc_trim(0) the growth is {measured['trimmed']:.0f} B: the rest is memory the parse "
+        "freed and glibc's allocator keeps for reuse, not live data",
     )

@@ -16,7 +16,7 @@ def draw(results: Results, path: Path) -> bool:
         import matplotlib.pyplot as plt
     except ImportError:
         return False
-    fig, ax = plt.subplots(figsize=(9, 4.8))
+    fig, ax = plt.subplots(figsize=(9, 5.6))
     for name, values in results.distributions.items():
         if not values:
             continue
@@ -28,7 +28,7 @@ def draw(results: Results, path: Path) -> bool:
     ax.set_ylabel("share of requests at or below")
     ax.set_title("What a revocation check costs, and how long a revocation takes to arrive")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, fontsize=8, frameon=False)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
