@@ -116,8 +116,8 @@ async def run(results: Results) -> None:
     why = (
         f"in process the routes cost {asgi['/open']:.0f} / {asgi['/header']:.0f} / {asgi['/protected']:.0f}"
         " us (none / header-only / tokenlife): FastAPI itself is most of a request, and the tokenlife "
-        "dependency adds a few us over the header-only one; under uvicorn the ratio moves with the machine's load "
-        f"(rounds: {', '.join(f'{r:.2f}' for r in ratios)})"
+        "dependency adds a few us over the header-only one; under uvicorn the ratio moves with the "
+        f"machine's load (rounds: {', '.join(f'{r:.2f}' for r in ratios)})"
     )
     results.target(
         "protected route / header-only route (uvicorn, 1 worker)",
