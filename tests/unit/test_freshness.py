@@ -50,3 +50,13 @@ def test_silence_counts_from_the_start_before_any_heartbeat() -> None:
     assert t.heartbeats_silent(102.5)
     t.restart(150.0)
     assert not t.heartbeats_silent(151.0)
+
+
+def test_fresh_until_is_the_latest_evidence_plus_the_bound_and_agrees_with_freshness() -> None:
+    tracker = FreshnessTracker(max_staleness=5.0, heartbeat_interval=1.0, started_at=0.0)
+    assert tracker.fresh_until == -math.inf
+    tracker.at_head(10.0)
+    tracker.at_head(8.0)  # older evidence moves nothing
+    assert tracker.fresh_until == 15.0
+    assert tracker.freshness(15.0) == "fresh"
+    assert tracker.freshness(15.001) == "stale"
