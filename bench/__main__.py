@@ -1,69 +1,91 @@
-"""Benchmarks: `python -m bench` prints a table and writes bench/results/latest.json.
+"""Benchmarks: `python -m bench` prints the figures and targets, writes bench/results/latest.json and draws
+docs/benchmark-latency.png.
 
-What a request costs to check, by way of each alternative, in one run on one machine:
-- JWT signature verification per algorithm (what every resource service pays per request, without caching);
-- the revocation check: tokenlife's in-memory RevocationState against a Redis lookup and a PostgreSQL lookup
-  per request (the usual alternatives), on loopback;
-- memory per live revocation held by a resource instance;
-- on a real stack (bench/stack.py: a fresh database, `tokenlife auth serve`, `tokenlife resource serve`):
-  a protected request at the resource service against an introspection call at the auth service, and the
-  time from a logout's 200 until the resource service refuses the token, by broker push and by HTTP polling.
+Every figure stands beside its baseline from the same run, with rounds interleaved so that ratios hold on a
+noisy machine. Each module adds rows, targets and latency samples to one Results (bench/results.py):
+- hotpath: the warm and cold check against PyJWT's decode, a Redis EXISTS and a PostgreSQL lookup;
+- memory: bytes per live revocation at 1M entries, process growth after a 100k snapshot, its size and time;
+- throughput: requests per second through uvicorn, the tokenlife dependency against a header-only one;
+- jwt_algorithms: sign and verify per algorithm (the basis of RS256);
+- on a real stack (bench/stack.py): introspection per request and propagation from logout to 401 (broker,
+  broker unreachable, and long-poll alone with no broker: longpoll.py);
+- coldstart: a resource instance's time to ready with 100k live revocations among 1M events, against empty.
 
 Services: TOKENLIFE_BENCH_REDIS_URL (default redis://127.0.0.1:6379/15), TOKENLIFE_BENCH_DATABASE_URL
 (default postgresql://postgres@127.0.0.1:5432/postgres) and TOKENLIFE_BENCH_AMQP_URL (default
-amqp://guest:guest@127.0.0.1:5672/). An alternative whose server is unreachable is reported as skipped, not
-guessed.
+amqp://guest:guest@127.0.0.1:5672/). An alternative whose server is unreachable is reported as skipped.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
-import os
-import platform
 import sys
-from datetime import UTC, datetime
 from pathlib import Path
 
-from bench import checks, introspection, jwt_algorithms, propagation
+from bench import (
+    coldstart,
+    hotpath,
+    introspection,
+    jwt_algorithms,
+    longpoll,
+    memory,
+    picture,
+    propagation,
+    throughput,
+)
+from bench.results import Results
 from bench.stack import StackUnavailable, running_stack
 
-RESULTS = Path(__file__).resolve().parent / "results"
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results" / "latest.json"
+PICTURE = ROOT / "docs" / "benchmark-latency.png"
 
 
 def main() -> int:
-    """Run every benchmark, print the table, write the results."""
-    rows: list[dict[str, object]] = []
-    rows += jwt_algorithms.run()
-    rows += asyncio.run(checks.run())
-    rows += asyncio.run(_on_stack())
-    width = max(len(str(r["case"])) for r in rows)
-    print(f"{'case':<{width}}  {'median':>12}  {'p99':>12}  note")  # noqa: T201
-    for r in rows:
-        median = f"{r['median_us']:.2f} us" if r.get("median_us") is not None else "-"
-        p99 = f"{r['p99_us']:.2f} us" if r.get("p99_us") is not None else "-"
-        print(f"{r['case']!s:<{width}}  {median:>12}  {p99:>12}  {r.get('note', '')}")  # noqa: T201
-    RESULTS.mkdir(exist_ok=True)
-    payload = {
-        "taken_at": datetime.now(UTC).isoformat(),
-        "python": sys.version.split()[0],
-        "machine": platform.machine(),
-        "cpus": os.cpu_count(),
-        "results": rows,
-    }
-    (RESULTS / "latest.json").write_text(json.dumps(payload, indent=2) + "\n")
-    print(f"\nwritten to {RESULTS / 'latest.json'}")  # noqa: T201
+    """Run every benchmark, print the tables, write the results and the picture."""
+    results = Results()
+    asyncio.run(hotpath.run(results))
+    memory.run(results)
+    asyncio.run(throughput.run(results))
+    for row in jwt_algorithms.run():
+        results.rows.append(_legacy(row))
+    asyncio.run(_on_stack(results))
+    asyncio.run(coldstart.run(results))
+    results.print()
+    results.write(RESULTS)
+    drawn = picture.draw(results, PICTURE)
+    print(f"\nwritten to {RESULTS}" + (f" and {PICTURE}" if drawn else ""))  # noqa: T201
     return 0
 
 
-async def _on_stack() -> list[dict[str, object]]:
+def _legacy(row: dict[str, object]) -> dict[str, object]:
+    """A row of the older modules (median_us, p99_us) in the Results shape."""
+    return {
+        "case": row["case"],
+        "unit": "us",
+        "median": row.get("median_us"),
+        "p99": row.get("p99_us"),
+        "note": row.get("note", ""),
+    }
+
+
+async def _on_stack(results: Results) -> None:
     """The benchmarks that need a running stack, sharing one; skipped rows when it cannot start."""
     try:
         async with running_stack(poll_only=True) as stack:
-            return await introspection.run(stack) + await propagation.run(stack)
+            rows = await introspection.run(stack) + await propagation.run(stack) + await longpoll.run(stack)
     except StackUnavailable as exc:
         reason = " ".join(str(exc).split())[:200]
-        return introspection.skipped_rows(reason) + propagation.skipped_rows(reason)
+        rows = (
+            introspection.skipped_rows(reason)
+            + propagation.skipped_rows(reason)
+            + longpoll.skipped_rows(reason)
+        )
+    for row in rows:
+        results.rows.append(_legacy(row))
+    samples = getattr(introspection, "last_samples", {}) | getattr(propagation, "last_samples", {})
+    for name, values in samples.items():
+        results.samples(name, values)
 
 
 if __name__ == "__main__":

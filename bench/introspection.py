@@ -14,6 +14,9 @@ import httpx
 from bench.stack import Stack, login
 from bench.timing import summarise
 
+# The latest run's samples by picture label (read by bench/__main__.py for docs/benchmark-latency.png).
+last_samples: dict[str, list[float]] = {}
+
 N = 500
 WARMUP = 20
 
@@ -46,6 +49,7 @@ async def _introspect(stack: Stack, token: str) -> dict[str, object]:
 
         await _timed(call, 200, WARMUP)
         samples = await _timed(call, 200, N)
+    last_samples["introspection (loopback HTTP)"] = samples
     return summarise(
         INTROSPECT_CASE,
         samples,

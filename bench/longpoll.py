@@ -14,7 +14,7 @@ import sys
 from contextlib import AsyncExitStack
 
 from bench import propagation
-from bench.stack import SERVICE_CLIENT, Stack, StackUnavailable, _ready, _serve, running_stack
+from bench.stack import SERVICE_CLIENT, Stack, StackUnavailable, _serve, ready, running_stack
 
 LONG_POLL_CASE = "logout -> 401 at resource (long-poll only, no broker)"
 
@@ -31,9 +31,9 @@ async def run(stack: Stack) -> list[dict[str, object]]:
     try:
         async with AsyncExitStack() as processes:
             url, proc, log = _serve(processes, "resource", env)
-            await _ready(url, proc, log, "long-poll resource service")
+            await ready(url, proc, log, "long-poll resource service")
             return [
-                await propagation._measure(
+                await propagation.measure(
                     stack,
                     url,
                     LONG_POLL_CASE,
@@ -54,7 +54,7 @@ def skipped_rows(reason: str) -> list[dict[str, object]]:
 async def _both() -> list[dict[str, object]]:
     try:
         async with running_stack() as stack:
-            broker = await propagation._measure(
+            broker = await propagation.measure(
                 stack, stack.resource_url, propagation.BROKER_CASE, "broker push"
             )
             return [broker, *await run(stack)]

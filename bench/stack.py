@@ -49,6 +49,7 @@ class Stack:
     resource_url: str
     poll_only_url: str | None
     exchange: str
+    resource_env: dict[str, str]
     email: str = EMAIL
     password: str = PASSWORD
     service_client: tuple[str, str] = SERVICE_CLIENT
@@ -101,7 +102,9 @@ async def _add_user(database_url: str) -> None:
         await engine.dispose()
 
 
-async def _database(stack: AsyncExitStack, server_url: str, name: str) -> str:
+async def _database(
+    stack: AsyncExitStack, server_url: str, name: str, prepare: Callable[[str], Awaitable[None]] | None
+) -> str:
     """Create, migrate and fill the run's database; dropped when `stack` closes."""
     from auth_service.migrate import upgrade
 
@@ -118,6 +121,8 @@ async def _database(stack: AsyncExitStack, server_url: str, name: str) -> str:
     url = _sqlalchemy_url(server_url, name)
     await asyncio.to_thread(upgrade, url)  # Alembic's env runs its own event loop
     await _add_user(url)
+    if prepare is not None:
+        await prepare(_asyncpg_url(server_url, name))
     return url
 
 
@@ -152,7 +157,7 @@ async def _delete_broker_objects(amqp_url: str, exchange: str) -> None:
         await connection.close()
 
 
-def _spawn(
+def spawn(
     stack: AsyncExitStack, args: list[str], env: dict[str, str]
 ) -> tuple[subprocess.Popen[bytes], IO[bytes]]:
     """Start `python -m tokenlife ARGS`; killed (and its log closed) when `stack` closes."""
@@ -179,7 +184,10 @@ def _tail(log: IO[bytes]) -> str:
     return log.read().decode(errors="replace")[-2000:]
 
 
-async def _ready(url: str, proc: subprocess.Popen[bytes], log: IO[bytes], what: str) -> None:
+async def ready(
+    url: str, proc: subprocess.Popen[bytes], log: IO[bytes], what: str, *, interval: float = 0.1
+) -> None:
+    """Wait until `url`/readyz answers 200; StackUnavailable when the process dies or time runs out."""
     deadline = time.monotonic() + READY_TIMEOUT
     async with httpx.AsyncClient(timeout=1) as client:
         while time.monotonic() < deadline:
@@ -190,7 +198,7 @@ async def _ready(url: str, proc: subprocess.Popen[bytes], log: IO[bytes], what: 
                     return
             except httpx.TransportError:
                 pass
-            await asyncio.sleep(0.1)
+            await asyncio.sleep(interval)
     raise StackUnavailable(f"{what} not ready within {READY_TIMEOUT:.0f} s: {_tail(log)}")
 
 
@@ -201,20 +209,25 @@ def _serve(
     url = f"http://127.0.0.1:{port}"
     if kind == "auth":
         env = env | {"TOKENLIFE_ISSUER": url}
-    proc, log = _spawn(stack, [kind, "serve", "--host", "127.0.0.1", "--port", str(port)], env)
+    proc, log = spawn(stack, [kind, "serve", "--host", "127.0.0.1", "--port", str(port)], env)
     return url, proc, log
 
 
 @asynccontextmanager
-async def running_stack(*, poll_only: bool = False) -> AsyncIterator[Stack]:
-    """A ready stack; with poll_only, also a resource service whose broker is unreachable (HTTP poll only)."""
+async def running_stack(
+    *, poll_only: bool = False, prepare: Callable[[str], Awaitable[None]] | None = None
+) -> AsyncIterator[Stack]:
+    """A ready stack; with poll_only, also a resource service whose broker is unreachable (HTTP poll only).
+
+    `prepare`, given the database's asyncpg URL, runs after the migrations and before any service starts.
+    """
     server_url = os.environ.get("TOKENLIFE_BENCH_DATABASE_URL", DEFAULT_DATABASE_URL)
     amqp_url = os.environ.get("TOKENLIFE_BENCH_AMQP_URL", DEFAULT_AMQP_URL)
     run_id = uuid.uuid4().hex[:12]
     exchange = f"tokenlife.bench.{run_id}"
     async with AsyncExitStack() as stack:
         await _check_broker(amqp_url)
-        database_url = await _database(stack, server_url, f"tokenlife_bench_{run_id}")
+        database_url = await _database(stack, server_url, f"tokenlife_bench_{run_id}", prepare)
         stack.push_async_callback(
             _cleanup, "delete exchanges", lambda: _delete_broker_objects(amqp_url, exchange)
         )
@@ -230,7 +243,7 @@ async def running_stack(*, poll_only: bool = False) -> AsyncIterator[Stack]:
                 "TOKENLIFE_RELAY_ENABLED": "true",
             },
         )
-        await _ready(auth_url, auth_proc, auth_log, "auth service")
+        await ready(auth_url, auth_proc, auth_log, "auth service")
         resource_env = {
             "TOKENLIFE_ENV": "dev",
             "TOKENLIFE_AUTH_URL": auth_url,
@@ -243,12 +256,13 @@ async def running_stack(*, poll_only: bool = False) -> AsyncIterator[Stack]:
         if poll_only:
             env = resource_env | {"TOKENLIFE_AMQP_URL": CLOSED_AMQP_URL}
             started.append((*_serve(stack, "resource", env), "poll-only resource service"))
-        await asyncio.gather(*(_ready(url, proc, log, what) for url, proc, log, what in started))
+        await asyncio.gather(*(ready(url, proc, log, what) for url, proc, log, what in started))
         yield Stack(
             auth_url=auth_url,
             resource_url=started[0][0],
             poll_only_url=started[1][0] if poll_only else None,
             exchange=exchange,
+            resource_env=resource_env,
         )
 
 

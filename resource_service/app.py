@@ -60,6 +60,7 @@ def _build(settings: ResourceSettings) -> Runtime:
         policy=settings.stale_policy,
         introspect=client.introspect,
         retry_after=max(1, math.ceil(settings.poll_interval)),
+        fresh_until=feed.tracker,
     )
     return Runtime(settings, client, feed, guard, build_registry(feed, guard))
 

@@ -10,7 +10,13 @@ from typing import Any
 import httpx
 from pydantic import ValidationError
 
-from auth_service.contract import EventPage, RevocationSnapshot
+from auth_service.contract import (
+    ColumnarSnapshot,
+    ContractError,
+    EventPage,
+    RevocationSnapshot,
+    decode_snapshot,
+)
 
 __all__ = ["AuthClient", "AuthServiceUnavailable", "LogUnreadable"]
 
@@ -50,13 +56,14 @@ class AuthClient:
             raise AuthServiceUnavailable(f"{method} {path}: HTTP {response.status_code}")
         return response
 
-    async def snapshot(self) -> RevocationSnapshot:
-        """Every live revocation and the log position it is consistent with."""
-        response = await self._request("GET", "/v1/revocations")
+    async def snapshot(self) -> ColumnarSnapshot | RevocationSnapshot:
+        """Every live revocation and the log position it is consistent with (the compact form if served)."""
+        # An auth service older than the columnar form ignores the parameter and sends objects.
+        response = await self._request("GET", "/v1/revocations", params={"form": "columns"})
         try:
-            return RevocationSnapshot.model_validate_json(response.content)
-        except ValidationError as exc:
-            raise AuthServiceUnavailable(f"unreadable snapshot: {exc.error_count()} errors") from None
+            return decode_snapshot(response.content)
+        except ContractError as exc:
+            raise AuthServiceUnavailable(f"unreadable snapshot: {exc}") from None
 
     async def events(self, after: int, limit: int, *, wait: float = 0.0) -> EventPage:
         """Events after a position (raw JSON objects: decode each) and the head of the log.

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Coroutine, Iterable
-from typing import Annotated, Any
+from collections.abc import Callable, Iterable
 
-from fastapi import Depends, HTTPException, Request
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi import HTTPException, Request
+from fastapi.openapi.models import HTTPBearer as HTTPBearerModel
+from fastapi.security.base import SecurityBase
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -14,18 +14,27 @@ from resource_service.errors import ResourceError, error_body, error_headers
 from resource_service.guard import Guard
 from resource_service.verifier import Principal
 
-__all__ = ["DEFAULT_REALM", "RevocationMiddleware", "http_exception", "require_principal"]
+__all__ = [
+    "DEFAULT_REALM",
+    "PrincipalDependency",
+    "RevocationMiddleware",
+    "http_exception",
+    "require_principal",
+]
 
 DEFAULT_REALM = "tokenlife"
-
-# Only there so the OpenAPI schema declares bearer auth (the docs' "Authorize" button); the header is read
-# and judged by the Guard, never by this.
-_openapi_bearer = HTTPBearer(auto_error=False)
 
 
 def _joined(values: list[str]) -> str | None:
     # Two Authorization headers are two credentials: joined, the Guard refuses them as invalid_request.
     return ", ".join(values) if values else None
+
+
+def _authorization(headers: list[tuple[bytes, bytes]]) -> str | None:
+    values = [value for name, value in headers if name == b"authorization"]
+    if len(values) == 1:
+        return values[0].decode("latin-1")
+    return _joined([value.decode("latin-1") for value in values])
 
 
 def http_exception(err: ResourceError, realm: str = DEFAULT_REALM) -> HTTPException:
@@ -35,26 +44,41 @@ def http_exception(err: ResourceError, realm: str = DEFAULT_REALM) -> HTTPExcept
     )
 
 
+class PrincipalDependency(SecurityBase):
+    """A FastAPI dependency giving the request's Principal, or answering 401, 400, 403 or 503.
+
+    It is its own security scheme (a SecurityBase), so OpenAPI declares bearer auth (the docs' "Authorize"
+    button) without a nested dependency: FastAPI solves one dependency per request, with the request alone.
+    """
+
+    def __init__(self, guard_getter: Callable[[Request], Guard], scopes: Iterable[str], realm: str) -> None:
+        self.model = HTTPBearerModel()
+        self.scheme_name = "HTTPBearer"
+        self._guard_getter = guard_getter
+        self._required = tuple(scopes)
+        self._realm = realm
+
+    async def __call__(self, request: Request) -> Principal:
+        """The checked Principal of this request."""
+        guard = self._guard_getter(request)
+        header = _authorization(request.scope["headers"])
+        try:
+            principal = guard.check_cached(header, self._required)
+            if principal is None:
+                principal = await guard.check(header, self._required)
+        except ResourceError as err:
+            raise http_exception(err, self._realm) from None
+        return principal
+
+
 def require_principal(
     guard_getter: Callable[[Request], Guard],
     scopes: Iterable[str] = (),
     *,
     realm: str = DEFAULT_REALM,
-) -> Callable[..., Coroutine[Any, Any, Principal]]:
+) -> PrincipalDependency:
     """A FastAPI dependency giving the request's Principal, or answering 401, 400, 403 or 503."""
-    required = tuple(scopes)
-
-    async def principal(
-        request: Request,
-        _credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_openapi_bearer)],
-    ) -> Principal:
-        header = _joined(request.headers.getlist("authorization"))
-        try:
-            return await guard_getter(request).check(header, required)
-        except ResourceError as err:
-            raise http_exception(err, realm) from None
-
-    return principal
+    return PrincipalDependency(guard_getter, scopes, realm)
 
 
 class RevocationMiddleware:
@@ -89,9 +113,11 @@ class RevocationMiddleware:
         if scope["type"] not in ("http", "websocket") or self._excluded(scope["path"]):
             await self.app(scope, receive, send)
             return
-        values = [value.decode("latin-1") for name, value in scope["headers"] if name == b"authorization"]
+        header = _authorization(scope["headers"])
         try:
-            principal = await self.guard.check(_joined(values), self._required)
+            principal = self.guard.check_cached(header, self._required)
+            if principal is None:
+                principal = await self.guard.check(header, self._required)
         except ResourceError as err:
             await self._refuse(err, scope, receive, send)
             return

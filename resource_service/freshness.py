@@ -44,6 +44,9 @@ class FreshnessTracker:
         self._started_at = started_at
         self._fresh_at: float | None = None
         self._heartbeat_at: float | None = None
+        # Monotonic time up to which the state counts as fresh (the last evidence + max_staleness): the
+        # Guard's warm path compares the clock with it instead of asking freshness() on every request.
+        self.fresh_until = -math.inf
 
     def restart(self, now: float) -> None:
         """Count heartbeat silence from now (the feed just started)."""
@@ -54,6 +57,7 @@ class FreshnessTracker:
         self.caught_up = True
         if self._fresh_at is None or as_of > self._fresh_at:
             self._fresh_at = as_of
+            self.fresh_until = as_of + self.max_staleness
 
     def heartbeat(self, received: float, age: float) -> float:
         """A heartbeat arrived at `received`, sent `age` seconds before; returns when it was sent."""

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Literal
+from typing import Literal, Protocol
 
 from resource_service.errors import (
     InsufficientScope,
@@ -29,6 +30,12 @@ Policy = Literal["fail_closed", "fail_open", "introspect"]
 Introspect = Callable[[str], Awaitable[bool]]
 
 MAX_HEADER_BYTES = 8192
+
+
+class FreshUntil(Protocol):
+    """Knows the monotonic time up to which the state counts as fresh (FreshnessTracker)."""
+
+    fresh_until: float
 
 
 def bearer_token(authorization: str | None, max_bytes: int = MAX_HEADER_BYTES) -> str:
@@ -72,6 +79,8 @@ class Guard:
         introspect: Introspect | None = None,
         retry_after: int = 5,
         max_header_bytes: int = MAX_HEADER_BYTES,
+        fresh_until: FreshUntil | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if policy not in ("fail_closed", "fail_open", "introspect"):
             raise ValueError(f"unknown staleness policy {policy!r}")
@@ -84,21 +93,62 @@ class Guard:
         self._introspect = introspect
         self._retry_after = retry_after
         self._max_header_bytes = max_header_bytes
+        # Optional: with it, a request within the freshness deadline needs one clock read, not a judgement.
+        self._fresh_until = fresh_until
+        self._clock = clock
         self._warned_stale = False
         # Read by the metrics layer: rejections by reason, and what happened while the state was stale.
         self.rejections: Counter[str] = Counter()
         self.stale_accepted = 0
         self.introspections = 0
 
+    def check_cached(
+        self, authorization: str | None, required_scopes: tuple[str, ...] = ()
+    ) -> Principal | None:
+        """The warm path: the Principal of a token verified before, while fresh; None means await check().
+
+        Only an exact "Bearer <token>" whose token sits in the verifier's cache is decided here: a cached
+        token passed the token-shape check, so this header parses to that token on the full path too. The
+        revocation check is made on every call, never cached; a stale or unsynced state is left to check(),
+        which owns the policies.
+        """
+        if (
+            authorization is None
+            or authorization[:7] != "Bearer "
+            or len(authorization) > self._max_header_bytes
+        ):
+            return None
+        principal = self._verifier.cached(authorization[7:])
+        if principal is None:
+            return None
+        deadline = self._fresh_until
+        if (deadline is None or self._clock() > deadline.fresh_until) and self._freshness() != "fresh":
+            return None
+        reason = self._state.is_revoked(principal.facts)
+        if reason is not None:
+            self.rejections[reason.value] += 1
+            raise TokenRevoked(reason.value)
+        scopes = principal.scopes
+        for scope in required_scopes:
+            if scope not in scopes:
+                self.rejections["insufficient_scope"] += 1
+                raise InsufficientScope(" ".join(required_scopes))
+        self._warned_stale = False
+        return principal
+
     async def check(self, authorization: str | None, required_scopes: Iterable[str] = ()) -> Principal:
         """The Principal of the request's bearer token, or a ResourceError saying why not."""
+        needed = required_scopes if isinstance(required_scopes, tuple) else tuple(required_scopes)
+        principal = self.check_cached(authorization, needed)
+        if principal is not None:
+            return principal
         try:
-            return await self._check(authorization, required_scopes)
+            return await self._check(authorization, needed)
         except ResourceError as err:
             self.rejections[_rejection_reason(err)] += 1
             raise
 
-    async def _check(self, authorization: str | None, required_scopes: Iterable[str]) -> Principal:
+    async def _check(self, authorization: str | None, needed: tuple[str, ...]) -> Principal:
         token = bearer_token(authorization, self._max_header_bytes)
         principal = await self._verifier.verify(token)
         # Never cached: a revocation must take effect on the very next request.
@@ -114,8 +164,8 @@ class Guard:
             raise StateStale(self._retry_after, "revocation state has not caught up with the log yet")
         else:
             await self._when_stale(token)
-        needed = tuple(required_scopes)
-        if any(scope not in principal.scopes for scope in needed):
+        scopes = principal.scopes
+        if any(scope not in scopes for scope in needed):
             raise InsufficientScope(" ".join(needed))
         return principal
 

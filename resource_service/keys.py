@@ -48,9 +48,13 @@ def parse_jwks(jwks: Mapping[str, Any]) -> dict[str, jwt.PyJWK]:
         if item.get("kty") not in ("RSA", "EC", "OKP") or "d" in item or item.get("use", "sig") != "sig":
             continue
         try:
-            usable[item["kid"]] = jwt.PyJWK(item)
+            key = jwt.PyJWK(item)
         except jwt.PyJWTError:
             continue
+        # Checked once here rather than on every verification: a key too short to trust is not a key.
+        if key.Algorithm.check_key_length(key.key) is not None:
+            continue
+        usable[item["kid"]] = key
     return usable
 
 

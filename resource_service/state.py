@@ -2,19 +2,18 @@
 
 The fold is monotone: every revocation only ever widens (a later expiry, a later not-before), so applying an
 event twice changes nothing, and the state at position P equals the fold of the log up to P over the entries
-still live. Times are kept as float seconds since the epoch, the unit of a token's `iat` and `exp`.
+still live. Times are kept as float seconds since the epoch, the unit of a token's `iat` and `exp`. Entries
+are stored compactly (entries.py): memory per live revocation is the service's memory.
 """
 
 from __future__ import annotations
 
-import heapq
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import NamedTuple
 
 from auth_service.contract import (
     GLOBAL_SUBJECT,
+    ColumnarSnapshot,
     ContractError,
     Event,
     GlobalRevoked,
@@ -27,6 +26,7 @@ from auth_service.contract import (
     UnknownEvent,
     UserRevoked,
 )
+from resource_service.entries import ExpiringTable, Key, subject_key, subject_text
 
 __all__ = ["ApplyResult", "RevocationReason", "RevocationState", "TokenFacts"]
 
@@ -46,59 +46,61 @@ class ApplyResult(StrEnum):
     GAP = "gap"  # prev_position says an earlier event is missing: not applied, fill the gap first
 
 
-@dataclass(frozen=True, slots=True)
 class TokenFacts:
-    """The claims of a verified token that revocations can match."""
+    """The claims of a verified token that revocations can match, with their lookup keys made once."""
 
-    jti: str
-    sid: str
-    sub: str
-    iat: int
-    exp: int
-    kid: str
+    __slots__ = ("exp", "iat", "jti", "jti_key", "kid", "sid", "sid_key", "sub", "sub_key")
+
+    def __init__(self, *, jti: str, sid: str, sub: str, iat: int, exp: int, kid: str) -> None:
+        self.jti = jti
+        self.sid = sid
+        self.sub = sub
+        self.iat = iat
+        self.exp = exp
+        self.kid = kid
+        # Made here, once per token (the verifier caches the facts), not on every check.
+        self.jti_key = subject_key(jti)
+        self.sid_key = subject_key(sid)
+        self.sub_key = subject_key(sub)
+
+    def __repr__(self) -> str:
+        return f"TokenFacts(jti={self.jti!r}, sid={self.sid!r}, sub={self.sub!r}, iat={self.iat})"
 
 
-class _Entry(NamedTuple):
-    expires_at: float
-    not_before: float | None  # only for user and global watermarks
-    position: int  # the last event that touched the entry
-
-
-def _max_optional(a: float | None, b: float | None) -> float | None:
-    if a is None:
-        return b
-    if b is None:
-        return a
-    return max(a, b)
+_WATERMARKS = (RevocationKind.USER, RevocationKind.GLOBAL)
 
 
 class RevocationState:
     """Live revocations (jti, session, user watermark, kid, global watermark) and the applied position."""
 
-    __slots__ = ("_applied", "_global", "_heap", "_jti", "_keys", "_leeway", "_sessions", "_tables", "_users")
+    __slots__ = (
+        "_applied",
+        "_global_nb",
+        "_jti",
+        "_keys",
+        "_leeway",
+        "_not_before",
+        "_sessions",
+        "_tables",
+        "_user_nb",
+    )
 
     def __init__(self, *, leeway: float = 30.0) -> None:
         self._leeway = leeway
         self._applied = 0
-        self._set_tables({kind: {} for kind in RevocationKind})
+        self._set_tables({kind: ExpiringTable() for kind in RevocationKind}, {k: {} for k in _WATERMARKS})
 
-    def _set_tables(self, tables: dict[RevocationKind, dict[str, _Entry]]) -> None:
+    def _set_tables(
+        self, tables: dict[RevocationKind, ExpiringTable], not_before: dict[RevocationKind, dict[Key, float]]
+    ) -> None:
         self._tables = tables
-        # Direct references: is_revoked runs on every request and should not index a dict to find a dict.
-        self._jti = tables[RevocationKind.JTI]
-        self._sessions = tables[RevocationKind.SESSION]
-        self._users = tables[RevocationKind.USER]
-        self._keys = tables[RevocationKind.KEY]
-        self._global = tables[RevocationKind.GLOBAL]
-        # A min-heap of (expires_at, kind, subject). An entry whose expiry was extended leaves its old item
-        # behind; prune skips items that no longer match the entry (lazy deletion), so each call costs
-        # O(expired items * log n) and never a scan of everything.
-        self._heap: list[tuple[float, RevocationKind, str]] = [
-            (entry.expires_at, kind, subject)
-            for kind, table in tables.items()
-            for subject, entry in table.items()
-        ]
-        heapq.heapify(self._heap)
+        self._not_before = not_before
+        # Direct references to the dicts themselves: is_revoked runs on every request.
+        self._jti = tables[RevocationKind.JTI].expiry
+        self._sessions = tables[RevocationKind.SESSION].expiry
+        self._keys = tables[RevocationKind.KEY].expiry
+        self._user_nb = not_before[RevocationKind.USER]
+        self._global_nb = not_before[RevocationKind.GLOBAL]
 
     @property
     def applied_position(self) -> int:
@@ -128,24 +130,20 @@ class RevocationState:
 
     def _fold(self, event: Event | UnknownEvent, position: int) -> bool:
         if isinstance(event, TokenRevoked):
-            return self._upsert(RevocationKind.JTI, event.jti, event.expires_at, None, position)
+            return self._put(RevocationKind.JTI, event.jti, event.expires_at, None, position)
         if isinstance(event, SessionRevoked):
-            return self._upsert(
-                RevocationKind.SESSION, str(event.session_id), event.expires_at, None, position
-            )
+            return self._put(RevocationKind.SESSION, str(event.session_id), event.expires_at, None, position)
         if isinstance(event, UserRevoked):
-            return self._upsert(
-                RevocationKind.USER, event.user_id, event.expires_at, event.not_before, position
-            )
+            return self._put(RevocationKind.USER, event.user_id, event.expires_at, event.not_before, position)
         if isinstance(event, KeyRevoked):
-            return self._upsert(RevocationKind.KEY, event.kid, event.expires_at, None, position)
+            return self._put(RevocationKind.KEY, event.kid, event.expires_at, None, position)
         if isinstance(event, GlobalRevoked):
-            return self._upsert(
+            return self._put(
                 RevocationKind.GLOBAL, GLOBAL_SUBJECT, event.expires_at, event.not_before, position
             )
         return False
 
-    def _upsert(
+    def _put(
         self,
         kind: RevocationKind,
         subject: str,
@@ -153,71 +151,58 @@ class RevocationState:
         not_before: datetime | None,
         position: int,
     ) -> bool:
-        table = self._tables[kind]
-        old = table.get(subject)
-        expires = expires_at.timestamp()
-        nb = None if not_before is None else not_before.timestamp()
-        if old is not None:
-            expires = max(old.expires_at, expires)
-            nb = _max_optional(old.not_before, nb)
-        table[subject] = _Entry(expires, nb, position)
-        if old is None or old.expires_at != expires:
-            heapq.heappush(self._heap, (expires, kind, subject))
-        return old is None or (old.expires_at, old.not_before) != (expires, nb)
+        key = subject_key(subject)
+        changed = self._tables[kind].put(key, expires_at.timestamp(), position)
+        if not_before is not None:
+            changed = _raise_watermark(self._not_before[kind], key, not_before.timestamp()) or changed
+        return changed
 
-    def load_snapshot(self, snapshot: RevocationSnapshot) -> bool:
+    def load_snapshot(self, snapshot: RevocationSnapshot | ColumnarSnapshot) -> bool:
         """Replace the state with a snapshot's; one older than the applied position is refused (False)."""
         if snapshot.position < self._applied:
             return False
-        tables: dict[RevocationKind, dict[str, _Entry]] = {kind: {} for kind in RevocationKind}
-        for rev in snapshot.revocations:
-            watermark = rev.kind in (RevocationKind.USER, RevocationKind.GLOBAL)
-            if watermark and rev.not_before is None:
-                raise ContractError(f"snapshot {rev.kind} revocation {rev.subject!r} has no not_before")
-            if rev.kind is RevocationKind.GLOBAL and rev.subject != GLOBAL_SUBJECT:
-                raise ContractError(f"snapshot global revocation has subject {rev.subject!r}")
-            nb = rev.not_before.timestamp() if watermark and rev.not_before is not None else None
-            entry = _Entry(rev.expires_at.timestamp(), nb, rev.position)
-            old = tables[rev.kind].get(rev.subject)
-            if old is not None:
-                entry = _Entry(
-                    max(old.expires_at, entry.expires_at),
-                    _max_optional(old.not_before, nb),
-                    max(old.position, entry.position),
-                )
-            tables[rev.kind][rev.subject] = entry
-        self._set_tables(tables)
+        tables = {kind: ExpiringTable() for kind in RevocationKind}
+        not_before: dict[RevocationKind, dict[Key, float]] = {k: {} for k in _WATERMARKS}
+        if isinstance(snapshot, ColumnarSnapshot):
+            _load_columns(snapshot, tables, not_before)
+        else:
+            for rev in snapshot.revocations:
+                _check_entry(rev.kind, rev.subject, rev.not_before is not None)
+                key = subject_key(rev.subject)
+                tables[rev.kind].put(key, rev.expires_at.timestamp(), rev.position)
+                if rev.kind in not_before and rev.not_before is not None:
+                    _raise_watermark(not_before[rev.kind], key, rev.not_before.timestamp())
+        self._set_tables(tables, not_before)
         self._applied = snapshot.position
         return True
 
     def is_revoked(self, token: TokenFacts) -> RevocationReason | None:
         """Why the token is revoked, or None; a handful of dict lookups."""
-        if token.jti in self._jti:
+        if token.jti_key in self._jti:
             return RevocationReason.TOKEN
-        if token.sid in self._sessions:
+        if token.sid_key in self._sessions:
             return RevocationReason.SESSION
-        user = self._users.get(token.sub)
-        if user is not None and user.not_before is not None and token.iat < user.not_before:
+        user = self._user_nb.get(token.sub_key)
+        if user is not None and token.iat < user:
             return RevocationReason.USER
         if token.kid in self._keys:
             return RevocationReason.KEY
-        everyone = self._global.get(GLOBAL_SUBJECT)
-        if everyone is not None and everyone.not_before is not None and token.iat < everyone.not_before:
+        everyone = self._global_nb.get(GLOBAL_SUBJECT)
+        if everyone is not None and token.iat < everyone:
             return RevocationReason.GLOBAL
         return None
 
     def prune(self, now: float) -> int:
         """Drop entries whose expires_at + leeway < now (seconds since the epoch); returns how many."""
         limit = now - self._leeway
-        heap = self._heap
         removed = 0
-        while heap and heap[0][0] < limit:
-            expires_at, kind, subject = heapq.heappop(heap)
-            table = self._tables[kind]
-            entry = table.get(subject)
-            if entry is not None and entry.expires_at == expires_at:
-                del table[subject]
-                removed += 1
+        for kind, table in self._tables.items():
+            gone = table.prune(limit)
+            removed += len(gone)
+            watermarks = self._not_before.get(kind)
+            if watermarks is not None:
+                for key in gone:
+                    del watermarks[key]
         return removed
 
     def counts(self) -> dict[str, int]:
@@ -228,16 +213,53 @@ class RevocationState:
         """Every live entry as contract Revocations, sorted by kind and subject (to compare, to debug)."""
         out = []
         for kind, table in self._tables.items():
-            for subject, entry in table.items():
-                nb = None if entry.not_before is None else datetime.fromtimestamp(entry.not_before, UTC)
+            watermarks = self._not_before.get(kind, {})
+            for key, expires, position in table.entries():
+                nb = watermarks.get(key)
                 out.append(
                     Revocation(
                         kind=kind,
-                        subject=subject,
-                        not_before=nb,
-                        expires_at=datetime.fromtimestamp(entry.expires_at, UTC),
-                        position=entry.position,
+                        subject=subject_text(key),
+                        not_before=None if nb is None else datetime.fromtimestamp(nb, UTC),
+                        expires_at=datetime.fromtimestamp(expires, UTC),
+                        position=position,
                     )
                 )
         out.sort(key=lambda r: (r.kind.value, r.subject))
         return out
+
+
+def _raise_watermark(watermarks: dict[Key, float], key: Key, not_before: float) -> bool:
+    old = watermarks.get(key)
+    if old is not None and old >= not_before:
+        return False
+    watermarks[key] = not_before
+    return True
+
+
+def _check_entry(kind: RevocationKind, subject: str, has_not_before: bool) -> None:
+    if kind in _WATERMARKS and not has_not_before:
+        raise ContractError(f"snapshot {kind} revocation {subject!r} has no not_before")
+    if kind is RevocationKind.GLOBAL and subject != GLOBAL_SUBJECT:
+        raise ContractError(f"snapshot global revocation has subject {subject!r}")
+
+
+def _load_columns(
+    snapshot: ColumnarSnapshot,
+    tables: dict[RevocationKind, ExpiringTable],
+    not_before: dict[RevocationKind, dict[Key, float]],
+) -> None:
+    # The bulk path of a cold start: plain lists of str, float and int, folded without an object per row.
+    for kind, columns in snapshot.columns.items():
+        watermarks = not_before.get(kind)
+        if watermarks is not None and columns.not_before is None:
+            raise ContractError(f"snapshot {kind} revocations have no not_before")
+        if kind is RevocationKind.GLOBAL and any(s != GLOBAL_SUBJECT for s in columns.subjects):
+            raise ContractError("snapshot global revocation has a subject other than '*'")
+        put = tables[kind].put
+        keys = [subject_key(subject) for subject in columns.subjects]
+        for key, expires, position in zip(keys, columns.expires_at, columns.positions, strict=True):
+            put(key, expires, position)
+        if watermarks is not None and columns.not_before is not None:
+            for key, nb in zip(keys, columns.not_before, strict=True):
+                _raise_watermark(watermarks, key, nb)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Literal
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
@@ -12,7 +13,7 @@ from auth_service.api.deps import Context, ServiceClient, app_state, transaction
 from auth_service.context import AuthContext
 from auth_service.contract import EventPage, utcnow
 from auth_service.errors import InvalidRequest
-from auth_service.log import MAX_PAGE, read_page, snapshot
+from auth_service.log import MAX_PAGE, columnar_snapshot_json, read_page, snapshot
 from auth_service.log_listener import LogListener
 
 router = APIRouter(tags=["service"])
@@ -92,7 +93,16 @@ async def _disconnected(request: Request) -> None:
 
 
 @router.get("/v1/revocations", summary="Every live revocation and the position it is consistent with")
-async def revocations(ctx: Context, _client: ServiceClient) -> Response:
-    """A RevocationSnapshot: apply it, then the events after its position."""
-    snap = await snapshot(ctx.engine)
-    return Response(snap.model_dump_json(), media_type="application/json")
+async def revocations(
+    ctx: Context,
+    _client: ServiceClient,
+    form: Literal["objects", "columns"] = Query(
+        "objects", description="objects: a RevocationSnapshot; columns: a ColumnarSnapshot (compact)"
+    ),
+) -> Response:
+    """A RevocationSnapshot (or a ColumnarSnapshot): apply it, then the events after its position."""
+    if form == "columns":
+        body = await columnar_snapshot_json(ctx.engine)
+    else:
+        body = (await snapshot(ctx.engine)).model_dump_json()
+    return Response(body, media_type="application/json")

@@ -78,3 +78,13 @@ def test_the_claimed_time_is_never_after_the_read_nor_after_the_answer(
     assert read_as_of(sent, received, held) <= read_at
     # A server that claims more hold than passed can never push the evidence past the answer's arrival.
     assert read_as_of(sent, received, claimed) <= received
+
+
+def test_fresh_until_is_the_latest_evidence_plus_the_bound_and_agrees_with_freshness() -> None:
+    tracker = FreshnessTracker(max_staleness=5.0, heartbeat_interval=1.0, started_at=0.0)
+    assert tracker.fresh_until == -math.inf
+    tracker.at_head(10.0)
+    tracker.at_head(8.0)  # older evidence moves nothing
+    assert tracker.fresh_until == 15.0
+    assert tracker.freshness(15.0) == "fresh"
+    assert tracker.freshness(15.001) == "stale"

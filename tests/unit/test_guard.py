@@ -404,3 +404,41 @@ async def test_a_state_that_never_caught_up_refuses_under_every_policy(
     with pytest.raises(StateStale):
         await guard.check(f"Bearer {token}")
     assert introspect.asked == []
+
+
+# --- the warm path ---
+
+
+class Deadline:
+    def __init__(self, fresh_until: float) -> None:
+        self.fresh_until = fresh_until
+
+
+async def test_warm_path_decides_only_a_cached_token_and_still_checks_revocation(
+    guard: Guard, state: RevocationState, token: str
+) -> None:
+    header = f"Bearer {token}"
+    assert guard.check_cached(header) is None  # never verified: the full path decides
+    await guard.check(header)
+    assert guard.check_cached(header) is not None
+    assert guard.check_cached(f"Bearer  {token}") is None  # another spelling: left to the full parser
+    revoke_session(state)
+    with pytest.raises(TokenRevoked):
+        guard.check_cached(header)
+    assert guard.rejections["session_revoked"] == 1
+
+
+async def test_warm_path_past_the_freshness_deadline_asks_for_a_judgement(
+    verifier: TokenVerifier, state: RevocationState, freshness: Freshness, token: str
+) -> None:
+    deadline = Deadline(fresh_until=100.0)
+    clock = [50.0]
+    guard = Guard(verifier, state, freshness, fresh_until=deadline, clock=lambda: clock[0])
+    header = f"Bearer {token}"
+    await guard.check(header)
+    freshness.value = "stale"  # the tracker would say so too once its deadline passed
+    assert guard.check_cached(header) is not None  # within the deadline: one clock read decides
+    clock[0] = 101.0
+    assert guard.check_cached(header) is None
+    with pytest.raises(StateStale):
+        await guard.check(header)

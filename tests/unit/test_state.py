@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from auth_service.contract import (
+    ColumnarSnapshot,
     ContractError,
     Event,
     GlobalRevoked,
@@ -23,7 +25,9 @@ from auth_service.contract import (
     TokenRevoked,
     UnknownEvent,
     UserRevoked,
+    decode_snapshot,
 )
+from resource_service.entries import subject_key, subject_text
 from resource_service.state import ApplyResult, RevocationReason, RevocationState, TokenFacts
 
 T0 = datetime(2030, 1, 1, tzinfo=UTC)
@@ -352,3 +356,117 @@ def test_prune_drops_exactly_the_entries_past_expiry_plus_leeway(
         survivors = [r for r in state.revocations() if r.expires_at.timestamp() + 30 >= now]
         state.prune(now)
         assert state.revocations() == survivors
+
+
+# --- compact storage ---
+
+
+@given(st.one_of(st.uuids().map(str), st.uuids().map(lambda u: u.hex), st.text(max_size=40)))
+def test_subject_keys_round_trip_and_only_equal_subjects_share_a_key(subject: str) -> None:
+    key = subject_key(subject)
+    assert subject_text(key) == subject
+    assert subject_key(subject.upper()) != key or subject.upper() == subject
+
+
+def test_other_spellings_of_a_uuid_do_not_match_the_canonical_jti() -> None:
+    jti = SID.hex
+    state = fold(chain(TokenRevoked(jti=jti, expires_at=at(300), reason="r")))
+    assert state.is_revoked(facts(jti=jti)) is RevocationReason.TOKEN
+    for other in (jti.upper(), "0x" + jti[2:], str(SID)):
+        assert state.is_revoked(facts(jti=other)) is None
+
+
+def reference(events: list[Event | UnknownEvent], now: float, leeway: float) -> dict[tuple[str, str], Any]:
+    """The simplest model of the fold: a dict of (kind, subject) -> (expiry, not_before), then the prune."""
+    model: dict[tuple[str, str], tuple[float, float | None]] = {}
+    for e in events:
+        if isinstance(e, TokenRevoked):
+            k, nb = ("jti", e.jti), None
+        elif isinstance(e, SessionRevoked):
+            k, nb = ("session", str(e.session_id)), None
+        elif isinstance(e, UserRevoked):
+            k, nb = ("user", e.user_id), e.not_before.timestamp()
+        elif isinstance(e, KeyRevoked):
+            k, nb = ("key", e.kid), None
+        elif isinstance(e, GlobalRevoked):
+            k, nb = ("global", "*"), e.not_before.timestamp()
+        else:
+            continue
+        old_exp, old_nb = model.get(k, (e.expires_at.timestamp(), nb))
+        new_nb = None if nb is None else max(nb, old_nb if old_nb is not None else nb)
+        model[k] = (max(old_exp, e.expires_at.timestamp()), new_nb)
+    return {k: v for k, v in model.items() if v[0] + leeway >= now}
+
+
+@settings(deadline=None)
+@given(log_and_deliveries(), _moments)
+def test_compact_state_equals_a_plain_dict_model_of_the_log(
+    case: tuple[list[Event | UnknownEvent], list[int]], moment: int
+) -> None:
+    log, _ = case
+    state = RevocationState(leeway=30)
+    for event in log:
+        state.apply(event)
+    state.prune(at(moment).timestamp())
+    held = {
+        (r.kind.value, r.subject): (
+            r.expires_at.timestamp(),
+            None if r.not_before is None else r.not_before.timestamp(),
+        )
+        for r in state.revocations()
+    }
+    assert held == reference(log, at(moment).timestamp(), 30)
+
+
+def columnar(position: int, revocations: list[Revocation]) -> ColumnarSnapshot:
+    columns: dict[RevocationKind, dict[str, list[Any]]] = {}
+    for r in revocations:
+        c = columns.setdefault(r.kind, {"subjects": [], "expires_at": [], "positions": [], "not_before": []})
+        c["subjects"].append(r.subject)
+        c["expires_at"].append(r.expires_at.timestamp())
+        c["positions"].append(r.position)
+        c["not_before"].append(None if r.not_before is None else r.not_before.timestamp())
+    for kind, c in columns.items():
+        if kind not in (RevocationKind.USER, RevocationKind.GLOBAL):
+            del c["not_before"]
+    return ColumnarSnapshot.model_validate({"position": position, "taken_at": T0, "columns": columns})
+
+
+@settings(deadline=None)
+@given(log_and_deliveries(), st.data())
+def test_columnar_snapshot_loads_the_same_state_as_the_object_snapshot(
+    case: tuple[list[Event | UnknownEvent], list[int]], data: st.DataObject
+) -> None:
+    log, _ = case
+    cut = data.draw(st.integers(min_value=0, max_value=len(log)))
+    source = fold(log[:cut]).revocations()
+    by_objects, by_columns = RevocationState(), RevocationState()
+    assert by_objects.load_snapshot(snapshot(cut, *source))
+    assert by_columns.load_snapshot(columnar(cut, source))
+    assert by_columns.revocations() == by_objects.revocations() == source
+    for event in log[cut:]:
+        assert by_columns.apply(event) is not ApplyResult.GAP
+    assert by_columns.revocations() == fold(log).revocations()
+
+
+def test_columnar_watermarks_without_not_before_are_a_contract_error() -> None:
+    broken = ColumnarSnapshot.model_validate(
+        {
+            "position": 1,
+            "taken_at": T0,
+            "columns": {"user": {"subjects": ["bob"], "expires_at": [1.0], "positions": [1]}},
+        }
+    )
+    with pytest.raises(ContractError, match="not_before"):
+        RevocationState().load_snapshot(broken)
+
+
+def test_decode_snapshot_reads_both_forms_and_refuses_anything_else() -> None:
+    revocation = Revocation(kind=RevocationKind.JTI, subject="j1", expires_at=at(300), position=2)
+    objects = snapshot(2, revocation)
+    columns = columnar(2, [revocation])
+    assert decode_snapshot(objects.model_dump_json()) == objects
+    assert decode_snapshot(columns.model_dump_json().encode()) == columns
+    for bad in (b"[]", b"{", b'{"form": "columns", "position": 1}', b"\xff"):
+        with pytest.raises(ContractError):
+            decode_snapshot(bad)
