@@ -6,13 +6,19 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 
 from auth_service.api.deps import Context, ServiceClient, transaction
+from auth_service.api.openapi import errors
+from auth_service.contract import EventPage, RevocationSnapshot
 from auth_service.errors import InvalidRequest
 from auth_service.log import MAX_PAGE, read_page, snapshot
 
 router = APIRouter(tags=["service"])
 
 
-@router.get("/v1/events", summary="The log after a position, in position order")
+@router.get(
+    "/v1/events",
+    summary="The log after a position, in position order",
+    responses={200: {"model": EventPage}, **errors(400, 401)},
+)
 async def events(
     request: Request,
     ctx: Context,
@@ -29,7 +35,11 @@ async def events(
     return Response(page.model_dump_json(), media_type="application/json")
 
 
-@router.get("/v1/revocations", summary="Every live revocation and the position it is consistent with")
+@router.get(
+    "/v1/revocations",
+    summary="Every live revocation and the position it is consistent with",
+    responses={200: {"model": RevocationSnapshot}, **errors(401)},
+)
 async def revocations(ctx: Context, _client: ServiceClient) -> Response:
     """A RevocationSnapshot: apply it, then the events after its position."""
     snap = await snapshot(ctx.engine)
