@@ -98,6 +98,7 @@ _TOKEN = form_schema(
     "/oauth/revoke",
     summary="Revoke an access or refresh token (RFC 7009)",
     openapi_extra=form_body(_TOKEN),
+    response_class=Response,  # the 200 has no body
     responses={
         200: {"description": "Revoked, or nothing to revoke (RFC 7009 §2.2)"},
         **errors(400, 413, 503),
