@@ -67,7 +67,8 @@ class AuthSettings(BaseSettings):
     issuer: str = Field(default="", description="The iss claim and the discovery document's issuer (a URL).")
     audience: str = Field(default="tokenlife", min_length=1, description="The aud claim of access tokens.")
     scopes: str = Field(
-        default="read write", description="Space-separated scopes this server issues (scopes_supported)."
+        default="read write admin",  # the sample resource service's scopes
+        description="Space-separated scopes this server issues (scopes_supported).",
     )
     default_client_id: str = Field(
         default="",
@@ -155,10 +156,12 @@ class AuthSettings(BaseSettings):
                 )
         problems += self._check_clients()
         if problems:
-            raise UnsafeSettings(
-                "refusing to start outside dev mode (TOKENLIFE_ENV=dev allows these for local trials):\n  - "
-                + "\n  - ".join(problems)
+            why = (
+                "refusing to start with an inconsistent client registry"
+                if self.env == "dev"
+                else "refusing to start outside dev mode (TOKENLIFE_ENV=dev allows these for local trials)"
             )
+            raise UnsafeSettings(why + ":\n  - " + "\n  - ".join(problems))
         return self
 
     def _check_clients(self) -> list[str]:

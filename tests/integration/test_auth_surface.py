@@ -78,7 +78,7 @@ async def test_metadata_lists_exactly_what_exists(
 ) -> None:
     meta = (await auth_client.get("/.well-known/oauth-authorization-server")).json()
     assert meta["issuer"] == auth_settings.issuer.rstrip("/")
-    assert meta["scopes_supported"] == ["read", "write"]  # TOKENLIFE_SCOPES' default
+    assert meta["scopes_supported"] == ["read", "write", "admin"]  # TOKENLIFE_SCOPES' default
     assert meta["grant_types_supported"] == ["password", "refresh_token"]
     assert meta["response_types_supported"] == []  # no authorization endpoint
     assert "authorization_endpoint" not in meta
