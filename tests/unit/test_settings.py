@@ -111,7 +111,7 @@ def test_production_registers_only_what_is_configured(monkeypatch: pytest.Monkey
         ),
         ({"TOKENLIFE_DEFAULT_CLIENT_ID": "nobody"}, "is not a registered public client"),
         (
-            {"TOKENLIFE_CLIENTS": json.dumps({"w": {"type": "public", "scopes": ["admin"]}})},
+            {"TOKENLIFE_CLIENTS": json.dumps({"w": {"type": "public", "scopes": ["billing"]}})},
             "scopes outside TOKENLIFE_SCOPES",
         ),
         (
