@@ -18,9 +18,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from auth_service import keys as keystore
 from auth_service import projections
-from auth_service.api import account, discovery, oauth, service, stream
+from auth_service.api import account, discovery, oauth, openapi, service, stream
 from auth_service.api.deps import AppState, app_state, context
 from auth_service.api.middleware import AccessLog, BodyLimit
+from auth_service.api.schemas import Health, Readiness
 from auth_service.backoff import BackoffRule
 from auth_service.console.pages import build_router as console_router
 from auth_service.context import AuthContext
@@ -56,7 +57,7 @@ def error_response(err: AuthServiceError) -> JSONResponse:
     """The HTTP answer for one of our errors (RFC 6749 §5.2 body; RFC 6750 header for bearer errors)."""
     error = getattr(err, "error", None)
     description = getattr(err, "public_description", err.description)
-    body = {"error": error, "error_description": description} if error else {"error_description": description}
+    body = {"error": getattr(err, "body_error", error), "error_description": description}
     headers = {"Cache-Control": "no-store"}
     if isinstance(err, OAuthError):
         headers["Pragma"] = "no-cache"
@@ -69,7 +70,6 @@ def error_response(err: AuthServiceError) -> JSONResponse:
         headers["WWW-Authenticate"] = f'Basic realm="{REALM}"'
     elif isinstance(err, TooManyAttempts):
         headers["Retry-After"] = str(err.retry_after)
-        body["error"] = "too_many_requests"
     elif isinstance(err, AppendError):
         headers["Retry-After"] = "1"
     elif isinstance(err, TooManyWaiters):
@@ -159,17 +159,25 @@ def create_app(settings: AuthSettings) -> FastAPI:
     app.include_router(console_router(settings))
     _health(app)
     _errors(app)
+    openapi.install(app)
     app.add_middleware(BodyLimit)
     app.add_middleware(AccessLog)
     return app
 
 
 def _health(app: FastAPI) -> None:
-    @app.get("/healthz", tags=["health"])
-    async def healthz() -> dict[str, str]:
-        return {"status": "ok"}
+    @app.get("/healthz", tags=["health"], responses={200: {"model": Health}})
+    async def healthz() -> Response:
+        return JSONResponse({"status": "ok"})
 
-    @app.get("/readyz", tags=["health"])
+    @app.get(
+        "/readyz",
+        tags=["health"],
+        responses={
+            200: {"model": Readiness},
+            503: {"model": Readiness, "description": "Not ready: the reason says what is missing."},
+        },
+    )
     async def readyz(request: Request) -> Response:
         ctx = context(request)
         try:

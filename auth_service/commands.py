@@ -13,6 +13,7 @@ from sqlalchemy import select
 
 from auth_service import keys as keystore
 from auth_service.backoff import BackoffRule
+from auth_service.clients import new_secret, secret_hash
 from auth_service.context import AuthContext
 from auth_service.db import create_engine
 from auth_service.keyring import KeyRing
@@ -206,8 +207,20 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         func=lambda a: asyncio.run(_keys(AuthSettings(), "list", None))
     )
     keys.add_parser("kek", help="print a new key-encryption key").set_defaults(func=_kek)
+    clients = sub.add_parser("clients", help="registered clients").add_subparsers(
+        dest="clients_command", required=True
+    )
+    clients.add_parser(
+        "secret", help="print a new client secret and the secret_hash to register for it"
+    ).set_defaults(func=_client_secret)
 
 
 def _kek(args: argparse.Namespace) -> int:
     _say(keystore.new_key_encryption_key())
+    return 0
+
+
+def _client_secret(args: argparse.Namespace) -> int:
+    secret = new_secret()
+    _say(f"secret:      {secret}\nsecret_hash: {secret_hash(secret)}")
     return 0

@@ -5,13 +5,14 @@ AuthServiceError
 │   ├── InvalidRequest         invalid_request: missing, repeated or malformed parameters
 │   ├── InvalidGrant           invalid_grant: bad credentials, unknown or expired refresh token
 │   │   └── RefreshTokenReused invalid_grant, raised after the session's revocation: the transaction commits
-│   ├── InvalidClient          invalid_client (401): a service client failed to authenticate
-│   ├── UnsupportedGrantType   unsupported_grant_type
-│   └── UnsupportedTokenType   unsupported_token_type (RFC 7009 §2.2.1): an unknown token_type_hint
+│   ├── InvalidScope           invalid_scope: none of the requested scopes can be granted
+│   ├── InvalidClient          invalid_client (401): unknown client, or a service client failed Basic
+│   ├── UnauthorizedClient     unauthorized_client: the client is not registered for this grant type
+│   └── UnsupportedGrantType   unsupported_grant_type
 ├── BearerError                RFC 6750 §3: WWW-Authenticate; invalid_request (400): malformed header
-│   ├── MissingToken           401, no error code: no bearer credentials at all
+│   ├── MissingToken           401, no error code in the challenge; body error "missing_token"
 │   └── InvalidToken           401 invalid_token: bad, expired or revoked access token
-├── TooManyAttempts            429 + Retry-After: login backoff
+├── TooManyAttempts            429 + Retry-After, error "temporarily_unavailable": login/password backoff
 ├── NoSigningKey               503: no active signing key to sign with
 ├── AppendError                503 + Retry-After: the log's append lock was not free in time
 ├── TooManyWaiters             503 + Retry-After: every long-poll slot of this instance is taken
@@ -55,12 +56,16 @@ class InvalidClient(OAuthError):
     status = 401
 
 
+class InvalidScope(OAuthError):
+    error = "invalid_scope"
+
+
+class UnauthorizedClient(OAuthError):
+    error = "unauthorized_client"
+
+
 class UnsupportedGrantType(OAuthError):
     error = "unsupported_grant_type"
-
-
-class UnsupportedTokenType(OAuthError):
-    error = "unsupported_token_type"
 
 
 class BearerError(AuthServiceError):
@@ -70,7 +75,10 @@ class BearerError(AuthServiceError):
 
 class MissingToken(BearerError):
     status = 401
-    error = None  # RFC 6750 §3.1: no error code when the request had no credentials at all
+    error = None  # RFC 6750 §3.1: no error code in the challenge when the request had no credentials at all
+    # The JSON body still names the problem, with the resource service's code for the same case: neither
+    # RFC 6750 code is true here (invalid_token says a token was presented, invalid_request goes with 400).
+    body_error = "missing_token"
 
 
 class InvalidToken(BearerError):
@@ -80,6 +88,9 @@ class InvalidToken(BearerError):
 
 class TooManyAttempts(AuthServiceError):
     status = 429
+    # RFC 6749 defines no code for throttling. temporarily_unavailable (registered, RFC 6749 §4.1.2.1) says
+    # "retry later", which Retry-After quantifies; invalid_grant would tell the user the password was wrong.
+    error = "temporarily_unavailable"
 
     def __init__(self, description: str, retry_after: int) -> None:
         super().__init__(description)

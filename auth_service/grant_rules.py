@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import datetime, timedelta
 from enum import Enum
+
+from auth_service.errors import InvalidScope
 
 
 class Rotation(Enum):
@@ -21,10 +24,18 @@ def decide_rotation(rotated_at: datetime | None, now: datetime, grace: timedelta
     return Rotation.CONCURRENT if now - rotated_at <= grace else Rotation.REUSE
 
 
-def grant_scope(requested: str | None, granted: str) -> str:
-    """The scopes a token gets: what was asked for and the user holds; everything held if nothing asked."""
-    held = granted.split()
+def grant_scope(requested: str | None, held: str, allowed: Iterable[str]) -> str:
+    """RFC 6749 §3.3: what was asked for (all if nothing), narrowed to the user's and the client's scopes.
+
+    Raises InvalidScope when scopes were asked for and none of them can be granted, so a client never gets a
+    token silently missing everything it wanted.
+    """
+    may = set(allowed)
+    grantable = [s for s in dict.fromkeys(held.split()) if s in may]
     if requested is None or not requested.strip():
-        return " ".join(held)
-    wanted = requested.split()
-    return " ".join(s for s in held if s in wanted)
+        return " ".join(grantable)
+    wanted = set(requested.split())
+    granted = " ".join(s for s in grantable if s in wanted)
+    if not granted:
+        raise InvalidScope("none of the requested scopes can be granted to this user and client")
+    return granted

@@ -22,7 +22,6 @@ from auth_service.errors import (
     InvalidRequest,
     NoSigningKey,
     RefreshTokenReused,
-    TooManyAttempts,
 )
 from auth_service.grant_rules import Rotation, decide_rotation, grant_scope
 from auth_service.lifetimes import latest_access_expiry
@@ -30,6 +29,7 @@ from auth_service.log import appending
 from auth_service.passwords import verify_password
 from auth_service.queries import current_watermark
 from auth_service.tables import refresh_tokens, sessions, users
+from auth_service.throttle import password_keys
 from auth_service.tokens import AccessToken, hash_refresh_token, new_refresh_token, sign_access_token
 
 BAD_CREDENTIALS = "invalid username or password"
@@ -42,6 +42,7 @@ class Client:
     client_id: str
     user_agent: str | None
     address: str | None
+    scopes: tuple[str, ...] = ()  # the scopes this client may get (already within the server's)
 
 
 @dataclass(frozen=True)
@@ -114,20 +115,17 @@ async def password_grant(
 ) -> Tokens:
     """Log in: check the password, start a session, issue the first access and refresh tokens."""
     email = username.strip().lower()
-    keys = (f"account:{email}", f"address:{client.address}")
-    wait = await ctx.throttle.retry_after(conn, datetime.now(UTC), *keys)
-    if wait:
-        raise TooManyAttempts("too many failed logins; try again later", retry_after=wait)
+    keys = password_keys(email, client.address)
+    await ctx.throttle.check(conn, datetime.now(UTC), *keys)
     user = (await conn.execute(select(users).where(users.c.email == email))).one_or_none()
     # argon2 takes tens of milliseconds of CPU: keep it off the event loop. An unknown user is checked against
     # a dummy hash, so both failures cost the same and answer the same.
     ok = await asyncio.to_thread(verify_password, user.password_hash if user else None, password)
     if user is None or not ok or user.disabled:
-        # In a transaction of its own: the request's transaction rolls back with the error.
-        async with ctx.engine.begin() as own:
-            await ctx.throttle.failed(own, datetime.now(UTC), *keys)
+        await ctx.throttle.failed_alone(ctx.engine, datetime.now(UTC), *keys)
         raise InvalidGrant(BAD_CREDENTIALS)
     await ctx.throttle.succeeded(conn, keys[0])
+    granted = grant_scope(scope, user.scopes, client.scopes)
 
     now = datetime.now(UTC)
     async with appending(conn, lock_timeout_ms=ctx.settings.lock_timeout_ms) as log_:
@@ -141,7 +139,7 @@ async def password_grant(
             user_id=user_id,
             session_id=session_id,
             client_id=client.client_id,
-            scope=grant_scope(scope, user.scopes),
+            scope=granted,
             now=now,
         )
         await log_.append(
@@ -222,6 +220,10 @@ async def refresh_grant(
                 ]
             )
             raise RefreshTokenReused("refresh token was already used; the session is revoked")
+        if session.client_id != client.client_id:
+            # RFC 6749 §10.4: a refresh token is bound to the client it was issued to.
+            raise InvalidGrant("the refresh token was issued to another client")
+        granted = grant_scope(scope, user.scopes, client.scopes)
         if decision is Rotation.ROTATE:
             await conn.execute(
                 update(refresh_tokens)
@@ -239,7 +241,7 @@ async def refresh_grant(
             user_id=session.user_id,
             session_id=session.session_id,
             client_id=session.client_id,
-            scope=grant_scope(scope, user.scopes),
+            scope=granted,
             now=now,
         )
         await log_.append([_issued(access, session.user_id, session.session_id, "refresh", now)])

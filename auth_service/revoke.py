@@ -23,6 +23,7 @@ from auth_service.errors import InvalidGrant, InvalidRequest, InvalidToken, NotF
 from auth_service.log import Appender, appending
 from auth_service.passwords import check_new_password, hash_password, verify_password
 from auth_service.tables import users
+from auth_service.throttle import password_keys
 from auth_service.tokens import hash_refresh_token, unverified_kid, verify_access_token
 
 LogoutScope = Literal["session", "others", "all"]
@@ -146,9 +147,9 @@ async def _revoke_access(
 
 
 async def change_password(
-    conn: AsyncConnection, ctx: AuthContext, who: Principal, current: str, new: str
+    conn: AsyncConnection, ctx: AuthContext, who: Principal, current: str, new: str, address: str | None
 ) -> list[c.Event]:
-    """Change the caller's password and end every other session of theirs."""
+    """Change the caller's password and end every other session of theirs; guesses share login's backoff."""
     try:
         check_new_password(new)
     except ValueError as exc:
@@ -156,8 +157,14 @@ async def change_password(
     user = (
         await conn.execute(select(users).where(users.c.user_id == uuid.UUID(who.user_id)).with_for_update())
     ).one_or_none()
-    if user is None or not await asyncio.to_thread(verify_password, user.password_hash, current):
+    if user is None:
         raise InvalidGrant("current password is wrong")
+    keys = password_keys(user.email, address)
+    await ctx.throttle.check(conn, datetime.now(UTC), *keys)
+    if not await asyncio.to_thread(verify_password, user.password_hash, current):
+        await ctx.throttle.failed_alone(ctx.engine, datetime.now(UTC), *keys)
+        raise InvalidGrant("current password is wrong")
+    await ctx.throttle.succeeded(conn, keys[0])
     new_hash = await asyncio.to_thread(hash_password, new)
     # The users row is locked before the log, the one exception to the lock order, so that argon2 does not
     # run under the append lock: no appending transaction locks a users row after the log, so no deadlock.

@@ -6,11 +6,14 @@ Unsafe defaults are refused unless TOKENLIFE_ENV=dev: the error names each setti
 from __future__ import annotations
 
 import logging
+from functools import cached_property
 from typing import Literal, Self
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from auth_service.clients import GRANT_TYPES, MAX_CLIENT_ID, ClientRegistry, ClientSpec, secret_hash
 
 log = logging.getLogger("tokenlife")
 
@@ -22,6 +25,8 @@ DEV_CONSOLE_RESOURCE_URL = "http://127.0.0.1:8001"
 DEV_KEY_ENCRYPTION_KEY = "ZGV2LW9ubHkta2V5LWVuY3J5cHRpb24ta2V5LTMyYis"
 DEV_SERVICE_CLIENT = "dev-service"
 DEV_SERVICE_SECRET = "dev-service-secret"
+DEV_PUBLIC_CLIENT = "tokenlife-console"  # the web console's id; dev registers it as the default public client
+MIN_SERVICE_SECRET = 16
 
 
 class UnsafeSettings(Exception):
@@ -62,7 +67,15 @@ class AuthSettings(BaseSettings):
     # Tokens
     issuer: str = Field(default="", description="The iss claim and the discovery document's issuer (a URL).")
     audience: str = Field(default="tokenlife", min_length=1, description="The aud claim of access tokens.")
-    default_client_id: str = Field(default="tokenlife", min_length=1, max_length=128)
+    scopes: str = Field(
+        default="read write admin",  # the sample resource service's scopes
+        description="Space-separated scopes this server issues (scopes_supported).",
+    )
+    default_client_id: str = Field(
+        default="",
+        max_length=MAX_CLIENT_ID,
+        description="The public client a token request without client_id stands for; none if empty.",
+    )
     access_token_ttl: int = Field(default=300, ge=10, le=86400, description="Access token lifetime, seconds.")
     refresh_token_ttl: int = Field(default=30 * 86400, ge=60, description="Refresh token lifetime, seconds.")
     refresh_grace_seconds: float = Field(
@@ -78,7 +91,10 @@ class AuthSettings(BaseSettings):
         default=10.0, gt=0, description="How often instances reload signing keys."
     )
 
-    # Services that may read the log, the snapshot and introspect: JSON {"client_id": "secret", ...}
+    # The client registry: JSON {"client_id": {"type": "public" | "confidential", "secret_hash": "sha256:...",
+    # "grant_types": [...], "scopes": [...]}}.
+    clients: dict[str, ClientSpec] = Field(default_factory=dict)
+    # Resource services, confidential clients of the same registry, in short: JSON {"client_id": "secret"}.
     service_clients: dict[str, SecretStr] = Field(default_factory=dict)
 
     # Login abuse
@@ -156,21 +172,69 @@ class AuthSettings(BaseSettings):
                     "TOKENLIFE_KEY_ENCRYPTION_KEY is not set: signing keys would be stored unprotected "
                     "(generate one with `tokenlife keys kek`)"
                 )
-        if not self.service_clients:
-            if self.env == "dev":
-                object.__setattr__(
-                    self, "service_clients", {DEV_SERVICE_CLIENT: SecretStr(DEV_SERVICE_SECRET)}
-                )
-        elif self.env != "dev" and any(
-            len(secret.get_secret_value()) < 16 for secret in self.service_clients.values()
-        ):
-            problems.append("TOKENLIFE_SERVICE_CLIENTS has a secret shorter than 16 characters")
+        problems += self._check_clients()
         if problems:
-            raise UnsafeSettings(
-                "refusing to start outside dev mode (TOKENLIFE_ENV=dev allows these for local trials):\n  - "
-                + "\n  - ".join(problems)
+            why = (
+                "refusing to start with an inconsistent client registry"
+                if self.env == "dev"
+                else "refusing to start outside dev mode (TOKENLIFE_ENV=dev allows these for local trials)"
             )
+            raise UnsafeSettings(why + ":\n  - " + "\n  - ".join(problems))
         return self
+
+    def _check_clients(self) -> list[str]:
+        """Dev registers the console and a service; outside dev every client is explicit and safe."""
+        problems: list[str] = []
+        dev = self.env == "dev"
+        if (
+            dev
+            and not self.service_clients
+            and not any(c.type == "confidential" for c in self.clients.values())
+        ):
+            object.__setattr__(self, "service_clients", {DEV_SERVICE_CLIENT: SecretStr(DEV_SERVICE_SECRET)})
+        if dev and DEV_PUBLIC_CLIENT not in self.clients:
+            console = ClientSpec(type="public", grant_types=GRANT_TYPES)
+            object.__setattr__(self, "clients", {**self.clients, DEV_PUBLIC_CLIENT: console})
+        if dev and not self.default_client_id:
+            object.__setattr__(self, "default_client_id", DEV_PUBLIC_CLIENT)
+        secrets = {name: s.get_secret_value() for name, s in self.service_clients.items()}
+        if not dev and any(len(secret) < MIN_SERVICE_SECRET for secret in secrets.values()):
+            problems.append(
+                f"TOKENLIFE_SERVICE_CLIENTS has a secret shorter than {MIN_SERVICE_SECRET} characters"
+            )
+        dev_hash = secret_hash(DEV_SERVICE_SECRET)
+        if not dev and (
+            DEV_SERVICE_SECRET in secrets.values()
+            or any(c.secret_hash == dev_hash for c in self.clients.values())
+        ):
+            problems.append("a client uses the well-known dev service secret")
+        if both := sorted(set(self.clients) & set(self.service_clients)):
+            problems.append(f"clients {both} are in both TOKENLIFE_CLIENTS and TOKENLIFE_SERVICE_CLIENTS")
+        if too_long := sorted(n for n in [*self.clients, *self.service_clients] if len(n) > MAX_CLIENT_ID):
+            problems.append(f"client ids longer than {MAX_CLIENT_ID} characters: {too_long}")
+        offered = set(self.scopes.split())
+        for name, spec in self.clients.items():
+            if spec.scopes is not None and not set(spec.scopes) <= offered:
+                problems.append(f"client {name!r} may get scopes outside TOKENLIFE_SCOPES")
+        if self.default_client_id and self.client_registry.public_client(None) is None:
+            problems.append(
+                f"TOKENLIFE_DEFAULT_CLIENT_ID {self.default_client_id!r} is not a registered public client"
+            )
+        return problems
+
+    @cached_property
+    def client_registry(self) -> ClientRegistry:
+        """Every registered client: TOKENLIFE_CLIENTS plus the TOKENLIFE_SERVICE_CLIENTS shorthand."""
+        services = {
+            name: ClientSpec(type="confidential", secret_hash=secret_hash(secret.get_secret_value()))
+            for name, secret in self.service_clients.items()
+        }
+        return ClientRegistry({**services, **self.clients}, self.default_client_id)
+
+    @property
+    def scopes_supported(self) -> tuple[str, ...]:
+        """The scopes this server issues, in configured order, without repeats."""
+        return tuple(dict.fromkeys(self.scopes.split()))
 
     def announce(self) -> None:
         """Say loudly, at start, when running in dev mode."""

@@ -11,10 +11,19 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import case, delete, select
 from sqlalchemy.dialects.postgresql import insert
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from auth_service.backoff import BackoffRule, wait_seconds
+from auth_service.errors import TooManyAttempts
 from auth_service.tables import login_failures
+
+
+def password_keys(email: str, address: str | None) -> tuple[str, str]:
+    """The keys a password guess counts against: the account and the client address.
+
+    Login and the password change use the same keys, so guesses through either are counted together.
+    """
+    return f"account:{email}", f"address:{address}"
 
 
 class LoginThrottle:
@@ -36,6 +45,17 @@ class LoginThrottle:
         rows = await conn.execute(select(login_failures).where(login_failures.c.key.in_(keys)))
         waits = (wait_seconds(self._rule(r.key), r.failures, r.first_at, r.last_at, now) for r in rows)
         return max(waits, default=0)
+
+    async def check(self, conn: AsyncConnection, now: datetime, *keys: str) -> None:
+        """Raise TooManyAttempts (429 + Retry-After) while any of the keys must wait."""
+        wait = await self.retry_after(conn, now, *keys)
+        if wait:
+            raise TooManyAttempts("too many failed password attempts; try again later", retry_after=wait)
+
+    async def failed_alone(self, engine: AsyncEngine, now: datetime, *keys: str) -> None:
+        """Count a failure in a transaction of its own (the request's rolls back with the error)."""
+        async with engine.begin() as own:
+            await self.failed(own, now, *keys)
 
     async def failed(self, conn: AsyncConnection, now: datetime, *keys: str) -> None:
         """Count a failure for each key; a key whose window has passed starts again from one."""

@@ -11,18 +11,27 @@ from fastapi.responses import JSONResponse, Response
 
 from auth_service import queries
 from auth_service.api.deps import Context, CurrentPrincipal, transaction
-from auth_service.api.forms import form, form_body, required
+from auth_service.api.forms import form, form_body, form_schema, required, text
+from auth_service.api.openapi import errors
+from auth_service.api.schemas import LogoutResponse, PasswordChanged, SessionList, SessionTimeline
 from auth_service.errors import InvalidRequest, NotFound
+from auth_service.passwords import MAX_LENGTH, MIN_LENGTH
 from auth_service.revoke import change_password, end_session, logout
 
 router = APIRouter(tags=["account"])
 SCOPES = ("session", "others", "all")
+_SCOPE = text(enum=["", *SCOPES], description="Empty or absent: session.")
 
 
 @router.post(
     "/v1/auth/logout",
     summary="Log out: this session, the others, or all",
-    openapi_extra=form_body(("scope", False)),
+    openapi_extra={
+        **form_body(form_schema(scope=_SCOPE), required=False),
+        # The scope may come as a query parameter instead; the body's wins.
+        "parameters": [{"name": "scope", "in": "query", "required": False, "schema": _SCOPE}],
+    },
+    responses={200: {"model": LogoutResponse}, **errors(400, 401, 413, 503)},
 )
 async def logout_route(request: Request, ctx: Context, who: CurrentPrincipal) -> Response:
     """scope=session (default) ends this session; others ends every other; all revokes every token."""
@@ -54,7 +63,11 @@ def _session_view(row: Any, current: uuid.UUID) -> dict[str, Any]:
     }
 
 
-@router.get("/v1/sessions", summary="The caller's live sessions")
+@router.get(
+    "/v1/sessions",
+    summary="The caller's live sessions",
+    responses={200: {"model": SessionList}, **errors(400, 401)},
+)
 async def list_sessions(ctx: Context, who: CurrentPrincipal) -> Response:
     """Live sessions of the caller, oldest first."""
     async with transaction(ctx) as conn:
@@ -69,7 +82,12 @@ def _session_id(raw: str) -> uuid.UUID:
         raise NotFound("no such session") from None
 
 
-@router.delete("/v1/sessions/{sid}", status_code=204, summary="End one of the caller's sessions")
+@router.delete(
+    "/v1/sessions/{sid}",
+    status_code=204,
+    summary="End one of the caller's sessions",
+    responses=errors(400, 401, 404, 503),
+)
 async def delete_session(sid: str, ctx: Context, who: CurrentPrincipal) -> Response:
     """End a session of the caller's; 404 for a session that is not theirs."""
     async with transaction(ctx) as conn:
@@ -77,7 +95,11 @@ async def delete_session(sid: str, ctx: Context, who: CurrentPrincipal) -> Respo
     return Response(status_code=204)
 
 
-@router.get("/v1/sessions/{sid}/events", summary="A session's timeline, from the log")
+@router.get(
+    "/v1/sessions/{sid}/events",
+    summary="A session's timeline, from the log",
+    responses={200: {"model": SessionTimeline}, **errors(400, 401, 404)},
+)
 async def session_events(sid: str, ctx: Context, who: CurrentPrincipal) -> Response:
     """Every logged event of one of the caller's sessions, in position order."""
     session_id = _session_id(sid)
@@ -92,12 +114,20 @@ async def session_events(sid: str, ctx: Context, who: CurrentPrincipal) -> Respo
 @router.post(
     "/v1/auth/password",
     summary="Change the password; ends the caller's other sessions",
-    openapi_extra=form_body(("current_password", True), ("new_password", True)),
+    openapi_extra=form_body(
+        form_schema(
+            ("current_password", "new_password"),
+            current_password=text(1),
+            new_password=text(MIN_LENGTH, MAX_LENGTH),
+        )
+    ),
+    responses={200: {"model": PasswordChanged}, **errors(400, 401, 413, 429, 503)},
 )
 async def password(request: Request, ctx: Context, who: CurrentPrincipal) -> Response:
     """Form fields current_password and new_password."""
     fields = await form(request)
     current, new = required(fields, "current_password"), required(fields, "new_password")
     async with transaction(ctx) as conn:
-        events = await change_password(conn, ctx, who, current, new)
+        address = request.client.host if request.client else None
+        events = await change_password(conn, ctx, who, current, new, address)
     return JSONResponse({"sessions_ended": len(events)})

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hmac
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -104,7 +103,7 @@ class _Bearer(OAuth2PasswordBearer):
 
 
 class _Basic(HTTPBasic):
-    """HTTP Basic for service clients (client_secret_basic), enforced with a constant-time comparison."""
+    """HTTP Basic for the registry's confidential clients (client_secret_basic), in constant time."""
 
     async def __call__(self, request: Request) -> str:  # type: ignore[override]
         header = request.headers.get("authorization", "")
@@ -117,10 +116,8 @@ class _Basic(HTTPBasic):
             )
         except (binascii.Error, UnicodeDecodeError, ValueError):
             raise InvalidClient("malformed Basic credentials") from None
-        expected = context(request).settings.service_clients.get(client_id)
-        # Compare even for an unknown client, so the answer takes the same time either way.
-        reference = expected.get_secret_value() if expected else "\x00" * 32
-        if not sep or not hmac.compare_digest(secret.encode(), reference.encode()) or expected is None:
+        # Checked even without a separator, so every refusal takes the same time.
+        if not context(request).settings.client_registry.authenticate(client_id, secret) or not sep:
             raise InvalidClient("unknown service client or wrong secret")
         return client_id
 

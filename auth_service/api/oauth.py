@@ -8,70 +8,107 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from auth_service.api.deps import Context, ServiceClient, transaction
-from auth_service.api.forms import form, form_body, required
-from auth_service.errors import InvalidRequest, UnsupportedGrantType, UnsupportedTokenType
+from auth_service.api.forms import form, form_body, form_schema, required, text
+from auth_service.api.openapi import errors
+from auth_service.api.schemas import IntrospectionResponse, TokenResponse
+from auth_service.clients import GRANT_TYPES, MAX_CLIENT_ID, GrantType
+from auth_service.errors import InvalidClient, InvalidRequest, UnauthorizedClient, UnsupportedGrantType
 from auth_service.grants import Client, password_grant, refresh_grant
 from auth_service.introspection import introspect_token
-from auth_service.revoke import revoke_token
+from auth_service.revoke import MAX_REFRESH_TOKEN, revoke_token
 
 router = APIRouter(tags=["oauth"])
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 
 
-def _client(request: Request, ctx: Context, fields: dict[str, str]) -> Client:
-    client_id = fields.get("client_id") or ctx.settings.default_client_id
-    if len(client_id) > 128:
+def _client(request: Request, ctx: Context, fields: dict[str, str], grant_type: GrantType) -> Client:
+    """The registered public client the request names (or the configured default), allowed this grant."""
+    client_id = fields.get("client_id") or None
+    if client_id is not None and len(client_id) > MAX_CLIENT_ID:
         raise InvalidRequest("client_id is too long")
+    found = ctx.settings.client_registry.public_client(client_id)
+    if found is None:
+        raise InvalidClient("unknown client" if client_id else "client_id is required")
+    name, spec = found
+    if grant_type not in spec.grant_types:
+        raise UnauthorizedClient(f"client {name!r} may not use the {grant_type} grant")
+    supported = ctx.settings.scopes_supported
     agent = request.headers.get("user-agent")
     return Client(
-        client_id=client_id,
+        client_id=name,
         user_agent=agent[:512] if agent else None,
         address=request.client.host if request.client else None,
+        scopes=supported if spec.scopes is None else tuple(s for s in supported if s in spec.scopes),
     )
+
+
+_CLIENT = text(max_length=MAX_CLIENT_ID, description="A registered public client; empty: the default one.")
+_SCOPE = text(description="Space-separated scopes; absent or empty: every scope the user and client may get.")
 
 
 @router.post(
     "/oauth/token",
     summary="Log in or refresh (password and refresh_token grants)",
     openapi_extra=form_body(
-        ("grant_type", True),
-        ("username", False),
-        ("password", False),
-        ("refresh_token", False),
-        ("scope", False),
-        ("client_id", False),
+        form_schema(
+            ("grant_type", "username", "password"),
+            grant_type=text(enum=["password"]),
+            username=text(1),
+            password=text(1),
+            scope=_SCOPE,
+            client_id=_CLIENT,
+        ),
+        form_schema(
+            ("grant_type", "refresh_token"),
+            grant_type=text(enum=["refresh_token"]),
+            refresh_token=text(1, MAX_REFRESH_TOKEN),
+            scope=_SCOPE,
+            client_id=_CLIENT,
+        ),
     ),
+    responses={200: {"model": TokenResponse}, **errors(400, 401, 413, 429, 503)},
 )
 async def token(request: Request, ctx: Context) -> Response:
     """RFC 6749 token endpoint; OAuth2PasswordBearer(tokenUrl="/oauth/token") works against it."""
     fields = await form(request)
     grant_type = required(fields, "grant_type")
-    client = _client(request, ctx, fields)
+    if grant_type not in GRANT_TYPES:
+        raise UnsupportedGrantType(f"grant_type {grant_type[:64]!r} is not supported")
+    client = _client(request, ctx, fields, grant_type)
     scope = fields.get("scope")
     if grant_type == "password":
         username, password = required(fields, "username"), required(fields, "password")
         async with transaction(ctx) as conn:
             tokens = await password_grant(conn, ctx, username, password, client, scope)
-    elif grant_type == "refresh_token":
+    else:
         refresh_token = required(fields, "refresh_token")
         async with transaction(ctx) as conn:
             tokens = await refresh_grant(conn, ctx, refresh_token, client, scope)
-    else:
-        raise UnsupportedGrantType(f"grant_type {grant_type[:64]!r} is not supported")
     return JSONResponse(tokens.body(), headers=NO_STORE)
+
+
+_TOKEN = form_schema(
+    ("token",),
+    token=text(1, None, description="Any length up to the body limit; an invalid token is not an error."),
+    token_type_hint=text(description="access_token or refresh_token orders the search; others are ignored."),
+)
 
 
 @router.post(
     "/oauth/revoke",
     summary="Revoke an access or refresh token (RFC 7009)",
-    openapi_extra=form_body(("token", True), ("token_type_hint", False)),
+    openapi_extra=form_body(_TOKEN),
+    response_class=Response,  # the 200 has no body
+    responses={
+        200: {"description": "Revoked, or nothing to revoke (RFC 7009 §2.2)"},
+        **errors(400, 413, 503),
+    },
 )
 async def revoke(request: Request, ctx: Context) -> Response:
     """Always 200 for a well-formed request, whether or not the token was known (RFC 7009 §2.2)."""
-    fields = await form(request)
+    fields = await form(request, unbounded=("token",))
+    # RFC 7009 §2.1: the hint only orders the search; an unknown one is ignored and every type searched.
     hint = fields.get("token_type_hint")
-    if hint not in (None, "access_token", "refresh_token"):
-        raise UnsupportedTokenType("unknown hint")
     token = required(fields, "token")
     async with transaction(ctx) as conn:
         await revoke_token(conn, ctx, token, hint)
@@ -81,11 +118,12 @@ async def revoke(request: Request, ctx: Context) -> Response:
 @router.post(
     "/oauth/introspect",
     summary="Introspect a token (RFC 7662), for service clients",
-    openapi_extra=form_body(("token", True), ("token_type_hint", False)),
+    openapi_extra=form_body(_TOKEN),
+    responses={200: {"model": IntrospectionResponse}, **errors(400, 401, 413)},
 )
 async def introspect(request: Request, ctx: Context, _client: ServiceClient) -> Response:
     """Whether a token is active now, with its claims; inactive for anything unknown, expired or revoked."""
-    fields = await form(request)
+    fields = await form(request, unbounded=("token",))
     token = required(fields, "token")
     async with transaction(ctx) as conn:
         body: dict[str, Any] = await introspect_token(conn, ctx, token, fields.get("token_type_hint"))

@@ -10,8 +10,9 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 
 from auth_service.api.deps import Context, ServiceClient, app_state, transaction
+from auth_service.api.openapi import errors
 from auth_service.context import AuthContext
-from auth_service.contract import EventPage, utcnow
+from auth_service.contract import ColumnarSnapshot, EventPage, RevocationSnapshot, utcnow
 from auth_service.errors import InvalidRequest
 from auth_service.log import MAX_PAGE, columnar_snapshot_json, read_page, snapshot
 from auth_service.log_listener import LogListener
@@ -21,7 +22,11 @@ router = APIRouter(tags=["service"])
 MAX_WAIT = 30.0
 
 
-@router.get("/v1/events", summary="The log after a position, in position order; long-polls with wait")
+@router.get(
+    "/v1/events",
+    summary="The log after a position, in position order; long-polls with wait",
+    responses={200: {"model": EventPage}, **errors(400, 401, 503)},
+)
 async def events(
     request: Request,
     ctx: Context,
@@ -92,7 +97,11 @@ async def _disconnected(request: Request) -> None:
         pass
 
 
-@router.get("/v1/revocations", summary="Every live revocation and the position it is consistent with")
+@router.get(
+    "/v1/revocations",
+    summary="Every live revocation and the position it is consistent with",
+    responses={200: {"model": RevocationSnapshot | ColumnarSnapshot}, **errors(400, 401)},
+)
 async def revocations(
     ctx: Context,
     _client: ServiceClient,

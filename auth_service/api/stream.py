@@ -25,6 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from auth_service import contract as c
 from auth_service.api.deps import Context, CurrentPrincipal, app_state, bearer_token
+from auth_service.api.openapi import errors
 from auth_service.authn import Principal, authenticate
 from auth_service.context import AuthContext
 from auth_service.errors import BearerError
@@ -132,6 +133,13 @@ async def _stream(
     "/v1/me/events/stream",
     summary="The caller's own events as they commit (text/event-stream)",
     response_class=StreamingResponse,
+    responses={
+        200: {
+            "description": "Server-sent events until the token is revoked or expires.",
+            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+        },
+        **errors(400, 401),
+    },
 )
 async def my_events(
     request: Request,

@@ -10,6 +10,7 @@ from urllib.parse import urlsplit
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse, RedirectResponse, Response
+from pydantic import BaseModel, ConfigDict
 
 from auth_service.settings import AuthSettings
 
@@ -20,6 +21,15 @@ FILES = {
     "favicon.svg": ("favicon.svg", "image/svg+xml"),
 }
 CLIENT_ID = "tokenlife-console"
+
+
+class ConsoleConfig(BaseModel):
+    """What the console's page reads at start: the resource service it calls, and its client id."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    resource_url: str | None
+    client_id: str
 
 
 def origin(url: str) -> str:
@@ -61,13 +71,17 @@ def build_router(settings: AuthSettings) -> APIRouter:
     bodies = {name: (static.joinpath(file).read_bytes(), kind) for name, (file, kind) in FILES.items()}
     resource_url = settings.console_resource_url or None
     headers = security_headers(origin(settings.console_resource_url))
-    router = APIRouter(include_in_schema=False)
+    router = APIRouter(tags=["console"])
 
-    @router.get("/console")
+    @router.get("/console", include_in_schema=False)
     async def bare() -> Response:
         return RedirectResponse("/console/", status_code=308)
 
-    @router.get("/console/config.json")
+    @router.get(
+        "/console/config.json",
+        summary="Where the web console's resource service is, and its client id",
+        responses={200: {"model": ConsoleConfig}},
+    )
     async def config() -> Response:
         body = {"resource_url": resource_url, "client_id": CLIENT_ID}
         return JSONResponse(body, headers=headers | {"Cache-Control": "no-store"})
@@ -78,7 +92,7 @@ def build_router(settings: AuthSettings) -> APIRouter:
         async def serve() -> Response:
             return Response(body, media_type=kind, headers=headers | {"Cache-Control": "no-cache"})
 
-        router.add_api_route(f"/console/{name}", serve, methods=["GET"])
+        router.add_api_route(f"/console/{name}", serve, methods=["GET"], include_in_schema=False)
 
     for name in FILES:
         page(name)

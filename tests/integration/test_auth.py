@@ -109,6 +109,7 @@ async def test_repeated_failures_are_throttled_with_retry_after(
     )
     assert throttled.status_code == 429
     assert int(throttled.headers["retry-after"]) >= 1
+    assert throttled.json()["error"] == "temporarily_unavailable"  # a registered code; not "wrong password"
 
 
 async def test_an_address_gets_a_looser_limit_than_an_account(
@@ -452,5 +453,8 @@ async def test_the_docs_authorize_button_logs_in_through_the_password_grant(
     form = spec["paths"]["/oauth/token"]["post"]["requestBody"]["content"][
         "application/x-www-form-urlencoded"
     ]
-    assert form["schema"]["required"] == ["grant_type"]
-    assert {"username", "password", "refresh_token", "scope"} <= set(form["schema"]["properties"])
+    password, refresh = form["schema"]["oneOf"]
+    assert password["required"] == ["grant_type", "username", "password"]
+    assert password["properties"]["grant_type"]["enum"] == ["password"]
+    assert refresh["required"] == ["grant_type", "refresh_token"]
+    assert {"scope", "client_id"} <= set(password["properties"]) & set(refresh["properties"])

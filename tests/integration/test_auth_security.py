@@ -19,7 +19,6 @@ PUBLIC = {
     ("POST", "/oauth/revoke"),
     ("GET", "/.well-known/jwks.json"),
     ("GET", "/.well-known/oauth-authorization-server"),
-    ("GET", "/.well-known/openid-configuration"),
     ("GET", "/healthz"),
     ("GET", "/readyz"),
     ("GET", "/metrics"),

@@ -8,6 +8,7 @@ import pytest
 
 from auth_service.authn import revocation_reason
 from auth_service.backoff import BackoffRule, wait_seconds
+from auth_service.errors import InvalidScope
 from auth_service.grant_rules import Rotation, decide_rotation, grant_scope
 from auth_service.lifetimes import whole_second_floor
 from auth_service.tokens import hash_refresh_token, new_refresh_token, unverified_kid
@@ -31,19 +32,35 @@ def test_rotation_decision_depends_only_on_when_the_token_was_rotated(
     assert decide_rotation(rotated_at, NOW, GRACE) is decision
 
 
+ALL = ("read", "write", "admin")
+
+
 @pytest.mark.parametrize(
-    ("requested", "held", "granted"),
+    ("requested", "held", "allowed", "granted"),
     [
-        (None, "read write", "read write"),
-        ("", "read", "read"),
-        ("write admin", "read write", "write"),
-        ("x", "", ""),
+        (None, "read write", ALL, "read write"),
+        ("", "read", ALL, "read"),
+        ("write admin", "read write", ALL, "write"),
+        (None, "read write admin", ("read", "write"), "read write"),
+        ("read admin", "read admin", ("read",), "read"),
+        (None, "", ALL, ""),
     ],
 )
-def test_granted_scope_never_exceeds_what_the_user_holds(
-    requested: str | None, held: str, granted: str
+def test_granted_scope_is_the_request_narrowed_to_the_user_and_the_client(
+    requested: str | None, held: str, allowed: tuple[str, ...], granted: str
 ) -> None:
-    assert grant_scope(requested, held) == granted
+    assert grant_scope(requested, held, allowed) == granted
+
+
+@pytest.mark.parametrize(
+    ("requested", "held", "allowed"),
+    [("x", "", ALL), ("admin", "read write", ALL), ("admin", "admin", ("read",))],
+)
+def test_nothing_grantable_of_what_was_requested_is_invalid_scope(
+    requested: str, held: str, allowed: tuple[str, ...]
+) -> None:
+    with pytest.raises(InvalidScope):
+        grant_scope(requested, held, allowed)
 
 
 def test_a_watermark_one_second_past_the_floor_covers_every_earlier_token() -> None:

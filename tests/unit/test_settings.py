@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 import pytest
 
+from auth_service.clients import secret_hash
 from auth_service.keys import new_key_encryption_key
 from auth_service.settings import DEV_AMQP_URL, AuthSettings, UnsafeSettings
 from resource_service.settings import ResourceSettings
@@ -75,3 +77,94 @@ def test_a_resource_service_without_a_broker_is_valid_in_production(monkeypatch:
     settings = ResourceSettings()
     assert settings.amqp_url.get_secret_value() == ""  # the feed long-polls the log alone
     assert ResourceSettings(env="dev").amqp_url.get_secret_value() == ""  # dev no longer assumes a broker
+
+
+DEV_HASH = secret_hash("dev-service-secret")
+
+
+def _production(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TOKENLIFE_DATABASE_URL", "postgresql+asyncpg://app@db/tokenlife")
+    monkeypatch.setenv("TOKENLIFE_AMQP_URL", "amqps://tokenlife:s3cret@broker:5671/")
+    monkeypatch.setenv("TOKENLIFE_ISSUER", "https://auth.example.com")
+    monkeypatch.setenv("TOKENLIFE_KEY_ENCRYPTION_KEY", new_key_encryption_key())
+
+
+def test_dev_registers_the_console_as_the_default_public_client(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TOKENLIFE_ENV", "dev")
+    registry = AuthSettings().client_registry
+    assert registry.public_client(None) == registry.public_client("tokenlife-console")
+    name, console = registry.public_client(None) or ("", None)
+    assert name == "tokenlife-console"
+    assert console is not None
+    assert console.grant_types == ("password", "refresh_token")
+    assert registry.authenticate("dev-service", "dev-service-secret")
+
+
+def test_production_registers_only_what_is_configured(monkeypatch: pytest.MonkeyPatch) -> None:
+    _production(monkeypatch)
+    secret = "a-service-secret-long-enough"
+    monkeypatch.setenv(
+        "TOKENLIFE_CLIENTS", json.dumps({"web": {"type": "public", "grant_types": ["password"]}})
+    )
+    monkeypatch.setenv("TOKENLIFE_SERVICE_CLIENTS", json.dumps({"orders": secret}))
+    registry = AuthSettings().client_registry
+    assert registry.public_client(None) is None  # no default client unless one is configured
+    assert registry.public_client("tokenlife-console") is None
+    assert registry.public_client("web") is not None
+    assert registry.public_client("orders") is None  # a service is no public client
+    assert registry.authenticate("orders", secret)
+    assert not registry.authenticate("orders", secret + "x")
+    assert not registry.authenticate("web", "")
+
+
+@pytest.mark.parametrize(
+    ("variables", "complaint"),
+    [
+        ({"TOKENLIFE_SERVICE_CLIENTS": '{"orders": "dev-service-secret"}'}, "well-known dev service secret"),
+        (
+            {
+                "TOKENLIFE_CLIENTS": json.dumps(
+                    {"s": {"type": "confidential", "secret_hash": secret_hash("dev-service-secret")}}
+                )
+            },
+            "well-known dev service secret",
+        ),
+        ({"TOKENLIFE_DEFAULT_CLIENT_ID": "nobody"}, "is not a registered public client"),
+        (
+            {"TOKENLIFE_CLIENTS": json.dumps({"w": {"type": "public", "scopes": ["billing"]}})},
+            "scopes outside TOKENLIFE_SCOPES",
+        ),
+        (
+            {
+                "TOKENLIFE_CLIENTS": json.dumps({"o": {"type": "public"}}),
+                "TOKENLIFE_SERVICE_CLIENTS": '{"o": "a-service-secret-long-enough"}',
+            },
+            "in both TOKENLIFE_CLIENTS and TOKENLIFE_SERVICE_CLIENTS",
+        ),
+    ],
+)
+def test_production_refuses_unsafe_client_registries(
+    variables: dict[str, str], complaint: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _production(monkeypatch)
+    for name, value in variables.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(UnsafeSettings, match=complaint):
+        AuthSettings()
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        {"type": "confidential", "secret_hash": "plain-text"},
+        {"type": "confidential"},
+        {"type": "public", "secret_hash": secret_hash("x")},
+        {"type": "confidential", "secret_hash": secret_hash("x"), "grant_types": ["password"]},
+        {"type": "public", "grant_types": ["client_credentials"]},
+    ],
+)
+def test_malformed_clients_are_refused(spec: dict[str, object], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TOKENLIFE_ENV", "dev")
+    monkeypatch.setenv("TOKENLIFE_CLIENTS", json.dumps({"c": spec}))
+    with pytest.raises(ValueError, match="clients"):
+        AuthSettings()

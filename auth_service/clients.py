@@ -1,0 +1,88 @@
+"""The client registry (RFC 6749 §2), pure: who may use this server, how each authenticates, what it may get.
+
+Built from configuration (settings.py: TOKENLIFE_CLIENTS, and TOKENLIFE_SERVICE_CLIENTS as a shorthand for
+resource services). Two kinds:
+
+- public clients (a browser console, a CLI) hold no secret (RFC 6749 §2.1); they identify themselves with
+  `client_id` at the token endpoint and may use the grants they are registered for;
+- confidential clients (resource services) authenticate with HTTP Basic (client_secret_basic) and may read
+  the log and the revocation snapshot and introspect tokens. No grant here needs a confidential client, so
+  they are registered for none.
+
+Secrets are kept as SHA-256 digests, not argon2: a client secret is machine-generated with high entropy
+(`tokenlife clients secret` makes 256 bits), so a fast hash cannot be reversed by guessing, and resource
+services authenticate on every poll of the log (about once a second each), where tens of milliseconds of
+argon2 per request would be CPU spent on nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Literal, Self
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+GrantType = Literal["password", "refresh_token"]
+GRANT_TYPES: tuple[GrantType, ...] = ("password", "refresh_token")
+MAX_CLIENT_ID = 128
+_UNKNOWN = "sha256:" + "0" * 64  # compared against for an unknown client, so both cost the same
+
+
+def secret_hash(secret: str) -> str:
+    """The stored form of a client secret: `sha256:` and the hex digest."""
+    return "sha256:" + hashlib.sha256(secret.encode()).hexdigest()
+
+
+def new_secret() -> str:
+    """A fresh client secret: 256 random bits, URL-safe."""
+    return secrets.token_urlsafe(32)
+
+
+class ClientSpec(BaseModel):
+    """One registered client, as configured."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    type: Literal["public", "confidential"]
+    secret_hash: str | None = Field(default=None, pattern=r"^sha256:[0-9a-f]{64}$")
+    grant_types: tuple[GrantType, ...] = ()
+    scopes: tuple[str, ...] | None = Field(
+        default=None, description="Scopes this client may get; absent: every scope the server offers."
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        if self.type == "public" and self.secret_hash is not None:
+            raise ValueError("a public client has no secret_hash")
+        if self.type == "confidential" and self.secret_hash is None:
+            raise ValueError("a confidential client needs a secret_hash")
+        if self.type == "confidential" and self.grant_types:
+            raise ValueError("confidential clients (services) get no grants here")
+        return self
+
+
+@dataclass(frozen=True)
+class ClientRegistry:
+    """The registered clients, and the public client a token request without client_id stands for."""
+
+    clients: Mapping[str, ClientSpec]
+    default_client_id: str = ""
+
+    def public_client(self, client_id: str | None) -> tuple[str, ClientSpec] | None:
+        """The public client a token request names (or the default one); None if there is no such client."""
+        name = client_id or self.default_client_id
+        spec = self.clients.get(name) if name else None
+        if spec is None or spec.type != "public":
+            return None
+        return name, spec
+
+    def authenticate(self, client_id: str, secret: str) -> bool:
+        """Whether the confidential client's secret is right, in constant time whether or not it exists."""
+        spec = self.clients.get(client_id)
+        stored = spec.secret_hash if spec is not None and spec.secret_hash else _UNKNOWN
+        match = hmac.compare_digest(secret_hash(secret).encode(), stored.encode())
+        return match and spec is not None and spec.type == "confidential"

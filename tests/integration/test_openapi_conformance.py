@@ -1,0 +1,134 @@
+"""The OpenAPI document against the running auth service: schemathesis generates valid and invalid requests
+from the document and every answer must match it (status, content type, headers, body schema), with no 5xx,
+and a request the document forbids must be refused with a documented 4xx."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis.errors import Unsatisfiable
+from schemathesis import GenerationMode
+from schemathesis.core.parameters import ParameterLocation
+from schemathesis.core.result import Ok
+
+from tests.conftest import PASSWORD, SERVICE_CLIENT, add_user, start_auth_server
+
+pytestmark = pytest.mark.integration
+
+EMAIL = "conformance@example.com"
+EXAMPLES = 8  # per operation and generation mode: bounded, so the whole run stays well under a minute
+CHECKS = [
+    "not_a_server_error",
+    "status_code_conformance",
+    "content_type_conformance",
+    "response_headers_conformance",
+    "response_schema_conformance",
+    "negative_data_rejection",
+]
+# Run last: the password change's wrong guesses throttle the account, and a logout revokes the bearer token.
+LAST = ("POST /v1/auth/password", "POST /v1/auth/logout")
+
+
+@pytest.fixture
+def auth_process(database_url: str) -> Iterator[str]:
+    asyncio.run(add_user(database_url, EMAIL, scopes="read write"))
+    proc, base = start_auth_server(database_url)
+    try:
+        yield base
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+        if proc.stderr:
+            proc.stderr.close()
+
+
+def _credentials(base: str) -> dict[str, dict[str, str]]:
+    tokens = httpx.post(
+        f"{base}/oauth/token", data={"grant_type": "password", "username": EMAIL, "password": PASSWORD}
+    ).json()
+    basic = base64.b64encode(f"{SERVICE_CLIENT[0]}:{SERVICE_CLIENT[1]}".encode()).decode()
+    return {
+        "OAuth2PasswordBearer": {"Authorization": f"Bearer {tokens['access_token']}"},
+        "HTTPBasic": {"Authorization": f"Basic {basic}"},
+    }
+
+
+def _scheme(operation: Any) -> str | None:
+    requirements = operation.definition.raw.get("security", [])
+    names = {name for requirement in requirements for name in requirement}
+    return next(iter(names), None)
+
+
+def _exercise(operation: Any, mode: GenerationMode, base: str, credentials: dict[str, str]) -> set[int]:
+    """Send generated requests of one mode to one operation; every answer must match the document."""
+    checks = [getattr(schemathesis.checks, name) for name in CHECKS]
+    statuses: set[int] = set()
+
+    @given(case=operation.as_strategy(generation_mode=mode))
+    @settings(
+        max_examples=EXAMPLES,
+        deadline=None,
+        phases=[Phase.generate],
+        suppress_health_check=list(HealthCheck),
+        database=None,
+    )
+    def run(case: Any) -> None:
+        # Real credentials, unless the case's negation is in its headers (it dropped or broke Authorization):
+        # that one is sent without, and must be refused.
+        negated_headers = case.meta is not None and case.meta.is_negative_at(ParameterLocation.HEADER)
+        sent = {} if negated_headers else credentials
+        _shorten_long_poll(case)
+        statuses.add(case.call_and_validate(base_url=base, headers=sent, checks=checks).status_code)
+
+    try:
+        run()
+    except Unsatisfiable:
+        # Nothing to negate: no parameter or body with a constraint to break (GET /healthz, {sid}).
+        assert mode is GenerationMode.NEGATIVE, operation.label
+    return statuses
+
+
+def _shorten_long_poll(case: Any) -> None:
+    """A valid `wait` holds the answer up to 30 s when nothing commits: keep it short, so the run stays short.
+
+    The value stays valid (and of its generated type), so what is checked does not change.
+    """
+    query = case.query if isinstance(case.query, dict) else {}
+    wait = query.get("wait")
+    if isinstance(wait, int | float) and not isinstance(wait, bool) and 0 < wait <= 30:
+        query["wait"] = min(wait, 0.2)
+
+
+def test_every_answer_matches_the_document(auth_process: str) -> None:
+    config = schemathesis.Config.from_dict(
+        {
+            "checks": {"negative_data_rejection": {"expected-statuses": ["400", "401", "404", "413", "429"]}},
+            # Unknown query parameters are ignored, as HTTP APIs do; the document cannot say so.
+            "generation": {"allow-extra-parameters": False},
+        }
+    )
+    schema = schemathesis.openapi.from_url(f"{auth_process}/openapi.json", config=config)
+    credentials = _credentials(auth_process)
+    operations = []
+    for result in schema.get_all_operations():
+        assert isinstance(result, Ok), result
+        operations.append(result.ok())
+    operations.sort(key=lambda op: LAST.index(op.label) + 1 if op.label in LAST else 0)
+    assert len(operations) >= 14
+    seen: dict[str, set[int]] = {}
+    for operation in operations:
+        scheme = _scheme(operation)
+        for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
+            statuses = _exercise(operation, mode, auth_process, credentials[scheme] if scheme else {})
+            seen.setdefault(operation.label, set()).update(statuses)
+    # The run reached every operation, and the credentials were good: not only refusals were checked.
+    assert set(seen) == {op.label for op in operations}
+    for label in ("GET /v1/sessions", "GET /v1/events", "GET /v1/revocations", "POST /oauth/introspect"):
+        assert 200 in seen[label], (label, seen[label])
