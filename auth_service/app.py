@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from auth_service import keys as keystore
-from auth_service import projections
+from auth_service import passwords, projections
 from auth_service.api import account, discovery, oauth, service
 from auth_service.api.deps import AppState, app_state, context
 from auth_service.api.middleware import AccessLog, BodyLimit
@@ -107,6 +107,8 @@ def create_app(settings: AuthSettings) -> FastAPI:
         relay: Relay | None = None
         try:
             kek = settings.key_encryption_key.get_secret_value()
+            # Made now, in a thread, so the first login of an unknown user costs what every other one does.
+            await asyncio.to_thread(passwords.dummy_hash)
             keys = KeyCache(await load_keys(settings, engine), kek, settings.access_token_ttl)
             window, cap = settings.login_failure_window, settings.login_max_backoff
             throttle = LoginThrottle(
