@@ -38,6 +38,7 @@ from auth_service.relay import Relay
 from auth_service.relay.metrics import RelayMetrics
 from auth_service.settings import AuthSettings
 from auth_service.throttle import LoginThrottle
+from looplag import LoopLag
 
 log = logging.getLogger("tokenlife.auth")
 REALM = "tokenlife"
@@ -105,6 +106,7 @@ def create_app(settings: AuthSettings) -> FastAPI:
         engine = create_engine(settings.database_url)
         tasks: list[asyncio.Task[None]] = []
         relay: Relay | None = None
+        loop_lag.start()
         try:
             kek = settings.key_encryption_key.get_secret_value()
             # Made now, in a thread, so the first login of an unknown user costs what every other one does.
@@ -140,8 +142,10 @@ def create_app(settings: AuthSettings) -> FastAPI:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             await engine.dispose()
+            await loop_lag.stop()
 
     state = AppState()
+    loop_lag = LoopLag(state.registry)
     app = FastAPI(title="tokenlife auth service", version="0.1.0", lifespan=lifespan)
     app.state.tokenlife = state
     app.include_router(oauth.router)
