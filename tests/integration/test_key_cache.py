@@ -11,22 +11,34 @@ from auth_service import keys
 from auth_service.settings import AuthSettings
 
 pytestmark = pytest.mark.integration
+TTL = 300
+
+
+async def _cache_after_rotations(
+    engine: AsyncEngine, kek: str, rotations: int
+) -> tuple[keys.KeyCache, list[str]]:
+    """A key cache loaded after `rotations` new keys; the kids, oldest first."""
+    async with engine.begin() as conn:
+        kids = [await keys.rotate(conn, kek) for _ in range(rotations)]
+    async with engine.connect() as conn:
+        return keys.KeyCache(await keys.load(conn, kek, TTL), kek, TTL), kids
+
+
+async def _reload(engine: AsyncEngine, cache: keys.KeyCache) -> None:
+    async with engine.connect() as conn:
+        await cache.reload(conn)
 
 
 async def test_reload_reuses_opened_keys_and_opens_only_new_ones(
     engine: AsyncEngine, auth_settings: AuthSettings
 ) -> None:
     kek = auth_settings.key_encryption_key.get_secret_value()
-    async with engine.begin() as conn:
-        first_kid = await keys.rotate(conn, kek)
-    async with engine.connect() as conn:
-        cache = keys.KeyCache(await keys.load(conn, kek, 300), kek, 300)
+    cache, [first_kid] = await _cache_after_rotations(engine, kek, 1)
     first = cache.current()
     assert first.active is not None
     assert first.active.kid == first_kid
 
-    async with engine.connect() as conn:
-        await cache.reload(conn)
+    await _reload(engine, cache)
     unchanged = cache.current()
     # The very objects of the last load: nothing was decrypted or parsed again.
     assert unchanged.active is first.active
@@ -34,8 +46,7 @@ async def test_reload_reuses_opened_keys_and_opens_only_new_ones(
 
     async with engine.begin() as conn:
         second_kid = await keys.rotate(conn, kek)
-    async with engine.connect() as conn:
-        await cache.reload(conn)
+    await _reload(engine, cache)
     rotated = cache.current()
     assert rotated.active is not None
     assert rotated.active.kid == second_kid
@@ -52,15 +63,10 @@ async def test_a_revoked_key_leaves_the_reloaded_ring(
     engine: AsyncEngine, auth_settings: AuthSettings
 ) -> None:
     kek = auth_settings.key_encryption_key.get_secret_value()
-    async with engine.begin() as conn:
-        old_kid = await keys.rotate(conn, kek)
-        new_kid = await keys.rotate(conn, kek)
-    async with engine.connect() as conn:
-        cache = keys.KeyCache(await keys.load(conn, kek, 300), kek, 300)
+    cache, [old_kid, new_kid] = await _cache_after_rotations(engine, kek, 2)
     assert set(cache.current().public_keys) == {old_kid, new_kid}
     async with engine.begin() as conn:
         await keys.revoke(conn, old_kid, kek, "compromised", lock_timeout_ms=auth_settings.lock_timeout_ms)
-    async with engine.connect() as conn:
-        await cache.reload(conn)
+    await _reload(engine, cache)
     assert set(cache.current().public_keys) == {new_kid}
     assert [jwk["kid"] for jwk in cache.current().jwks["keys"]] == [new_kid]
