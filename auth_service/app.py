@@ -128,8 +128,12 @@ def create_app(settings: AuthSettings) -> FastAPI:
                     await projections.prune(conn, datetime.now(UTC))
                     await throttle.prune(conn, datetime.now(UTC))
 
-            tasks.append(asyncio.create_task(_supervise("keys", reload_keys, settings.key_refresh_seconds)))
-            tasks.append(asyncio.create_task(_supervise("prune", prune, PRUNE_EVERY)))
+            for name, body, every in (
+                ("keys", reload_keys, settings.key_refresh_seconds),
+                ("prune", prune, PRUNE_EVERY),
+            ):
+                # Named, so asyncio's debug mode and task dumps say which one ran long.
+                tasks.append(asyncio.create_task(_supervise(name, body, every), name=f"tokenlife-{name}"))
             if settings.relay_enabled:
                 relay = Relay.from_settings(settings, engine=engine, metrics=RelayMetrics(state.registry))
                 await relay.start()
