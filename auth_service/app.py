@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from auth_service import keys as keystore
-from auth_service import projections
+from auth_service import passwords, projections
 from auth_service.api import account, discovery, oauth, openapi, service, stream
 from auth_service.api.deps import AppState, app_state, context
 from auth_service.api.middleware import AccessLog, BodyLimit
@@ -42,6 +42,7 @@ from auth_service.relay import Relay
 from auth_service.relay.metrics import RelayMetrics
 from auth_service.settings import AuthSettings
 from auth_service.throttle import LoginThrottle
+from looplag import LoopLag
 
 log = logging.getLogger("tokenlife.auth")
 REALM = "tokenlife"
@@ -112,9 +113,12 @@ def create_app(settings: AuthSettings) -> FastAPI:
         relay: Relay | None = None
         listener = LogListener(settings.database_url, max_waiters=settings.long_poll_max_waiters)
         state.log_listener = listener
+        loop_lag.start()
         try:
             await listener.start()
             kek = settings.key_encryption_key.get_secret_value()
+            # Made now, in a thread, so the first login of an unknown user costs what every other one does.
+            await asyncio.to_thread(passwords.dummy_hash)
             keys = KeyCache(await load_keys(settings, engine), kek, settings.access_token_ttl)
             window, cap = settings.login_failure_window, settings.login_max_backoff
             throttle = LoginThrottle(
@@ -132,8 +136,12 @@ def create_app(settings: AuthSettings) -> FastAPI:
                     await projections.prune(conn, datetime.now(UTC))
                     await throttle.prune(conn, datetime.now(UTC))
 
-            tasks.append(asyncio.create_task(_supervise("keys", reload_keys, settings.key_refresh_seconds)))
-            tasks.append(asyncio.create_task(_supervise("prune", prune, PRUNE_EVERY)))
+            for name, body, every in (
+                ("keys", reload_keys, settings.key_refresh_seconds),
+                ("prune", prune, PRUNE_EVERY),
+            ):
+                # Named, so asyncio's debug mode and task dumps say which one ran long.
+                tasks.append(asyncio.create_task(_supervise(name, body, every), name=f"tokenlife-{name}"))
             if settings.relay_enabled:
                 relay = Relay.from_settings(settings, engine=engine, metrics=RelayMetrics(state.registry))
                 await relay.start()
@@ -147,8 +155,10 @@ def create_app(settings: AuthSettings) -> FastAPI:
             await asyncio.gather(*tasks, return_exceptions=True)
             await listener.stop()
             await engine.dispose()
+            await loop_lag.stop()
 
     state = AppState()
+    loop_lag = LoopLag(state.registry)
     app = FastAPI(title="tokenlife auth service", version="0.1.0", lifespan=lifespan)
     app.state.tokenlife = state
     app.include_router(oauth.router)

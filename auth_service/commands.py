@@ -1,4 +1,8 @@
-"""Commands of the auth service: migrate, log rebuild, serve, users, keys."""
+"""Commands of the auth service: migrate, log rebuild, serve, users, keys.
+
+Each command imports what it runs when it runs: the `tokenlife` command line registers every service's
+commands, and `tokenlife resource serve` must not pay for the auth service's database layer or hash anything.
+"""
 
 from __future__ import annotations
 
@@ -7,22 +11,8 @@ import asyncio
 import getpass
 import sys
 import uuid
-from datetime import UTC, datetime
 
-from sqlalchemy import select
-
-from auth_service import keys as keystore
-from auth_service.backoff import BackoffRule
-from auth_service.clients import new_secret, secret_hash
-from auth_service.context import AuthContext
-from auth_service.db import create_engine
-from auth_service.keyring import KeyRing
-from auth_service.keys import KeyCache
-from auth_service.passwords import check_new_password, hash_password
-from auth_service.revoke import revoke_user
 from auth_service.settings import AuthSettings
-from auth_service.tables import signing_keys, users
-from auth_service.throttle import LoginThrottle
 
 
 def _say(text: str) -> None:
@@ -58,13 +48,18 @@ def _read_password(email: str) -> str:
 
 
 async def _user_add(settings: AuthSettings, email: str, password: str, scopes: str) -> uuid.UUID:
+    from auth_service.db import create_engine
+    from auth_service.passwords import hash_password
+    from auth_service.tables import users
+
+    password_hash = await asyncio.to_thread(hash_password, password)
     engine = create_engine(settings.database_url, pool_size=1)
     try:
         user_id = uuid.uuid4()
         async with engine.begin() as conn:
             await conn.execute(
                 users.insert().values(
-                    user_id=user_id, email=email, password_hash=hash_password(password), scopes=scopes
+                    user_id=user_id, email=email, password_hash=password_hash, scopes=scopes
                 )
             )
         return user_id
@@ -73,6 +68,8 @@ async def _user_add(settings: AuthSettings, email: str, password: str, scopes: s
 
 
 def _user_add_cmd(args: argparse.Namespace) -> int:
+    from auth_service.passwords import check_new_password
+
     settings = AuthSettings()
     email = args.email.strip().lower()
     password = _read_password(email)
@@ -93,6 +90,19 @@ def _user_add_cmd(args: argparse.Namespace) -> int:
 
 
 async def _user_revoke(settings: AuthSettings, email: str) -> int:
+    from datetime import UTC, datetime
+
+    from sqlalchemy import select
+
+    from auth_service.backoff import BackoffRule
+    from auth_service.context import AuthContext
+    from auth_service.db import create_engine
+    from auth_service.keyring import KeyRing
+    from auth_service.keys import KeyCache
+    from auth_service.revoke import revoke_user
+    from auth_service.tables import users
+    from auth_service.throttle import LoginThrottle
+
     engine = create_engine(settings.database_url, pool_size=1)
     try:
         async with engine.begin() as conn:
@@ -117,6 +127,12 @@ def _user_revoke_cmd(args: argparse.Namespace) -> int:
 
 
 async def _keys(settings: AuthSettings, action: str, kid: str | None) -> int:
+    from sqlalchemy import select
+
+    from auth_service import keys as keystore
+    from auth_service.db import create_engine
+    from auth_service.tables import signing_keys
+
     engine = create_engine(settings.database_url, pool_size=1)
     kek = settings.key_encryption_key.get_secret_value()
     try:
@@ -216,11 +232,15 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def _kek(args: argparse.Namespace) -> int:
+    from auth_service import keys as keystore
+
     _say(keystore.new_key_encryption_key())
     return 0
 
 
 def _client_secret(args: argparse.Namespace) -> int:
+    from auth_service.clients import new_secret, secret_hash
+
     secret = new_secret()
     _say(f"secret:      {secret}\nsecret_hash: {secret_hash(secret)}")
     return 0

@@ -6,10 +6,15 @@ measurement); signing, paid once per token, is the slow side of RSA and happens 
 
 The active key signs; a retired key stays in the JWKS until every token it signed has expired; a revoked key
 leaves the JWKS at once and a `key.revoked` event tells resource services to refuse its tokens.
+
+The CPU-heavy steps (RSA key generation, decrypting and parsing a private key: tens of milliseconds each)
+run in a worker thread, never on the event loop, and a reload opens only the keys it has not seen before:
+a kid names one key for good (the kid is the ciphertext's associated data), so what was opened stays valid.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import os
 import time
@@ -56,7 +61,10 @@ def _encrypt(kek: AESGCM, kid: str, pem: bytes) -> bytes:
 
 def _decrypt(kek: AESGCM, kid: str, blob: bytes) -> rsa.RSAPrivateKey:
     pem = kek.decrypt(blob[:12], blob[12:], kid.encode())
-    key = serialization.load_pem_private_key(pem, password=None)
+    # The RSA consistency check (about 100 ms here) holds the GIL throughout, so it would stall the event loop
+    # even from a worker thread. It guards against a malformed key; this one is authenticated: AES-GCM proves
+    # it is the very key `_generate` made and encrypted under our key-encryption key.
+    key = serialization.load_pem_private_key(pem, password=None, unsafe_skip_rsa_key_validation=True)
     if not isinstance(key, rsa.RSAPrivateKey):
         raise KeyError_(f"key {kid} is not an RSA key")
     return key
@@ -68,13 +76,19 @@ def public_jwk(kid: str, public_key: rsa.RSAPublicKey) -> dict[str, Any]:
     return {**jwk, "kid": kid, "use": "sig", "alg": ALGORITHM}
 
 
-async def rotate(conn: AsyncConnection, key_encryption_key: str) -> str:
-    """Generate a new active key and retire the current one; returns the new kid."""
+def _generate(key_encryption_key: str) -> tuple[str, dict[str, Any], bytes]:
+    """A new key: its kid, public JWK and encrypted private half (CPU-bound: run in a thread)."""
     private = rsa.generate_private_key(public_exponent=65537, key_size=RSA_BITS)
     kid = uuid.uuid4().hex[:16]
     pem = private.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
+    return kid, public_jwk(kid, private.public_key()), _encrypt(_kek(key_encryption_key), kid, pem)
+
+
+async def rotate(conn: AsyncConnection, key_encryption_key: str) -> str:
+    """Generate a new active key and retire the current one; returns the new kid."""
+    kid, jwk, encrypted = await asyncio.to_thread(_generate, key_encryption_key)
     # Serialise rotations so that two instances starting at once cannot both create an active key.
     await conn.execute(text("LOCK TABLE signing_keys IN SHARE ROW EXCLUSIVE MODE"))
     now = datetime.now(UTC)
@@ -83,8 +97,8 @@ async def rotate(conn: AsyncConnection, key_encryption_key: str) -> str:
         signing_keys.insert().values(
             kid=kid,
             alg=ALGORITHM,
-            public_jwk=public_jwk(kid, private.public_key()),
-            private_key_encrypted=_encrypt(_kek(key_encryption_key), kid, pem),
+            public_jwk=jwk,
+            private_key_encrypted=encrypted,
             created_at=now,
         )
     )
@@ -131,8 +145,31 @@ async def revoke(
     return event
 
 
-async def load(conn: AsyncConnection, key_encryption_key: str, access_token_ttl: int) -> KeyRing:
-    """Load the active key and every public key a live token may still need."""
+def _public_key(jwk: dict[str, Any]) -> rsa.RSAPublicKey:
+    public = jwt.algorithms.RSAAlgorithm.from_jwk(jwk)
+    if not isinstance(public, rsa.RSAPublicKey):
+        raise KeyError_(f"key {jwk.get('kid')} is not an RSA key")
+    return public
+
+
+def _open(
+    key_encryption_key: str, jwks: dict[str, dict[str, Any]], private: tuple[str, bytes] | None
+) -> tuple[dict[str, rsa.RSAPublicKey], SigningKey | None]:
+    """Parse public JWKs and decrypt one private key (CPU-bound: run in a thread)."""
+    publics = {kid: _public_key(jwk) for kid, jwk in jwks.items()}
+    if private is None:
+        return publics, None
+    kid, blob = private
+    return publics, SigningKey(kid, _decrypt(_kek(key_encryption_key), kid, blob))
+
+
+async def load(
+    conn: AsyncConnection, key_encryption_key: str, access_token_ttl: int, previous: KeyRing | None = None
+) -> KeyRing:
+    """Load the active key and every public key a live token may still need.
+
+    Keys already in `previous` (by kid) are reused as they are; only new ones are parsed and decrypted.
+    """
     now = datetime.now(UTC)
     horizon = lifetimes.key_publication_horizon(now, access_token_ttl)
     rows = (
@@ -143,19 +180,23 @@ async def load(conn: AsyncConnection, key_encryption_key: str, access_token_ttl:
             .order_by(signing_keys.c.created_at.desc())
         )
     ).all()
-    kek = _kek(key_encryption_key)
-    active: SigningKey | None = None
-    publics: dict[str, rsa.RSAPublicKey] = {}
-    for row in rows:
-        public = jwt.algorithms.RSAAlgorithm.from_jwk(row.public_jwk)
-        assert isinstance(public, rsa.RSAPublicKey)
-        publics[row.kid] = public
-        if row.retired_at is None and active is None:
-            active = SigningKey(row.kid, _decrypt(kek, row.kid, row.private_key_encrypted))
+    known = previous.public_keys if previous is not None else {}
+    active_row = next((row for row in rows if row.retired_at is None), None)
+    active, to_decrypt = None, None
+    if active_row is not None:
+        if previous is not None and previous.active is not None and previous.active.kid == active_row.kid:
+            active = previous.active
+        else:
+            to_decrypt = (active_row.kid, active_row.private_key_encrypted)
+    new_jwks = {row.kid: dict(row.public_jwk) for row in rows if row.kid not in known}
+    opened: dict[str, rsa.RSAPublicKey] = {}
+    if new_jwks or to_decrypt is not None:
+        opened, decrypted = await asyncio.to_thread(_open, key_encryption_key, new_jwks, to_decrypt)
+        active = active or decrypted
     return KeyRing(
         active=active,
         jwks={"keys": [dict(row.public_jwk) for row in rows]},
-        public_keys=publics,
+        public_keys={row.kid: known.get(row.kid) or opened[row.kid] for row in rows},
         loaded_at=now,
     )
 
@@ -179,7 +220,7 @@ class KeyCache:
 
     async def reload(self, conn: AsyncConnection) -> None:
         """Load the ring again (a rotation or revocation by another instance shows up here)."""
-        self._ring = await load(conn, self._kek, self._ttl)
+        self._ring = await load(conn, self._kek, self._ttl, previous=self._ring)
 
     async def know(self, conn: AsyncConnection, kid: str | None) -> None:
         """Reload early when `kid` is not in the ring (another instance may have rotated), rate-limited."""

@@ -13,6 +13,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from looplag import LoopLag
 from resource_service.auth_client import AuthClient
 from resource_service.dependency import require_principal
 from resource_service.feed import Feed
@@ -37,6 +38,7 @@ class Runtime:
     feed: Feed
     guard: Guard
     registry: CollectorRegistry
+    loop_lag: LoopLag
 
 
 def _build(settings: ResourceSettings) -> Runtime:
@@ -62,7 +64,8 @@ def _build(settings: ResourceSettings) -> Runtime:
         retry_after=max(1, math.ceil(settings.poll_interval)),
         fresh_until=feed.tracker,
     )
-    return Runtime(settings, client, feed, guard, build_registry(feed, guard))
+    registry = build_registry(feed, guard)
+    return Runtime(settings, client, feed, guard, registry, LoopLag(registry))
 
 
 def runtime(request: Request) -> Runtime:
@@ -98,12 +101,14 @@ def create_app(settings: ResourceSettings) -> FastAPI:
         settings.announce()
         rt = _build(settings)
         app.state.runtime = rt
+        rt.loop_lag.start()
         await rt.feed.start()
         try:
             yield
         finally:
             await rt.feed.stop()
             await rt.client.aclose()
+            await rt.loop_lag.stop()
 
     app = FastAPI(title="tokenlife sample resource service", lifespan=lifespan)
     if settings.cors_origins:

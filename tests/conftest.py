@@ -23,7 +23,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 
 import asyncpg
@@ -277,10 +277,10 @@ def start_auth_server(
     raise RuntimeError("auth service did not become ready within 30 s")
 
 
-@pytest.fixture
-def auth_server(database_url: str) -> Iterator[str]:
-    """A real `tokenlife auth serve` process on loopback (relay off); its base URL. Killed after the test."""
-    proc, base = start_auth_server(database_url)
+@contextmanager
+def running_auth_server(database_url: str, amqp_url: str = "", **extra: str) -> Iterator[str]:
+    """`start_auth_server` for the block: its base URL; the process is killed at the end."""
+    proc, base = start_auth_server(database_url, amqp_url, **extra)
     try:
         yield base
     finally:
@@ -288,3 +288,10 @@ def auth_server(database_url: str) -> Iterator[str]:
         proc.wait(timeout=10)
         if proc.stderr:
             proc.stderr.close()
+
+
+@pytest.fixture
+def auth_server(database_url: str) -> Iterator[str]:
+    """A real `tokenlife auth serve` process on loopback (relay off); its base URL. Killed after the test."""
+    with running_auth_server(database_url) as base:
+        yield base

@@ -47,6 +47,7 @@ async def _serve(settings: AuthSettings, args: argparse.Namespace) -> None:
     from prometheus_client import start_http_server
 
     from auth_service.relay.loop import Relay
+    from looplag import LoopLag
 
     overrides = {
         name: getattr(args, name)
@@ -54,8 +55,10 @@ async def _serve(settings: AuthSettings, args: argparse.Namespace) -> None:
         if getattr(args, name) is not None
     }
     relay = Relay.from_settings(settings, relay=settings.relay.model_copy(update=overrides))
+    loop_lag = LoopLag(relay.metrics.registry)
     if args.metrics_port:
         start_http_server(args.metrics_port, registry=relay.metrics.registry)
+        loop_lag.start()
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -68,3 +71,4 @@ async def _serve(settings: AuthSettings, args: argparse.Namespace) -> None:
         await stopping.wait()
     finally:
         await relay.stop()
+        await loop_lag.stop()

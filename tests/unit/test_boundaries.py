@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-PACKAGES = ("auth_service", "resource_service", "tokenlife")
+PACKAGES = ("auth_service", "resource_service", "tokenlife", "looplag")
 IO_LIBRARIES = {
     "sqlalchemy",
     "asyncpg",
@@ -93,7 +93,11 @@ def test_resource_service_imports_only_the_contract_from_auth_service() -> None:
 
 @pytest.mark.parametrize(
     ("package", "forbidden"),
-    [("auth_service", ("resource_service", "tokenlife")), ("resource_service", ("tokenlife",))],
+    [
+        ("auth_service", ("resource_service", "tokenlife")),
+        ("resource_service", ("tokenlife",)),
+        ("looplag", ("auth_service", "resource_service", "tokenlife")),
+    ],
 )
 def test_a_service_imports_neither_the_other_nor_the_command_line(
     package: str, forbidden: tuple[str, ...]
