@@ -6,16 +6,17 @@ import math
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from pydantic import BaseModel
 
 from looplag import LoopLag
 from resource_service.auth_client import AuthClient
-from resource_service.dependency import require_principal
+from resource_service.dependency import error_responses, install_error_handler, require_principal
 from resource_service.feed import Feed
 from resource_service.guard import Guard
 from resource_service.keys import JwksKeySource
@@ -83,14 +84,30 @@ _any_principal = require_principal(_guard)
 _admin_principal = require_principal(_guard, [ADMIN_SCOPE])
 
 
-def _principal_view(principal: Principal) -> dict[str, Any]:
-    return {
-        "sub": principal.sub,
-        "sid": principal.sid,
-        "jti": principal.jti,
-        "scopes": sorted(principal.scopes),
-        "client_id": principal.client_id,
-    }
+class PrincipalView(BaseModel):
+    """Who a token speaks for, as the sample routes answer it."""
+
+    sub: str
+    sid: str
+    jti: str
+    scopes: list[str]
+    client_id: str | None
+
+
+class AdminView(PrincipalView):
+    """The admin route's answer."""
+
+    admin: bool
+
+
+def _principal_view(principal: Principal) -> PrincipalView:
+    return PrincipalView(
+        sub=principal.sub,
+        sid=principal.sid,
+        jti=principal.jti,
+        scopes=sorted(principal.scopes),
+        client_id=principal.client_id,
+    )
 
 
 def create_app(settings: ResourceSettings) -> FastAPI:
@@ -122,15 +139,19 @@ def create_app(settings: ResourceSettings) -> FastAPI:
             max_age=600,
         )
 
-    @app.get("/v1/whoami", summary="Who the bearer token speaks for")
-    async def whoami(principal: Annotated[Principal, Depends(_any_principal)]) -> dict[str, Any]:
+    install_error_handler(app)
+
+    @app.get("/v1/whoami", summary="Who the bearer token speaks for", responses=error_responses())
+    async def whoami(principal: Annotated[Principal, Depends(_any_principal)]) -> PrincipalView:
         """The verified, unrevoked principal of the request."""
         return _principal_view(principal)
 
-    @app.get("/v1/admin", summary="A route that needs the admin scope")
-    async def admin(principal: Annotated[Principal, Depends(_admin_principal)]) -> dict[str, Any]:
+    @app.get(
+        "/v1/admin", summary="A route that needs the admin scope", responses=error_responses(scoped=True)
+    )
+    async def admin(principal: Annotated[Principal, Depends(_admin_principal)]) -> AdminView:
         """Only for tokens granted the admin scope."""
-        return {"admin": True, **_principal_view(principal)}
+        return AdminView(admin=True, **_principal_view(principal).model_dump())
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, str]:

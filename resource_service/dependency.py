@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from typing import Any
 
-from fastapi import HTTPException, Request
+from fastapi import FastAPI, HTTPException, Request
 from fastapi.openapi.models import HTTPBearer as HTTPBearerModel
 from fastapi.security.base import SecurityBase
 from starlette.responses import JSONResponse
@@ -16,9 +17,12 @@ from resource_service.verifier import Principal
 
 __all__ = [
     "DEFAULT_REALM",
+    "BearerRefusal",
     "PrincipalDependency",
     "RevocationMiddleware",
+    "error_responses",
     "http_exception",
+    "install_error_handler",
     "require_principal",
 ]
 
@@ -37,11 +41,62 @@ def _authorization(headers: list[tuple[bytes, bytes]]) -> str | None:
     return _joined([value.decode("latin-1") for value in values])
 
 
+class BearerRefusal(HTTPException):
+    """The dependency's refusal: an HTTPException (FastAPI answers it as `{"detail": ...}` by default) that
+    carries the RFC 6750 body, which `install_error_handler` answers instead."""
+
+    def __init__(self, err: ResourceError, realm: str) -> None:
+        super().__init__(
+            status_code=err.status_code, detail=err.description, headers=error_headers(err, realm)
+        )
+        self.body = error_body(err)
+
+
 def http_exception(err: ResourceError, realm: str = DEFAULT_REALM) -> HTTPException:
     """The HTTPException for an error, with WWW-Authenticate or Retry-After."""
-    return HTTPException(
-        status_code=err.status_code, detail=err.description, headers=error_headers(err, realm)
-    )
+    return BearerRefusal(err, realm)
+
+
+def install_error_handler(app: FastAPI) -> None:
+    """Answer the dependency's refusals with the RFC 6750 body `{"error", "error_description"}`, as the
+    ASGI middleware does (without it FastAPI answers `{"detail": description}`, same status and headers)."""
+
+    async def refused(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, BearerRefusal)
+        return JSONResponse(exc.body, status_code=exc.status_code, headers=exc.headers)
+
+    app.add_exception_handler(BearerRefusal, refused)
+
+
+_ERROR_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["error", "error_description"],
+    "properties": {"error": {"type": "string"}, "error_description": {"type": "string"}},
+}
+_DESCRIPTIONS = {
+    400: ("The Authorization header is malformed (invalid_request).", "WWW-Authenticate"),
+    401: ("No bearer token, or a bad, expired or revoked one.", "WWW-Authenticate"),
+    403: ("The token lacks a scope this route needs (insufficient_scope).", "WWW-Authenticate"),
+    503: (
+        "This instance cannot confirm its revocation state is fresh: it refuses (fail closed).",
+        "Retry-After",
+    ),
+}
+
+
+def error_responses(*, scoped: bool = False) -> dict[int | str, dict[str, Any]]:
+    """FastAPI `responses` for a route behind the dependency: every refusal it can answer, with its body
+    (the one `install_error_handler` gives) and header."""
+    answers: dict[int | str, dict[str, Any]] = {}
+    for status, (description, header) in _DESCRIPTIONS.items():
+        if status == 403 and not scoped:
+            continue
+        answers[status] = {
+            "description": description,
+            "content": {"application/json": {"schema": _ERROR_SCHEMA}},
+            "headers": {header: {"required": True, "schema": {"type": "string"}}},
+        }
+    return answers
 
 
 class PrincipalDependency(SecurityBase):

@@ -118,7 +118,10 @@ async def test_with_broker_and_auth_service_unreachable_the_instance_goes_stale_
             await eventually(lambda: _status(client, token, 503), "the instance fails closed")
             response = await whoami(client, token)
             assert int(response.headers["retry-after"]) >= 1
-            assert response.json()["detail"] == "revocation state is not fresh"
+            assert response.json() == {
+                "error": "temporarily_unavailable",
+                "error_description": "revocation state is not fresh",
+            }
             assert rt.feed.freshness() == "stale"
             assert (await client.get("/readyz")).status_code == 503
             assert rt.guard.rejections["state_stale"] >= 1

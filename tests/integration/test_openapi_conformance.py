@@ -18,7 +18,8 @@ from schemathesis import GenerationMode
 from schemathesis.core.parameters import ParameterLocation
 from schemathesis.core.result import Ok
 
-from tests.conftest import PASSWORD, SERVICE_CLIENT, add_user, start_auth_server
+from tests.conftest import PASSWORD, SERVICE_CLIENT, add_user, running_auth_server, start_auth_server
+from tests.e2e.test_resource_e2e import ResourceProcess, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -132,3 +133,37 @@ def test_every_answer_matches_the_document(auth_process: str) -> None:
     assert set(seen) == {op.label for op in operations}
     for label in ("GET /v1/sessions", "GET /v1/events", "GET /v1/revocations", "POST /oauth/introspect"):
         assert 200 in seen[label], (label, seen[label])
+
+
+def test_every_answer_of_the_resource_service_matches_its_document(database_url: str) -> None:
+    """The sample resource service (long-poll alone, no broker): its bearer routes and their refusals."""
+    asyncio.run(add_user(database_url, EMAIL, scopes="read write"))
+    with running_auth_server(database_url) as auth:
+        resource = ResourceProcess(auth, "", "unused")
+        resource.start()
+        try:
+            wait_for(lambda: httpx.get(f"{resource.base}/readyz").status_code == 200, "the resource is ready")
+            token = _credentials(auth)["OAuth2PasswordBearer"]
+            schema = schemathesis.openapi.from_url(
+                f"{resource.base}/openapi.json",
+                config=schemathesis.Config.from_dict(
+                    {
+                        "checks": {"negative_data_rejection": {"expected-statuses": ["400", "401", "403"]}},
+                        "generation": {"allow-extra-parameters": False},
+                    }
+                ),
+            )
+            seen: dict[str, set[int]] = {}
+            for result in schema.get_all_operations():
+                assert isinstance(result, Ok), result
+                operation = result.ok()
+                for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
+                    seen.setdefault(operation.label, set()).update(
+                        _exercise(operation, mode, resource.base, token)
+                    )
+            # The user holds read and write, not admin: the one route answers 200, the other 403.
+            assert seen == {"GET /v1/whoami": seen["GET /v1/whoami"], "GET /v1/admin": seen["GET /v1/admin"]}
+            assert 200 in seen["GET /v1/whoami"], seen
+            assert 403 in seen["GET /v1/admin"], seen
+        finally:
+            resource.kill()
