@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 
+import asyncpg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
@@ -23,7 +24,7 @@ from auth_service.api.deps import AppState, app_state, context
 from auth_service.api.middleware import AccessLog, BodyLimit
 from auth_service.backoff import BackoffRule
 from auth_service.context import AuthContext
-from auth_service.db import create_engine
+from auth_service.db import asyncpg_dsn, create_engine
 from auth_service.errors import (
     AppendError,
     AuthServiceError,
@@ -34,6 +35,7 @@ from auth_service.errors import (
 )
 from auth_service.keyring import KeyRing
 from auth_service.keys import KeyCache
+from auth_service.log_writer import LogWriter
 from auth_service.relay import Relay
 from auth_service.relay.metrics import RelayMetrics
 from auth_service.settings import AuthSettings
@@ -105,7 +107,16 @@ def create_app(settings: AuthSettings) -> FastAPI:
         engine = create_engine(settings.database_url)
         tasks: list[asyncio.Task[None]] = []
         relay: Relay | None = None
+        pg: asyncpg.Pool | None = None
+        writer = LogWriter(
+            asyncpg_dsn(settings.database_url),
+            lock_timeout_ms=settings.lock_timeout_ms,
+            access_token_ttl=settings.access_token_ttl,
+        )
         try:
+            # Hot-path reads (lookups.py) on plain asyncpg; the group committer on a connection of its own.
+            pg = await asyncpg.create_pool(asyncpg_dsn(settings.database_url), min_size=1, max_size=10)
+            writer.start()
             kek = settings.key_encryption_key.get_secret_value()
             keys = KeyCache(await load_keys(settings, engine), kek, settings.access_token_ttl)
             window, cap = settings.login_failure_window, settings.login_max_backoff
@@ -113,7 +124,7 @@ def create_app(settings: AuthSettings) -> FastAPI:
                 BackoffRule(settings.login_max_failures, window, cap),
                 BackoffRule(settings.login_max_failures_per_address, window, cap),
             )
-            state.context = AuthContext(settings, engine, keys, throttle)
+            state.context = AuthContext(settings, engine, keys, throttle, pg, writer)
 
             async def reload_keys() -> None:
                 async with engine.connect() as conn:
@@ -127,7 +138,8 @@ def create_app(settings: AuthSettings) -> FastAPI:
             tasks.append(asyncio.create_task(_supervise("keys", reload_keys, settings.key_refresh_seconds)))
             tasks.append(asyncio.create_task(_supervise("prune", prune, PRUNE_EVERY)))
             if settings.relay_enabled:
-                relay = Relay.from_settings(settings, engine=engine, metrics=RelayMetrics(state.registry))
+                # On connections of its own, never the request pool (see docs/architecture.md, the relay).
+                relay = Relay.from_settings(settings, metrics=RelayMetrics(state.registry))
                 await relay.start()
             state.relay = relay
             yield
@@ -137,6 +149,9 @@ def create_app(settings: AuthSettings) -> FastAPI:
             for task in reversed(tasks):
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            await writer.stop()
+            if pg is not None:
+                await pg.close()
             await engine.dispose()
 
     state = AppState()

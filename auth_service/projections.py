@@ -11,7 +11,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, func, update
+from sqlalchemy import delete, func, text, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -123,7 +123,86 @@ async def prune(conn: AsyncConnection, now: datetime, leeway: timedelta = REVOCA
     return result.rowcount
 
 
-async def reset(conn: AsyncConnection) -> None:
-    """Empty every projection, before a replay of the whole log (log.Appender.rebuild_projections)."""
-    await conn.execute(delete(revocations))
-    await conn.execute(delete(sessions))
+# The same rules, set-based: what `project()` does event by event, as SQL over many events at once. Used by
+# the group committer (log_writer: one batch of revocations) and by `rebuild` (the whole log). The hypothesis
+# test tests/integration/test_rebuild.py proves the set form equals the event-by-event one.
+#
+# `{events}` is a relation (a table name or a parenthesised query) with the columns of EVENT_COLUMNS.
+EVENT_COLUMNS = "position, type, occurred_at, user_id, session_id, jti, kid, not_before, expires_at, reason"
+_LOG_EVENTS = f"""(SELECT position, type, occurred_at, user_id, session_id, jti, payload->>'kid' AS kid,
+    (payload->>'not_before')::timestamptz AS not_before, expires_at, payload->>'reason' AS reason
+    FROM event_log WHERE type IN ({", ".join(f"'{t.value}'" for t in c.EventType)}))"""
+
+# One row per (kind, subject): the GREATEST of every revocation of it, as repeated upserts would leave it.
+REVOCATION_ROWS = f"""
+SELECT kind, subject, max(not_before) AS not_before, max(expires_at) AS expires_at, max(position) AS position
+FROM (SELECT CASE type WHEN 'token.revoked' THEN 'jti' WHEN 'session.revoked' THEN 'session'
+                       WHEN 'user.revoked' THEN 'user' WHEN 'key.revoked' THEN 'key'
+                       ELSE 'global' END AS kind,
+             CASE type WHEN 'token.revoked' THEN jti WHEN 'session.revoked' THEN session_id::text
+                       WHEN 'user.revoked' THEN user_id WHEN 'key.revoked' THEN kid
+                       ELSE '{c.GLOBAL_SUBJECT}' END AS subject,
+             CASE WHEN type IN ('user.revoked', 'global.revoked') THEN not_before END AS not_before,
+             expires_at, position
+      FROM {{events}} AS e
+      WHERE type IN ('token.revoked', 'session.revoked', 'user.revoked', 'key.revoked', 'global.revoked')) r
+GROUP BY kind, subject"""
+
+
+def session_ends(open_: str, events: str, *, with_global: bool = True) -> str:
+    """For each open session of `open_` (session_id, user_id, created_at, start_position), the first event
+    of `events` after its start that ends it: its session.revoked, or a watermark of its user or everyone's
+    past its creation (`with_global=False` for events known to hold no global.revoked)."""
+    branches = [
+        f"""SELECT o.session_id, e.position, e.occurred_at, e.reason
+        FROM {open_} AS o JOIN {events} AS e ON e.session_id = o.session_id
+        WHERE e.type = 'session.revoked' AND e.position > o.start_position""",
+        f"""SELECT o.session_id, e.position, e.occurred_at, e.reason
+        FROM {open_} AS o JOIN {events} AS e ON e.user_id = o.user_id
+        WHERE e.type = 'user.revoked' AND o.created_at < e.not_before AND e.position > o.start_position""",
+    ]
+    if with_global:
+        branches.append(
+            f"""SELECT o.session_id, e.position, e.occurred_at, e.reason
+        FROM {open_} AS o JOIN {events} AS e ON o.created_at < e.not_before
+        WHERE e.type = 'global.revoked' AND e.position > o.start_position"""
+        )
+    return f"""
+SELECT DISTINCT ON (session_id) session_id, occurred_at AS revoked_at, reason AS revoked_reason
+FROM ({" UNION ALL ".join(branches)}) AS ending
+ORDER BY session_id, position"""
+
+
+_REBUILD_REVOCATIONS = f"""
+INSERT INTO revocations (kind, subject, not_before, expires_at, position)
+{REVOCATION_ROWS.format(events=_LOG_EVENTS)}"""
+
+_REBUILD_SESSIONS = f"""
+WITH started AS MATERIALIZED (
+    SELECT DISTINCT ON (session_id) session_id, user_id, payload->>'client_id' AS client_id,
+           occurred_at AS created_at, payload->>'user_agent' AS user_agent,
+           payload->>'client_address' AS client_address, expires_at, position AS start_position
+    FROM event_log WHERE type = 'session.started' ORDER BY session_id, position),
+refreshed AS (
+    SELECT s.session_id, max(e.occurred_at) AS last_refreshed_at
+    FROM started s JOIN event_log e ON e.session_id = s.session_id AND e.position > s.start_position
+    WHERE e.type = 'token.issued' AND e.payload->>'cause' = 'refresh'
+    GROUP BY s.session_id),
+ended AS ({session_ends("started", _LOG_EVENTS)})
+INSERT INTO sessions (session_id, user_id, client_id, created_at, last_refreshed_at, user_agent,
+                      client_address, expires_at, revoked_at, revoked_reason)
+SELECT s.session_id, s.user_id, s.client_id, s.created_at, r.last_refreshed_at, s.user_agent,
+       s.client_address, s.expires_at, x.revoked_at, x.revoked_reason
+FROM started s LEFT JOIN refreshed r USING (session_id) LEFT JOIN ended x USING (session_id)"""
+
+
+async def rebuild(conn: AsyncConnection) -> int:
+    """Recompute every projection from the whole log with set-based SQL; returns the events in the log.
+
+    The caller holds the append lock (log.Appender.rebuild_projections), so no append interleaves.
+    """
+    # TRUNCATE, not DELETE: the rebuild rewrites every row anyway, and readers simply wait for its commit.
+    await conn.execute(text("TRUNCATE sessions, revocations"))
+    await conn.execute(text(_REBUILD_REVOCATIONS))
+    await conn.execute(text(_REBUILD_SESSIONS))
+    return int((await conn.execute(text("SELECT count(*) FROM event_log"))).scalar_one())

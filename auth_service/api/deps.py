@@ -96,9 +96,7 @@ class _Bearer(OAuth2PasswordBearer):
 
     async def __call__(self, request: Request) -> Principal:  # type: ignore[override]
         token = bearer_token(request)
-        ctx = context(request)
-        async with ctx.engine.connect() as conn:
-            return await authenticate(conn, ctx, token)
+        return await authenticate(context(request), token)
 
 
 class _Basic(HTTPBasic):

@@ -73,8 +73,7 @@ async def revoke(request: Request, ctx: Context) -> Response:
     if hint not in (None, "access_token", "refresh_token"):
         raise UnsupportedTokenType("unknown hint")
     token = required(fields, "token")
-    async with transaction(ctx) as conn:
-        await revoke_token(conn, ctx, token, hint)
+    await revoke_token(ctx, token, hint)
     return Response(status_code=200, headers=NO_STORE)
 
 
