@@ -156,7 +156,7 @@ logged AS (
     INSERT INTO event_log (position, event_id, type, occurred_at, user_id, session_id, jti, expires_at,
                            schema_version, payload)
     SELECT * FROM unnest($1::bigint[], $11::uuid[], $2::text[], $3::timestamptz[], $4::text[], $5::uuid[],
-                         $6::text[], $8::timestamptz[], $12::smallint[], $13::jsonb[])),
+                         $6::text[], $9::timestamptz[], $12::smallint[], $13::jsonb[])),
 revoked AS (
     INSERT INTO revocations (kind, subject, not_before, expires_at, position)
     {REVOCATION_ROWS.format(events="batch")}
