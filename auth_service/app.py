@@ -36,6 +36,7 @@ from auth_service.errors import (
 from auth_service.keyring import KeyRing
 from auth_service.keys import KeyCache
 from auth_service.log_writer import LogWriter
+from auth_service.lookups import keep_session_state
 from auth_service.relay import Relay
 from auth_service.relay.metrics import RelayMetrics
 from auth_service.settings import AuthSettings
@@ -115,7 +116,9 @@ def create_app(settings: AuthSettings) -> FastAPI:
         )
         try:
             # Hot-path reads (lookups.py) on plain asyncpg; the group committer on a connection of its own.
-            pg = await asyncpg.create_pool(asyncpg_dsn(settings.database_url), min_size=1, max_size=10)
+            pg = await asyncpg.create_pool(
+                asyncpg_dsn(settings.database_url), min_size=1, max_size=10, reset=keep_session_state
+            )
             writer.start()
             kek = settings.key_encryption_key.get_secret_value()
             keys = KeyCache(await load_keys(settings, engine), kek, settings.access_token_ttl)

@@ -52,7 +52,12 @@ def context(request: Request) -> AuthContext:
     return ctx
 
 
-Context = Annotated[AuthContext, Depends(context)]
+async def _context(request: Request) -> AuthContext:
+    # Async on purpose: FastAPI runs a plain `def` dependency in its thread pool, a thread hop per request.
+    return context(request)
+
+
+Context = Annotated[AuthContext, Depends(_context)]
 
 
 @asynccontextmanager
