@@ -166,7 +166,7 @@ revoked AS (
         position = greatest(revocations.position, excluded.position)),
 ended AS (
     UPDATE sessions SET revoked_at = x.revoked_at, revoked_reason = x.revoked_reason
-    FROM ({session_ends(_OPEN_SESSIONS, "batch", with_global=False)}) AS x
+    FROM ({session_ends(_OPEN_SESSIONS, "batch", None)}) AS x
     WHERE sessions.session_id = x.session_id)
 SELECT pg_notify('{NOTIFY_CHANNEL}', $14::text)
 """

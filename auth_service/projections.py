@@ -145,10 +145,13 @@ FROM (SELECT CASE type WHEN 'token.revoked' THEN 'jti' WHEN 'session.revoked' TH
 GROUP BY kind, subject"""
 
 
-def session_ends(open_: str, events: str, *, with_global: bool = True) -> str:
+def session_ends(open_: str, events: str, globals_: str | None) -> str:
     """For each open session of `open_` (session_id, user_id, created_at, start_position), the first event
-    of `events` after its start that ends it: its session.revoked, or a watermark of its user or everyone's
-    past its creation (`with_global=False` for events known to hold no global.revoked)."""
+    after its start that ends it: its session.revoked or a watermark of its user in `events`, or a global
+    watermark in `globals_` past its creation (None: the events hold no global.revoked).
+
+    The global events come as a relation of their own: they join every session (no equality to hash on),
+    so the planner must find them in a small relation, not by filtering the whole log for each session."""
     branches = [
         f"""SELECT o.session_id, e.position, e.occurred_at, e.reason
         FROM {open_} AS o JOIN {events} AS e ON e.session_id = o.session_id
@@ -157,10 +160,10 @@ def session_ends(open_: str, events: str, *, with_global: bool = True) -> str:
         FROM {open_} AS o JOIN {events} AS e ON e.user_id = o.user_id
         WHERE e.type = 'user.revoked' AND o.created_at < e.not_before AND e.position > o.start_position""",
     ]
-    if with_global:
+    if globals_ is not None:
         branches.append(
             f"""SELECT o.session_id, e.position, e.occurred_at, e.reason
-        FROM {open_} AS o JOIN {events} AS e ON o.created_at < e.not_before
+        FROM {open_} AS o JOIN {globals_} AS e ON o.created_at < e.not_before
         WHERE e.type = 'global.revoked' AND e.position > o.start_position"""
         )
     return f"""
@@ -197,7 +200,8 @@ refreshed AS (
     FROM started s JOIN logged e ON e.session_id = s.session_id AND e.position > s.start_position
     WHERE e.type = 'token.issued'
     GROUP BY s.session_id),
-ended AS ({session_ends("started", "logged")})
+globals AS MATERIALIZED (SELECT * FROM logged WHERE type = 'global.revoked'),
+ended AS ({session_ends("started", "logged", "globals")})
 INSERT INTO sessions (session_id, user_id, client_id, created_at, last_refreshed_at, user_agent,
                       client_address, expires_at, revoked_at, revoked_reason)
 SELECT s.session_id, s.user_id, s.client_id, s.created_at, r.last_refreshed_at, s.user_agent,
