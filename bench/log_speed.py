@@ -366,7 +366,9 @@ async def _run() -> dict[str, Any]:
     bare_rate = min(r["rate"] for r in res["bare"])
     p99 = max(r["p99_ms"] for r in res["logout@"])
     rows = [{"case": f"{name} round {i + 1}", **r} for name, runs in res.items() for i, r in enumerate(runs)]
-    ratio, cpu_ms = logout_rate / bare_rate, write["cpu_ms"]["logout"]
+    # The ratio within each round (the machine's load changes between rounds); the worst round counts.
+    ratio = min(lo["rate"] / b["rate"] for lo, b in zip(res["logout"], res["bare"], strict=True))
+    cpu_ms = write["cpu_ms"]["logout"]
     targets = [
         _target(
             "logouts/s sustained (closed loop, worst round)",
@@ -376,7 +378,9 @@ async def _run() -> dict[str, Any]:
             logout_rate >= 1000,
         ),
         _target("logout p99 at 500/s offered (worst round)", p99, "ms", "<= 20", p99 <= 20),
-        _target("logouts/s over the bare-INSERT route's", ratio, "x", ">= 0.5", ratio >= 0.5),
+        _target(
+            "logouts/s over the bare-INSERT route's, same round (worst)", ratio, "x", ">= 0.5", ratio >= 0.5
+        ),
         _target("auth CPU per logout, relay included", cpu_ms, "ms", "<= 1", cpu_ms <= 1),
         _target("rebuild events/s over 1M events", rebuild_rate, "1/s", ">= 300000", rebuild_rate >= 300_000),
     ]
