@@ -16,10 +16,8 @@ stay dense and equal to commit order; `log.appending()` (login, refresh, passwor
 takes the same lock, so the two kinds of appender interleave correctly.
 
 Each request awaits the commit of the batch that holds its intents. The decisions that need the log's state
-are made under the lock, in queue order, exactly as one transaction per request would have made them:
-ending a session already ended appends nothing (nor does ending it twice in one batch), and a user's
-watermark is one second past max(this second, the earlier watermark), the earlier one possibly set earlier
-in the same batch. If the batch fails (lock timeout, lost connection, any database error) every request in it
+are made under the lock, in queue order (`intents.decide`), exactly as one transaction per request would
+have made them. If the batch fails (lock timeout, lost connection, any database error) every request in it
 gets an AppendError (503, Retry-After) and nothing of any of them is committed: the failures that reach this
 point are the database's, not one request's (the events are validated contract objects before they are
 queued), so retrying the others alone would mostly fail again, later.
@@ -29,104 +27,22 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
 
 from auth_service import contract as c
-from auth_service import lifetimes
 from auth_service.errors import AppendError
+from auth_service.intents import EndSessions, Intent, LockedState, RevokeUser, decide
 from auth_service.log import APPEND_LOCK_KEY, NOTIFY_CHANNEL
 from auth_service.projections import EVENT_COLUMNS, REVOCATION_ROWS, session_ends
 
 log = logging.getLogger("tokenlife.log")
 
 MAX_BATCH = 500
-
-
-@dataclass(frozen=True)
-class EndSessions:
-    """End these sessions of a user: one session.revoked for each that is still open under the lock."""
-
-    user_id: str
-    session_ids: tuple[uuid.UUID, ...]
-    reason: str
-
-
-@dataclass(frozen=True)
-class RevokeUser:
-    """Revoke every token of the user issued so far: a user.revoked watermark computed under the lock."""
-
-    user_id: str
-    reason: str
-
-
-@dataclass(frozen=True)
-class RevokeToken:
-    """Revoke one access token: its token.revoked, appended as it is."""
-
-    event: c.TokenRevoked
-
-
-Intent = EndSessions | RevokeUser | RevokeToken
-
-
-@dataclass(frozen=True)
-class LockedState:
-    """What the decisions read under the lock: open sessions (user, created_at) and current watermarks."""
-
-    open_sessions: dict[uuid.UUID, tuple[str, datetime]]
-    watermarks: dict[str, datetime | None]
-
-
-def decide(
-    requests: Sequence[Sequence[Intent]], state: LockedState, now: datetime, access_token_ttl: int
-) -> list[list[c.Event]]:
-    """The events of each request, in queue order, as if each had run alone under the lock (pure)."""
-    open_ = dict(state.open_sessions)
-    marks = dict(state.watermarks)
-    until = lifetimes.latest_access_expiry(now, access_token_ttl)
-    decided: list[list[c.Event]] = []
-    for intents in requests:
-        events: list[c.Event] = []
-        for intent in intents:
-            match intent:
-                case EndSessions(user_id=user, session_ids=sids, reason=reason):
-                    for sid in sids:
-                        if open_.pop(sid, None) is not None:
-                            events.append(
-                                c.SessionRevoked(
-                                    session_id=sid,
-                                    user_id=user,
-                                    expires_at=until,
-                                    reason=reason,
-                                    occurred_at=now,
-                                )
-                            )
-                case RevokeUser(user_id=user, reason=reason):
-                    not_before = lifetimes.watermark(now, marks.get(user))
-                    marks[user] = not_before
-                    # Later intents of this batch see what the watermark's projection will do to sessions.
-                    for sid in [s for s, (u, at) in open_.items() if u == user and at < not_before]:
-                        del open_[sid]
-                    events.append(
-                        c.UserRevoked(
-                            user_id=user,
-                            not_before=not_before,
-                            expires_at=lifetimes.latest_access_expiry(not_before, access_token_ttl),
-                            reason=reason,
-                            occurred_at=now,
-                        )
-                    )
-                case RevokeToken(event=event):
-                    events.append(event)
-        decided.append(events)
-    return decided
 
 
 _STATE = """

@@ -23,8 +23,8 @@ from auth_service import lifetimes, lookups, queries
 from auth_service.authn import Principal, know_kid
 from auth_service.context import AuthContext
 from auth_service.errors import InvalidGrant, InvalidRequest, InvalidToken, NotFound
+from auth_service.intents import EndSessions, Intent, RevokeToken, RevokeUser
 from auth_service.log import Appender, appending
-from auth_service.log_writer import EndSessions, Intent, RevokeToken, RevokeUser
 from auth_service.passwords import check_new_password, hash_password, verify_password
 from auth_service.tables import users
 from auth_service.tokens import hash_refresh_token, verify_access_token

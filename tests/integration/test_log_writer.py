@@ -15,8 +15,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from auth_service import contract as c
 from auth_service.db import asyncpg_dsn
 from auth_service.errors import AppendError
+from auth_service.intents import EndSessions, RevokeToken, RevokeUser
 from auth_service.log import append, appending, read_after, read_head
-from auth_service.log_writer import EndSessions, LogWriter, RevokeToken, RevokeUser
+from auth_service.log_writer import LogWriter
 from auth_service.tables import revocations, sessions
 
 pytestmark = pytest.mark.integration
