@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 
+import asyncpg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
@@ -25,7 +26,7 @@ from auth_service.api.schemas import Health, Readiness
 from auth_service.backoff import BackoffRule
 from auth_service.console.pages import build_router as console_router
 from auth_service.context import AuthContext
-from auth_service.db import create_engine
+from auth_service.db import asyncpg_dsn, create_engine
 from auth_service.errors import (
     AppendError,
     AuthServiceError,
@@ -38,6 +39,8 @@ from auth_service.errors import (
 from auth_service.keyring import KeyRing
 from auth_service.keys import KeyCache
 from auth_service.log_listener import LogListener
+from auth_service.log_writer import LogWriter
+from auth_service.lookups import keep_session_state
 from auth_service.relay import Relay
 from auth_service.relay.metrics import RelayMetrics
 from auth_service.settings import AuthSettings
@@ -114,8 +117,19 @@ def create_app(settings: AuthSettings) -> FastAPI:
         listener = LogListener(settings.database_url, max_waiters=settings.long_poll_max_waiters)
         state.log_listener = listener
         loop_lag.start()
+        pg: asyncpg.Pool | None = None
+        writer = LogWriter(
+            asyncpg_dsn(settings.database_url),
+            lock_timeout_ms=settings.lock_timeout_ms,
+            access_token_ttl=settings.access_token_ttl,
+        )
         try:
             await listener.start()
+            # Hot-path reads (lookups.py) on plain asyncpg; the group committer on a connection of its own.
+            pg = await asyncpg.create_pool(
+                asyncpg_dsn(settings.database_url), min_size=1, max_size=10, reset=keep_session_state
+            )
+            writer.start()
             kek = settings.key_encryption_key.get_secret_value()
             # Made now, in a thread, so the first login of an unknown user costs what every other one does.
             await asyncio.to_thread(passwords.dummy_hash)
@@ -125,7 +139,7 @@ def create_app(settings: AuthSettings) -> FastAPI:
                 BackoffRule(settings.login_max_failures, window, cap),
                 BackoffRule(settings.login_max_failures_per_address, window, cap),
             )
-            state.context = AuthContext(settings, engine, keys, throttle)
+            state.context = AuthContext(settings, engine, keys, throttle, pg, writer)
 
             async def reload_keys() -> None:
                 async with engine.connect() as conn:
@@ -143,7 +157,8 @@ def create_app(settings: AuthSettings) -> FastAPI:
                 # Named, so asyncio's debug mode and task dumps say which one ran long.
                 tasks.append(asyncio.create_task(_supervise(name, body, every), name=f"tokenlife-{name}"))
             if settings.relay_enabled:
-                relay = Relay.from_settings(settings, engine=engine, metrics=RelayMetrics(state.registry))
+                # On connections of its own, never the request pool (see docs/architecture.md, the relay).
+                relay = Relay.from_settings(settings, metrics=RelayMetrics(state.registry))
                 await relay.start()
             state.relay = relay
             yield
@@ -153,6 +168,9 @@ def create_app(settings: AuthSettings) -> FastAPI:
             for task in reversed(tasks):
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            await writer.stop()
+            if pg is not None:
+                await pg.close()
             await listener.stop()
             await engine.dispose()
             await loop_lag.stop()

@@ -8,12 +8,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncConnection
-
 from auth_service import contract as c
 from auth_service.context import AuthContext
 from auth_service.errors import InvalidToken
-from auth_service.queries import revocation_rows
+from auth_service.lookups import revocation_rows
 from auth_service.tokens import unverified_kid, verify_access_token
 
 
@@ -39,22 +37,24 @@ def revocation_reason(rows: list[tuple[str, str, datetime | None]], iat: int) ->
     return None
 
 
-async def authenticate(conn: AsyncConnection, ctx: AuthContext, token: str) -> Principal:
+async def know_kid(ctx: AuthContext, token: str) -> None:
+    """Reload the key ring early when the token names a kid it lacks (the engine is only touched then)."""
+    kid = unverified_kid(token)
+    if kid is not None and kid not in ctx.keys.current().public_keys:
+        async with ctx.engine.connect() as conn:
+            await ctx.keys.know(conn, kid)
+
+
+async def authenticate(ctx: AuthContext, token: str) -> Principal:
     """Verify one of our access tokens and check the log's projections that it is not revoked."""
     s = ctx.settings
-    await ctx.keys.know(conn, unverified_kid(token))
+    await know_kid(ctx, token)
     kid, claims = verify_access_token(token, ctx.keys.current(), issuer=s.issuer, audience=s.audience)
     try:
         session_id = uuid.UUID(str(claims["sid"]))
     except ValueError:
         raise InvalidToken("invalid sid claim") from None
-    keys = [
-        (c.RevocationKind.JTI.value, str(claims["jti"])),
-        (c.RevocationKind.SESSION.value, str(session_id)),
-        (c.RevocationKind.USER.value, str(claims["sub"])),
-        (c.RevocationKind.KEY.value, kid),
-        (c.RevocationKind.GLOBAL.value, c.GLOBAL_SUBJECT),
-    ]
-    if revocation_reason(await revocation_rows(conn, keys), int(claims["iat"])):
+    rows = await revocation_rows(ctx.pg, str(claims["jti"]), session_id, str(claims["sub"]), kid)
+    if revocation_reason(rows, int(claims["iat"])):
         raise InvalidToken("token has been revoked")
     return Principal(str(claims["sub"]), session_id, str(claims["jti"]), kid, claims)

@@ -92,30 +92,39 @@ def _user_add_cmd(args: argparse.Namespace) -> int:
 async def _user_revoke(settings: AuthSettings, email: str) -> int:
     from datetime import UTC, datetime
 
+    import asyncpg
     from sqlalchemy import select
 
     from auth_service.backoff import BackoffRule
     from auth_service.context import AuthContext
-    from auth_service.db import create_engine
+    from auth_service.db import asyncpg_dsn, create_engine
     from auth_service.keyring import KeyRing
     from auth_service.keys import KeyCache
+    from auth_service.log_writer import LogWriter
     from auth_service.revoke import revoke_user
     from auth_service.tables import users
     from auth_service.throttle import LoginThrottle
 
     engine = create_engine(settings.database_url, pool_size=1)
+    dsn = asyncpg_dsn(settings.database_url)
     try:
-        async with engine.begin() as conn:
+        async with engine.connect() as conn:
             found = await conn.execute(select(users.c.user_id).where(users.c.email == email))
             user_id = found.scalar_one_or_none()
-            if user_id is None:
-                _say(f"tokenlife: no user with email {email}")
-                return 1
-            # Revoking needs no signing key: an empty ring will do.
-            ring = KeyRing(None, {"keys": []}, {}, loaded_at=datetime.now(UTC))
-            keys = KeyCache(ring, settings.key_encryption_key.get_secret_value(), settings.access_token_ttl)
-            ctx = AuthContext(settings, engine, keys, LoginThrottle(BackoffRule()))
-            [event] = await revoke_user(conn, ctx, str(user_id), "operator")
+        if user_id is None:
+            _say(f"tokenlife: no user with email {email}")
+            return 1
+        # Revoking needs no signing key: an empty ring will do.
+        ring = KeyRing(None, {"keys": []}, {}, loaded_at=datetime.now(UTC))
+        keys = KeyCache(ring, settings.key_encryption_key.get_secret_value(), settings.access_token_ttl)
+        async with (
+            asyncpg.create_pool(dsn, min_size=1, max_size=1) as pg,
+            LogWriter.running(
+                dsn, lock_timeout_ms=settings.lock_timeout_ms, access_token_ttl=settings.access_token_ttl
+            ) as writer,
+        ):
+            ctx = AuthContext(settings, engine, keys, LoginThrottle(BackoffRule()), pg, writer)
+            [event] = await revoke_user(ctx, str(user_id), "operator")
         _say(f"revoked every token and session of {email} (position {event.position})")
         return 0
     finally:

@@ -1,12 +1,15 @@
-"""What request handlers share: settings, the engine, the signing keys and the login throttle."""
+"""What request handlers share: settings, the engine, the hot path's asyncpg pool, the log writer, the signing
+keys and the login throttle."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from auth_service.keys import KeyCache
+from auth_service.log_writer import LogWriter
 from auth_service.settings import AuthSettings
 from auth_service.throttle import LoginThrottle
 
@@ -17,3 +20,5 @@ class AuthContext:
     engine: AsyncEngine
     keys: KeyCache
     throttle: LoginThrottle
+    pg: Any  # an asyncpg.Pool: the hot path's reads (lookups.py)
+    writer: LogWriter  # the group committer of revocations

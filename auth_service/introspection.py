@@ -25,7 +25,7 @@ async def introspect_token(
     """The introspection response for a token: active with its claims, or inactive for anything else."""
     if hint != "refresh_token":
         try:
-            who = await authenticate(conn, ctx, token)
+            who = await authenticate(ctx, token)
             return {"active": True, "token_type": "access_token", **who.claims}
         except InvalidToken:
             pass

@@ -37,7 +37,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from auth_service import contract as c
 from auth_service.errors import AppendError
 from auth_service.lifetimes import REVOCATION_RETENTION
-from auth_service.projections import decode_row, project, reset
+from auth_service.projections import decode_row, project, rebuild
 from auth_service.tables import event_log, revocations
 
 # Any fixed 64-bit key would do; this one spells "toklife" so it is recognisable in pg_locks.
@@ -93,22 +93,13 @@ class Appender:
         return positioned
 
     async def rebuild_projections(self) -> int:
-        """Recompute every projection from the log; returns the events replayed.
+        """Recompute every projection from the log, set-based; returns the events in the log.
 
         Under the append lock, so no append interleaves with the replay.
         """
         if not self._holding:
             raise AppendError("rebuild outside its log.appending() block: the append lock is not held")
-        await reset(self._conn)
-        after, replayed = 0, 0
-        while True:
-            rows = await read_payloads_after(self._conn, after, MAX_PAGE)
-            if not rows:
-                return replayed
-            for position, payload in rows:
-                await project(self._conn, decode_row(position, payload))
-            after = rows[-1][0]
-            replayed += len(rows)
+        return await rebuild(self._conn)
 
 
 @asynccontextmanager
@@ -172,10 +163,11 @@ async def read_payloads_after(
         .order_by(event_log.c.position)
         .limit(limit)
     )
-    return [(int(r.position), _with_positions(r.payload, int(r.position))) for r in rows]
+    return [(int(r.position), with_positions(r.payload, int(r.position))) for r in rows]
 
 
-def _with_positions(payload: dict[str, Any], position: int) -> dict[str, Any]:
+def with_positions(payload: dict[str, Any], position: int) -> dict[str, Any]:
+    """A stored payload with its position and prev_position from the position column (the truth)."""
     return {**payload, "position": position, "prev_position": position - 1}
 
 

@@ -1,5 +1,5 @@
 """Read-only queries of the projections and the log that more than one caller needs: sessions, watermarks,
-revocation rows, refresh tokens, a session's timeline. No writes here: those go through log.appending()."""
+refresh tokens, a session's timeline. No writes here: those go through log.appending()."""
 
 from __future__ import annotations
 
@@ -29,18 +29,6 @@ async def current_watermark(conn: AsyncConnection, user_id: str) -> datetime | N
     )
     marks = [r.not_before for r in rows if r.not_before is not None]
     return max(marks) if marks else None
-
-
-async def revocation_rows(
-    conn: AsyncConnection, keys: list[tuple[str, str]]
-) -> list[tuple[str, str, datetime | None]]:
-    """The revocation rows naming any of (kind, subject): (kind, subject, not_before)."""
-    rows = await conn.execute(
-        select(revocations.c.kind, revocations.c.subject, revocations.c.not_before).where(
-            tuple_(revocations.c.kind, revocations.c.subject).in_(keys)
-        )
-    )
-    return [(r.kind, r.subject, r.not_before) for r in rows]
 
 
 async def unrevoked_sessions(

@@ -1,8 +1,11 @@
 """Ending things: logout scopes, RFC 7009 revocation, ending one session, a user's tokens, password changes.
 
-Each function runs in the caller's transaction inside `log.appending()` (which takes the append lock before
-any row lock; the rule is in log.py) and appends exactly one event per session, token or user it ends.
-Ending something already ended appends nothing.
+Every function appends exactly one event per session, token or user it ends, and ending something already
+ended appends nothing. The revocation-only paths (logout, RFC 7009, ending a session, revoking a user)
+validate outside the lock (token, session lookups on the asyncpg pool) and hand their intents to the
+process's group committer (`ctx.writer`, log_writer.py), which decides under the append lock. A password
+change writes a credential row too, so it keeps its own transaction inside `log.appending()` (the same lock,
+taken before any row lock but the users row; see below).
 """
 
 from __future__ import annotations
@@ -16,15 +19,16 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from auth_service import contract as c
-from auth_service import lifetimes, queries
-from auth_service.authn import Principal
+from auth_service import lifetimes, lookups, queries
+from auth_service.authn import Principal, know_kid
 from auth_service.context import AuthContext
 from auth_service.errors import InvalidGrant, InvalidRequest, InvalidToken, NotFound
+from auth_service.intents import EndSessions, Intent, RevokeToken, RevokeUser
 from auth_service.log import Appender, appending
 from auth_service.passwords import check_new_password, hash_password, verify_password
 from auth_service.tables import users
 from auth_service.throttle import password_keys
-from auth_service.tokens import hash_refresh_token, unverified_kid, verify_access_token
+from auth_service.tokens import hash_refresh_token, verify_access_token
 
 LogoutScope = Literal["session", "others", "all"]
 MAX_REFRESH_TOKEN = 512
@@ -42,91 +46,68 @@ async def _end_sessions(
     return await log_.append(events)
 
 
-async def logout(
-    conn: AsyncConnection, ctx: AuthContext, who: Principal, scope: LogoutScope
-) -> list[c.Event]:
+async def logout(ctx: AuthContext, who: Principal, scope: LogoutScope) -> list[c.Event]:
     """End this session, the caller's other sessions, or every token of the user (a not-before watermark)."""
-    async with appending(conn, lock_timeout_ms=ctx.settings.lock_timeout_ms) as log_:
-        if scope == "all":
-            return await _revoke_user(conn, log_, ctx, who.user_id, "logout_all")
-        live = await queries.unrevoked_sessions(
-            conn, who.user_id, datetime.now(UTC), ctx.settings.access_token_ttl
+    if scope == "all":
+        return await ctx.writer.submit([RevokeUser(who.user_id, "logout_all")])
+    if scope == "session":
+        # Authentication found the session unrevoked; the writer checks again under the lock.
+        targets = [who.session_id]
+    else:
+        live = await lookups.unrevoked_sessions(
+            ctx.pg, who.user_id, datetime.now(UTC), ctx.settings.access_token_ttl
         )
-        if scope == "session":
-            targets = [sid for sid in live if sid == who.session_id]
-        else:
-            targets = [sid for sid in live if sid != who.session_id]
-        return await _end_sessions(log_, ctx, who.user_id, targets, f"logout_{scope}")
+        targets = [sid for sid in live if sid != who.session_id]
+    if not targets:
+        return []
+    return await ctx.writer.submit([EndSessions(who.user_id, tuple(targets), f"logout_{scope}")])
 
 
-async def revoke_user(conn: AsyncConnection, ctx: AuthContext, user_id: str, reason: str) -> list[c.Event]:
+async def revoke_user(ctx: AuthContext, user_id: str, reason: str) -> list[c.Event]:
     """Revoke every token of the user issued up to now, and every session started before."""
-    async with appending(conn, lock_timeout_ms=ctx.settings.lock_timeout_ms) as log_:
-        return await _revoke_user(conn, log_, ctx, user_id, reason)
+    return await ctx.writer.submit([RevokeUser(user_id, reason)])
 
 
-async def _revoke_user(
-    conn: AsyncConnection, log_: Appender, ctx: AuthContext, user_id: str, reason: str
-) -> list[c.Event]:
-    now = datetime.now(UTC)
-    not_before = lifetimes.watermark(now, await queries.current_watermark(conn, user_id))
-    event = c.UserRevoked(
-        user_id=user_id,
-        not_before=not_before,
-        expires_at=lifetimes.latest_access_expiry(not_before, ctx.settings.access_token_ttl),
-        reason=reason,
-        occurred_at=now,
-    )
-    return await log_.append([event])
-
-
-async def end_session(conn: AsyncConnection, ctx: AuthContext, who: Principal, session_id: uuid.UUID) -> None:
+async def end_session(ctx: AuthContext, who: Principal, session_id: uuid.UUID) -> None:
     """End one of the caller's own sessions (404 for anyone else's, so ids cannot be probed)."""
-    async with appending(conn, lock_timeout_ms=ctx.settings.lock_timeout_ms) as log_:
-        row = await queries.session(conn, session_id)
-        if row is None or row.user_id != who.user_id:
-            raise NotFound("no such session")
-        if row.revoked_at is None:
-            await _end_sessions(log_, ctx, who.user_id, [session_id], "ended_by_user")
+    row = await lookups.session_owner(ctx.pg, session_id)
+    if row is None or row[0] != who.user_id:
+        raise NotFound("no such session")
+    if row[1] is None:
+        await ctx.writer.submit([EndSessions(who.user_id, (session_id,), "ended_by_user")])
 
 
-async def revoke_token(
-    conn: AsyncConnection, ctx: AuthContext, token: str, hint: str | None
-) -> list[c.Event]:
+async def revoke_token(ctx: AuthContext, token: str, hint: str | None) -> list[c.Event]:
     """RFC 7009: revoke an access or refresh token; an unknown or invalid token is not an error."""
     order = (
         ["access_token", "refresh_token"] if hint != "refresh_token" else ["refresh_token", "access_token"]
     )
-    async with appending(conn, lock_timeout_ms=ctx.settings.lock_timeout_ms) as log_:
-        for kind in order:
-            events = await (
-                _revoke_refresh(conn, log_, ctx, token)
-                if kind == "refresh_token"
-                else _revoke_access(conn, log_, ctx, token)
-            )
-            if events is not None:
-                return events
-        return []
+    for kind in order:
+        intent = await (
+            _revoke_refresh(ctx, token) if kind == "refresh_token" else _revoke_access(ctx, token)
+        )
+        if intent is not None:
+            return await ctx.writer.submit([intent]) if intent else []
+    return []
 
 
-async def _revoke_refresh(
-    conn: AsyncConnection, log_: Appender, ctx: AuthContext, token: str
-) -> list[c.Event] | None:
+async def _revoke_refresh(ctx: AuthContext, token: str) -> Intent | Literal[False] | None:
+    """The intent for a refresh token; None: not one of ours; False: ours, but nothing to do."""
     if len(token) > MAX_REFRESH_TOKEN:
         return None
-    row = await queries.session_of_refresh_token(conn, hash_refresh_token(token))
+    row = await lookups.session_of_refresh_token(ctx.pg, hash_refresh_token(token))
     if row is None:
         return None
-    if row.revoked_at is not None:
-        return []
-    return await _end_sessions(log_, ctx, row.user_id, [row.session_id], "refresh_token_revoked")
+    session_id, user_id, revoked_at = row
+    if revoked_at is not None:
+        return False
+    return EndSessions(user_id, (session_id,), "refresh_token_revoked")
 
 
-async def _revoke_access(
-    conn: AsyncConnection, log_: Appender, ctx: AuthContext, token: str
-) -> list[c.Event] | None:
+async def _revoke_access(ctx: AuthContext, token: str) -> Intent | Literal[False] | None:
+    """The intent for an access token; None: not one of ours; False: ours, but nothing to do."""
     s = ctx.settings
-    await ctx.keys.know(conn, unverified_kid(token))
+    await know_kid(ctx, token)
     try:
         _kid, claims = verify_access_token(
             token, ctx.keys.current(), issuer=s.issuer, audience=s.audience, verify_exp=False
@@ -135,15 +116,16 @@ async def _revoke_access(
         return None
     expires_at = datetime.fromtimestamp(int(claims["exp"]), UTC)
     if lifetimes.beyond_every_leeway(expires_at, datetime.now(UTC)):
-        return []  # dead already: nothing to tell anyone
-    event = c.TokenRevoked(
-        jti=str(claims["jti"]),
-        user_id=str(claims["sub"]),
-        session_id=uuid.UUID(str(claims["sid"])),
-        expires_at=expires_at,
-        reason="revoked",
+        return False  # dead already: nothing to tell anyone
+    return RevokeToken(
+        c.TokenRevoked(
+            jti=str(claims["jti"]),
+            user_id=str(claims["sub"]),
+            session_id=uuid.UUID(str(claims["sid"])),
+            expires_at=expires_at,
+            reason="revoked",
+        )
     )
-    return await log_.append([event])
 
 
 async def change_password(

@@ -39,8 +39,7 @@ async def logout_route(request: Request, ctx: Context, who: CurrentPrincipal) ->
     scope = fields.get("scope") or request.query_params.get("scope") or "session"
     if scope not in SCOPES:
         raise InvalidRequest(f"scope must be one of {', '.join(SCOPES)}")
-    async with transaction(ctx) as conn:
-        events = await logout(conn, ctx, who, scope)  # type: ignore[arg-type]
+    events = await logout(ctx, who, scope)  # type: ignore[arg-type]
     return JSONResponse(
         {
             "scope": scope,
@@ -90,8 +89,7 @@ def _session_id(raw: str) -> uuid.UUID:
 )
 async def delete_session(sid: str, ctx: Context, who: CurrentPrincipal) -> Response:
     """End a session of the caller's; 404 for a session that is not theirs."""
-    async with transaction(ctx) as conn:
-        await end_session(conn, ctx, who, _session_id(sid))
+    await end_session(ctx, who, _session_id(sid))
     return Response(status_code=204)
 
 

@@ -53,7 +53,12 @@ def context(request: Request) -> AuthContext:
     return ctx
 
 
-Context = Annotated[AuthContext, Depends(context)]
+async def _context(request: Request) -> AuthContext:
+    # Async on purpose: FastAPI runs a plain `def` dependency in its thread pool, a thread hop per request.
+    return context(request)
+
+
+Context = Annotated[AuthContext, Depends(_context)]
 
 
 @asynccontextmanager
@@ -97,9 +102,7 @@ class _Bearer(OAuth2PasswordBearer):
 
     async def __call__(self, request: Request) -> Principal:  # type: ignore[override]
         token = bearer_token(request)
-        ctx = context(request)
-        async with ctx.engine.connect() as conn:
-            return await authenticate(conn, ctx, token)
+        return await authenticate(context(request), token)
 
 
 class _Basic(HTTPBasic):

@@ -110,8 +110,7 @@ async def revoke(request: Request, ctx: Context) -> Response:
     # RFC 7009 §2.1: the hint only orders the search; an unknown one is ignored and every type searched.
     hint = fields.get("token_type_hint")
     token = required(fields, "token")
-    async with transaction(ctx) as conn:
-        await revoke_token(conn, ctx, token, hint)
+    await revoke_token(ctx, token, hint)
     return Response(status_code=200, headers=NO_STORE)
 
 

@@ -92,8 +92,7 @@ async def _user_events(engine: AsyncEngine, user_id: str, after: int, upto: int)
 
 async def _still_valid(ctx: AuthContext, token: str) -> bool:
     try:
-        async with ctx.engine.connect() as conn:
-            await authenticate(conn, ctx, token)
+        await authenticate(ctx, token)
     except BearerError:
         return False
     return True

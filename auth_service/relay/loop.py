@@ -4,29 +4,34 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
+from collections import deque
 from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
 from prometheus_client import CollectorRegistry
-from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from auth_service import log as event_log
-from auth_service.db import create_engine
+from auth_service.db import asyncpg_dsn
 from auth_service.relay.leader import LeaderLock
 from auth_service.relay.metrics import RelayMetrics
 from auth_service.relay.publisher import BrokerLink, PublishFailure
 from auth_service.relay.wakeup import Waker
 from auth_service.settings import AuthSettings, RelaySettings
-from auth_service.tables import event_log as event_log_table
 
 log = logging.getLogger("tokenlife.relay")
 
 _DB_ERRORS = (SQLAlchemyError, asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
 _MIN_BACKOFF = 0.05
+# One cheap query per read: the payloads and their commit times (for the latency histogram) together.
+_READ_BATCH = (
+    "SELECT position, payload::text, recorded_at FROM event_log"
+    " WHERE position > $1 ORDER BY position LIMIT $2"
+)
+_READ_HEAD = "SELECT coalesce(max(position), 0) FROM event_log"
 
 
 class Relay:
@@ -43,14 +48,15 @@ class Relay:
         exchange: str,
         *,
         settings: RelaySettings | None = None,
-        engine: AsyncEngine | None = None,
         metrics: RelayMetrics | None = None,
     ) -> None:
         settings = settings or RelaySettings()
         self._database_url = database_url
         self._amqp_url = amqp_url
         self._exchange = exchange
-        self._engine = engine
+        self._dsn = asyncpg_dsn(database_url)
+        self._db: Any = None
+        self._confirmed = 0
         self._heartbeat_interval = settings.heartbeat_interval
         self._poll_interval = settings.poll_interval
         self._publish_timeout = settings.publish_timeout
@@ -80,7 +86,6 @@ class Relay:
         settings: AuthSettings,
         *,
         relay: RelaySettings | None = None,
-        engine: AsyncEngine | None = None,
         metrics: RelayMetrics | None = None,
     ) -> Relay:
         """A relay configured by the service's settings (`relay` replaces their relay part, if given)."""
@@ -89,7 +94,6 @@ class Relay:
             settings.amqp_url.get_secret_value(),
             settings.exchange,
             settings=relay or settings.relay,
-            engine=engine,
             metrics=metrics,
         )
 
@@ -131,7 +135,6 @@ class Relay:
 
     async def run(self) -> None:
         """Stand by or lead until cancelled; a crash while leading is logged, and leadership retried."""
-        engine = self._engine or create_engine(self._database_url, pool_size=2)
         self._running = True
         try:
             while True:
@@ -141,20 +144,18 @@ class Relay:
                     log.warning("relay: cannot reach the database for the leader lock: %r", exc)
                     acquired = False
                 if acquired:
-                    await self._lead(engine)
+                    await self._lead()
                 await asyncio.sleep(self._leader_retry_interval)
         finally:
             self._running = False
             await self._lock.release()
             await asyncio.gather(*self._closing, return_exceptions=True)
-            if self._engine is None:
-                await engine.dispose()
 
-    async def _lead(self, engine: AsyncEngine) -> None:
+    async def _lead(self) -> None:
         log.info("relay: this instance is the leader")
         self._leading = True
         self.metrics.leader.set(1)
-        publishing = asyncio.create_task(self._publish_loop(engine))
+        publishing = asyncio.create_task(self._publish_loop())
         lost = asyncio.create_task(self._lock.wait_lost())
         try:
             done, _ = await asyncio.wait({publishing, lost}, return_when=asyncio.FIRST_COMPLETED)
@@ -176,8 +177,8 @@ class Relay:
             await asyncio.gather(publishing, lost, return_exceptions=True)
             await self._lock.release()
 
-    async def _publish_loop(self, engine: AsyncEngine) -> None:
-        self._cursor = await self._lock.read_cursor()
+    async def _publish_loop(self) -> None:
+        self._cursor = self._confirmed = await self._lock.read_cursor()
         self.metrics.positions(cursor=self._cursor)
         waker = Waker(self._database_url, timeout=max(self._publish_timeout, 1.0))
         backoff = _MIN_BACKOFF
@@ -194,16 +195,17 @@ class Relay:
                     if self._opened_links > 1:
                         self.metrics.reconnects.inc()
                     self._link = link
-                    await self._pump(engine, link, waker)
+                    await self._pump(link, waker)
                 except PublishFailure as failure:
                     self.metrics.failures.labels(reason=failure.reason).inc()
-                    log.warning("relay: %s; resuming after position %d", failure, self._cursor)
+                    log.warning("relay: %s; resuming after position %d", failure, self._confirmed)
                     # Heartbeats refresh the head; without a broker, refresh it here, so lag shows the outage.
                     with contextlib.suppress(*_DB_ERRORS):
-                        self.metrics.positions(head=await self._read_head(engine))
+                        self.metrics.positions(head=await self._read_head())
                 except _DB_ERRORS as exc:
                     self.metrics.failures.labels(reason="database").inc()
-                    log.warning("relay: database error %r; resuming after position %d", exc, self._cursor)
+                    log.warning("relay: database error %r; resuming after position %d", exc, self._confirmed)
+                    await self._close_reader()
                 finally:
                     self._link = None
                     if link is not None:
@@ -212,51 +214,106 @@ class Relay:
                 await asyncio.sleep(backoff)
         finally:
             await waker.close()
+            await self._close_reader()
 
-    async def _pump(self, engine: AsyncEngine, link: BrokerLink, waker: Waker) -> None:
+    async def _pump(self, link: BrokerLink, waker: Waker) -> None:
+        """Read after the last sent position and send at once; confirms and the cursor follow behind.
+
+        Up to `batch_size` publishes stay outstanding: the next rows are read and sent while earlier confirms
+        are on their way, and the cursor UPDATE runs in a task of its own, never between a read and a send.
+        A failed publish fails the link; the next one resumes after the last confirmed position.
+        """
         loop = asyncio.get_running_loop()
         next_heartbeat = loop.time()
+        sent = self._confirmed
+        inflight: deque[tuple[int, datetime | None, asyncio.Task[None]]] = deque()
+        advanced = asyncio.Event()
+        cursor_task = asyncio.create_task(self._advance_cursor(advanced))
+        try:
+            while True:
+                if not link.is_open:
+                    raise PublishFailure("connection", "the broker connection closed")
+                if cursor_task.done():
+                    cursor_task.result()  # a database error moving the cursor ends this link too
+                self._harvest(inflight, advanced)
+                # Cleared before the read: a NOTIFY that lands during the read or the sends still wakes us.
+                waker.clear()
+                room = self._batch_size - len(inflight)
+                rows = await self._read_batch(sent, room) if room > 0 else []
+                for position, payload, recorded in rows:
+                    inflight.append((position, recorded, link.send_event(position, payload)))
+                    sent = position
+                if loop.time() >= next_heartbeat:
+                    head = await self._read_head()
+                    await link.publish_heartbeat(head)
+                    self._progressed = True
+                    self.metrics.heartbeats.inc()
+                    self.metrics.positions(head=head)
+                    next_heartbeat = loop.time() + self._heartbeat_interval
+                if rows and len(rows) == room:
+                    continue  # more to read at once (or the window is full: the harvest waits below)
+                wait = min(self._poll_interval, max(0.0, next_heartbeat - loop.time()))
+                if inflight:
+                    # Wake on the oldest confirm as well as on a commit.
+                    notified = asyncio.create_task(waker.wait(wait))
+                    await asyncio.wait({notified, inflight[0][2]}, return_when=asyncio.FIRST_COMPLETED)
+                    notified.cancel()
+                    await asyncio.gather(notified, return_exceptions=True)
+                else:
+                    await waker.wait(wait)
+        finally:
+            cursor_task.cancel()
+            for _, _, task in inflight:
+                task.cancel()
+            await asyncio.gather(cursor_task, *(t for _, _, t in inflight), return_exceptions=True)
+
+    def _harvest(
+        self, inflight: deque[tuple[int, datetime | None, asyncio.Task[None]]], advanced: asyncio.Event
+    ) -> None:
+        """Take the confirmed publishes off the front, in order; a failed one raises its PublishFailure."""
+        now: datetime | None = None
+        while inflight and inflight[0][2].done():
+            position, recorded, task = inflight.popleft()
+            task.result()
+            now = now or datetime.now(UTC)
+            self._confirmed = position
+            self._progressed = True
+            self.metrics.published.inc()
+            if recorded is not None:
+                self.metrics.publish_latency.observe(max(0.0, (now - recorded).total_seconds()))
+            advanced.set()
+
+    async def _advance_cursor(self, advanced: asyncio.Event) -> None:
+        """Write the confirmed position to the cursor row, coalescing: off the read-and-send path."""
         while True:
-            if not link.is_open:
-                raise PublishFailure("connection", "the broker connection closed")
-            # Cleared before the read: a NOTIFY that lands during the read or the publish still wakes us.
-            waker.clear()
-            rows, recorded = await self._read_batch(engine)
-            if rows:
-                await link.publish_events(rows)
-                confirmed_at = datetime.now(UTC)
-                await self._lock.advance_cursor(rows[-1][0])
-                self._cursor = rows[-1][0]
-                self._progressed = True
-                self.metrics.published.inc(len(rows))
-                self.metrics.positions(cursor=self._cursor)
-                for at in recorded:
-                    self.metrics.publish_latency.observe(max(0.0, (confirmed_at - at).total_seconds()))
-            if loop.time() >= next_heartbeat:
-                head = await self._read_head(engine)
-                await link.publish_heartbeat(head)
-                self._progressed = True
-                self.metrics.heartbeats.inc()
-                self.metrics.positions(head=head)
-                next_heartbeat = loop.time() + self._heartbeat_interval
-            if len(rows) < self._batch_size:
-                await waker.wait(min(self._poll_interval, max(0.0, next_heartbeat - loop.time())))
+            await advanced.wait()
+            advanced.clear()
+            position = self._confirmed
+            if position > self._cursor:
+                await self._lock.advance_cursor(position)
+                self._cursor = position
+                self.metrics.positions(cursor=position)
 
-    async def _read_batch(self, engine: AsyncEngine) -> tuple[list[tuple[int, Any]], list[datetime]]:
-        async with asyncio.timeout(max(self._publish_timeout, 1.0)), engine.connect() as conn:
-            rows = await event_log.read_payloads_after(conn, self._cursor, self._batch_size)
-            if not rows:
-                return [], []
-            recorded = await conn.execute(
-                select(event_log_table.c.recorded_at).where(
-                    event_log_table.c.position.between(rows[0][0], rows[-1][0])
-                )
-            )
-            return rows, list(recorded.scalars())
+    async def _reader(self) -> Any:
+        # The relay's own connection for reading the log: never the request handlers' pool.
+        if self._db is None or self._db.is_closed():
+            self._db = None
+            self._db = await asyncio.wait_for(asyncpg.connect(self._dsn), max(self._publish_timeout, 1.0))
+        return self._db
 
-    async def _read_head(self, engine: AsyncEngine) -> int:
-        async with asyncio.timeout(max(self._publish_timeout, 1.0)), engine.connect() as conn:
-            return await event_log.read_head(conn)
+    async def _close_reader(self) -> None:
+        conn, self._db = self._db, None
+        if conn is not None and not conn.is_closed():
+            conn.terminate()
+
+    async def _read_batch(self, after: int, limit: int) -> list[tuple[int, dict[str, Any], datetime | None]]:
+        async with asyncio.timeout(max(self._publish_timeout, 1.0)):
+            rows = await (await self._reader()).fetch(_READ_BATCH, after, limit)
+        return [(r[0], event_log.with_positions(json.loads(r[1]), r[0]), r[2]) for r in rows]
+
+    async def _read_head(self) -> int:
+        async with asyncio.timeout(max(self._publish_timeout, 1.0)):
+            return int(await (await self._reader()).fetchval(_READ_HEAD))
 
     def _close_later(self, link: BrokerLink) -> None:
         # Closing waits for the broker's close-ok (up to ~2 s when it went silent): reconnect meanwhile.

@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Sequence
 from typing import Any
 
 import aio_pika
@@ -94,21 +93,20 @@ class BrokerLink:
         """Whether the connection and channel are still usable."""
         return not self._connection.is_closed and not self._channel.is_closed
 
-    async def publish_events(self, rows: Sequence[tuple[int, dict[str, Any]]]) -> None:
-        """Publish events in position order and return once the broker confirmed every one of them."""
-        # Publishes are pipelined, not awaited one by one: each task takes the channel's lock in creation
-        # order (asyncio locks are FIFO), so the frames leave in position order; the confirms come back
-        # while the next frames are written.
-        tasks = [asyncio.create_task(self._publish_event(position, payload)) for position, payload in rows]
+    def send_event(self, position: int, payload: dict[str, Any]) -> asyncio.Task[None]:
+        """Start publishing one event; the task ends when the broker confirms it, or raises PublishFailure.
+
+        Sends are pipelined: each task takes the channel's lock in creation order (asyncio locks are FIFO), so
+        the frames leave in position order while earlier confirms are still outstanding.
+        """
+        return asyncio.create_task(self._confirmed(position, payload))
+
+    async def _confirmed(self, position: int, payload: dict[str, Any]) -> None:
         try:
             async with asyncio.timeout(self._timeout):
-                await asyncio.gather(*tasks)
+                await self._publish_event(position, payload)
         except _BROKER_ERRORS as exc:
             raise _failure(exc) from exc
-        finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _publish_event(self, position: int, payload: dict[str, Any]) -> None:
         kind = str(payload.get("type", ""))

@@ -215,8 +215,8 @@ async def test_event_stream_delivers_a_revocation_that_lands_between_its_read_an
             tokens = [(await client.post("/oauth/token", data=form)).json()["access_token"] for _ in range(2)]
             ctx = app_state(app).context
             assert ctx is not None
+            who = await authenticate(ctx, tokens[1])
             async with ctx.engine.connect() as conn:
-                who = await authenticate(conn, ctx, tokens[1])
                 start = await read_head(conn)
             listener = app_state(app).log_listener
             assert listener is not None

@@ -33,6 +33,7 @@ PURE_CORES = (
     "auth_service.keyring",
     "auth_service.lifetimes",
     "auth_service.grant_rules",
+    "auth_service.intents",
     "auth_service.backoff",
     "auth_service.errors",
 )

@@ -1,0 +1,157 @@
+"""The group committer: many requests per transaction, positions dense and in commit order, all or nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy import select, text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from auth_service import contract as c
+from auth_service.db import asyncpg_dsn
+from auth_service.errors import AppendError
+from auth_service.intents import EndSessions, RevokeToken, RevokeUser
+from auth_service.log import append, appending, read_after, read_head
+from auth_service.log_writer import LogWriter
+from auth_service.tables import revocations, sessions
+
+pytestmark = pytest.mark.integration
+
+TTL = 300
+LOGOUTS = 200
+
+
+@pytest.fixture
+async def writer(database_url: str) -> AsyncIterator[LogWriter]:
+    async with LogWriter.running(asyncpg_dsn(database_url), lock_timeout_ms=5000, access_token_ttl=TTL) as w:
+        yield w
+
+
+async def start_sessions(engine: AsyncEngine, count: int, user: str = "u") -> list[uuid.UUID]:
+    now = datetime.now(UTC)
+    sids = [uuid.uuid4() for _ in range(count)]
+    started = [
+        c.SessionStarted(
+            user_id=user,
+            session_id=sid,
+            client_id="web",
+            expires_at=now + timedelta(days=1),
+            occurred_at=now - timedelta(seconds=5),
+        )
+        for sid in sids
+    ]
+    async with engine.begin() as conn:
+        await append(conn, started, lock_timeout_ms=5000)
+    return sids
+
+
+async def projections(engine: AsyncEngine) -> tuple[list[Any], list[Any]]:
+    async with engine.connect() as conn:
+        s = (await conn.execute(select(sessions).order_by(sessions.c.session_id))).all()
+        r = (
+            await conn.execute(select(revocations).order_by(revocations.c.kind, revocations.c.subject))
+        ).all()
+    return [tuple(row) for row in s], [tuple(row) for row in r]
+
+
+async def test_concurrent_logouts_are_grouped_with_dense_commit_ordered_positions_one_event_each(
+    engine: AsyncEngine, writer: LogWriter
+) -> None:
+    sids = await start_sessions(engine, LOGOUTS)
+    # Every session is ended twice, concurrently: exactly one of the two requests appends its event.
+    requests = [EndSessions("u", (sid,), "logout_session") for sid in sids] * 2
+    results = await asyncio.gather(*(writer.submit([r]) for r in requests))
+
+    events = [e for result in results for e in result]
+    assert sorted(len(r) for r in results) == [0] * LOGOUTS + [1] * LOGOUTS
+    assert sorted(e.position or 0 for e in events) == list(range(LOGOUTS + 1, 2 * LOGOUTS + 1))
+    assert {e.session_id for e in events if isinstance(e, c.SessionRevoked)} == set(sids)
+    assert writer.batches < LOGOUTS  # grouped: far fewer transactions than requests
+
+    async with engine.connect() as conn:
+        logged = await read_after(conn, LOGOUTS, 1000)
+        assert await read_head(conn) == 2 * LOGOUTS
+    # What each request was told is what the log holds, position for position.
+    assert [(e.position, e.event_id) for e in logged] == sorted((e.position, e.event_id) for e in events)
+    s, r = await projections(engine)
+    assert [row[-1] for row in s] == ["logout_session"] * LOGOUTS  # revoked_reason, the last column
+    assert {subject for kind, subject, *_ in r if kind == "session"} == {str(sid) for sid in sids}
+
+
+async def test_a_failed_batch_fails_every_request_in_it_and_commits_nothing(
+    engine: AsyncEngine, database_url: str
+) -> None:
+    sids = await start_sessions(engine, 20)
+    head_before = 20
+    projections_before = await projections(engine)
+    dsn = asyncpg_dsn(database_url)
+    async with LogWriter.running(dsn, lock_timeout_ms=200, access_token_ttl=TTL) as writer:
+        async with engine.begin() as conn, appending(conn, lock_timeout_ms=5000):
+            # Another appender holds the lock past the writer's lock_timeout: the whole batch must fail.
+            outcomes = await asyncio.gather(
+                *(writer.submit([EndSessions("u", (sid,), "logout_session")]) for sid in sids),
+                writer.submit([RevokeUser("u", "logout_all")]),
+                return_exceptions=True,
+            )
+        assert all(isinstance(o, AppendError) for o in outcomes), outcomes
+        async with engine.connect() as conn:
+            assert await read_head(conn) == head_before
+        assert await projections(engine) == projections_before
+
+        # The writer recovers: the next request commits.
+        [event] = await writer.submit([EndSessions("u", (sids[0],), "logout_session")])
+        assert event.position == head_before + 1
+
+
+async def test_watermarks_in_one_batch_follow_each_other_and_end_sessions_for_later_requests(
+    engine: AsyncEngine, writer: LogWriter
+) -> None:
+    [sid] = await start_sessions(engine, 1, user="w")
+    first, second, ended = await asyncio.gather(
+        writer.submit([RevokeUser("w", "logout_all")]),
+        writer.submit([RevokeUser("w", "logout_all")]),
+        writer.submit([EndSessions("w", (sid,), "ended_by_user")]),
+    )
+    assert isinstance(first[0], c.UserRevoked)
+    assert isinstance(second[0], c.UserRevoked)
+    # One second past max(this second, the earlier watermark), the earlier one set in this very batch.
+    assert second[0].not_before == first[0].not_before + timedelta(seconds=1)
+    assert ended == []  # the first watermark already ended the session: nothing to append
+
+
+async def test_what_the_writer_projects_equals_a_rebuild_from_the_log(
+    engine: AsyncEngine, writer: LogWriter
+) -> None:
+    sids = await start_sessions(engine, 6, user="a") + await start_sessions(engine, 3, user="b")
+    now = datetime.now(UTC)
+    token = c.TokenRevoked(
+        jti="j1", user_id="a", session_id=sids[0], expires_at=now + timedelta(minutes=5), reason="revoked"
+    )
+    await asyncio.gather(
+        writer.submit([EndSessions("a", (sids[0], sids[1]), "logout_others")]),
+        writer.submit([RevokeToken(token)]),
+        writer.submit([RevokeUser("b", "logout_all")]),
+        writer.submit([EndSessions("a", (sids[1], sids[2]), "ended_by_user")]),
+    )
+    # Interleaved with an ordinary appender (login, refresh), which takes the same lock.
+    async with engine.begin() as conn:
+        await append(
+            conn,
+            [c.TokenRevoked(jti="j2", expires_at=now + timedelta(minutes=1), reason="revoked")],
+            lock_timeout_ms=5000,
+        )
+    await writer.submit([RevokeUser("a", "operator")])
+    incremental = await projections(engine)
+    async with engine.begin() as conn, appending(conn, lock_timeout_ms=5000) as log_:
+        await log_.rebuild_projections()
+    assert await projections(engine) == incremental
+    async with engine.connect() as conn:
+        positions = (
+            (await conn.execute(text("SELECT position FROM event_log ORDER BY position"))).scalars().all()
+        )
+    assert positions == list(range(1, len(positions) + 1))
