@@ -29,7 +29,7 @@ from resource_service.state import RevocationState, SnapshotLoader
 __all__ = ["PARSE_STEP", "ROW_STEP", "load_snapshot"]
 
 # Sized so that one step costs a few ms of CPU on a slow core, well under the 20 ms a callback may take.
-PARSE_STEP = 2_000  # JSON values per parsing step (about 1.5 us each)
+PARSE_STEP = 4_000  # JSON values per parsing step (0.3 us each in runs of plain scalars, 1.5 us else)
 ROW_STEP = 2_000  # revocations per validating and folding step (about 2 us each)
 
 _COLUMNS = ("subjects", "expires_at", "positions", "not_before")

@@ -51,7 +51,24 @@ def test_parsing_pauses_after_every_step_values() -> None:
 
 
 @pytest.mark.parametrize(
-    "bad", ["", "[1,", "[1 2]", '{"a" 1}', '{"a":1,}', "[1]x", "{1:2}", '["\x01"]', "[-]", "{"]
+    "bad",
+    [
+        "",
+        "[1,",
+        "[1 2]",
+        '{"a" 1}',
+        '{"a":1,}',
+        "[1]x",
+        "{1:2}",
+        '["\x01"]',
+        "[-]",
+        "{",
+        "[01, 2]",
+        "[1-2, 3]",
+        "[1.e5, 2]",
+        '["a\tb", 1]',
+        "[1, 2, ]",
+    ],
 )
 def test_parsing_in_steps_refuses_what_json_loads_refuses(bad: str) -> None:
     with pytest.raises(json.JSONDecodeError):
