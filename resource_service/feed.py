@@ -29,6 +29,7 @@ from resource_service.broker_feed import BrokerTransport
 from resource_service.freshness import FreshnessTracker, read_as_of
 from resource_service.guard import Freshness
 from resource_service.settings import ResourceSettings
+from resource_service.snapshot_loading import load_snapshot
 from resource_service.state import ApplyResult, RevocationState
 
 __all__ = ["Feed", "LogUnreadable"]
@@ -134,11 +135,15 @@ class Feed:
         """Bring the state to the head of the log over HTTP (snapshot first when asked or never loaded)."""
         async with self._sync_lock:
             if snapshot or self._snapshot_needed:
-                snap = await self._client.snapshot()
-                # Refused (False) when older than what we applied meanwhile: the events after it still apply.
-                self.state.load_snapshot(snap)
+                body = await self._client.snapshot_body()
+                try:
+                    # In steps, awaiting between them; refused (False) when older than what we applied
+                    # meanwhile: the events after it still apply.
+                    position, _ = await load_snapshot(self.state, body)
+                except ContractError as exc:
+                    raise AuthServiceUnavailable(f"unreadable snapshot: {exc}") from None
                 self._snapshot_needed = False
-                self.note_head(snap.position)
+                self.note_head(position)
                 self.counters["snapshots"] += 1
             while True:
                 started = self.clock()

@@ -8,6 +8,7 @@ are stored compactly (entries.py): memory per live revocation is the service's m
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from enum import StrEnum
 
@@ -19,6 +20,7 @@ from auth_service.contract import (
     GlobalRevoked,
     KeyRevoked,
     Revocation,
+    RevocationColumns,
     RevocationKind,
     RevocationSnapshot,
     SessionRevoked,
@@ -28,7 +30,7 @@ from auth_service.contract import (
 )
 from resource_service.entries import ExpiringTable, Key, subject_key, subject_text
 
-__all__ = ["ApplyResult", "RevocationReason", "RevocationState", "TokenFacts"]
+__all__ = ["ApplyResult", "RevocationReason", "RevocationState", "SnapshotLoader", "TokenFacts"]
 
 
 class RevocationReason(StrEnum):
@@ -159,22 +161,15 @@ class RevocationState:
 
     def load_snapshot(self, snapshot: RevocationSnapshot | ColumnarSnapshot) -> bool:
         """Replace the state with a snapshot's; one older than the applied position is refused (False)."""
-        if snapshot.position < self._applied:
+        loader = SnapshotLoader(self, snapshot.position)
+        if loader.refused:
             return False
-        tables = {kind: ExpiringTable() for kind in RevocationKind}
-        not_before: dict[RevocationKind, dict[Key, float]] = {k: {} for k in _WATERMARKS}
         if isinstance(snapshot, ColumnarSnapshot):
-            _load_columns(snapshot, tables, not_before)
+            for kind, columns in snapshot.columns.items():
+                loader.feed_columns(kind, columns)
         else:
-            for rev in snapshot.revocations:
-                _check_entry(rev.kind, rev.subject, rev.not_before is not None)
-                key = subject_key(rev.subject)
-                tables[rev.kind].put(key, rev.expires_at.timestamp(), rev.position)
-                if rev.kind in not_before and rev.not_before is not None:
-                    _raise_watermark(not_before[rev.kind], key, rev.not_before.timestamp())
-        self._set_tables(tables, not_before)
-        self._applied = snapshot.position
-        return True
+            loader.feed_revocations(snapshot.revocations)
+        return loader.commit()
 
     def is_revoked(self, token: TokenFacts) -> RevocationReason | None:
         """Why the token is revoked, or None; a handful of dict lookups."""
@@ -244,22 +239,61 @@ def _check_entry(kind: RevocationKind, subject: str, has_not_before: bool) -> No
         raise ContractError(f"snapshot global revocation has subject {subject!r}")
 
 
-def _load_columns(
-    snapshot: ColumnarSnapshot,
-    tables: dict[RevocationKind, ExpiringTable],
-    not_before: dict[RevocationKind, dict[Key, float]],
-) -> None:
-    # The bulk path of a cold start: plain lists of str, float and int, folded without an object per row.
-    for kind, columns in snapshot.columns.items():
-        watermarks = not_before.get(kind)
+class SnapshotLoader:
+    """A snapshot folded in parts into tables of its own, then swapped into the state at once by commit().
+
+    Readers keep the state's old tables until the swap, and the applied position moves only then, so a
+    snapshot loaded in many steps (with awaits between them) is as atomic to a reader as one loaded at once.
+    """
+
+    __slots__ = ("_done", "_not_before", "_position", "_state", "_tables")
+
+    def __init__(self, state: RevocationState, position: int) -> None:
+        self._state = state
+        self._position = position
+        self._tables = {kind: ExpiringTable() for kind in RevocationKind}
+        self._not_before: dict[RevocationKind, dict[Key, float]] = {k: {} for k in _WATERMARKS}
+        self._done = False
+
+    @property
+    def refused(self) -> bool:
+        """Whether the state already applied past this snapshot (commit() would refuse it)."""
+        return self._position < self._state.applied_position
+
+    def feed_columns(self, kind: RevocationKind, columns: RevocationColumns) -> None:
+        """Fold in some revocations of one kind, column by column (a part of a ColumnarSnapshot's columns)."""
+        # The bulk path of a cold start: plain lists of str, float and int, folded without an object per row.
+        watermarks = self._not_before.get(kind)
         if watermarks is not None and columns.not_before is None:
             raise ContractError(f"snapshot {kind} revocations have no not_before")
         if kind is RevocationKind.GLOBAL and any(s != GLOBAL_SUBJECT for s in columns.subjects):
             raise ContractError("snapshot global revocation has a subject other than '*'")
-        put = tables[kind].put
+        put = self._tables[kind].put
         keys = [subject_key(subject) for subject in columns.subjects]
         for key, expires, position in zip(keys, columns.expires_at, columns.positions, strict=True):
             put(key, expires, position)
         if watermarks is not None and columns.not_before is not None:
             for key, nb in zip(keys, columns.not_before, strict=True):
                 _raise_watermark(watermarks, key, nb)
+
+    def feed_revocations(self, revocations: Iterable[Revocation]) -> None:
+        """Fold in some revocations (a part of a RevocationSnapshot's list)."""
+        tables, not_before = self._tables, self._not_before
+        for rev in revocations:
+            _check_entry(rev.kind, rev.subject, rev.not_before is not None)
+            key = subject_key(rev.subject)
+            tables[rev.kind].put(key, rev.expires_at.timestamp(), rev.position)
+            if rev.kind in not_before and rev.not_before is not None:
+                _raise_watermark(not_before[rev.kind], key, rev.not_before.timestamp())
+
+    def commit(self) -> bool:
+        """Swap the folded tables in and move to the snapshot's position; False if the state is past it."""
+        if self._done:
+            raise RuntimeError("a snapshot loader commits once")
+        self._done = True
+        if self.refused:
+            return False
+        state = self._state
+        state._set_tables(self._tables, self._not_before)
+        state._applied = self._position
+        return True

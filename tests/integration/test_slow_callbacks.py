@@ -9,8 +9,8 @@ calls on the loop (sleep, sync I/O) are ruff's ASYNC rules' job, statically.
 
 The auth service runs in-process (its handlers, key reloads and relay on this test's loop); the resource
 service runs in-process against a real auth process, so its catch-up and live feed are on the loop. The two
-snapshot paths with 50,000 live revocations are known to hold the loop, and are marked so (strict xfail: the
-mark must go when they are made incremental).
+snapshot paths run with 50,000 live revocations: the auth side passes PostgreSQL's JSON through, the resource
+side parses and folds it in steps (resource_service/snapshot_loading.py).
 """
 
 from __future__ import annotations
@@ -247,13 +247,6 @@ async def _busy_auth_paths(
     await eventually(lambda: _published(database_url, position), "the relay published every event")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="log.snapshot builds every live revocation's model in one callback and the route dumps them in "
-    "one more: about 0.45 s of CPU for 50,000 under debug mode, a fifth of it garbage collection; "
-    "the snapshot must be read and written in parts",
-)
 async def test_the_snapshot_of_50k_live_revocations_never_holds_the_loop(
     auth_settings: AuthSettings, database_url: str
 ) -> None:
@@ -295,22 +288,7 @@ async def _watched_resource_service(
                 yield client
 
 
-@pytest.mark.parametrize(
-    "live_revocations",
-    [
-        0,
-        pytest.param(
-            LIVE_REVOCATIONS,
-            marks=pytest.mark.xfail(
-                strict=True,
-                raises=AssertionError,
-                reason="the feed parses the whole snapshot (RevocationSnapshot.model_validate_json) and "
-                "folds it in (RevocationState.load_snapshot) in one callback: about 0.5 s of CPU for 50,000 "
-                "under debug mode, a quarter of it garbage collection: fetch and apply the snapshot in parts",
-            ),
-        ),
-    ],
-)
+@pytest.mark.parametrize("live_revocations", [0, LIVE_REVOCATIONS])
 async def test_a_resource_services_catch_up_and_live_feed_never_hold_the_loop(
     live_revocations: int,
     database_url: str,

@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from auth_service import contract as c
-from auth_service.log import append, columnar_snapshot_json, snapshot
+from auth_service.log import append, columnar_snapshot_json, snapshot, snapshot_json
 from resource_service.state import RevocationState
 
 pytestmark = pytest.mark.integration
@@ -40,9 +40,15 @@ async def test_columnar_snapshot_loads_the_same_state_as_the_object_snapshot(eng
     expected = sorted(objects.revocations, key=lambda r: (r.kind.value, r.subject))
     assert by_columns.revocations() == by_objects.revocations() == expected
     assert len(expected) == len(events) - 1  # the long-expired one is not in either form
+    # The object form the route sends, written by PostgreSQL, holds what the models hold, in the same order.
+    written = c.RevocationSnapshot.model_validate_json(await snapshot_json(engine))
+    assert (written.position, written.revocations) == (objects.position, objects.revocations)
+    assert isinstance(c.decode_snapshot(await snapshot_json(engine)), c.RevocationSnapshot)
 
 
 async def test_columnar_snapshot_of_an_empty_log_has_no_columns(engine: AsyncEngine) -> None:
     columns = c.decode_snapshot(await columnar_snapshot_json(engine))
     assert isinstance(columns, c.ColumnarSnapshot)
     assert (columns.position, columns.columns) == (0, {})
+    objects = c.RevocationSnapshot.model_validate_json(await snapshot_json(engine))
+    assert (objects.position, objects.revocations) == (0, [])
