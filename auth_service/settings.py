@@ -36,7 +36,7 @@ class RelaySettings(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    heartbeat_interval: float = Field(default=1.0, gt=0, description="Seconds between heartbeats.")
+    heartbeat_interval: float = Field(default=0.5, gt=0, description="Seconds between heartbeats.")
     poll_interval: float = Field(default=1.0, gt=0, description="Backstop poll when no NOTIFY comes.")
     publish_timeout: float = Field(default=5.0, gt=0, description="Seconds to wait for a confirm.")
     batch_size: int = Field(default=500, ge=1, le=10_000, description="Events per confirmed batch.")
@@ -101,7 +101,7 @@ class AuthSettings(BaseSettings):
 
     # Relay
     relay_enabled: bool = Field(default=True, description="Run the relay inside `tokenlife auth serve`.")
-    heartbeat_interval: float = Field(default=1.0, gt=0, description="Seconds between heartbeats.")
+    heartbeat_interval: float = Field(default=0.5, gt=0, description="Seconds between heartbeats.")
     relay_poll_interval: float = Field(default=1.0, gt=0, description="Backstop poll when no NOTIFY comes.")
     relay_publish_timeout: float = Field(default=5.0, gt=0, description="Seconds to wait for a confirm.")
     relay_batch_size: int = Field(default=500, ge=1, le=10_000, description="Events per confirmed batch.")

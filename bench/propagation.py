@@ -19,7 +19,7 @@ from bench.timing import summarise
 
 N = 50
 GIVE_UP = 15.0  # seconds; far past the poll-only bound, so a timeout means something is broken
-HEARTBEAT_INTERVAL = 1.0  # the resource service's defaults, which the stack does not override
+HEARTBEAT_INTERVAL = 0.5  # the resource service's defaults, which the stack does not override
 POLL_INTERVAL = 1.0
 
 BROKER_CASE = "logout -> 401 at resource (broker push)"

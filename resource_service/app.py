@@ -13,6 +13,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from resource_service.answer_gate import AnswerGate
 from resource_service.auth_client import AuthClient
 from resource_service.dependency import require_principal
 from resource_service.feed import Feed
@@ -105,6 +106,8 @@ def create_app(settings: ResourceSettings) -> FastAPI:
             await rt.client.aclose()
 
     app = FastAPI(title="tokenlife sample resource service", lifespan=lifespan)
+    # Inside CORS: a success turned into a 503 at answer time still carries the CORS headers.
+    app.add_middleware(AnswerGate)
     if settings.cors_origins:
         # Pages of these origins (the auth service's console) may call with a bearer token; never cookies.
         app.add_middleware(

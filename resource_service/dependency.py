@@ -10,6 +10,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from resource_service.answer_gate import GUARD_KEY, gated_send
 from resource_service.errors import ResourceError, error_body, error_headers
 from resource_service.guard import Guard
 from resource_service.verifier import Principal
@@ -41,7 +42,10 @@ def require_principal(
     *,
     realm: str = DEFAULT_REALM,
 ) -> Callable[..., Coroutine[Any, Any, Principal]]:
-    """A FastAPI dependency giving the request's Principal, or answering 401, 400, 403 or 503."""
+    """A FastAPI dependency giving the request's Principal, or answering 401, 400, 403 or 503.
+
+    Add `AnswerGate` to the app as well: it refuses a success whose state went stale before it was written.
+    """
     required = tuple(scopes)
 
     async def principal(
@@ -49,10 +53,14 @@ def require_principal(
         _credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_openapi_bearer)],
     ) -> Principal:
         header = _joined(request.headers.getlist("authorization"))
+        guard = guard_getter(request)
         try:
-            return await guard_getter(request).check(header, required)
+            found = await guard.check(header, required)
         except ResourceError as err:
             raise http_exception(err, realm) from None
+        # The AnswerGate middleware judges freshness again when the answer is written.
+        request.scope.setdefault("state", {})[GUARD_KEY] = guard
+        return found
 
     return principal
 
@@ -96,7 +104,8 @@ class RevocationMiddleware:
             await self._refuse(err, scope, receive, send)
             return
         scope.setdefault("state", {})["principal"] = principal
-        await self.app(scope, receive, send)
+        # Judged again when the answer is written: the handler (or a paused loop) may outlast freshness.
+        await self.app(scope, receive, gated_send(send, scope, self._realm, self.guard))
 
     async def _refuse(self, err: ResourceError, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "websocket":

@@ -90,6 +90,19 @@ class Guard:
         self.stale_accepted = 0
         self.introspections = 0
 
+    @property
+    def retry_after(self) -> int:
+        """Seconds a refused client should wait (Retry-After of a stale refusal)."""
+        return self._retry_after
+
+    def may_answer(self) -> bool:
+        """Whether a request this Guard accepted may still be answered 2xx now (the answer gate asks)."""
+        return self._policy != "fail_closed" or self._freshness() == "fresh"
+
+    def refused_at_answer(self) -> None:
+        """Count an accepted request refused when its answer was written, the state stale by then."""
+        self.rejections["state_stale_at_answer"] += 1
+
     async def check(self, authorization: str | None, required_scopes: Iterable[str] = ()) -> Principal:
         """The Principal of the request's bearer token, or a ResourceError saying why not."""
         try:

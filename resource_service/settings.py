@@ -52,8 +52,10 @@ class ResourceSettings(BaseSettings):
     long_poll_wait: float = Field(
         default=25.0, gt=0, le=30, description="Longest hold of a long-poll (kept under max_staleness / 2)."
     )
-    heartbeat_interval: float = Field(default=1.0, gt=0, description="The relay's heartbeat period.")
-    max_staleness: float = Field(default=5.0, gt=0, description="Unconfirmed for longer than this = stale.")
+    heartbeat_interval: float = Field(default=0.5, gt=0, description="The relay's heartbeat period.")
+    max_staleness: float = Field(
+        default=2.0, gt=0, description="The bound B: unconfirmed for this long = stale (refused)."
+    )
     stale_policy: Literal["fail_closed", "fail_open", "introspect"] = "fail_closed"
 
     # Limits and housekeeping
