@@ -6,7 +6,7 @@
   erasable, and nothing can be erased from the log.
 - signing_keys: the asymmetric keys; private halves encrypted at rest.
 - login_failures: failed logins per account and per address, for the backoff every instance shares.
-- relay_cursor: one row, the last position the broker confirmed.
+- relay_cursor: one row, the last position the broker confirmed, and the relay leader's lease.
 """
 
 from __future__ import annotations
@@ -131,5 +131,8 @@ relay_cursor = Table(
     Column("id", SmallInteger, primary_key=True),
     Column("position", BigInteger, nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    # The leader's lease (relay/leader.py): its backend pid and its last renewal, on the database's clock.
+    Column("leader_pid", Integer, nullable=True),
+    Column("lease_renewed_at", DateTime(timezone=True), nullable=True),
     CheckConstraint("id = 1", name="relay_cursor_single_row"),
 )
