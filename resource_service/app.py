@@ -15,6 +15,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from resource_service.answer_gate import AnswerGate
 from resource_service.auth_client import AuthClient
+from resource_service.auth_metrics import AuthLinkCollector
 from resource_service.dependency import require_principal
 from resource_service.feed import Feed
 from resource_service.guard import Guard
@@ -42,7 +43,7 @@ class Runtime:
 
 def _build(settings: ResourceSettings) -> Runtime:
     client = AuthClient(
-        settings.auth_url,
+        settings.auth_urls,
         settings.service_client_id,
         settings.service_client_secret.get_secret_value(),
         timeout=settings.http_timeout,
@@ -62,7 +63,9 @@ def _build(settings: ResourceSettings) -> Runtime:
         introspect=client.introspect,
         retry_after=max(1, math.ceil(settings.poll_interval)),
     )
-    return Runtime(settings, client, feed, guard, build_registry(feed, guard))
+    registry = build_registry(feed, guard)
+    registry.register(AuthLinkCollector(client))
+    return Runtime(settings, client, feed, guard, registry)
 
 
 def runtime(request: Request) -> Runtime:
@@ -150,6 +153,8 @@ def create_app(settings: ResourceSettings) -> FastAPI:
             "applied_position": feed.state.applied_position,
             "head_position": max(feed.head, feed.state.applied_position),
             "staleness_seconds": None if math.isinf(staleness) else round(staleness, 3),
+            "max_staleness_seconds": settings.max_staleness,
+            "auth_url": rt.client.current_url,
         }
         headers = {"Cache-Control": "no-store"}
         if not ready:
