@@ -17,8 +17,8 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from auth_service import db_errors, passwords, projections
 from auth_service import keys as keystore
-from auth_service import passwords, projections
 from auth_service.api import account, discovery, oauth, openapi, service, stream
 from auth_service.api.deps import AppState, app_state, context
 from auth_service.api.middleware import AccessLog, BodyLimit
@@ -31,6 +31,7 @@ from auth_service.errors import (
     AppendError,
     AuthServiceError,
     BearerError,
+    DatabaseUnavailable,
     InvalidClient,
     OAuthError,
     TooManyAttempts,
@@ -76,7 +77,7 @@ def error_response(err: AuthServiceError) -> JSONResponse:
         headers["Retry-After"] = str(err.retry_after)
     elif isinstance(err, AppendError):
         headers["Retry-After"] = "1"
-    elif isinstance(err, TooManyWaiters):
+    elif isinstance(err, (TooManyWaiters, DatabaseUnavailable)):
         headers["Retry-After"] = str(err.retry_after)
     return JSONResponse(body, status_code=err.status, headers=headers)
 
@@ -231,6 +232,16 @@ def _errors(app: FastAPI) -> None:
         if isinstance(exc, AppendError):
             log.warning("append failed: %s", exc)
         return error_response(exc)
+
+    async def database_down(request: Request, exc: Exception) -> Response:
+        err = db_errors.translate(exc)
+        if err is None:
+            raise exc  # not an outage: a bug, and it shows as one
+        log.warning("database unavailable on %s: %s: %s", request.url.path, type(exc).__name__, exc)
+        return error_response(err)
+
+    for kind in db_errors.THIRD_PARTY:
+        app.add_exception_handler(kind, database_down)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> Response:

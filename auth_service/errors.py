@@ -16,6 +16,7 @@ AuthServiceError
 ├── NoSigningKey               503: no active signing key to sign with
 ├── AppendError                503 + Retry-After: the log's append lock was not free in time
 ├── TooManyWaiters             503 + Retry-After: every long-poll slot of this instance is taken
+├── DatabaseUnavailable        503 + Retry-After: PostgreSQL down or unreachable (db_errors.translate)
 └── NotFound                   404: a session that is not the caller's, or does not exist
 
 An error whose `keeps_writes` is true still commits the request's transaction before it is answered.
@@ -117,6 +118,13 @@ class TooManyWaiters(AuthServiceError):
     def __init__(self, description: str, retry_after: int) -> None:
         super().__init__(description)
         self.retry_after = retry_after
+
+
+class DatabaseUnavailable(AuthServiceError):
+    status = 503
+    error = "temporarily_unavailable"
+    public_description = "the database is unavailable; retry"
+    retry_after = 1
 
 
 class NotFound(AuthServiceError):

@@ -16,6 +16,7 @@ from sqlalchemy import insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from auth_service import contract as c
+from auth_service import successors
 from auth_service.context import AuthContext
 from auth_service.errors import (
     InvalidGrant,
@@ -224,14 +225,18 @@ async def refresh_grant(
             # RFC 6749 §10.4: a refresh token is bound to the client it was issued to.
             raise InvalidGrant("the refresh token was issued to another client")
         granted = grant_scope(scope, user.scopes, client.scopes)
-        if decision is Rotation.ROTATE:
-            await conn.execute(
-                update(refresh_tokens)
-                .where(refresh_tokens.c.token_hash == row.token_hash)
-                .values(rotated_at=now)
-            )
-        # ROTATE gets the successor; CONCURRENT gets a sibling of it, so that a second tab refreshing at the
-        # same moment is not logged out (its token's successor is not recoverable: only hashes are stored).
+        kek = ctx.settings.key_encryption_key.get_secret_value()
+        if decision is Rotation.CONCURRENT:
+            # Rotated moments ago (another tab, or a replay): the very answer the rotation gave, never a
+            # sibling, so one refresh token never becomes many.
+            kept = await successors.load(conn, kek, row.token_hash, now)
+            if kept is None:
+                raise InvalidGrant("refresh token was already rotated")
+            left = max(0, int((kept.access.expires_at - now).total_seconds()))
+            return Tokens(kept.access, kept.refresh_token, left)
+        await conn.execute(
+            update(refresh_tokens).where(refresh_tokens.c.token_hash == row.token_hash).values(rotated_at=now)
+        )
         refresh = await _store_refresh_token(
             conn, session.session_id, row.generation + 1, now, row.expires_at
         )
@@ -245,4 +250,8 @@ async def refresh_grant(
             now=now,
         )
         await log_.append([_issued(access, session.user_id, session.session_id, "refresh", now)])
+        grace = timedelta(seconds=ctx.settings.refresh_grace_seconds)
+        await successors.store(
+            conn, kek, row.token_hash, successors.Successor(access, refresh), until=now + grace, now=now
+        )
     return Tokens(access, refresh, ctx.settings.access_token_ttl)

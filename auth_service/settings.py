@@ -41,14 +41,24 @@ class RelaySettings(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    heartbeat_interval: float = Field(default=1.0, gt=0, description="Seconds between heartbeats.")
+    heartbeat_interval: float = Field(default=0.5, gt=0, description="Seconds between heartbeats.")
     poll_interval: float = Field(default=1.0, gt=0, description="Backstop poll when no NOTIFY comes.")
     publish_timeout: float = Field(default=5.0, gt=0, description="Seconds to wait for a confirm.")
     batch_size: int = Field(default=500, ge=1, le=10_000, description="Events per confirmed batch.")
     leader_retry_interval: float = Field(
-        default=1.0, gt=0, description="Seconds between standby lock attempts."
+        default=0.25, gt=0, description="Seconds between standby lock attempts (and lease renewals)."
+    )
+    lease_timeout: float = Field(
+        default=1.5, gt=0, description="A leader's lease older than this is ended by a standby (below B)."
     )
     max_backoff: float = Field(default=5.0, gt=0, description="Longest wait between reconnects.")
+
+    @model_validator(mode="after")
+    def _lease_outlives_renewals(self) -> Self:
+        # A lease that can lapse between two renewals would have standbys end healthy leaders.
+        if self.lease_timeout < 3 * self.leader_retry_interval:
+            raise ValueError("lease_timeout must be at least 3 x leader_retry_interval (its renewal period)")
+        return self
 
 
 class AuthSettings(BaseSettings):
@@ -117,11 +127,12 @@ class AuthSettings(BaseSettings):
 
     # Relay
     relay_enabled: bool = Field(default=True, description="Run the relay inside `tokenlife auth serve`.")
-    heartbeat_interval: float = Field(default=1.0, gt=0, description="Seconds between heartbeats.")
+    heartbeat_interval: float = Field(default=0.5, gt=0, description="Seconds between heartbeats.")
     relay_poll_interval: float = Field(default=1.0, gt=0, description="Backstop poll when no NOTIFY comes.")
     relay_publish_timeout: float = Field(default=5.0, gt=0, description="Seconds to wait for a confirm.")
     relay_batch_size: int = Field(default=500, ge=1, le=10_000, description="Events per confirmed batch.")
-    relay_leader_retry_interval: float = Field(default=1.0, gt=0, description="Standby lock attempts.")
+    relay_leader_retry_interval: float = Field(default=0.25, gt=0, description="Standby lock attempts.")
+    relay_lease_timeout: float = Field(default=1.5, gt=0, description="A lapsed leader's lease is ended.")
     relay_max_backoff: float = Field(default=5.0, gt=0, description="Longest wait between reconnects.")
 
     @property

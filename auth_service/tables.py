@@ -4,9 +4,10 @@
 - sessions, revocations: projections of the log, updated in the appending transaction and rebuildable.
 - users, refresh_tokens: credentials. They are not projections: a password or refresh-token hash must be
   erasable, and nothing can be erased from the log.
+- refresh_successors: a rotated refresh token's successor pair, encrypted, for the grace window only.
 - signing_keys: the asymmetric keys; private halves encrypted at rest.
 - login_failures: failed logins per account and per address, for the backoff every instance shares.
-- relay_cursor: one row, the last position the broker confirmed.
+- relay_cursor: one row, the last position the broker confirmed, and the relay leader's lease.
 """
 
 from __future__ import annotations
@@ -125,11 +126,24 @@ login_failures = Table(
     Index("ix_login_failures_last_at", "last_at"),
 )
 
+# The successor pair of a rotated refresh token, AES-GCM sealed (successors.py), until its grace window ends.
+refresh_successors = Table(
+    "refresh_successors",
+    metadata,
+    Column("token_hash", LargeBinary(32), primary_key=True),
+    Column("sealed", LargeBinary, nullable=False),
+    Column("expires_at", DateTime(timezone=True), nullable=False),
+    Index("ix_refresh_successors_expires_at", "expires_at"),
+)
+
 relay_cursor = Table(
     "relay_cursor",
     metadata,
     Column("id", SmallInteger, primary_key=True),
     Column("position", BigInteger, nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    # The leader's lease (relay/leader.py): its backend pid and its last renewal, on the database's clock.
+    Column("leader_pid", Integer, nullable=True),
+    Column("lease_renewed_at", DateTime(timezone=True), nullable=True),
     CheckConstraint("id = 1", name="relay_cursor_single_row"),
 )

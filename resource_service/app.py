@@ -15,7 +15,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from pydantic import BaseModel
 
 from looplag import LoopLag
+from resource_service.answer_gate import AnswerGate
 from resource_service.auth_client import AuthClient
+from resource_service.auth_metrics import AuthLinkCollector
 from resource_service.dependency import error_responses, install_error_handler, require_principal
 from resource_service.feed import Feed
 from resource_service.guard import Guard
@@ -44,7 +46,7 @@ class Runtime:
 
 def _build(settings: ResourceSettings) -> Runtime:
     client = AuthClient(
-        settings.auth_url,
+        settings.auth_urls,
         settings.service_client_id,
         settings.service_client_secret.get_secret_value(),
         timeout=settings.http_timeout,
@@ -66,6 +68,7 @@ def _build(settings: ResourceSettings) -> Runtime:
         fresh_until=feed.tracker,
     )
     registry = build_registry(feed, guard)
+    registry.register(AuthLinkCollector(client))
     return Runtime(settings, client, feed, guard, registry, LoopLag(registry))
 
 
@@ -128,6 +131,8 @@ def create_app(settings: ResourceSettings) -> FastAPI:
             await rt.loop_lag.stop()
 
     app = FastAPI(title="tokenlife sample resource service", lifespan=lifespan)
+    # Inside CORS: a success turned into a 503 at answer time still carries the CORS headers.
+    app.add_middleware(AnswerGate)
     if settings.cors_origins:
         # Pages of these origins (the auth service's console) may call with a bearer token; never cookies.
         app.add_middleware(
@@ -174,6 +179,8 @@ def create_app(settings: ResourceSettings) -> FastAPI:
             "applied_position": feed.state.applied_position,
             "head_position": max(feed.head, feed.state.applied_position),
             "staleness_seconds": None if math.isinf(staleness) else round(staleness, 3),
+            "max_staleness_seconds": settings.max_staleness,
+            "auth_url": rt.client.current_url,
         }
         headers = {"Cache-Control": "no-store"}
         if not ready:

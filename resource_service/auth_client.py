@@ -1,10 +1,15 @@
 """The resource service's HTTP client of the auth service: snapshot, events pages, JWKS, introspection.
 
 Every failure (transport, status, body) comes out as `AuthServiceUnavailable`, so callers handle one error.
+
+Fail-over: given several auth instances' base URLs (TOKENLIFE_AUTH_URLS), each call goes to the current one
+and, when it fails, to the next ones in turn; the first that answers becomes current. Every auth instance
+reads the same log, so a snapshot, a page of events, a long-poll or the JWKS from any of them is as good.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import httpx
@@ -24,31 +29,58 @@ class LogUnreadable(Exception):
 
 
 class AuthClient:
-    """Calls the auth service with this service's HTTP Basic credentials."""
+    """Calls the auth service with this service's HTTP Basic credentials, failing over between instances."""
 
-    def __init__(self, base_url: str, client_id: str, client_secret: str, *, timeout: float = 5.0) -> None:
+    def __init__(
+        self, base_urls: str | Sequence[str], client_id: str, client_secret: str, *, timeout: float = 5.0
+    ) -> None:
+        urls = [base_urls] if isinstance(base_urls, str) else list(base_urls)
+        if not urls:
+            raise ValueError("at least one auth service URL is needed")
         self._timeout = timeout
-        self._http = httpx.AsyncClient(
-            base_url=base_url,
-            auth=httpx.BasicAuth(client_id, client_secret),
-            timeout=timeout,
-            # A resource service talks to one auth service: a small pool is plenty.
-            limits=httpx.Limits(max_connections=8, max_keepalive_connections=4),
-            follow_redirects=False,
-        )
+        self._current = 0
+        self.failovers = 0
+        self._clients = [
+            httpx.AsyncClient(
+                base_url=url,
+                auth=httpx.BasicAuth(client_id, client_secret),
+                timeout=timeout,
+                # A resource service talks to one auth instance at a time: a small pool is plenty.
+                limits=httpx.Limits(max_connections=8, max_keepalive_connections=4),
+                follow_redirects=False,
+            )
+            for url in urls
+        ]
+
+    @property
+    def current_url(self) -> str:
+        """The base URL of the auth instance calls go to first."""
+        return str(self._clients[self._current].base_url).rstrip("/")
 
     async def aclose(self) -> None:
-        """Close the connection pool."""
-        await self._http.aclose()
+        """Close every connection pool."""
+        for client in self._clients:
+            await client.aclose()
 
     async def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        try:
-            response = await self._http.request(method, path, **kwargs)
-        except httpx.HTTPError as exc:
-            raise AuthServiceUnavailable(f"{method} {path}: {type(exc).__name__}: {exc}") from exc
-        if response.status_code != 200:
-            raise AuthServiceUnavailable(f"{method} {path}: HTTP {response.status_code}")
-        return response
+        failures: list[str] = []
+        start = self._current
+        for step in range(len(self._clients)):
+            index = (start + step) % len(self._clients)
+            try:
+                response = await self._clients[index].request(method, path, **kwargs)
+            except httpx.HTTPError as exc:
+                failures.append(f"{type(exc).__name__}: {exc}")
+                continue
+            if response.status_code != 200:
+                failures.append(f"HTTP {response.status_code}")
+                continue
+            if index != self._current:
+                # Another call may have moved on already; the latest success wins.
+                self._current = index
+                self.failovers += 1
+            return response
+        raise AuthServiceUnavailable(f"{method} {path}: " + "; ".join(failures))
 
     async def snapshot_body(self) -> bytes:
         """The snapshot's JSON body (the compact form if served): snapshot_loading folds it in, in steps."""

@@ -11,6 +11,7 @@ from fastapi.security.base import SecurityBase
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from resource_service.answer_gate import GUARD_KEY, gated_send
 from resource_service.errors import ResourceError, error_body, error_headers
 from resource_service.guard import Guard
 from resource_service.verifier import Principal
@@ -123,6 +124,8 @@ class PrincipalDependency(SecurityBase):
                 principal = await guard.check(header, self._required)
         except ResourceError as err:
             raise http_exception(err, self._realm) from None
+        # The AnswerGate middleware judges freshness again when the answer is written.
+        request.scope.setdefault("state", {})[GUARD_KEY] = guard
         return principal
 
 
@@ -132,7 +135,10 @@ def require_principal(
     *,
     realm: str = DEFAULT_REALM,
 ) -> PrincipalDependency:
-    """A FastAPI dependency giving the request's Principal, or answering 401, 400, 403 or 503."""
+    """A FastAPI dependency giving the request's Principal, or answering 401, 400, 403 or 503.
+
+    Add `AnswerGate` to the app as well: it refuses a success whose state went stale before it was written.
+    """
     return PrincipalDependency(guard_getter, scopes, realm)
 
 
@@ -177,7 +183,8 @@ class RevocationMiddleware:
             await self._refuse(err, scope, receive, send)
             return
         scope.setdefault("state", {})["principal"] = principal
-        await self.app(scope, receive, send)
+        # Judged again when the answer is written: the handler (or a paused loop) may outlast freshness.
+        await self.app(scope, receive, gated_send(send, scope, self._realm, self.guard))
 
     async def _refuse(self, err: ResourceError, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "websocket":

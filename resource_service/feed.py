@@ -26,7 +26,7 @@ from typing import Any
 from auth_service.contract import ContractError, Event, UnknownEvent, decode
 from resource_service.auth_client import AuthClient, AuthServiceUnavailable, LogUnreadable
 from resource_service.broker_feed import BrokerTransport
-from resource_service.freshness import FreshnessTracker, read_as_of
+from resource_service.freshness import FreshnessTracker, loop_lag, read_as_of
 from resource_service.guard import Freshness
 from resource_service.settings import ResourceSettings
 from resource_service.snapshot_loading import load_snapshot
@@ -97,6 +97,7 @@ class Feed:
         runs: list[tuple[str, Callable[[], Awaitable[None]]]] = [
             ("long-poll", self._long_poll_loop),
             ("pruner", self._prune_loop),
+            ("stall-watch", self._stall_watch_loop),
         ]
         if self.broker:
             runs.append(("broker", BrokerTransport(self).run))
@@ -228,6 +229,19 @@ class Feed:
             self.counters["long_poll_events"] += len(page.events)
             if self.state.applied_position >= page.head:
                 self.tracker.at_head(read_as_of(sent, received, page.held))
+
+    async def _stall_watch_loop(self) -> None:
+        # A tick that wakes late measures the loop's own stall; past the bound it voids older evidence.
+        tick = self.settings.max_staleness / 8
+        previous = self.clock()
+        while True:
+            await asyncio.sleep(tick)
+            now = self.clock()
+            lag = loop_lag(previous, now, tick)
+            previous = now
+            if self.tracker.loop_stalled(lag, now):
+                self.counters["loop_stalls"] += 1
+                log.warning("event loop stalled %.2f s: refusing until the head is confirmed again", lag)
 
     async def _prune_loop(self) -> None:
         while True:

@@ -3,6 +3,11 @@
 Evidence of being at the head comes from two places: a relay heartbeat whose head was already applied (as
 of when the heartbeat was sent), or an HTTP read of the log that found nothing newer (as of `read_as_of`).
 Staleness is the time since the latest such evidence.
+
+A stall of the event loop longer than the bound (GC, SIGSTOP, CPU starvation) raises a barrier at the moment
+it is noticed: evidence as of earlier no longer counts, so after the stall the instance refuses until a head
+confirmed after it has been applied. Without the barrier, answers queued during the stall could be written
+from the state of before it, on evidence that merely looks recent.
 """
 
 from __future__ import annotations
@@ -11,7 +16,7 @@ import math
 
 from resource_service.guard import Freshness
 
-__all__ = ["FreshnessTracker", "read_as_of"]
+__all__ = ["FreshnessTracker", "loop_lag", "read_as_of"]
 
 
 def read_as_of(sent: float, received: float, held: float | None) -> float:
@@ -34,6 +39,11 @@ def read_as_of(sent: float, received: float, held: float | None) -> float:
     return min(received, sent + max(0.0, held or 0.0))
 
 
+def loop_lag(previous: float, now: float, interval: float) -> float:
+    """How late a tick that slept `interval` seconds after `previous` woke at `now` (the loop's stall)."""
+    return max(0.0, now - previous - interval)
+
+
 class FreshnessTracker:
     """Records evidence of being at the head, and of heartbeats, and judges freshness from them."""
 
@@ -44,8 +54,11 @@ class FreshnessTracker:
         self._started_at = started_at
         self._fresh_at: float | None = None
         self._heartbeat_at: float | None = None
-        # Monotonic time up to which the state counts as fresh (the last evidence + max_staleness): the
-        # Guard's warm path compares the clock with it instead of asking freshness() on every request.
+        self._barrier = -math.inf  # evidence as of before this (a loop stall's end) does not count
+        self.stalls = 0
+        # Monotonic time from which the state stops counting as fresh (the last evidence no stall voided, plus
+        # max_staleness): the Guard's warm path compares the clock with it instead of asking freshness() on
+        # every request. Kept equal to what freshness() says: fresh exactly while now < fresh_until.
         self.fresh_until = -math.inf
 
     def restart(self, now: float) -> None:
@@ -57,7 +70,8 @@ class FreshnessTracker:
         self.caught_up = True
         if self._fresh_at is None or as_of > self._fresh_at:
             self._fresh_at = as_of
-            self.fresh_until = as_of + self.max_staleness
+            if as_of >= self._barrier:
+                self.fresh_until = as_of + self.max_staleness
 
     def heartbeat(self, received: float, age: float) -> float:
         """A heartbeat arrived at `received`, sent `age` seconds before; returns when it was sent."""
@@ -70,12 +84,26 @@ class FreshnessTracker:
         last = self._heartbeat_at if self._heartbeat_at is not None else self._started_at
         return now - last > 2 * self.heartbeat_interval
 
+    def loop_stalled(self, lag: float, noticed: float) -> bool:
+        """The loop stalled `lag` seconds, noticed at `noticed`; past the bound, older evidence is void."""
+        if lag <= self.max_staleness:
+            return False
+        # `noticed` is at or after the stall's true end: requiring evidence from then on is the safe side.
+        self._barrier = max(self._barrier, noticed)
+        self.stalls += 1
+        if self._fresh_at is None or self._fresh_at < self._barrier:
+            self.fresh_until = -math.inf
+        return True
+
     def staleness(self, now: float) -> float:
         """Seconds since the last evidence of being at the head (infinite before any)."""
         return math.inf if self._fresh_at is None else max(0.0, now - self._fresh_at)
 
     def freshness(self, now: float) -> Freshness:
-        """ "fresh" within max_staleness of the last evidence; "unsynced" before the first catch-up."""
+        """Fresh under max_staleness after evidence no stall voided; "unsynced" before catching up."""
         if not self.caught_up:
             return "unsynced"
-        return "fresh" if self.staleness(now) <= self.max_staleness else "stale"
+        fresh_at = self._fresh_at
+        if fresh_at is None or fresh_at < self._barrier or now - fresh_at >= self.max_staleness:
+            return "stale"
+        return "fresh"

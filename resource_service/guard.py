@@ -122,7 +122,7 @@ class Guard:
         if principal is None:
             return None
         deadline = self._fresh_until
-        if (deadline is None or self._clock() > deadline.fresh_until) and self._freshness() != "fresh":
+        if (deadline is None or self._clock() >= deadline.fresh_until) and self._freshness() != "fresh":
             return None
         reason = self._state.is_revoked(principal.facts)
         if reason is not None:
@@ -135,6 +135,19 @@ class Guard:
                 raise InsufficientScope(" ".join(required_scopes))
         self._warned_stale = False
         return principal
+
+    @property
+    def retry_after(self) -> int:
+        """Seconds a refused client should wait (Retry-After of a stale refusal)."""
+        return self._retry_after
+
+    def may_answer(self) -> bool:
+        """Whether a request this Guard accepted may still be answered 2xx now (the answer gate asks)."""
+        return self._policy != "fail_closed" or self._freshness() == "fresh"
+
+    def refused_at_answer(self) -> None:
+        """Count an accepted request refused when its answer was written, the state stale by then."""
+        self.rejections["state_stale_at_answer"] += 1
 
     async def check(self, authorization: str | None, required_scopes: Iterable[str] = ()) -> Principal:
         """The Principal of the request's bearer token, or a ResourceError saying why not."""

@@ -35,6 +35,11 @@ class _FeedCollector(Collector):
         yield GaugeMetricFamily(
             "tokenlife_lag_events", "Events between applied and head", value=head - applied
         )
+        yield GaugeMetricFamily(
+            "tokenlife_max_staleness_seconds",
+            "The bound B: a 200 needs the head confirmed less than this long ago",
+            value=feed.settings.max_staleness,
+        )
         staleness = feed.staleness()
         yield GaugeMetricFamily(
             "tokenlife_staleness_seconds",

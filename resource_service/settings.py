@@ -36,6 +36,9 @@ class ResourceSettings(BaseSettings):
 
     env: Literal["dev", "prod"] = Field(default="prod", description="dev allows unsafe local defaults.")
     auth_url: str = Field(default="", description="Base URL of the auth service (snapshot, events, JWKS).")
+    auth_urls: tuple[str, ...] = Field(
+        default=(), description="Base URLs of several auth instances, failed over in turn (JSON list)."
+    )
     amqp_url: SecretStr = Field(default=SecretStr(""), description="RabbitMQ URL the revocations come from.")
     exchange: str = Field(default="tokenlife.events", min_length=1, max_length=200)
     service_client_id: str = Field(
@@ -52,8 +55,10 @@ class ResourceSettings(BaseSettings):
     long_poll_wait: float = Field(
         default=25.0, gt=0, le=30, description="Longest hold of a long-poll (kept under max_staleness / 2)."
     )
-    heartbeat_interval: float = Field(default=1.0, gt=0, description="The relay's heartbeat period.")
-    max_staleness: float = Field(default=5.0, gt=0, description="Unconfirmed for longer than this = stale.")
+    heartbeat_interval: float = Field(default=0.5, gt=0, description="The relay's heartbeat period.")
+    max_staleness: float = Field(
+        default=2.0, gt=0, description="The bound B: unconfirmed for this long = stale (refused)."
+    )
     stale_policy: Literal["fail_closed", "fail_open", "introspect"] = "fail_closed"
 
     # Limits and housekeeping
@@ -76,12 +81,17 @@ class ResourceSettings(BaseSettings):
     def _refuse_unsafe_defaults(self) -> Self:
         dev = self.env == "dev"
         problems: list[str] = []
+        if not self.auth_url and self.auth_urls:
+            object.__setattr__(self, "auth_url", self.auth_urls[0])
         if not self.auth_url:
             if dev:
                 object.__setattr__(self, "auth_url", DEV_AUTH_URL)
             else:
-                problems.append("TOKENLIFE_AUTH_URL is not set: the base URL of the auth service")
+                problems.append("TOKENLIFE_AUTH_URL(S) is not set: the base URL of the auth service")
         object.__setattr__(self, "auth_url", self.auth_url.rstrip("/"))
+        # auth_url alone is a list of one; set beside a list, it goes first (the issuer default follows it).
+        urls = [self.auth_url, *(url.rstrip("/") for url in self.auth_urls)]
+        object.__setattr__(self, "auth_urls", tuple(dict.fromkeys(url for url in urls if url)))
         if not self.issuer:
             object.__setattr__(self, "issuer", self.auth_url)
         if self.cors_origins is None:

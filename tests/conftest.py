@@ -246,7 +246,7 @@ def start_auth_server(
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     env = {k: v for k, v in os.environ.items() if not k.startswith("TOKENLIFE_")}
-    env |= auth_env(database_url, amqp_url, TOKENLIFE_ISSUER=base, **extra)
+    env |= auth_env(database_url, amqp_url, **({"TOKENLIFE_ISSUER": base} | extra))
     proc = subprocess.Popen(
         [
             sys.executable,

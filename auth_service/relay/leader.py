@@ -13,6 +13,16 @@ otherwise within `check_interval + check_timeout` (a `SELECT 1` probe), for the 
 that stopped answering. Postgres itself only frees the lock of a silently cut client when its TCP keepalives
 (tcp_keepalives_idle on the server) give up: until then nobody leads, which is safe (no two leaders), and the
 resource services fall back to polling the log over HTTP.
+
+The lock alone cannot tell a dead leader from a paused one (SIGSTOP, a stalled VM, a process starved of
+CPU): a paused leader's session stays open and keeps the lock, and nobody publishes. So the leader also holds
+a lease on the cursor's row: its backend pid and `lease_renewed_at`, renewed every `renew_interval` on the
+lock's connection, judged on the database's clock (one clock for every instance). A standby that finds the
+lock taken and the lease older than `lease_timeout` ends that backend's session (`pg_terminate_backend`,
+which needs the same database role or pg_signal_backend) and takes the lock. A leader that resumes finds
+its connection closed and stands down; what it may still publish is harmless (consumers drop positions they
+hold). Only the backend that both holds the lock and is named by the lease is ended, so a leader that has
+just taken the lock and not yet written its lease is never the one terminated.
 """
 
 from __future__ import annotations
@@ -31,13 +41,45 @@ log = logging.getLogger("tokenlife.relay")
 RELAY_LOCK_KEY = 0x746F6B72656C6179
 
 
+_CLAIM_LEASE = (
+    "UPDATE relay_cursor SET leader_pid = pg_backend_pid(), lease_renewed_at = clock_timestamp() WHERE id = 1"
+)
+_RENEW_LEASE = (
+    "UPDATE relay_cursor SET lease_renewed_at = clock_timestamp()"
+    " WHERE id = 1 AND leader_pid = pg_backend_pid()"
+)
+# The lease's pid, when its lease lapsed and that backend holds the relay lock in this very database
+# (advisory locks are per database; a bigint key shows as classid = high half, objid = low half).
+_LAPSED_LEADER = """
+SELECT c.leader_pid FROM relay_cursor c
+WHERE c.id = 1
+  AND c.lease_renewed_at < clock_timestamp() - make_interval(secs => $1)
+  AND EXISTS (
+    SELECT 1 FROM pg_locks l
+    WHERE l.pid = c.leader_pid AND l.locktype = 'advisory' AND l.granted
+      AND l.classid::bigint = $2 AND l.objid::bigint = $3 AND l.objsubid = 1
+      AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+  )
+"""
+_TERMINATE_WAIT_MS = 2000
+
+
 class LeaderLock:
     """The relay's leader lock and cursor, on one dedicated connection."""
 
-    def __init__(self, database_url: str, *, check_interval: float = 1.0, check_timeout: float = 5.0) -> None:
+    def __init__(
+        self,
+        database_url: str,
+        *,
+        check_interval: float = 0.25,
+        check_timeout: float = 5.0,
+        lease_timeout: float = 1.5,
+    ) -> None:
         self._dsn = asyncpg_dsn(database_url)
-        self._check_interval = check_interval
+        self._check_interval = check_interval  # also the lease's renewal period
         self._check_timeout = check_timeout
+        self._lease_timeout = lease_timeout
+        self.takeovers = 0  # sessions of lapsed leaders this instance ended
         self._conn: Any = None
         self._held = False
         self._lost = asyncio.Event()
@@ -58,6 +100,10 @@ class LeaderLock:
             self._conn = await asyncio.wait_for(asyncpg.connect(self._dsn), self._check_timeout)
         async with self._use:
             got = await self._conn.fetchval("SELECT pg_try_advisory_lock($1)", RELAY_LOCK_KEY)
+            if not got and await self._end_lapsed_leader():
+                got = await self._conn.fetchval("SELECT pg_try_advisory_lock($1)", RELAY_LOCK_KEY)
+            if got:
+                await self._conn.execute(_CLAIM_LEASE)
         if got:
             self._lost = asyncio.Event()
             self._held = True
@@ -74,12 +120,35 @@ class LeaderLock:
             except TimeoutError:
                 pass
             try:
+                # The renewal is the connection's check too: a session that stopped answering renews nothing.
                 async with asyncio.timeout(self._check_timeout), self._use:
-                    await self._conn.fetchval("SELECT 1")
+                    status = await self._conn.execute(_RENEW_LEASE)
             except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                 log.warning("relay lock connection failed its check (%r): leadership lost", exc)
                 self._lost.set()
                 return
+            if status != "UPDATE 1":
+                log.warning("relay lease is no longer this session's: leadership lost")
+                self._lost.set()
+                return
+
+    async def _end_lapsed_leader(self) -> bool:
+        # Called with the lock taken by someone else: if its lease lapsed, end that session.
+        pid = await self._conn.fetchval(
+            _LAPSED_LEADER, self._lease_timeout, RELAY_LOCK_KEY >> 32, RELAY_LOCK_KEY & 0xFFFFFFFF
+        )
+        if pid is None:
+            return False
+        log.warning(
+            "relay leader (backend %d) has not renewed its lease in %.2f s: ending its session",
+            pid,
+            self._lease_timeout,
+        )
+        # The timeout makes the call wait until the backend is gone, so its lock is free when it returns.
+        ended = await self._conn.fetchval("SELECT pg_terminate_backend($1, $2)", pid, _TERMINATE_WAIT_MS)
+        if ended:
+            self.takeovers += 1
+        return bool(ended)
 
     async def read_cursor(self) -> int:
         """The last position the broker confirmed."""

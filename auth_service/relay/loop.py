@@ -70,6 +70,7 @@ class Relay:
             database_url,
             check_interval=settings.leader_retry_interval,
             check_timeout=max(settings.publish_timeout, 1.0),
+            lease_timeout=settings.lease_timeout,
         )
         self._task: asyncio.Task[None] | None = None
         self._running = False

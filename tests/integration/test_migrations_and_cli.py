@@ -55,6 +55,7 @@ def test_migrate_twice_in_a_row_is_a_no_op(database_url: str) -> None:
         "alembic_version",
         "event_log",
         "login_failures",
+        "refresh_successors",
         "refresh_tokens",
         "relay_cursor",
         "revocations",

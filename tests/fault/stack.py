@@ -1,0 +1,202 @@
+"""The fault suite's stack: 2 auth and 3 resource processes, every link to the broker and auth via a TcpProxy.
+
+PostgreSQL is a private embedded server of the suite (it is stopped and started by a scenario, never the
+machine's shared one); RabbitMQ is the test broker, reached only through proxies, on an exchange of the
+suite's own. Client traffic (logins, logouts, probes) goes straight to the processes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import httpx
+
+from tests.conftest import SERVICE_CLIENT, auth_env, free_port
+from tests.tcp_proxy import TcpProxy
+from tokenlife import embedded_db
+
+ISSUER = "http://tokenlife.fault"
+BOUND = 2.0  # the default TOKENLIFE_MAX_STALENESS, which the resource processes keep
+
+
+def _through(proxy: TcpProxy, url: str) -> str:
+    parts = urlsplit(url)
+    credentials = parts.netloc.rpartition("@")[0]
+    netloc = f"{credentials}@{proxy.host}:{proxy.port}" if credentials else f"{proxy.host}:{proxy.port}"
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+@dataclass(eq=False)
+class Process:
+    """One service process on a fixed loopback port: start, kill -9, SIGSTOP/SIGCONT, restart."""
+
+    name: str
+    args: list[str]
+    env: dict[str, str]
+    port: int
+    log: Path
+    proc: subprocess.Popen[bytes] | None = None
+    incarnation: int = 0
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        """Start the process (it binds the same port every time)."""
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "tokenlife",
+                    *self.args,
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(self.port),
+                ],
+                env=self.env,
+                stdout=out,
+                stderr=out,
+            )
+        self.incarnation += 1
+
+    def kill(self) -> None:
+        """kill -9 and reap."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+    def pause(self) -> None:
+        """SIGSTOP."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """SIGCONT."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGCONT)
+
+    async def ready(self, within: float = 60.0) -> None:
+        """Wait until /readyz answers 200."""
+        loop = asyncio.get_running_loop()
+        end = loop.time() + within
+        async with httpx.AsyncClient(timeout=1.0) as http:
+            while True:
+                try:
+                    if (await http.get(f"{self.base}/readyz")).status_code == 200:
+                        return
+                except httpx.HTTPError:
+                    pass
+                if self.proc is not None and self.proc.poll() is not None:
+                    raise RuntimeError(f"{self.name} exited; see {self.log}")
+                if loop.time() > end:
+                    raise RuntimeError(f"{self.name} not ready within {within} s; see {self.log}")
+                await asyncio.sleep(0.1)
+
+
+@dataclass(eq=False)
+class Stack:
+    """Every process and proxy of the suite."""
+
+    workdir: Path
+    amqp_url: str
+    exchange: str
+    postgres: embedded_db.EmbeddedPostgres | None = None
+    database_url: str = ""
+    auth: list[Process] = field(default_factory=list)
+    resource: list[Process] = field(default_factory=list)
+    broker_proxies: list[TcpProxy] = field(default_factory=list)  # one per process
+    auth_proxies: dict[str, list[TcpProxy]] = field(default_factory=dict)  # per resource: one per auth
+
+    def start_postgres(self) -> None:
+        """Start (or restart) the private embedded PostgreSQL."""
+        self.postgres = embedded_db.start(self.workdir / "pg", durable=False)
+        self.database_url = self.postgres.url()
+
+    def stop_postgres(self) -> None:
+        """Stop it (a fast shutdown: every session ends)."""
+        if self.postgres is not None:
+            self.postgres.stop()
+            self.postgres = None
+
+    async def start(self, auth_count: int = 2, resource_count: int = 3) -> None:
+        """Proxies first, then the auth processes, then the resource processes; all ready."""
+        target = urlsplit(self.amqp_url)
+        for _ in range(auth_count + resource_count):
+            proxy = TcpProxy(target.hostname or "127.0.0.1", target.port or 5672)
+            await proxy.start()
+            self.broker_proxies.append(proxy)
+        for i in range(auth_count):
+            env = {k: v for k, v in os.environ.items() if not k.startswith("TOKENLIFE_")}
+            env |= auth_env(
+                self.database_url,
+                _through(self.broker_proxies[i], self.amqp_url),
+                TOKENLIFE_ISSUER=ISSUER,
+                TOKENLIFE_EXCHANGE=self.exchange,
+                TOKENLIFE_HEARTBEAT_INTERVAL="0.5",
+            )
+            self.auth.append(
+                Process(f"auth{i}", ["auth", "serve"], env, free_port(), self.workdir / f"auth{i}.log")
+            )
+        for process in self.auth:
+            process.start()
+        for process in self.auth:
+            await process.ready()
+        for j in range(resource_count):
+            proxies = []
+            for process in self.auth:
+                proxy = TcpProxy("127.0.0.1", process.port)
+                await proxy.start()
+                proxies.append(proxy)
+            name = f"resource{j}"
+            self.auth_proxies[name] = proxies
+            env = {k: v for k, v in os.environ.items() if not k.startswith("TOKENLIFE_")} | {
+                "TOKENLIFE_ENV": "dev",
+                "TOKENLIFE_AUTH_URLS": json.dumps([f"http://{p.host}:{p.port}" for p in proxies]),
+                "TOKENLIFE_ISSUER": ISSUER,
+                "TOKENLIFE_AMQP_URL": _through(self.broker_proxies[auth_count + j], self.amqp_url),
+                "TOKENLIFE_EXCHANGE": self.exchange,
+                "TOKENLIFE_SERVICE_CLIENT_ID": SERVICE_CLIENT[0],
+                "TOKENLIFE_SERVICE_CLIENT_SECRET": SERVICE_CLIENT[1],
+                "TOKENLIFE_POLL_INTERVAL": "0.2",
+                "TOKENLIFE_HTTP_TIMEOUT": "1",
+                "TOKENLIFE_JWKS_MIN_INTERVAL": "0",
+            }
+            self.resource.append(
+                Process(name, ["resource", "serve"], env, free_port(), self.workdir / f"{name}.log")
+            )
+        for process in self.resource:
+            process.start()
+        for process in self.resource:
+            await process.ready()
+
+    async def leader(self) -> Process | None:
+        """The auth process whose relay holds the leader lock now (from its /metrics)."""
+        async with httpx.AsyncClient(timeout=1.0) as http:
+            for process in self.auth:
+                try:
+                    text = (await http.get(f"{process.base}/metrics")).text
+                except httpx.HTTPError:
+                    continue
+                if "\ntokenlife_relay_leader 1.0" in text:
+                    return process
+        return None
+
+    async def stop(self) -> None:
+        """Kill every process, close every proxy, stop PostgreSQL."""
+        for process in [*self.resource, *self.auth]:
+            process.kill()
+        for proxy in [*self.broker_proxies, *(p for ps in self.auth_proxies.values() for p in ps)]:
+            await proxy.close()
+        self.stop_postgres()
