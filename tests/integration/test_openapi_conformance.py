@@ -18,7 +18,7 @@ from schemathesis import GenerationMode
 from schemathesis.core.parameters import ParameterLocation
 from schemathesis.core.result import Ok
 
-from tests.conftest import PASSWORD, SERVICE_CLIENT, add_user, running_auth_server, start_auth_server
+from tests.conftest import PASSWORD, SERVICE_CLIENT, add_user, running_auth_server
 from tests.e2e.test_resource_e2e import ResourceProcess, wait_for
 
 pytestmark = pytest.mark.integration
@@ -40,14 +40,8 @@ LAST = ("POST /v1/auth/password", "POST /v1/auth/logout")
 @pytest.fixture
 def auth_process(database_url: str) -> Iterator[str]:
     asyncio.run(add_user(database_url, EMAIL, scopes="read write"))
-    proc, base = start_auth_server(database_url)
-    try:
+    with running_auth_server(database_url) as base:
         yield base
-    finally:
-        proc.kill()
-        proc.wait(timeout=10)
-        if proc.stderr:
-            proc.stderr.close()
 
 
 def _credentials(base: str) -> dict[str, dict[str, str]]:
