@@ -1,7 +1,9 @@
-"""The app the throughput benchmark serves: one route per way of reading the request's credentials.
+"""The apps the throughput benchmark serves: one app per way of reading the request's credentials.
 
-/open has no dependency, /header a dependency that only reads the Authorization header, /protected the
-tokenlife dependency over a Guard with 100k live revocations (key from TOKENLIFE_BENCH_JWK).
+Each app has one route, GET /r, and no documentation routes, so routing costs the same in all three:
+`open_app` has no dependency, `header_app` a dependency that only reads the Authorization header, and
+`protected_app` is set up the way the README protects a service: the tokenlife dependency over a Guard with
+100k live revocations (key from TOKENLIFE_BENCH_JWK), the AnswerGate middleware and the error handler.
 """
 
 from __future__ import annotations
@@ -13,7 +15,9 @@ from typing import Annotated
 from fastapi import Depends, FastAPI, Request
 
 from bench import fixtures
-from resource_service.dependency import require_principal
+from bench.throughput import PATH
+from resource_service.answer_gate import AnswerGate
+from resource_service.dependency import install_error_handler, require_principal
 from resource_service.guard import Guard
 from resource_service.keys import StaticKeySource
 from resource_service.state import RevocationState
@@ -29,13 +33,20 @@ def _guard() -> Guard:
     return Guard(verifier, state, feed.freshness, fresh_until=feed.tracker)
 
 
-app = FastAPI()
-app.state.guard = _guard()
+def _app() -> FastAPI:
+    return FastAPI(openapi_url=None, docs_url=None, redoc_url=None)
 
 
-def _get_guard(request: Request) -> Guard:
-    guard: Guard = request.app.state.guard
-    return guard
+open_app = _app()
+
+
+@open_app.get(PATH)
+async def open_route() -> dict[str, str]:
+    """No dependency at all: what FastAPI and uvicorn cost."""
+    return {"sub": "anyone"}
+
+
+header_app = _app()
 
 
 async def header_only(request: Request) -> str | None:
@@ -43,23 +54,26 @@ async def header_only(request: Request) -> str | None:
     return request.headers.get("authorization")
 
 
-Protected = Annotated[Principal, Depends(require_principal(_get_guard))]
-HeaderOnly = Annotated[str | None, Depends(header_only)]
-
-
-@app.get("/open")
-async def open_route() -> dict[str, str]:
-    """No dependency at all: what FastAPI and uvicorn cost."""
-    return {"sub": "anyone"}
-
-
-@app.get("/header")
-async def header_route(header: HeaderOnly) -> dict[str, str]:
+@header_app.get(PATH)
+async def header_route(header: Annotated[str | None, Depends(header_only)]) -> dict[str, str]:
     """The header-only baseline."""
     return {"sub": "anyone" if header is None else "someone"}
 
 
-@app.get("/protected")
-async def protected_route(principal: Protected) -> dict[str, str]:
+protected_app = _app()
+protected_app.state.guard = _guard()
+protected_app.add_middleware(AnswerGate)
+install_error_handler(protected_app)
+
+
+def _get_guard(request: Request) -> Guard:
+    guard: Guard = request.app.state.guard
+    return guard
+
+
+@protected_app.get(PATH)
+async def protected_route(
+    principal: Annotated[Principal, Depends(require_principal(_get_guard))],
+) -> dict[str, str]:
     """Through the tokenlife dependency."""
     return {"sub": principal.sub}

@@ -1,7 +1,10 @@
 """Requests per second through uvicorn (1 worker): the tokenlife dependency against a header-only one.
 
-A small HTTP/1.1 load generator on loopback (keep-alive connections, one request in flight on each) drives
-the three routes of bench/loadapp.py in interleaved rounds, so a noisy machine slows each route alike.
+Three servers, one app each (bench/loadapp.py: the same single route, without a dependency, with a
+header-only one, and protected the way the README shows), driven in interleaved rounds so a noisy machine
+slows each alike. The load comes from wrk when it is installed (a C load generator: it leaves the cores to the
+server), otherwise from a small asyncio HTTP/1.1 client (keep-alive connections, one request in flight on
+each), which competes with the server for the 2 cores and makes the ratio noisier; the row says which.
 """
 
 from __future__ import annotations
@@ -9,21 +12,28 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
+import shutil
 import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 
 from bench import fixtures
 from bench.results import Results
 from bench.stack import free_port
 
 ROUNDS = 10
-SECONDS = 1.0
+SECONDS = 2.0
 ASGI_ROUNDS = 15
 ASGI_CALLS = 200
 CONNECTIONS = 8
-ROUTES = ("/open", "/header", "/protected")
+CASES = ("open", "header", "protected")
+PATH = "/r"  # the one route of each app
+APPS = {case: f"bench.loadapp:{case}_app" for case in CASES}
+TARGET = "protected route / header-only route (uvicorn, 1 worker)"
 
 
 async def _connection(port: int, request: bytes, until: float, counts: list[int]) -> None:
@@ -44,8 +54,8 @@ async def _connection(port: int, request: bytes, until: float, counts: list[int]
         writer.close()
 
 
-async def _round(port: int, path: str, token: str) -> float:
-    request = f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\n\r\n".encode(
+async def _python_round(port: int, token: str) -> float:
+    request = f"GET {PATH} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\n\r\n".encode(
         "latin-1"
     )
     counts = [0]
@@ -53,6 +63,30 @@ async def _round(port: int, path: str, token: str) -> float:
     until = start + SECONDS
     await asyncio.gather(*(_connection(port, request, until, counts) for _ in range(CONNECTIONS)))
     return counts[0] / (time.perf_counter() - start)
+
+
+_WRK_RATE = re.compile(r"^Requests/sec:\s+([0-9.]+)", re.MULTILINE)
+_WRK_ERRORS = re.compile(r"Non-2xx or 3xx responses: (\d+)|Socket errors: (.*)")
+
+
+async def _wrk_round(wrk: str, port: int, token: str) -> float:
+    process = await asyncio.create_subprocess_exec(
+        wrk,
+        "-t1",
+        f"-c{CONNECTIONS}",
+        f"-d{SECONDS:.0f}s",
+        "-H",
+        f"Authorization: Bearer {token}",
+        f"http://127.0.0.1:{port}{PATH}",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    out = (await process.communicate())[0].decode()
+    errors = _WRK_ERRORS.search(out)
+    rate = _WRK_RATE.search(out)
+    if process.returncode != 0 or rate is None or errors is not None:
+        raise RuntimeError("wrk: " + " ".join(out.split())[-200:])
+    return float(rate.group(1))
 
 
 async def _ready(port: int) -> None:
@@ -66,73 +100,89 @@ async def _ready(port: int) -> None:
     raise RuntimeError("uvicorn did not start")
 
 
+@contextmanager
+def _servers(env: dict[str, str]) -> Iterator[dict[str, int]]:
+    """One uvicorn process (1 worker) per app; their ports by case."""
+    with ExitStack() as stack:
+        ports: dict[str, int] = {}
+        for case in CASES:
+            port = free_port()
+            server = subprocess.Popen(
+                [sys.executable, "-m", "uvicorn", APPS[case], "--port", str(port), "--workers", "1"]
+                + ["--log-level", "warning", "--no-access-log"],
+                env=env,
+            )
+            stack.callback(server.wait, 10)
+            stack.callback(server.kill)
+            ports[case] = port
+        yield ports
+
+
 async def run(results: Results) -> None:
-    """Rows for each route's requests per second, and the dependency's ratio to the header-only route."""
+    """Rows for each app's requests per second, and the dependency's ratio to the header-only one."""
     key = fixtures.private_key()
     token = fixtures.token(key)
-    port = free_port()
     env = os.environ | {"TOKENLIFE_BENCH_JWK": json.dumps(fixtures.public_jwk(key))}
-    server = subprocess.Popen(  # noqa: ASYNC220  # started once, before any timing
-        [sys.executable, "-m", "uvicorn", "bench.loadapp:app", "--port", str(port), "--workers", "1"]
-        + ["--log-level", "warning", "--no-access-log"],
-        env=env,
-    )
+    wrk = shutil.which("wrk")
+    generator = "wrk -t1" if wrk else "an asyncio client in the same machine (wrk not installed)"
+
+    async def one_round(port: int) -> float:
+        return await (_wrk_round(wrk, port, token) if wrk else _python_round(port, token))
+
+    rates: dict[str, list[float]] = {case: [] for case in CASES}
+    ratios: list[float] = []
     try:
-        await _ready(port)
-        for path in ROUTES:  # warm-up: the first request of the token is its cold check
-            await _round(port, path, token)
-        rates: dict[str, list[float]] = {path: [] for path in ROUTES}
-        ratios: list[float] = []
-        for number in range(ROUNDS):
-            # Forward, then backward: a drift in the machine's load favours no route.
-            for path in ROUTES if number % 2 == 0 else ROUTES[::-1]:
-                rates[path].append(await _round(port, path, token))
-            ratios.append(rates["/protected"][-1] / rates["/header"][-1])
+        with _servers(env) as ports:
+            for case in CASES:
+                await _ready(ports[case])
+                await _python_round(ports[case], token)  # warm-up: the token's cold check, imports
+            for number in range(ROUNDS):
+                # Forward, then backward: a drift in the machine's load favours no app.
+                for case in CASES if number % 2 == 0 else CASES[::-1]:
+                    rates[case].append(await one_round(ports[case]))
+                ratios.append(rates["protected"][-1] / rates["header"][-1])
     except (OSError, RuntimeError, asyncio.IncompleteReadError) as exc:
         results.skipped("protected route / header-only route (uvicorn)", str(exc))
-        results.target("protected route / header-only route (uvicorn, 1 worker)", None, "x", ">= 0.9x", None)
+        results.target(TARGET, None, "x", ">= 0.9x", None)
         return
-    finally:
-        server.kill()
-        server.wait(timeout=10)
-    for path, what in (
-        ("/open", "no dependency (what FastAPI and uvicorn cost)"),
-        ("/header", "a dependency that reads the header only (baseline)"),
-        ("/protected", "the tokenlife dependency (warm token, 100k live revocations)"),
+    for case, what in (
+        ("open", "no dependency (what FastAPI and uvicorn cost)"),
+        ("header", "a dependency that reads the header only (baseline)"),
+        ("protected", "the tokenlife dependency, AnswerGate, error handler (warm token, 100k live)"),
     ):
         results.row(
-            f"GET {path}, uvicorn 1 worker",
-            value=statistics.median(rates[path]),
+            f"GET {PATH} ({case}), uvicorn 1 worker",
+            value=statistics.median(rates[case]),
             unit="req/s",
-            note=f"{what}; {CONNECTIONS} connections, {ROUNDS} interleaved rounds of {SECONDS} s",
+            note=(
+                f"{what}; {CONNECTIONS} connections from {generator};"
+                f" {ROUNDS} interleaved rounds of {SECONDS:.0f} s"
+            ),
         )
     ratio = statistics.median(ratios)
     results.notes["throughput_ratios"] = ratios
     asgi = await _in_process(env["TOKENLIFE_BENCH_JWK"], token)
-    for path, micros in asgi.items():
+    for case, micros in asgi.items():
         results.row(
-            f"GET {path}, in process (ASGI call, no server)", value=micros, unit="us", note="per request"
+            f"GET {PATH} ({case}), in process (ASGI call, no server)",
+            value=micros,
+            unit="us",
+            note="per request",
         )
     why = (
-        f"in process the routes cost {asgi['/open']:.0f} / {asgi['/header']:.0f} / {asgi['/protected']:.0f}"
-        " us (none / header-only / tokenlife): FastAPI itself is most of a request, and the tokenlife "
-        "dependency adds a few us over the header-only one; under uvicorn the ratio moves with the "
-        f"machine's load (rounds: {', '.join(f'{r:.2f}' for r in ratios)})"
+        f"in process the apps cost {asgi['open']:.0f} / {asgi['header']:.0f} / {asgi['protected']:.0f}"
+        " us a request (none / header-only / tokenlife): FastAPI itself is most of a request; under uvicorn"
+        f" the ratio moves with the machine's load (rounds: {', '.join(f'{r:.2f}' for r in ratios)})"
     )
-    results.target(
-        "protected route / header-only route (uvicorn, 1 worker)",
-        ratio,
-        "x",
-        ">= 0.9x",
-        ratio >= 0.9,
-        "" if ratio >= 0.9 else why,
-    )
+    results.target(TARGET, ratio, "x", ">= 0.9x", ratio >= 0.9, "" if ratio >= 0.9 else why)
 
 
 async def _in_process(jwk: str, token: str) -> dict[str, float]:
     """Microseconds per request of each route called as an ASGI app, without a server or sockets."""
     os.environ["TOKENLIFE_BENCH_JWK"] = jwk
-    from bench.loadapp import app
+    from bench import loadapp
+
+    apps = {case: getattr(loadapp, f"{case}_app") for case in CASES}
 
     headers = [(b"host", b"bench"), (b"authorization", f"Bearer {token}".encode("latin-1"))]
 
@@ -143,15 +193,15 @@ async def _in_process(jwk: str, token: str) -> dict[str, float]:
         if message["type"] == "http.response.start" and message["status"] != 200:
             raise RuntimeError(f"{message['status']}")
 
-    async def call(path: str) -> None:
+    async def call(case: str) -> None:
         scope = {
             "type": "http",
             "asgi": {"version": "3.0"},
             "http_version": "1.1",
             "method": "GET",
             "scheme": "http",
-            "path": path,
-            "raw_path": path.encode(),
+            "path": PATH,
+            "raw_path": PATH.encode(),
             "query_string": b"",
             "root_path": "",
             "headers": headers,
@@ -159,15 +209,15 @@ async def _in_process(jwk: str, token: str) -> dict[str, float]:
             "server": ("127.0.0.1", 80),
             "state": {},
         }
-        await app(scope, receive, send)  # type: ignore[arg-type]
+        await apps[case](scope, receive, send)
 
-    for path in ROUTES:
-        await call(path)
-    micros: dict[str, list[float]] = {path: [] for path in ROUTES}
+    for case in CASES:
+        await call(case)
+    micros: dict[str, list[float]] = {case: [] for case in CASES}
     for number in range(ASGI_ROUNDS):
-        for path in ROUTES if number % 2 == 0 else ROUTES[::-1]:
+        for case in CASES if number % 2 == 0 else CASES[::-1]:
             start = time.perf_counter()
             for _ in range(ASGI_CALLS):
-                await call(path)
-            micros[path].append((time.perf_counter() - start) / ASGI_CALLS * 1e6)
-    return {path: statistics.median(values) for path, values in micros.items()}
+                await call(case)
+            micros[case].append((time.perf_counter() - start) / ASGI_CALLS * 1e6)
+    return {case: statistics.median(values) for case, values in micros.items()}

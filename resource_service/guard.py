@@ -97,6 +97,11 @@ class Guard:
         self._fresh_until = fresh_until
         self._clock = clock
         self._warned_stale = False
+        # The warm path's map: header value -> (Principal, wall-clock time its token expires), at most as
+        # many entries as the verifier caches.
+        self._warm: dict[str, tuple[Principal, float]] = {}
+        self._warm_size = verifier.cache_size
+        self._wall = verifier.now
         # Read by the metrics layer: rejections by reason, and what happened while the state was stale.
         self.rejections: Counter[str] = Counter()
         self.stale_accepted = 0
@@ -105,21 +110,21 @@ class Guard:
     def check_cached(
         self, authorization: str | None, required_scopes: tuple[str, ...] = ()
     ) -> Principal | None:
-        """The warm path: the Principal of a token verified before, while fresh; None means await check().
+        """The warm path: the Principal of a header seen before, while fresh; None means await check().
 
-        Only an exact "Bearer <token>" whose token sits in the verifier's cache is decided here: a cached
-        token passed the token-shape check, so this header parses to that token on the full path too. The
-        revocation check is made on every call, never cached; a stale or unsynced state is left to check(),
-        which owns the policies.
+        The warm map holds exact "Bearer <token>" header values whose token passed the full check, with the
+        wall-clock time the token expires; so a hit is one dictionary lookup, two clock reads and the
+        revocation check, which is made on every call, never cached. A stale or unsynced state, an expired
+        token and any other spelling of the header are left to check(), which owns the policies.
         """
-        if (
-            authorization is None
-            or authorization[:7] != "Bearer "
-            or len(authorization) > self._max_header_bytes
-        ):
+        if authorization is None:
             return None
-        principal = self._verifier.cached(authorization[7:])
-        if principal is None:
+        hit = self._warm.get(authorization)
+        if hit is None:
+            return None
+        principal, dead_at = hit
+        if self._wall() >= dead_at:
+            del self._warm[authorization]
             return None
         deadline = self._fresh_until
         if (deadline is None or self._clock() >= deadline.fresh_until) and self._freshness() != "fresh":
@@ -128,13 +133,28 @@ class Guard:
         if reason is not None:
             self.rejections[reason.value] += 1
             raise TokenRevoked(reason.value)
-        scopes = principal.scopes
-        for scope in required_scopes:
-            if scope not in scopes:
-                self.rejections["insufficient_scope"] += 1
-                raise InsufficientScope(" ".join(required_scopes))
-        self._warned_stale = False
+        if required_scopes:
+            scopes = principal.scopes
+            for scope in required_scopes:
+                if scope not in scopes:
+                    self.rejections["insufficient_scope"] += 1
+                    raise InsufficientScope(" ".join(required_scopes))
+        if self._warned_stale:
+            self._warned_stale = False
         return principal
+
+    def _remember(self, authorization: str, token: str, principal: Principal) -> None:
+        """Keep an exact "Bearer <token>" header for the warm path; the oldest entry goes when full.
+
+        First in, first out rather than least recently used: a hit then writes nothing, and a busy token
+        that is pushed out costs one verification (the verifier's own cache) before it is back.
+        """
+        if self._warm_size <= 0 or authorization != f"Bearer {token}":
+            return
+        warm = self._warm
+        warm[authorization] = (principal, self._verifier.dead_at(principal))
+        if len(warm) > self._warm_size:
+            del warm[next(iter(warm))]
 
     @property
     def retry_after(self) -> int:
@@ -143,7 +163,12 @@ class Guard:
 
     def may_answer(self) -> bool:
         """Whether a request this Guard accepted may still be answered 2xx now (the answer gate asks)."""
-        return self._policy != "fail_closed" or self._freshness() == "fresh"
+        if self._policy != "fail_closed":
+            return True
+        deadline = self._fresh_until
+        if deadline is not None and self._clock() < deadline.fresh_until:
+            return True
+        return self._freshness() == "fresh"
 
     def refused_at_answer(self) -> None:
         """Count an accepted request refused when its answer was written, the state stale by then."""
@@ -163,6 +188,7 @@ class Guard:
 
     async def _check(self, authorization: str | None, needed: tuple[str, ...]) -> Principal:
         token = bearer_token(authorization, self._max_header_bytes)
+        assert authorization is not None  # bearer_token refuses a missing header
         principal = await self._verifier.verify(token)
         # Never cached: a revocation must take effect on the very next request.
         reason = self._state.is_revoked(principal.facts)
@@ -180,6 +206,7 @@ class Guard:
         scopes = principal.scopes
         if any(scope not in scopes for scope in needed):
             raise InsufficientScope(" ".join(needed))
+        self._remember(authorization, token, principal)
         return principal
 
     async def _when_stale(self, token: str) -> None:

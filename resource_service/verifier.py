@@ -145,6 +145,19 @@ class TokenVerifier:
         self._cache: dict[str, _Cached] = {}
         self.cache_hits = 0
 
+    @property
+    def cache_size(self) -> int:
+        """How many verified tokens the cache keeps (0: none)."""
+        return self._cache_size
+
+    def now(self) -> float:
+        """The verifier's wall clock, in seconds since the epoch."""
+        return self._clock()
+
+    def dead_at(self, principal: Principal) -> float:
+        """The wall-clock time from which a verified token is refused as expired (exp plus the leeway)."""
+        return principal.exp + self._leeway
+
     def cached(self, token: str) -> Principal | None:
         """The Principal of a token verified before and not expired since, or None: the warm path."""
         cache = self._cache

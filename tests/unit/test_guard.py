@@ -146,10 +146,12 @@ async def test_revocation_is_checked_on_every_call_even_for_a_cached_token(
     await guard.check(f"Bearer {token}")
     revoke_session(state)
     with pytest.raises(TokenRevoked) as caught:
-        await guard.check(f"Bearer {token}")
-    assert verifier.cache_hits == 1
+        guard.check_cached(f"Bearer {token}")  # the warm map's hit
     assert caught.value.reason == "session_revoked"
-    assert guard.rejections["session_revoked"] == 1
+    with pytest.raises(TokenRevoked):
+        await guard.check(f"bearer  {token}")  # another spelling: the verifier's cached claims
+    assert verifier.cache_hits == 1
+    assert guard.rejections["session_revoked"] == 2
 
 
 async def test_stale_state_fails_closed_by_default(guard: Guard, freshness: Freshness, token: str) -> None:
@@ -426,6 +428,44 @@ async def test_warm_path_decides_only_a_cached_token_and_still_checks_revocation
     with pytest.raises(TokenRevoked):
         guard.check_cached(header)
     assert guard.rejections["session_revoked"] == 1
+
+
+async def test_warm_path_never_serves_an_expired_token(
+    key: rsa.RSAPrivateKey, state: RevocationState, freshness: Freshness, token: str
+) -> None:
+    now = [float(NOW)]
+    jwk = {**RSAAlgorithm.to_jwk(key.public_key(), as_dict=True), "kid": "k1", "alg": "RS256"}
+    verifier = TokenVerifier(ISS, AUD, StaticKeySource.from_jwks({"keys": [jwk]}), clock=lambda: now[0])
+    guard = Guard(verifier, state, freshness)
+    header = f"Bearer {token}"
+    await guard.check(header)
+    now[0] = NOW + 300 + 4  # exp 300 s after iat, within the verifier's 5 s leeway
+    assert guard.check_cached(header) is not None
+    now[0] = NOW + 300 + 5
+    assert guard.check_cached(header) is None
+    with pytest.raises(InvalidToken):
+        await guard.check(header)
+
+
+async def test_warm_map_keeps_at_most_the_verifiers_cache_size(
+    key: rsa.RSAPrivateKey, state: RevocationState, freshness: Freshness
+) -> None:
+    jwk = {**RSAAlgorithm.to_jwk(key.public_key(), as_dict=True), "kid": "k1", "alg": "RS256"}
+    verifier = TokenVerifier(
+        ISS, AUD, StaticKeySource.from_jwks({"keys": [jwk]}), cache_size=2, clock=lambda: NOW
+    )
+    guard = Guard(verifier, state, freshness)
+    claims = {"iss": ISS, "aud": AUD, "sub": "alice", "exp": NOW + 300, "iat": NOW, "sid": str(SID)}
+    headers = [
+        "Bearer "
+        + jwt.encode({**claims, "jti": j}, key, algorithm="RS256", headers={"kid": "k1", "typ": "at+jwt"})
+        for j in "abc"
+    ]
+    for header in headers:
+        await guard.check(header)
+    # First in, first out: the oldest header left the warm map; the full path still accepts it.
+    assert [guard.check_cached(h) is not None for h in headers] == [False, True, True]
+    assert (await guard.check(headers[0])).jti == "a"
 
 
 async def test_warm_path_past_the_freshness_deadline_asks_for_a_judgement(
