@@ -12,7 +12,7 @@ from auth_service import contract as c
 from auth_service.context import AuthContext
 from auth_service.errors import InvalidToken
 from auth_service.lookups import revocation_rows
-from auth_service.tokens import unverified_kid, verify_access_token
+from auth_service.tokens import SignedToken, parse_token, verify_access_token
 
 
 @dataclass(frozen=True)
@@ -37,19 +37,24 @@ def revocation_reason(rows: list[tuple[str, str, datetime | None]], iat: int) ->
     return None
 
 
-async def know_kid(ctx: AuthContext, token: str) -> None:
-    """Reload the key ring early when the token names a kid it lacks (the engine is only touched then)."""
-    kid = unverified_kid(token)
+async def know_kid(ctx: AuthContext, token: str | SignedToken | None) -> SignedToken | None:
+    """The token parsed; the key ring reloaded first when it names a kid the ring lacks (the engine is only
+    touched then). None: not a compact JWS at all."""
+    signed = parse_token(token) if isinstance(token, str) else token
+    kid = None if signed is None else signed.kid
     if kid is not None and kid not in ctx.keys.current().public_keys:
         async with ctx.engine.connect() as conn:
             await ctx.keys.know(conn, kid)
+    return signed
 
 
 async def authenticate(ctx: AuthContext, token: str) -> Principal:
     """Verify one of our access tokens and check the log's projections that it is not revoked."""
     s = ctx.settings
-    await know_kid(ctx, token)
-    kid, claims = verify_access_token(token, ctx.keys.current(), issuer=s.issuer, audience=s.audience)
+    signed = await know_kid(ctx, token)
+    if signed is None:
+        raise InvalidToken("malformed access token")
+    kid, claims = verify_access_token(signed, ctx.keys.current(), issuer=s.issuer, audience=s.audience)
     try:
         session_id = uuid.UUID(str(claims["sid"]))
     except ValueError:

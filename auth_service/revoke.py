@@ -107,10 +107,12 @@ async def _revoke_refresh(ctx: AuthContext, token: str) -> Intent | Literal[Fals
 async def _revoke_access(ctx: AuthContext, token: str) -> Intent | Literal[False] | None:
     """The intent for an access token; None: not one of ours; False: ours, but nothing to do."""
     s = ctx.settings
-    await know_kid(ctx, token)
+    signed = await know_kid(ctx, token)
+    if signed is None:
+        return None
     try:
         _kid, claims = verify_access_token(
-            token, ctx.keys.current(), issuer=s.issuer, audience=s.audience, verify_exp=False
+            signed, ctx.keys.current(), issuer=s.issuer, audience=s.audience, verify_exp=False
         )
     except InvalidToken:
         return None
