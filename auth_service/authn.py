@@ -11,7 +11,6 @@ from typing import Any
 from auth_service import contract as c
 from auth_service.context import AuthContext
 from auth_service.errors import InvalidToken
-from auth_service.lookups import revocation_rows
 from auth_service.tokens import SignedToken, parse_token, verify_access_token
 
 
@@ -59,7 +58,7 @@ async def authenticate(ctx: AuthContext, token: str) -> Principal:
         session_id = uuid.UUID(str(claims["sid"]))
     except ValueError:
         raise InvalidToken("invalid sid claim") from None
-    rows = await revocation_rows(ctx.pg, str(claims["jti"]), session_id, str(claims["sub"]), kid)
+    rows = await ctx.revocation_reads.rows(str(claims["jti"]), session_id, str(claims["sub"]), kid)
     if revocation_reason(rows, int(claims["iat"])):
         raise InvalidToken("token has been revoked")
     return Principal(str(claims["sub"]), session_id, str(claims["jti"]), kid, claims)

@@ -1,15 +1,16 @@
-"""What request handlers share: settings, the engine, the hot path's asyncpg pool, the log writer, the signing
-keys and the login throttle."""
+"""What request handlers share: settings, the engine, the hot path's asyncpg pool and its batched revocation
+check, the log writer, the signing keys and the login throttle."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from auth_service.keys import KeyCache
 from auth_service.log_writer import LogWriter
+from auth_service.lookups import RevocationReads
 from auth_service.settings import AuthSettings
 from auth_service.throttle import LoginThrottle
 
@@ -22,3 +23,7 @@ class AuthContext:
     throttle: LoginThrottle
     pg: Any  # an asyncpg.Pool: the hot path's reads (lookups.py)
     writer: LogWriter  # the group committer of revocations
+    revocation_reads: RevocationReads = field(init=False)  # the revocation check, batched, on `pg`
+
+    def __post_init__(self) -> None:
+        self.revocation_reads = RevocationReads(self.pg)
