@@ -92,7 +92,10 @@ async def test_a_failed_query_fails_its_waiters_and_the_next_batch_works(
     with pytest.raises(asyncpg.InterfaceError):
         await reads.rows("j", uuid.uuid4(), "u", "k")
     pool.pool = await asyncpg.create_pool(asyncpg_dsn(database_url), min_size=1, max_size=1)
-    assert await reads.rows("j", uuid.uuid4(), "u", "k") == []
+    try:
+        assert await reads.rows("j", uuid.uuid4(), "u", "k") == []
+    finally:
+        await pool.pool.close()
 
 
 async def test_a_check_whose_request_went_away_does_not_disturb_the_others(pool: CountingPool) -> None:
