@@ -11,7 +11,10 @@ noisy machine. Each module adds rows, targets and latency samples to one Results
   broker unreachable, and long-poll alone with no broker: longpoll.py);
 - coldstart: a resource instance's time to ready with 100k live revocations among 1M events, against empty;
 - log_speed: logouts/s and p99 through the group committer against a bare-INSERT route, auth CPU per
-  logout, and the set-based rebuild over 1M events against event by event.
+  logout, and the set-based rebuild over 1M events against event by event;
+- bound: the 2-second bound under faults, the fault suite (tests/fault/) run in a child process: per
+  scenario the worst delay from a logout's 2xx until every instance refuses the token, logouts, probes and
+  violations (about 2 minutes).
 
 Services: TOKENLIFE_BENCH_REDIS_URL (default redis://127.0.0.1:6379/15), TOKENLIFE_BENCH_DATABASE_URL
 (default postgresql://postgres@127.0.0.1:5432/postgres) and TOKENLIFE_BENCH_AMQP_URL (default
@@ -25,6 +28,7 @@ import sys
 from pathlib import Path
 
 from bench import (
+    bound,
     coldstart,
     hotpath,
     introspection,
@@ -55,6 +59,7 @@ def main() -> int:
     asyncio.run(_on_stack(results))
     asyncio.run(coldstart.run(results))
     _log_speed(results)
+    bound.run(results)
     results.print()
     results.write(RESULTS)
     drawn = picture.draw(results, PICTURE)

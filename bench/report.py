@@ -1,4 +1,5 @@
-"""`python -m bench.report`: the targets and figures of bench/results/latest.json as Markdown tables."""
+"""`python -m bench.report [PATH]`: the targets and figures of a results file (default
+bench/results/latest.json) as Markdown tables."""
 
 from __future__ import annotations
 
@@ -17,16 +18,31 @@ def _number(value: float | None, unit: str) -> str:
 
 
 def markdown(run: dict[str, Any]) -> str:
-    """The targets table, then the figures table."""
+    """The targets table, the bound's scenario table (bench/bound.py) if the run has one, then the figures."""
     lines = ["| target | this run | wanted | verdict |", "| --- | --- | --- | --- |"]
     for t in run["targets"]:
         verdict = {True: "met", False: "**missed**", None: "not measured"}[t["met"]]
         lines.append(f"| {t['name']} | {_number(t['value'], t['unit'])} | {t['target']} | {verdict} |")
-    lines += ["", "| case | median | p99 |", "| --- | --- | --- |"]
-    for r in run["results"]:
-        lines.append(f"| {r['case']} | {_number(r['median'], r['unit'])} | {_number(r['p99'], r['unit'])} |")
+    scenarios = [r for r in run["results"] if "scenario" in r]
+    if scenarios:
+        lines += [
+            "",
+            "| scenario | logouts | probes | worst delay | violations |",
+            "| --- | --- | --- | --- | --- |",
+        ]
+        for r in scenarios:
+            delay = _number(r["median"], r["unit"])
+            cells = [r["scenario"], r["logouts"], r["probes"], delay, r["violations"]]
+            lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    figures = [r for r in run["results"] if "scenario" not in r]
+    if figures:
+        lines += ["", "| case | median | p99 |", "| --- | --- | --- |"]
+    for r in figures:
+        median, p99 = _number(r["median"], r["unit"]), _number(r["p99"], r["unit"])
+        lines.append(f"| {r['case']} | {median} | {p99} |")
     return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":
-    sys.stdout.write(markdown(json.loads(LATEST.read_text())))
+    path = Path(sys.argv[1]) if len(sys.argv) > 1 else LATEST
+    sys.stdout.write(markdown(json.loads(path.read_text())))

@@ -1,8 +1,14 @@
-"""The fault suite's shared stack (one per module run) and its summary table at the end of the session."""
+"""The fault suite's shared stack (one per module run) and its summary table at the end of the session.
+
+With TOKENLIFE_FAULT_TABLE set to a path, the table is also written there as JSON at the end of the session
+(every scenario's summary, the tests that failed and why, the exit status): `python -m bench.bound` reads it.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import json
 import os
 import shutil
 import tempfile
@@ -17,9 +23,14 @@ import pytest_asyncio
 from auth_service.migrate import upgrade
 from tests.conftest import add_user
 from tests.fault.ledger import SUMMARIES, Ledger, Load, Prober, table
-from tests.fault.stack import Stack
+from tests.fault.stack import BOUND, Stack
 
 SOAK = os.environ.get("TOKENLIFE_FAULT_SOAK") == "1"
+TABLE = os.environ.get("TOKENLIFE_FAULT_TABLE", "")
+
+# Every test of the suite that ran or was skipped: its outcome, the scenario it summarized (None: it ended
+# before its summary), and the first line of why when it did not pass.
+TESTS: list[dict[str, str | None]] = []
 
 
 @dataclass
@@ -68,3 +79,41 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     terminalreporter.section("fault suite (bound B = 2.0 s)")
     for line in table():
         terminalreporter.write_line(line)
+
+
+def _why(report: pytest.TestReport) -> str:
+    if isinstance(report.longrepr, tuple):  # a skip: (path, line, "Skipped: reason")
+        return str(report.longrepr[2]).removeprefix("Skipped: ")
+    crash = getattr(report.longrepr, "reprcrash", None)
+    lines = str(getattr(crash, "message", report.longrepr)).strip().splitlines()
+    return lines[0] if lines else ""
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """Record each test's outcome; a scenario that failed before its summary leaves only this."""
+    if report.when == "call" or not report.passed:
+        ran = [t for t in TESTS if t["scenario"] is not None]
+        scenario = SUMMARIES[-1].scenario if report.when == "call" and len(SUMMARIES) > len(ran) else None
+        TESTS.append(
+            {
+                "test": report.nodeid,
+                "when": report.when,
+                "outcome": report.outcome,
+                "scenario": scenario,
+                "why": "" if report.passed else _why(report),
+            }
+        )
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """The table as JSON at TOKENLIFE_FAULT_TABLE, when it is set."""
+    if not TABLE:
+        return
+    payload = {
+        "bound_s": BOUND,
+        "soak": SOAK,
+        "exit_status": int(exitstatus),
+        "scenarios": [dataclasses.asdict(s) for s in SUMMARIES],
+        "tests": TESTS,
+    }
+    Path(TABLE).write_text(json.dumps(payload, indent=1) + "\n")

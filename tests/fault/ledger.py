@@ -38,6 +38,8 @@ class Summary:
     probes: int
     worst_delay: float  # the longest a revoked token was still accepted after its logout's 2xx (s)
     violations: list[str]
+    late: int = 0  # revoked tokens that got a 200 on a probe sent later than the bound after the logout
+    lost: int = 0  # revocations (committed: their logout answered 2xx) missing from an instance at the end
 
 
 # Every scenario's summary, in the order they ran; tests/fault/conftest.py prints them at the end.
@@ -74,6 +76,7 @@ class Ledger:
     def summarize(self, scenario: str, since: float) -> Summary:
         """The checks over what happened since `since`."""
         violations: list[str] = []
+        late: set[str] = set()
         worst = 0.0
         probes = [p for p in self.probes if p.sent >= since]
         for probe in probes:
@@ -82,13 +85,15 @@ class Ledger:
                 continue
             worst = max(worst, probe.sent - at)
             if probe.sent > at + BOUND:
+                late.add(probe.token)
                 violations.append(f"{probe.instance}: 200 for a token revoked {probe.sent - at:.2f} s before")
         violations += self.five_hundreds
         self.five_hundreds.clear()
         for (instance, incarnation), seen in self.positions.items():
             if any(b < a for a, b in itertools.pairwise(seen)):
                 violations.append(f"{instance} (start {incarnation}): applied position went back: {seen}")
-        return Summary(scenario, sum(t >= since for t in self.logouts), len(probes), worst, violations)
+        logouts = sum(t >= since for t in self.logouts)
+        return Summary(scenario, logouts, len(probes), worst, violations, late=len(late))
 
 
 class Load:

@@ -4,7 +4,8 @@ Every scenario runs against one shared stack (tests/fault/conftest.py) with logi
 every scope going on, and ends with the same checks (tests/fault/ledger.py): no 200 for a revoked token on a
 probe sent later than B = 2 s after its logout's 2xx, no 500, applied positions never going back, and no
 revocation missing from any instance once the fault is over. The table of every scenario is printed at the
-end of the run. TOKENLIFE_FAULT_SOAK=1 runs longer faults with more users; a real broker stop runs only with
+end of the run, and written as JSON to TOKENLIFE_FAULT_TABLE when it is set (the benchmark run reads it:
+bench/bound.py). TOKENLIFE_FAULT_SOAK=1 runs longer faults with more users; a real broker stop runs only with
 TOKENLIFE_FAULT_BROKER_RESTART=1 (it stops the machine's RabbitMQ, which other test runs may share).
 """
 
@@ -39,6 +40,7 @@ async def scenario(
     missing = await suite.prober.every_revocation_refused(RECOVERY, None if every_token else since)
     summary = suite.ledger.summarize(name, since)
     summary.violations += missing
+    summary.lost = len(missing)
     SUMMARIES.append(summary)
     assert summary.violations == []
     assert summary.logouts > 0

@@ -1,41 +1,17 @@
-"""The event contract: versioned event types and their JSON encoding.
+"""The events: their types and models, the heartbeat, the events API's page, and their JSON encoding.
 
-This module imports only the standard library and pydantic. The producer (auth_service) owns it; consumers
-(resource_service, and anyone else reading the exchange or the events API) import it and nothing else of
-auth_service.
-
-Wire form of a logged event (message body on the exchange, item of the events API, `payload` in the log)::
-
-    {"schema_version": 1, "type": "token.revoked", "event_id": "...", "occurred_at": "...",
-     "position": 42, "prev_position": 41, ...the type's own fields...}
-
-`position` and `prev_position` are null before the event is appended. A token is covered by a not-before
-watermark (`user.revoked`, `global.revoked`) when its `iat` is strictly less than `not_before`; producers
-set `not_before` to a whole second past the `iat` of every token issued before the revocation.
-
-Error tree::
-
-    ContractError (ValueError)    malformed JSON, wrong schema_version, missing or invalid fields
+The wire form, the watermark rule and the error tree are described in the package (auth_service/contract).
 """
 
 from __future__ import annotations
 
 import json
-import sys
 import uuid
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any, Final, Literal
 
-from pydantic import (
-    AwareDatetime,
-    BaseModel,
-    ConfigDict,
-    Field,
-    TypeAdapter,
-    ValidationError,
-    model_validator,
-)
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 SCHEMA_VERSION: Final = 1
 
@@ -176,80 +152,6 @@ class Heartbeat(BaseModel):
     sent_at: AwareDatetime = Field(default_factory=utcnow)
 
 
-class RevocationKind(StrEnum):
-    JTI = "jti"
-    SESSION = "session"
-    USER = "user"
-    KEY = "key"
-    GLOBAL = "global"
-
-
-GLOBAL_SUBJECT = "*"
-
-
-class Revocation(BaseModel):
-    """One live revocation: a jti, a session, a key, or a not-before watermark for a user or everyone."""
-
-    model_config = ConfigDict(frozen=True, extra="ignore")
-
-    kind: RevocationKind
-    subject: str = Field(description="The jti, session id, user id or kid; '*' for the global watermark.")
-    not_before: AwareDatetime | None = Field(
-        default=None, description="For user and global watermarks: tokens with iat before this are revoked."
-    )
-    expires_at: AwareDatetime = Field(description="After this (plus leeway) no token it covers is alive.")
-    position: int = Field(ge=1, description="The position of the last event that changed this entry.")
-
-
-class RevocationSnapshot(BaseModel):
-    """Every live revocation, consistent with exactly the log up to and including `position`."""
-
-    model_config = ConfigDict(frozen=True, extra="ignore")
-
-    schema_version: Literal[1] = SCHEMA_VERSION
-    position: int = Field(ge=0)
-    taken_at: AwareDatetime
-    revocations: list[Revocation]
-
-
-class RevocationColumns(BaseModel):
-    """The live revocations of one kind, column by column: item i of every list is one revocation."""
-
-    model_config = ConfigDict(frozen=True, extra="ignore")
-
-    subjects: list[str]
-    expires_at: list[float] = Field(description="Seconds since the epoch.")
-    positions: list[Annotated[int, Field(ge=1)]]
-    not_before: list[float] | None = Field(
-        default=None, description="Seconds since the epoch; for user and global watermarks only."
-    )
-
-    @model_validator(mode="after")
-    def _same_length(self) -> RevocationColumns:
-        size = len(self.subjects)
-        if len(self.expires_at) != size or len(self.positions) != size:
-            raise ValueError("columns differ in length")
-        if self.not_before is not None and len(self.not_before) != size:
-            raise ValueError("columns differ in length")
-        return self
-
-
-class ColumnarSnapshot(BaseModel):
-    """The same content as RevocationSnapshot in a compact form (`GET /v1/revocations?form=columns`).
-
-    A cold start with many live revocations reads this one: a few long lists instead of an object with two
-    timestamps per revocation, so it is smaller on the wire and folds in without a model per row.
-    """
-
-    model_config = ConfigDict(frozen=True, extra="ignore")
-
-    schema_version: Literal[1] = SCHEMA_VERSION
-    form: Literal["columns"] = "columns"
-    position: int = Field(ge=0)
-    taken_at: AwareDatetime
-    columns: dict[RevocationKind, RevocationColumns]
-
-
 class EventPage(BaseModel):
     """One page of the events API: events after a position, in position order, and the head of the log.
 
@@ -309,7 +211,8 @@ def _check_version(obj: dict[str, Any]) -> None:
         )
 
 
-def _describe(exc: ValidationError) -> str:
+def describe(exc: ValidationError) -> str:
+    """The problems a validation found, in one line: `field: message; ...`."""
     parts = []
     for err in exc.errors(include_url=False):
         where = ".".join(str(p) for p in err["loc"]) or "(root)"
@@ -329,7 +232,7 @@ def decode(raw: bytes | str | dict[str, Any]) -> Event | UnknownEvent:
             return _event_adapter.validate_python(obj)
         return UnknownEvent.model_validate(obj)
     except ValidationError as exc:
-        raise ContractError(f"invalid {kind} event: {_describe(exc)}") from None
+        raise ContractError(f"invalid {kind} event: {describe(exc)}") from None
 
 
 def decode_heartbeat(raw: bytes | str | dict[str, Any]) -> Heartbeat:
@@ -339,42 +242,4 @@ def decode_heartbeat(raw: bytes | str | dict[str, Any]) -> Heartbeat:
     try:
         return Heartbeat.model_validate(obj)
     except ValidationError as exc:
-        raise ContractError(f"invalid heartbeat: {_describe(exc)}") from None
-
-
-def decode_snapshot(raw: bytes | str) -> ColumnarSnapshot | RevocationSnapshot:
-    """Decode a snapshot in either form; anything else gives a ContractError."""
-    # json.loads, then validation of the plain lists: as fast as validating the JSON text directly, and the
-    # process keeps less of the parser's transient memory afterwards (measured by bench/memory.py).
-    try:
-        obj = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ContractError(f"malformed snapshot JSON: {exc}") from None
-    if not isinstance(obj, dict):
-        raise ContractError("a snapshot must be a JSON object")
-    model: type[ColumnarSnapshot] | type[RevocationSnapshot] = (
-        ColumnarSnapshot if obj.get("form") == "columns" else RevocationSnapshot
-    )
-    try:
-        return model.model_validate(obj)
-    except ValidationError as exc:
-        raise ContractError(f"invalid snapshot: {_describe(exc)}") from None
-
-
-def json_schema() -> dict[str, Any]:
-    """The JSON Schema of every event type, the heartbeat and the snapshot (docs/event-schema.json)."""
-    schema = TypeAdapter(Event | Heartbeat | RevocationSnapshot | ColumnarSnapshot | EventPage).json_schema()
-    return {
-        "$schema": "https://json-schema.org/draft/2020-12/schema",
-        "title": f"tokenlife events, schema_version {SCHEMA_VERSION}",
-        **schema,
-    }
-
-
-def json_schema_text() -> str:
-    """The exported schema file's exact text."""
-    return json.dumps(json_schema(), indent=2, sort_keys=True) + "\n"
-
-
-if __name__ == "__main__":  # python -m auth_service.contract > docs/event-schema.json
-    sys.stdout.write(json_schema_text())
+        raise ContractError(f"invalid heartbeat: {describe(exc)}") from None
