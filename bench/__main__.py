@@ -92,7 +92,10 @@ def _log_speed(results: Results) -> None:
             f"write path: {row['case']}",
             value=round(row["rate"], 1),
             unit="1/s",
-            note=f"p50 {row['p50_ms']:.2f} ms, p99 {row['p99_ms']:.2f} ms, {row['requests']} requests",
+            note=(
+                f"p50 {row['p50_ms']:.2f} ms, p99 {row['p99_ms']:.2f} ms, {row['requests']} requests"
+                f" from {row.get('generator', 'the asyncio client')}"
+            ),
         )
     for name, value in figures["baselines"].items():
         results.row(f"write path baseline: {name}", value=round(value, 3), unit="", note="same run")

@@ -8,9 +8,11 @@
 - the auth process's CPU time (user + system, /proc) per logout over the closed-loop rounds, relay included;
 - `tokenlife log rebuild` over 1,000,000 generated events (INSERT ... SELECT into a throwaway database),
   against the event-by-event path (`projections.project`) over the first 20,000 of them.
-The load generator is a separate process (`--load`): a raw HTTP/1.1 client on asyncio streams, so its own
-CPU stays small and off the measured process. Tokens are minted with the service's own key for sessions made
-by SQL (logins, which hash passwords, are not what is measured).
+The closed-loop load comes from wrk when it is installed (bench/wrk.py: C, so the load takes little of the 2
+cores), else from a separate process (`--load`): a raw HTTP/1.1 client on asyncio streams, off the measured
+process but on the same cores. The open loop at 500/s is always the asyncio client (wrk cannot pace).
+Tokens are minted with the service's own key for sessions made by SQL (logins, which hash passwords, are not
+what is measured).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import asyncpg
 from sqlalchemy import text
 from starlette.requests import Request
 
+from bench import wrk as load
 from bench.stack import (
     DEFAULT_AMQP_URL,
     DEFAULT_DATABASE_URL,
@@ -42,7 +45,8 @@ from bench.stack import (
 )
 
 ROUNDS = 2
-CLOSED_REQUESTS = 4000
+CLOSED_REQUESTS = 5000  # tokens a closed-loop round may use (wrk: it runs for CLOSED_SECONDS)
+CLOSED_SECONDS = 3
 CONNECTIONS = 64
 OFFERED_RATE = 500
 OFFERED_SECONDS = 4
@@ -152,6 +156,18 @@ async def _load(url: str, path: str, tokens: list[str], rate: float) -> dict[str
         return result
     finally:
         os.unlink(f.name)
+
+
+async def _closed_round(wrk: str | None, url: str, path: str, tokens: list[str]) -> dict[str, Any]:
+    """A closed-loop round: wrk for CLOSED_SECONDS when it is installed, else the asyncio client over every
+    token (which shares the cores with the server, so it caps the rate it can measure)."""
+    if wrk is None:
+        return await _load(url, path, tokens, 0)
+    done = await load.run(
+        wrk, url + path, seconds=CLOSED_SECONDS, connections=CONNECTIONS, method="POST", tokens=tokens
+    )
+    ok = done["requests"] - done["non_2xx"]
+    return {**done, "statuses": {"200": ok, "non-2xx": done["non_2xx"]}, "generator": "wrk"}
 
 
 def _percentile(samples: list[float], q: float) -> float:
@@ -328,6 +344,7 @@ async def _write_path(server_url: str, amqp_url: str) -> dict[str, Any]:
         bare_url = f"http://127.0.0.1:{bare_port}"
         await ready(bare_url, bare_proc, bare_log, "bare-INSERT route")
 
+        wrk = load.available()
         per_round = CLOSED_REQUESTS + OFFERED_RATE * OFFERED_SECONDS
         tokens = await _mint_tokens(url, kek, auth_url, per_round * ROUNDS)
         results: dict[str, list[dict[str, Any]]] = {k: [] for k in ("logout", "bare", "logout@", "bare@")}
@@ -340,7 +357,7 @@ async def _write_path(server_url: str, amqp_url: str) -> dict[str, Any]:
                 ("bare", bare_url, BARE, bare_proc.pid),
             ):
                 before = _cpu_seconds(pid)
-                result = await _load(base, path, closed, 0)
+                result = await _closed_round(wrk, base, path, closed)
                 cpu[name][0] += _cpu_seconds(pid) - before
                 cpu[name][1] += result["statuses"].get("200", 0)
                 results[name].append(result)

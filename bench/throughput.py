@@ -12,8 +12,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import re
-import shutil
 import statistics
 import subprocess
 import sys
@@ -22,6 +20,7 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 
 from bench import fixtures
+from bench import wrk as load
 from bench.results import Results
 from bench.stack import free_port
 
@@ -65,30 +64,6 @@ async def _python_round(port: int, token: str) -> float:
     return counts[0] / (time.perf_counter() - start)
 
 
-_WRK_RATE = re.compile(r"^Requests/sec:\s+([0-9.]+)", re.MULTILINE)
-_WRK_ERRORS = re.compile(r"Non-2xx or 3xx responses: (\d+)|Socket errors: (.*)")
-
-
-async def _wrk_round(wrk: str, port: int, token: str) -> float:
-    process = await asyncio.create_subprocess_exec(
-        wrk,
-        "-t1",
-        f"-c{CONNECTIONS}",
-        f"-d{SECONDS:.0f}s",
-        "-H",
-        f"Authorization: Bearer {token}",
-        f"http://127.0.0.1:{port}{PATH}",
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
-    out = (await process.communicate())[0].decode()
-    errors = _WRK_ERRORS.search(out)
-    rate = _WRK_RATE.search(out)
-    if process.returncode != 0 or rate is None or errors is not None:
-        raise RuntimeError("wrk: " + " ".join(out.split())[-200:])
-    return float(rate.group(1))
-
-
 async def _ready(port: int) -> None:
     for _ in range(300):
         try:
@@ -123,11 +98,22 @@ async def run(results: Results) -> None:
     key = fixtures.private_key()
     token = fixtures.token(key)
     env = os.environ | {"TOKENLIFE_BENCH_JWK": json.dumps(fixtures.public_jwk(key))}
-    wrk = shutil.which("wrk")
+    wrk = load.available()
     generator = "wrk -t1" if wrk else "an asyncio client in the same machine (wrk not installed)"
 
     async def one_round(port: int) -> float:
-        return await (_wrk_round(wrk, port, token) if wrk else _python_round(port, token))
+        if wrk is None:
+            return await _python_round(port, token)
+        url = f"http://127.0.0.1:{port}{PATH}"
+        done = await load.run(
+            wrk, url, seconds=SECONDS, connections=CONNECTIONS, headers={"Authorization": f"Bearer {token}"}
+        )
+        if done["non_2xx"] or done["socket_errors"]:
+            raise RuntimeError(
+                f"wrk: {done['non_2xx']} non-2xx answers, {done['socket_errors']} socket errors"
+            )
+        rate: float = done["rate"]
+        return rate
 
     rates: dict[str, list[float]] = {case: [] for case in CASES}
     ratios: list[float] = []
