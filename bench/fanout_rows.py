@@ -47,7 +47,7 @@ def record(results: Results, by: dict[str, list[float]], polls: list[int]) -> No
     results.row(
         PROBED,
         by["probed: from 200"],
-        note=f"other rounds: each instance asked as fast as one persistent connection allows (median "
+        note=f"every third round: each instance asked as fast as one persistent connection allows (median "
         f"{polls[len(polls) // 2]}, max {polls[-1]} requests until the last 401)",
     )
     results.row(PROBED_SENT, by["probed: from sent"], note=same)
