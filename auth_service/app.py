@@ -160,6 +160,8 @@ def create_app(settings: AuthSettings) -> FastAPI:
             if settings.relay_enabled:
                 # On connections of its own, never the request pool (see docs/architecture.md, the relay).
                 relay = Relay.from_settings(settings, metrics=RelayMetrics(state.registry))
+                # While it leads, what the writer commits is published before the requests are answered.
+                writer.on_commit.append(relay.committed)
                 await relay.start()
             state.relay = relay
             yield

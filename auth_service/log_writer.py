@@ -8,8 +8,11 @@ while its previous batch committed, and writes them all in one transaction on it
     the head, and the state the decisions need             one prepared statement
     INSERT the events (unnest arrays), the projections
     set-wise (projections.REVOCATION_ROWS, SESSION_ENDS),
-    pg_notify                                               one prepared statement
+    pg_notify, now() (the events' recorded_at)              one prepared statement
     COMMIT                                                  one round trip
+
+Right after COMMIT, before its requests are answered, it hands the events to its `on_commit` hooks: the
+relay of the same process publishes them at once (relay/window.py), rather than after the NOTIFY and a read.
 
 The lock protocol is log.py's: the lock is taken before the head is read, in a later statement, so positions
 stay dense and equal to commit order; `log.appending()` (login, refresh, password change, key revocation)
@@ -27,7 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
@@ -84,7 +87,7 @@ ended AS (
     UPDATE sessions SET revoked_at = x.revoked_at, revoked_reason = x.revoked_reason
     FROM ({session_ends(_OPEN_SESSIONS, "batch", None)}) AS x
     WHERE sessions.session_id = x.session_id)
-SELECT pg_notify('{NOTIFY_CHANNEL}', $14::text)
+SELECT now(), pg_notify('{NOTIFY_CHANNEL}', $14::text)
 """
 
 
@@ -130,6 +133,9 @@ class LogWriter:
         self._conn: Any = None
         self._task: asyncio.Task[None] | None = None
         self.batches = 0  # committed batches, for the benchmark's events-per-batch figure
+        # Told, right after each COMMIT and before the requests are answered, the events it appended and
+        # their recorded_at: the relay of the same process publishes them at once (relay/window.py).
+        self.on_commit: list[Callable[[list[c.Event], datetime], None]] = []
 
     @classmethod
     @asynccontextmanager
@@ -176,7 +182,7 @@ class LogWriter:
                 batch.append(self._queue.get_nowait())
             live = [r for r in batch if not r.done.cancelled()]
             try:
-                results = await self._commit([r.intents for r in live])
+                results, recorded = await self._commit([r.intents for r in live])
             except asyncio.CancelledError:
                 for r in live:
                     if not r.done.done():
@@ -190,9 +196,20 @@ class LogWriter:
                         r.done.set_exception(error)
                 continue
             self.batches += 1
+            self._hand_off(results, recorded)
             for r, events in zip(live, results, strict=True):
                 if not r.done.done():
                     r.done.set_result(events)
+
+    def _hand_off(self, results: list[list[c.Event]], recorded: datetime | None) -> None:
+        flat = [e for events in results for e in events]
+        if not flat or recorded is None:
+            return
+        for hook in self.on_commit:
+            try:
+                hook(flat, recorded)
+            except Exception:  # the commit stands whatever a hook does; the relay's read path still runs
+                log.exception("log writer: an on_commit hook failed")
 
     async def _connection(self) -> Any:
         if self._conn is None or self._conn.is_closed():
@@ -207,7 +224,7 @@ class LogWriter:
             except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
                 conn.terminate()
 
-    async def _commit(self, requests: list[Sequence[Intent]]) -> list[list[c.Event]]:
+    async def _commit(self, requests: list[Sequence[Intent]]) -> tuple[list[list[c.Event]], datetime | None]:
         conn = await self._connection()
         try:
             # One round trip: a simple-query batch runs as one implicit sequence; the lock is the last step.
@@ -216,9 +233,9 @@ class LogWriter:
                 f"SET LOCAL lock_timeout = {self._lock_timeout_ms}; "
                 f"SELECT pg_advisory_xact_lock({APPEND_LOCK_KEY})"
             )
-            results = await self._write(conn, requests)
+            results, recorded = await self._write(conn, requests)
             await conn.execute("COMMIT")
-            return results
+            return results, recorded
         except BaseException as exc:
             await self._abandon(conn)
             if isinstance(exc, asyncpg.LockNotAvailableError):
@@ -235,7 +252,10 @@ class LogWriter:
         except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncio.CancelledError):
             await self._close()
 
-    async def _write(self, conn: Any, requests: list[Sequence[Intent]]) -> list[list[c.Event]]:
+    async def _write(
+        self, conn: Any, requests: list[Sequence[Intent]]
+    ) -> tuple[list[list[c.Event]], datetime | None]:
+        """The batch's events, positioned, and their recorded_at (the transaction's now()) if any."""
         sids = [
             s for intents in requests for i in intents if isinstance(i, EndSessions) for s in i.session_ids
         ]
@@ -264,6 +284,7 @@ class LogWriter:
                 )
             results.append(positioned)
         flat = [e for events in results for e in events]
-        if flat:
-            await conn.execute(_WRITE, *_columns(flat), str(position))
-        return results
+        if not flat:
+            return results, None
+        recorded: datetime = await conn.fetchval(_WRITE, *_columns(flat), str(position))
+        return results, recorded

@@ -9,6 +9,8 @@ noisy machine. Each module adds rows, targets and latency samples to one Results
 - jwt_algorithms: sign and verify per algorithm (the basis of RS256);
 - on a real stack (bench/stack.py): introspection per request and propagation from logout to 401 (broker,
   broker unreachable, and long-poll alone with no broker: longpoll.py);
+- fanout: logout -> refused on all 3 resource instances against aio-pika publish -> 3 consumers, on a stack
+  of its own;
 - coldstart: a resource instance's time to ready with 100k live revocations among 1M events, against empty;
 - log_speed: logouts/s and p99 through the group committer against a bare-INSERT route, auth CPU per
   logout, and the set-based rebuild over 1M events against event by event;
@@ -30,6 +32,7 @@ from pathlib import Path
 from bench import (
     bound,
     coldstart,
+    fanout,
     hotpath,
     introspection,
     jwt_algorithms,
@@ -57,6 +60,7 @@ def main() -> int:
     for row in jwt_algorithms.run():
         results.rows.append(_legacy(row))
     asyncio.run(_on_stack(results))
+    asyncio.run(fanout.run(results))
     asyncio.run(coldstart.run(results))
     _log_speed(results)
     bound.run(results)

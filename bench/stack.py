@@ -50,6 +50,7 @@ class Stack:
     poll_only_url: str | None
     exchange: str
     resource_env: dict[str, str]
+    database_url: str = ""  # asyncpg form (postgresql://...), for observers of the run's database
     email: str = EMAIL
     password: str = PASSWORD
     service_client: tuple[str, str] = SERVICE_CLIENT
@@ -158,13 +159,13 @@ async def _delete_broker_objects(amqp_url: str, exchange: str) -> None:
 
 
 def spawn(
-    stack: AsyncExitStack, args: list[str], env: dict[str, str]
+    stack: AsyncExitStack, args: list[str], env: dict[str, str], *, module: str = "tokenlife"
 ) -> tuple[subprocess.Popen[bytes], IO[bytes]]:
-    """Start `python -m tokenlife ARGS`; killed (and its log closed) when `stack` closes."""
+    """Start `python -m MODULE ARGS`; killed (and its log closed) when `stack` closes."""
     log = tempfile.TemporaryFile()  # not a pipe: a chatty process must never block on a full pipe
     base = {k: v for k, v in os.environ.items() if not k.startswith("TOKENLIFE_")}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tokenlife", *args],
+        [sys.executable, "-m", module, *args],
         env=base | env,
         stdout=subprocess.DEVNULL,
         stderr=log,
@@ -203,23 +204,29 @@ async def ready(
 
 
 def _serve(
-    stack: AsyncExitStack, kind: str, env: dict[str, str]
+    stack: AsyncExitStack, kind: str, env: dict[str, str], *, module: str = "tokenlife"
 ) -> tuple[str, subprocess.Popen[bytes], IO[bytes]]:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     if kind == "auth":
         env = env | {"TOKENLIFE_ISSUER": url}
-    proc, log = spawn(stack, [kind, "serve", "--host", "127.0.0.1", "--port", str(port)], env)
+    proc, log = spawn(stack, [kind, "serve", "--host", "127.0.0.1", "--port", str(port)], env, module=module)
     return url, proc, log
 
 
 @asynccontextmanager
 async def running_stack(
-    *, poll_only: bool = False, prepare: Callable[[str], Awaitable[None]] | None = None
+    *,
+    poll_only: bool = False,
+    prepare: Callable[[str], Awaitable[None]] | None = None,
+    resource_module: str = "tokenlife",
+    resource_env: dict[str, str] | None = None,
 ) -> AsyncIterator[Stack]:
     """A ready stack; with poll_only, also a resource service whose broker is unreachable (HTTP poll only).
 
     `prepare`, given the database's asyncpg URL, runs after the migrations and before any service starts.
+    `resource_module` is what `python -m` runs as `resource serve` (a benchmark's instrumented variant), with
+    `resource_env` added to the resource services' environment.
     """
     server_url = os.environ.get("TOKENLIFE_BENCH_DATABASE_URL", DEFAULT_DATABASE_URL)
     amqp_url = os.environ.get("TOKENLIFE_BENCH_AMQP_URL", DEFAULT_AMQP_URL)
@@ -244,7 +251,7 @@ async def running_stack(
             },
         )
         await ready(auth_url, auth_proc, auth_log, "auth service")
-        resource_env = {
+        resource_env = (resource_env or {}) | {
             "TOKENLIFE_ENV": "dev",
             "TOKENLIFE_AUTH_URL": auth_url,
             "TOKENLIFE_AMQP_URL": amqp_url,
@@ -252,7 +259,7 @@ async def running_stack(
             "TOKENLIFE_SERVICE_CLIENT_ID": SERVICE_CLIENT[0],
             "TOKENLIFE_SERVICE_CLIENT_SECRET": SERVICE_CLIENT[1],
         }
-        started = [(*_serve(stack, "resource", resource_env), "resource service")]
+        started = [(*_serve(stack, "resource", resource_env, module=resource_module), "resource service")]
         if poll_only:
             env = resource_env | {"TOKENLIFE_AMQP_URL": CLOSED_AMQP_URL}
             started.append((*_serve(stack, "resource", env), "poll-only resource service"))
@@ -263,6 +270,7 @@ async def running_stack(
             poll_only_url=started[1][0] if poll_only else None,
             exchange=exchange,
             resource_env=resource_env,
+            database_url=_asyncpg_url(server_url, f"tokenlife_bench_{run_id}"),
         )
 
 

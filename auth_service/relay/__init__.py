@@ -10,6 +10,8 @@ gap from the log over HTTP. The relay's job is to make the fast path as good as 
   connection stops publishing at once (its publishing task is cancelled; its cursor UPDATE is fenced).
 - Woken by LISTEN on `log.NOTIFY_CHANNEL` on a dedicated connection, so a commit is published without waiting
   for a timer; `poll_interval` is only the backstop for a LISTEN socket that died without anyone noticing.
+  Inside `auth serve`, the log writer hands what it commits straight to the relay (`Relay.committed`), which
+  sends it before the NOTIFY and the read when it follows the last position sent (window.py).
 - Reads from the cursor (`relay_cursor`, one row) with `log.read_payloads_after`, publishes each event
   persistent and mandatory with publisher confirms, pipelined in position order on one channel, and advances
   the cursor only after every publish of the batch is confirmed.
@@ -29,7 +31,8 @@ the price of never reporting "published" for a message that reached nobody; lag 
 show it.
 
 Modules: loop (the Relay: lead, read, publish, advance), leader (the leader lock and the cursor), publisher
-(the broker link with confirms), wakeup (LISTEN on the log's channel), metrics, cli (`tokenlife relay`).
+(the broker link with confirms), wakeup (LISTEN on the log's channel), window (the unconfirmed publishes and
+the writer's hand-off), metrics, cli (`tokenlife relay`).
 """
 
 from auth_service.relay.loop import Relay

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections import deque
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -14,12 +14,14 @@ import asyncpg
 from prometheus_client import CollectorRegistry
 from sqlalchemy.exc import SQLAlchemyError
 
+from auth_service import contract as c
 from auth_service import log as event_log
 from auth_service.db import asyncpg_dsn
 from auth_service.relay.leader import LeaderLock
 from auth_service.relay.metrics import RelayMetrics
 from auth_service.relay.publisher import BrokerLink, PublishFailure
 from auth_service.relay.wakeup import Waker
+from auth_service.relay.window import Window
 from auth_service.settings import AuthSettings, RelaySettings
 
 log = logging.getLogger("tokenlife.relay")
@@ -76,6 +78,7 @@ class Relay:
         self._running = False
         self._leading = False
         self._link: BrokerLink | None = None
+        self._window: Window | None = None
         self._closing: set[asyncio.Task[None]] = set()
         self._cursor = 0
         self._progressed = False
@@ -121,6 +124,17 @@ class Relay:
     def cursor(self) -> int:
         """The last position this instance saw confirmed (the table's value while it leads)."""
         return self._cursor
+
+    def committed(self, events: Sequence[c.Event], recorded_at: datetime | None = None) -> None:
+        """The log writer's hand-off, called right after its COMMIT with the events it appended.
+
+        While this instance leads, they are published at once if they follow the last position sent (see
+        window.py); otherwise, or when it does not lead, nothing happens here and the read path publishes
+        them. Never awaits, never raises for the writer to handle.
+        """
+        window = self._window
+        if window is not None and window.hand_off(events, recorded_at):
+            self.metrics.handed_off.inc(len(events))
 
     async def start(self) -> None:
         """Run the relay in a background task (for an application's lifespan)."""
@@ -222,12 +236,13 @@ class Relay:
 
         Up to `batch_size` publishes stay outstanding: the next rows are read and sent while earlier confirms
         are on their way, and the cursor UPDATE runs in a task of its own, never between a read and a send.
-        A failed publish fails the link; the next one resumes after the last confirmed position.
+        The log writer's hand-off (`committed`) sends into the same window between reads. A failed publish
+        fails the link; the next one resumes after the last confirmed position.
         """
         loop = asyncio.get_running_loop()
         next_heartbeat = loop.time()
-        sent = self._confirmed
-        inflight: deque[tuple[int, datetime | None, asyncio.Task[None]]] = deque()
+        window = self._window = Window(link, self._confirmed, self._batch_size, waker.wake)
+        inflight = window.inflight
         advanced = asyncio.Event()
         cursor_task = asyncio.create_task(self._advance_cursor(advanced))
         try:
@@ -236,14 +251,12 @@ class Relay:
                     raise PublishFailure("connection", "the broker connection closed")
                 if cursor_task.done():
                     cursor_task.result()  # a database error moving the cursor ends this link too
-                self._harvest(inflight, advanced)
+                self._harvest(window, advanced)
                 # Cleared before the read: a NOTIFY that lands during the read or the sends still wakes us.
                 waker.clear()
-                room = self._batch_size - len(inflight)
-                rows = await self._read_batch(sent, room) if room > 0 else []
-                for position, payload, recorded in rows:
-                    inflight.append((position, recorded, link.send_event(position, payload)))
-                    sent = position
+                room = window.room
+                rows = await self._read_batch(window.sent, room) if room > 0 else []
+                window.send_read(rows)
                 if loop.time() >= next_heartbeat:
                     head = await self._read_head()
                     await link.publish_heartbeat(head)
@@ -263,15 +276,16 @@ class Relay:
                 else:
                     await waker.wait(wait)
         finally:
+            self._window = None  # before any await: no hand-off into a finished window
             cursor_task.cancel()
-            for _, _, task in inflight:
+            tasks = window.tasks()
+            for task in tasks:
                 task.cancel()
-            await asyncio.gather(cursor_task, *(t for _, _, t in inflight), return_exceptions=True)
+            await asyncio.gather(cursor_task, *tasks, return_exceptions=True)
 
-    def _harvest(
-        self, inflight: deque[tuple[int, datetime | None, asyncio.Task[None]]], advanced: asyncio.Event
-    ) -> None:
+    def _harvest(self, window: Window, advanced: asyncio.Event) -> None:
         """Take the confirmed publishes off the front, in order; a failed one raises its PublishFailure."""
+        inflight = window.inflight
         now: datetime | None = None
         while inflight and inflight[0][2].done():
             position, recorded, task = inflight.popleft()

@@ -37,6 +37,11 @@ class RelayMetrics:
         self.published = Counter(
             "tokenlife_relay_published_events", "Events the broker confirmed.", registry=registry
         )
+        self.handed_off = Counter(
+            "tokenlife_relay_handed_off_events",
+            "Events sent as the log writer committed them, without waiting for NOTIFY and a read.",
+            registry=registry,
+        )
         self.heartbeats = Counter(
             "tokenlife_relay_heartbeats", "Heartbeats the broker accepted.", registry=registry
         )

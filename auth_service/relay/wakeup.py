@@ -49,6 +49,10 @@ class Waker:
     def _notified(self, *_args: object) -> None:
         self._event.set()
 
+    def wake(self) -> None:
+        """Wake the relay as a notification would (the log writer's hand-off sent something to confirm)."""
+        self._event.set()
+
     def clear(self) -> None:
         """Forget past notifications (call before reading the log)."""
         self._event.clear()

@@ -155,3 +155,35 @@ async def test_what_the_writer_projects_equals_a_rebuild_from_the_log(
             (await conn.execute(text("SELECT position FROM event_log ORDER BY position"))).scalars().all()
         )
     assert positions == list(range(1, len(positions) + 1))
+
+
+async def test_each_commit_is_handed_to_the_hooks_before_its_requests_are_answered(
+    engine: AsyncEngine, writer: LogWriter
+) -> None:
+    sids = await start_sessions(engine, 30)
+    handed: list[tuple[list[c.Event], datetime]] = []
+
+    def broken(events: list[c.Event], recorded: datetime) -> None:
+        raise RuntimeError("a hook that fails")
+
+    writer.on_commit += [broken, lambda events, recorded: handed.append((list(events), recorded))]
+
+    async def logout(sid: uuid.UUID) -> list[c.Event]:
+        events = await writer.submit([EndSessions("u", (sid,), "logout_session")])
+        # Answered only after the hooks saw the batch that holds these events.
+        assert {e.event_id for e in events} <= {e.event_id for batch, _ in handed for e in batch}
+        return events
+
+    results = await asyncio.gather(*(logout(sid) for sid in sids), logout(sids[0]))  # one ends nothing
+    answered = [e for events in results for e in events]
+    assert len(answered) == len(sids)  # the failing hook failed no request
+    assert all(batch for batch, _ in handed)  # a batch that appended nothing is not handed on
+    assert [e for batch, _ in handed for e in batch] == sorted(answered, key=lambda e: e.position or 0)
+    async with engine.connect() as conn:
+        rows = (
+            await conn.execute(
+                text("SELECT position, recorded_at FROM event_log WHERE position > :p"), {"p": 30}
+            )
+        ).all()
+    # Handed with the recorded_at the log holds for them.
+    assert dict(rows) == {e.position: recorded for batch, recorded in handed for e in batch}

@@ -1,0 +1,73 @@
+"""The relay's window on one broker link: the publishes sent and not yet confirmed, in position order.
+
+Two paths fill it, both only with the position right after the last one sent, so the frames leave in
+position order, each position once per link:
+
+- the read path (loop.py): the rows read from the log after the last position sent; rows a hand-off sent
+  while the read was on its way are skipped;
+- the hand-off: the log writer of the same process gives the events it just committed, before it answers
+  its requests; sent at once if they follow the last position sent and fit in the window, otherwise left
+  to the read path, which NOTIFY wakes as before. It saves the wake-up and the read, and puts the publish
+  ahead of the HTTP answers in the event loop.
+
+The log stays the truth: a hand-off only ever carries committed events (the writer calls it after COMMIT
+returned), and whatever one misses, the read path sends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections import deque
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from typing import Any
+
+from auth_service import contract as c
+from auth_service.relay.publisher import BrokerLink
+
+# (position, commit time when known, the publish's task)
+Inflight = tuple[int, datetime | None, asyncio.Task[None]]
+
+
+class Window:
+    """Sent, unconfirmed publishes on `link`, up to `size`; `sent` is the last position sent."""
+
+    def __init__(self, link: BrokerLink, sent: int, size: int, wake: Callable[[], None]) -> None:
+        self.link = link
+        self.sent = sent
+        self.size = size
+        self.inflight: deque[Inflight] = deque()
+        self._wake = wake
+
+    @property
+    def room(self) -> int:
+        """How many more publishes may be outstanding."""
+        return self.size - len(self.inflight)
+
+    def _send(self, position: int, payload: dict[str, Any], recorded: datetime | None) -> None:
+        self.inflight.append((position, recorded, self.link.send_event(position, payload)))
+        self.sent = position
+
+    def send_read(self, rows: Sequence[tuple[int, dict[str, Any], datetime | None]]) -> None:
+        """Send rows read from the log after some earlier `sent`; those already sent are skipped."""
+        for position, payload, recorded in rows:
+            if position > self.sent:
+                self._send(position, payload, recorded)
+
+    def hand_off(self, events: Sequence[c.Event], recorded: datetime | None) -> bool:
+        """Send the events a commit just appended, if they follow `sent` and fit; False: left to the read."""
+        if not events or len(events) > self.room or not self.link.is_open:
+            return False
+        if [e.position for e in events] != list(range(self.sent + 1, self.sent + 1 + len(events))):
+            return False
+        for event in events:
+            assert event.position is not None
+            # The wire form the log's payload column holds, position and prev_position included.
+            self._send(event.position, json.loads(c.encode(event)), recorded)
+        self._wake()  # the loop takes these confirms as it takes its own
+        return True
+
+    def tasks(self) -> list[asyncio.Task[None]]:
+        """Every outstanding publish."""
+        return [task for _, _, task in self.inflight]
