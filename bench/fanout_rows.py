@@ -14,6 +14,11 @@ RAW = "raw aio-pika publish (confirms) -> delivered to 3 consumer processes"
 RAW_HERE = "raw aio-pika publish (confirms) -> delivered to 3 consumers in one process"
 TARGET_P50 = "fanout p50: logout 200 -> refused on 3 instances, over raw publish -> 3 consumer processes"
 TARGET_P99 = "fanout p99: logout 200 -> refused on 3 instances, over raw publish -> 3 consumer processes"
+# Stricter: from the commit (as the benchmark's LISTEN saw it), so the relay's whole share is counted; the
+# targets above start at the logout's 200, the moment the promise is counted from, by which time the relay
+# of the same process has usually published already.
+COMMIT_P50 = "fanout p50 from the commit: applied on 3 instances, over raw publish -> 3 consumer processes"
+COMMIT_P99 = "fanout p99 from the commit: applied on 3 instances, over raw publish -> 3 consumer processes"
 
 # The split of a sample, from the commit the benchmark's LISTEN saw (see bench/fanout.py).
 _STAGES = (
@@ -68,6 +73,18 @@ def record(results: Results, by: dict[str, list[float]], polls: list[int]) -> No
     for name, mine, theirs in ((TARGET_P50, ours[0], base[0]), (TARGET_P99, ours[1], base[1])):
         ratio = mine / theirs
         results.target(name, round(ratio, 2), "x", f"<= {TARGET_RATIO}x", ratio <= TARGET_RATIO)
+    if by.get("commit -> last apply"):
+        commit = median_p99(by["commit -> last apply"])
+        first = median_p99(by["commit -> first apply"])
+        why = (
+            f"commit -> first apply {_ms(first)}, commit -> last apply {_ms(commit)}, raw publish -> 3"
+            f" {_ms(base)}: measured split; the first instance applies about as fast as the raw broker"
+            " delivers to all 3, the rest is the spread from the first instance to the last"
+        )
+        for name, mine, theirs in ((COMMIT_P50, commit[0], base[0]), (COMMIT_P99, commit[1], base[1])):
+            ratio = mine / theirs
+            met = ratio <= TARGET_RATIO
+            results.target(name, round(ratio, 2), "x", f"<= {TARGET_RATIO}x", met, "" if met else why)
     here, probed = median_p99(by["raw here"]), median_p99(by["probed: from 200"])
     results.notes["fanout ratios (p50, p99)"] = {
         "resource side over raw in one process": [_ratio(ours[0], here[0]), _ratio(ours[1], here[1])],
@@ -81,5 +98,5 @@ def skipped(results: Results, reason: str) -> None:
     """Skipped rows and unmeasured targets, with the reason."""
     for case in (CASE, CASE_SENT, PROBED, PROBED_SENT, RAW, RAW_HERE):
         results.skipped(case, reason)
-    for name in (TARGET_P50, TARGET_P99):
+    for name in (TARGET_P50, TARGET_P99, COMMIT_P50, COMMIT_P99):
         results.target(name, None, "x", f"<= {TARGET_RATIO}x", None)
