@@ -78,8 +78,8 @@ def record(results: Results, by: dict[str, list[float]], polls: list[int]) -> No
         first = median_p99(by["commit -> first apply"])
         why = (
             f"commit -> first apply {_ms(first)}, commit -> last apply {_ms(commit)}, raw publish -> 3"
-            f" {_ms(base)}: measured split; the first instance applies about as fast as the raw broker"
-            " delivers to all 3, the rest is the spread from the first instance to the last"
+            f" {_ms(base)} (the split of this run: the relay's share is commit -> first apply, the rest the"
+            " spread from the first instance to the last)"
         )
         for name, mine, theirs in ((COMMIT_P50, commit[0], base[0]), (COMMIT_P99, commit[1], base[1])):
             ratio = mine / theirs
