@@ -91,11 +91,20 @@ class _SlowCallbacks(logging.Handler):
                 run(handle)
             finally:
                 self._cpu = time.thread_time() - started
-                # A socket read names only the transport: say whose protocol did the work.
-                protocol = getattr(getattr(handle._callback, "__self__", None), "_protocol", None)  # type: ignore[attr-defined]
+                # A socket read names only the transport: say whose protocol did the work. A task's step
+                # names only its outermost coroutine: say where it awaited next (the slow code ran before it).
+                owner = getattr(handle._callback, "__self__", None)  # type: ignore[attr-defined]
+                protocol = getattr(owner, "_protocol", None)
                 self._what = (
                     f" in {type(protocol).__module__}.{type(protocol).__qualname__}" if protocol else ""
                 )
+                if isinstance(owner, asyncio.Task) and not owner.done():
+                    frames = owner.get_stack()
+                    if frames:
+                        f = frames[-1]
+                        self._what = (
+                            f" next awaiting at {f.f_code.co_filename}:{f.f_lineno} ({f.f_code.co_name})"
+                        )
 
         asyncio.events.Handle._run = measured  # type: ignore[method-assign,assignment]
         gc.callbacks.append(self._collecting)
