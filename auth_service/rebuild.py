@@ -41,7 +41,10 @@ _REVOKED_EVENTS = f"""(
 REVOCATIONS = REVOCATION_ROWS.format(events=_REVOKED_EVENTS)
 REVOCATION_COLUMNS = ["kind", "subject", "not_before", "expires_at", "position"]
 
-# The first session.started of each session opens it; refreshes and ends count after it only.
+# The first session.started of each session opens it; refreshes and ends count after it only. A session's
+# refreshes are aggregated without a join: when the first of them follows the start (always, but in a log
+# whose events came out of order) their latest is the answer; otherwise the index on (session_id, position)
+# finds the latest one after the start.
 SESSIONS = f"""
 WITH started AS MATERIALIZED (
     SELECT DISTINCT ON (session_id) session_id, user_id, payload->>'client_id' AS client_id,
@@ -57,14 +60,16 @@ later AS MATERIALIZED (
     WHERE type IN ('session.revoked', 'user.revoked', 'global.revoked')
        OR (type = 'token.issued' AND payload->>'cause' = 'refresh')),
 refreshed AS (
-    SELECT s.session_id, max(e.occurred_at) AS last_refreshed_at
-    FROM started s JOIN later e ON e.session_id = s.session_id AND e.position > s.start_position
-    WHERE e.type = 'token.issued'
-    GROUP BY s.session_id),
+    SELECT session_id, max(occurred_at) AS last_refreshed_at, min(position) AS first_position
+    FROM later WHERE type = 'token.issued' GROUP BY session_id),
 globals AS MATERIALIZED (SELECT * FROM later WHERE type = 'global.revoked'),
 ended AS ({session_ends("started", "later", "globals")})
-SELECT s.session_id, s.user_id, s.client_id, s.created_at, r.last_refreshed_at, s.user_agent,
-       s.client_address, s.expires_at, x.revoked_at, x.revoked_reason
+SELECT s.session_id, s.user_id, s.client_id, s.created_at,
+       CASE WHEN r.first_position IS NULL OR r.first_position > s.start_position THEN r.last_refreshed_at
+            ELSE (SELECT max(e.occurred_at) FROM event_log e
+                  WHERE e.session_id = s.session_id AND e.position > s.start_position
+                    AND e.type = 'token.issued' AND e.payload->>'cause' = 'refresh') END,
+       s.user_agent, s.client_address, s.expires_at, x.revoked_at, x.revoked_reason
 FROM started s LEFT JOIN refreshed r USING (session_id) LEFT JOIN ended x USING (session_id)"""
 SESSION_COLUMNS = [
     "session_id",
