@@ -26,7 +26,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from auth_service.projections import EVENT_COLUMNS, REVOCATION_ROWS, session_ends
 
 # Each event type's own payload fields, read from the payload only for the rows of that type; the log's
-# columns (type, occurred_at, user_id, session_id, jti, expires_at) are read as columns.
+# columns (type, occurred_at, user_id, session_id, jti, expires_at) are read as columns. REVOCATION_ROWS
+# keeps the revocation types, and its filter is applied in the scan, before these are computed.
 _REVOKED_EVENTS = f"""(
     SELECT {EVENT_COLUMNS} FROM (
         SELECT position, type, occurred_at, user_id, session_id, jti, expires_at,
@@ -34,9 +35,7 @@ _REVOKED_EVENTS = f"""(
                CASE WHEN type IN ('user.revoked', 'global.revoked')
                     THEN (payload->>'not_before')::timestamptz END AS not_before,
                payload->>'reason' AS reason
-        FROM event_log
-        WHERE type IN ('token.revoked', 'session.revoked', 'user.revoked', 'key.revoked', 'global.revoked')
-    ) AS e)"""
+        FROM event_log) AS e)"""
 
 REVOCATIONS = REVOCATION_ROWS.format(events=_REVOKED_EVENTS)
 REVOCATION_COLUMNS = ["kind", "subject", "not_before", "expires_at", "position"]
