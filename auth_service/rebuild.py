@@ -41,9 +41,9 @@ REVOCATIONS = REVOCATION_ROWS.format(events=_REVOKED_EVENTS)
 REVOCATION_COLUMNS = ["kind", "subject", "not_before", "expires_at", "position"]
 
 # The first session.started of each session opens it; refreshes and ends count after it only. A session's
-# refreshes are aggregated without a join: when the first of them follows the start (always, but in a log
-# whose events came out of order) their latest is the answer; otherwise the index on (session_id, position)
-# finds the latest one after the start.
+# refreshes are aggregated without a join: when the first of them follows the start (as in every log the
+# service writes) their latest is the answer; otherwise the index on (session_id, position) finds the latest
+# one after the start.
 SESSIONS = f"""
 WITH started AS MATERIALIZED (
     SELECT DISTINCT ON (session_id) session_id, user_id, payload->>'client_id' AS client_id,
@@ -133,7 +133,8 @@ async def rebuild(conn: AsyncConnection) -> int:
     """Recompute every projection from the whole log; returns the events in the log.
 
     The caller holds the append lock (log.Appender.rebuild_projections), so no append interleaves, and the
-    rebuilt projections become visible at once when the caller commits.
+    rebuilt projections become visible at once when the caller commits. A second connection is taken from
+    the caller's engine for the time of the rebuild.
     """
     db = await _driver(conn)
     head = int(await db.fetchval(_HEAD))  # positions are dense from 1: the head is the number of events
