@@ -37,7 +37,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from auth_service import contract as c
 from auth_service.errors import AppendError
 from auth_service.lifetimes import REVOCATION_RETENTION
-from auth_service.projections import decode_row, project, rebuild
+from auth_service.projections import decode_row, project
+from auth_service.rebuild import rebuild
 from auth_service.tables import event_log, revocations
 
 # Any fixed 64-bit key would do; this one spells "toklife" so it is recognisable in pg_locks.

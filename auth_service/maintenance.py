@@ -12,7 +12,7 @@ from auth_service.settings import AuthSettings
 
 async def rebuild_projections(settings: AuthSettings) -> tuple[int, int]:
     """Rebuild sessions and revocations from the log, then prune; returns (events replayed, pruned)."""
-    engine = create_engine(settings.database_url, pool_size=1)
+    engine = create_engine(settings.database_url, pool_size=2)  # the rebuild reads on a second connection
     try:
         async with engine.begin() as conn:
             # Holding the append lock keeps appends out until the rebuilt projections commit.

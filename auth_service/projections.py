@@ -11,7 +11,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, func, text, update
+from sqlalchemy import delete, func, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -124,7 +124,7 @@ async def prune(conn: AsyncConnection, now: datetime, leeway: timedelta = REVOCA
 
 
 # The same rules, set-based: what `project()` does event by event, as SQL over many events at once. Used by
-# the group committer (log_writer: one batch of revocations) and by `rebuild` (the whole log). The hypothesis
+# the group committer (log_writer: one batch of revocations) and by rebuild.py (the whole log). The hypothesis
 # test tests/integration/test_rebuild.py proves the set form equals the event-by-event one.
 #
 # `{events}` is a relation (a table name or a parenthesised query) with the columns of EVENT_COLUMNS.
@@ -170,60 +170,3 @@ def session_ends(open_: str, events: str, globals_: str | None) -> str:
 SELECT DISTINCT ON (session_id) session_id, occurred_at AS revoked_at, reason AS revoked_reason
 FROM ({" UNION ALL ".join(branches)}) AS ending
 ORDER BY session_id, position"""
-
-
-# One statement, so the log is scanned once: the events that change a projection, with the payload fields
-# the rules need pulled out, then every projection computed from that.
-_REBUILD = f"""
-WITH logged AS MATERIALIZED (
-    SELECT position, type, occurred_at, user_id, session_id, jti, expires_at,
-           CASE WHEN type = 'key.revoked' THEN payload->>'kid' END AS kid,
-           CASE WHEN type IN ('user.revoked', 'global.revoked')
-                THEN (payload->>'not_before')::timestamptz END AS not_before,
-           CASE WHEN type LIKE '%.revoked' THEN payload->>'reason' END AS reason,
-           CASE WHEN type = 'session.started' THEN payload->>'client_id' END AS client_id,
-           CASE WHEN type = 'session.started' THEN payload->>'user_agent' END AS user_agent,
-           CASE WHEN type = 'session.started' THEN payload->>'client_address' END AS client_address
-    FROM event_log
-    WHERE type IN ('session.started', 'token.revoked', 'session.revoked', 'user.revoked', 'key.revoked',
-                   'global.revoked')
-       OR (type = 'token.issued' AND payload->>'cause' = 'refresh')),
-revoked AS (
-    INSERT INTO revocations (kind, subject, not_before, expires_at, position)
-    {REVOCATION_ROWS.format(events="logged")}),
-started AS MATERIALIZED (
-    SELECT DISTINCT ON (session_id) session_id, user_id, client_id, occurred_at AS created_at, user_agent,
-           client_address, expires_at, position AS start_position
-    FROM logged WHERE type = 'session.started' ORDER BY session_id, position),
-refreshed AS (
-    SELECT s.session_id, max(e.occurred_at) AS last_refreshed_at
-    FROM started s JOIN logged e ON e.session_id = s.session_id AND e.position > s.start_position
-    WHERE e.type = 'token.issued'
-    GROUP BY s.session_id),
-globals AS MATERIALIZED (SELECT * FROM logged WHERE type = 'global.revoked'),
-ended AS ({session_ends("started", "logged", "globals")})
-INSERT INTO sessions (session_id, user_id, client_id, created_at, last_refreshed_at, user_agent,
-                      client_address, expires_at, revoked_at, revoked_reason)
-SELECT s.session_id, s.user_id, s.client_id, s.created_at, r.last_refreshed_at, s.user_agent,
-       s.client_address, s.expires_at, x.revoked_at, x.revoked_reason
-FROM started s LEFT JOIN refreshed r USING (session_id) LEFT JOIN ended x USING (session_id)"""
-
-
-async def rebuild(conn: AsyncConnection) -> int:
-    """Recompute every projection from the whole log with set-based SQL; returns the events in the log.
-
-    The caller holds the append lock (log.Appender.rebuild_projections), so no append interleaves.
-    """
-    # TRUNCATE, not DELETE: the rebuild rewrites every row anyway, and readers simply wait for its commit.
-    await conn.execute(text("TRUNCATE sessions, revocations"))
-    # One big statement: sorts and hashes in memory rather than on disk; no JIT compilation, which costs
-    # seconds of CPU here and saves little on these simple expressions; and no nested loops, which the planner
-    # picks between CTEs whose sizes it cannot estimate, and which are quadratic here.
-    await conn.execute(
-        text(
-            "SELECT set_config('work_mem', '256MB', true), set_config('jit', 'off', true),"
-            " set_config('enable_nestloop', 'off', true)"
-        )
-    )
-    await conn.execute(text(_REBUILD))
-    return int((await conn.execute(text("SELECT count(*) FROM event_log"))).scalar_one())

@@ -26,7 +26,7 @@ import tempfile
 import time
 import uuid
 from contextlib import AsyncExitStack
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -57,6 +57,9 @@ BARE = "/v1/insert"
 
 # One generated history: per group of 20 positions, 5 logins (session.started + token.issued each),
 # 4 refreshes, 3 token revocations, 2 session revocations and 1 logout-all watermark; 5 sessions a group.
+# It starts at $3, one event a millisecond, and every revocation expires a day after its event: started
+# shortly before the run, every revocation is live, so the prune after the rebuild deletes none of them
+# (from a fixed date in the past, the timed rebuild would also have deleted every row it wrote).
 _GENERATE = """
 INSERT INTO event_log (position, event_id, type, occurred_at, user_id, session_id, jti, expires_at,
                        schema_version, payload)
@@ -75,11 +78,11 @@ FROM (SELECT g, k, gen_random_uuid() AS id,
              CASE WHEN k < 5 THEN 'session.started' WHEN k < 14 THEN 'token.issued'
                   WHEN k < 17 THEN 'token.revoked' WHEN k < 19 THEN 'session.revoked' ELSE 'user.revoked' END
                  AS type,
-             timestamptz '2026-11-01 00:00:00+00' + g * interval '1 millisecond' AS at,
+             $3::timestamptz + g * interval '1 millisecond' AS at,
              'u' || ((g / 20 * 5 + g % 5) % 50000) AS usr,
              md5('s' || (g / 20 * 5 + g % 5))::uuid AS sid,
              CASE WHEN k >= 5 AND k < 17 THEN md5('j' || g) END AS jti,
-             timestamptz '2026-11-01 00:00:00+00' + g * interval '1 millisecond' + interval '1 day' AS exp
+             $3::timestamptz + g * interval '1 millisecond' + interval '1 day' AS exp
       FROM (SELECT g, g % 20 AS k FROM generate_series($1::bigint, $2::bigint) AS g) AS n) AS e
 """
 
@@ -269,8 +272,9 @@ async def _rebuild(server_url: str) -> tuple[float, float]:
         conn = await asyncpg.connect(_asyncpg_url(server_url, url.rsplit("/", 1)[1]))
         try:
             step = 100_000
+            start = datetime.now(UTC) - REBUILD_EVENTS * timedelta(milliseconds=1)
             for first in range(1, REBUILD_EVENTS + 1, step):
-                await conn.execute(_GENERATE, first, min(first + step - 1, REBUILD_EVENTS))
+                await conn.execute(_GENERATE, first, min(first + step - 1, REBUILD_EVENTS), start)
             await conn.execute("ANALYZE event_log")
         finally:
             await conn.close()
