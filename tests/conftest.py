@@ -20,6 +20,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -37,6 +38,32 @@ from auth_service.migrate import upgrade
 from auth_service.settings import AuthSettings
 
 RUN_ID = uuid.uuid4().hex[:8]
+
+
+def _print_pending_tasks(after: float) -> None:
+    tasks = [t for t in list(getattr(asyncio.tasks, "_all_tasks", ())) if not t.done()]
+    print(f"\n--- {len(tasks)} pending asyncio tasks after {after:.0f} s ---", file=sys.stderr)  # noqa: T201
+    for task in tasks:
+        task.print_stack(limit=12, file=sys.stderr)
+
+
+@pytest.fixture(autouse=True)
+def _say_what_a_stuck_test_awaits(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Before pytest-timeout fails a hung test (pyproject: timeout), print what each of its tasks awaits: the
+    thread stacks pytest-timeout prints show only an event loop waiting."""
+    marker = request.node.get_closest_marker("timeout")
+    configured = request.config.getini("timeout") or 0
+    timeout = float(marker.args[0]) if marker and marker.args else float(configured)
+    if timeout <= 0:
+        yield
+        return
+    timer = threading.Timer(timeout * 0.9, _print_pending_tasks, (timeout * 0.9,))
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
 
 
 def _missing(what: str, variable: str) -> None:
