@@ -31,8 +31,9 @@ the price of never reporting "published" for a message that reached nobody; lag 
 show it.
 
 Modules: loop (the Relay: lead, read, publish, advance), leader (the leader lock and the cursor), publisher
-(the broker link with confirms), wakeup (LISTEN on the log's channel), window (the unconfirmed publishes and
-the writer's hand-off), metrics, cli (`tokenlife relay`).
+(the broker link with confirms), wakeup (LISTEN on the log's channel), reading (the log's reads, on the
+relay's own connection), window (the unconfirmed publishes and the writer's hand-off), metrics, cli
+(`tokenlife relay`).
 """
 
 from auth_service.relay.loop import Relay

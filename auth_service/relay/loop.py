@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any
 
 import asyncpg
 from prometheus_client import CollectorRegistry
@@ -20,6 +18,7 @@ from auth_service.db import asyncpg_dsn
 from auth_service.relay.leader import LeaderLock
 from auth_service.relay.metrics import RelayMetrics
 from auth_service.relay.publisher import BrokerLink, PublishFailure
+from auth_service.relay.reading import LogReader
 from auth_service.relay.wakeup import Waker
 from auth_service.relay.window import Window
 from auth_service.settings import AuthSettings, RelaySettings
@@ -28,12 +27,6 @@ log = logging.getLogger("tokenlife.relay")
 
 _DB_ERRORS = (SQLAlchemyError, asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
 _MIN_BACKOFF = 0.05
-# One cheap query per read: the payloads and their commit times (for the latency histogram) together.
-_READ_BATCH = (
-    "SELECT position, payload::text, recorded_at FROM event_log"
-    " WHERE position > $1 ORDER BY position LIMIT $2"
-)
-_READ_HEAD = "SELECT coalesce(max(position), 0) FROM event_log"
 
 
 class Relay:
@@ -56,12 +49,11 @@ class Relay:
         self._database_url = database_url
         self._amqp_url = amqp_url
         self._exchange = exchange
-        self._dsn = asyncpg_dsn(database_url)
-        self._db: Any = None
         self._confirmed = 0
         self._heartbeat_interval = settings.heartbeat_interval
         self._poll_interval = settings.poll_interval
         self._publish_timeout = settings.publish_timeout
+        self._log = LogReader(asyncpg_dsn(database_url), max(settings.publish_timeout, 1.0))
         self._batch_size = max(1, min(settings.batch_size, event_log.MAX_PAGE))
         self._leader_retry_interval = settings.leader_retry_interval
         self._max_backoff = settings.max_backoff
@@ -216,11 +208,11 @@ class Relay:
                     log.warning("relay: %s; resuming after position %d", failure, self._confirmed)
                     # Heartbeats refresh the head; without a broker, refresh it here, so lag shows the outage.
                     with contextlib.suppress(*_DB_ERRORS):
-                        self.metrics.positions(head=await self._read_head())
+                        self.metrics.positions(head=await self._log.head())
                 except _DB_ERRORS as exc:
                     self.metrics.failures.labels(reason="database").inc()
                     log.warning("relay: database error %r; resuming after position %d", exc, self._confirmed)
-                    await self._close_reader()
+                    await self._log.close()
                 finally:
                     self._link = None
                     if link is not None:
@@ -229,7 +221,7 @@ class Relay:
                 await asyncio.sleep(backoff)
         finally:
             await waker.close()
-            await self._close_reader()
+            await self._log.close()
 
     async def _pump(self, link: BrokerLink, waker: Waker) -> None:
         """Read after the last sent position and send at once; confirms and the cursor follow behind.
@@ -255,10 +247,10 @@ class Relay:
                 # Cleared before the read: a NOTIFY that lands during the read or the sends still wakes us.
                 waker.clear()
                 room = window.room
-                rows = await self._read_batch(window.sent, room) if room > 0 else []
+                rows = await self._log.batch(window.sent, room) if room > 0 else []
                 window.send_read(rows)
                 if loop.time() >= next_heartbeat:
-                    head = await self._read_head()
+                    head = await self._log.head()
                     await link.publish_heartbeat(head)
                     self._progressed = True
                     self.metrics.heartbeats.inc()
@@ -308,27 +300,6 @@ class Relay:
                 await self._lock.advance_cursor(position)
                 self._cursor = position
                 self.metrics.positions(cursor=position)
-
-    async def _reader(self) -> Any:
-        # The relay's own connection for reading the log: never the request handlers' pool.
-        if self._db is None or self._db.is_closed():
-            self._db = None
-            self._db = await asyncio.wait_for(asyncpg.connect(self._dsn), max(self._publish_timeout, 1.0))
-        return self._db
-
-    async def _close_reader(self) -> None:
-        conn, self._db = self._db, None
-        if conn is not None and not conn.is_closed():
-            conn.terminate()
-
-    async def _read_batch(self, after: int, limit: int) -> list[tuple[int, dict[str, Any], datetime | None]]:
-        async with asyncio.timeout(max(self._publish_timeout, 1.0)):
-            rows = await (await self._reader()).fetch(_READ_BATCH, after, limit)
-        return [(r[0], event_log.with_positions(json.loads(r[1]), r[0]), r[2]) for r in rows]
-
-    async def _read_head(self) -> int:
-        async with asyncio.timeout(max(self._publish_timeout, 1.0)):
-            return int(await (await self._reader()).fetchval(_READ_HEAD))
 
     def _close_later(self, link: BrokerLink) -> None:
         # Closing waits for the broker's close-ok (up to ~2 s when it went silent): reconnect meanwhile.
