@@ -36,10 +36,10 @@ def revocation_reason(rows: list[tuple[str, str, datetime | None]], iat: int) ->
     return None
 
 
-async def know_kid(ctx: AuthContext, token: str | SignedToken | None) -> SignedToken | None:
+async def know_kid(ctx: AuthContext, token: str) -> SignedToken | None:
     """The token parsed; the key ring reloaded first when it names a kid the ring lacks (the engine is only
     touched then). None: not a compact JWS at all."""
-    signed = parse_token(token) if isinstance(token, str) else token
+    signed = parse_token(token)
     kid = None if signed is None else signed.kid
     if kid is not None and kid not in ctx.keys.current().public_keys:
         async with ctx.engine.connect() as conn:

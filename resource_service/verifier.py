@@ -158,17 +158,6 @@ class TokenVerifier:
         """The wall-clock time from which a verified token is refused as expired (exp plus the leeway)."""
         return principal.exp + self._leeway
 
-    def cached(self, token: str) -> Principal | None:
-        """The Principal of a token verified before and not expired since, or None: the warm path."""
-        cache = self._cache
-        hit = cache.get(token)
-        if hit is None or self._clock() >= hit.dead_at:
-            return None
-        del cache[token]
-        cache[token] = hit
-        self.cache_hits += 1
-        return hit.principal
-
     async def verify(self, token: str) -> Principal:
         """The Principal of a valid token; raises InvalidToken otherwise."""
         if len(token) > self._max_token_bytes:
@@ -185,7 +174,7 @@ class TokenVerifier:
             return hit.principal
         principal = await self._verify_uncached(token)
         if self._cache_size > 0:
-            self._cache[token] = _Cached(principal, principal.exp + self._leeway)
+            self._cache[token] = _Cached(principal, self.dead_at(principal))
             if len(self._cache) > self._cache_size:
                 del self._cache[next(iter(self._cache))]
         return principal
