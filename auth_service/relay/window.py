@@ -17,7 +17,6 @@ returned), and whatever one misses, the read path sends.
 from __future__ import annotations
 
 import asyncio
-import json
 from collections import deque
 from collections.abc import Callable, Sequence
 from datetime import datetime
@@ -64,7 +63,7 @@ class Window:
         for event in events:
             assert event.position is not None
             # The wire form the log's payload column holds, position and prev_position included.
-            self._send(event.position, json.loads(c.encode(event)), recorded)
+            self._send(event.position, c.to_json_dict(event), recorded)
         self._wake()  # the loop takes these confirms as it takes its own
         return True
 
