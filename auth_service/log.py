@@ -205,21 +205,22 @@ async def snapshot(engine: AsyncEngine, *, leeway: timedelta = REVOCATION_RETENT
 async def snapshot_json(engine: AsyncEngine, *, leeway: timedelta = REVOCATION_RETENTION) -> bytes:
     """The same snapshot as `snapshot()` as RevocationSnapshot JSON, built by PostgreSQL: the route sends it.
 
-    PostgreSQL writes the revocations array (json_agg) in the same consistent read as the head, and it
-    comes back as bytes that pass through untouched: no model per row, nothing that holds the event loop.
+    PostgreSQL writes the revocations' JSON in the same consistent read as the head, in rows of
+    SNAPSHOT_CHUNK, and it comes back as bytes that pass through untouched: no model per row, nothing that
+    holds the event loop.
     """
     async with engine.connect() as conn:
         conn = await conn.execution_options(isolation_level="REPEATABLE READ")
         async with conn.begin():
             head = await read_head(conn)
             taken_at = (await conn.execute(select(func.now()))).scalar_one()
-            body: bytes = (await conn.execute(_OBJECTS, {"since": taken_at - leeway})).scalar_one()
+            chunks: list[bytes] = list((await conn.execute(_OBJECTS, {"since": taken_at - leeway})).scalars())
     return b"".join(
         (
             f'{{"schema_version":{c.SCHEMA_VERSION},"position":{head},'
-            f'"taken_at":"{taken_at.isoformat()}","revocations":'.encode(),
-            body,
-            b"}",
+            f'"taken_at":"{taken_at.isoformat()}","revocations":['.encode(),
+            b",".join(chunks),
+            b"]}",
         )
     )
 
@@ -270,16 +271,23 @@ _COLUMNS = text(
 
 # The object form, as RevocationSnapshot's model would write it: UTC timestamps with a Z, not_before null for
 # the kinds that are no watermarks, in position order. As bytea, so the driver hands the bytes over as is.
+# In rows of SNAPSHOT_CHUNK revocations, not one row: a single multi-megabyte row is received by the driver in
+# one long callback (45 ms of CPU for 50k measured), holding the event loop.
+SNAPSHOT_CHUNK = 2000
 _OBJECTS = text(
-    """
-    SELECT convert_to(coalesce(json_agg(json_build_object(
-               'kind', kind,
-               'subject', subject,
-               'not_before', to_char(not_before AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
-               'expires_at', to_char(expires_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
-               'position', position) ORDER BY position), '[]')::text, 'UTF8')
-    FROM revocations
-    WHERE expires_at > :since
+    f"""
+    SELECT convert_to(string_agg(object, ',' ORDER BY position), 'UTF8')
+    FROM (SELECT position, (row_number() OVER (ORDER BY position) - 1) / {SNAPSHOT_CHUNK} AS chunk,
+                 json_build_object(
+                     'kind', kind,
+                     'subject', subject,
+                     'not_before', to_char(not_before AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
+                     'expires_at', to_char(expires_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
+                     'position', position)::text AS object
+          FROM revocations
+          WHERE expires_at > :since) AS r
+    GROUP BY chunk
+    ORDER BY chunk
     """
 )
 
