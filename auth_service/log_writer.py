@@ -2,14 +2,24 @@
 
 Why: each append serialises on the log's lock (log.py), so one transaction per logout caps the whole service
 at one lock hand-over plus several round trips per logout. The writer instead takes whatever requests queued
-while its previous batch committed, and writes them all in one transaction on its own asyncpg connection:
+while its previous batch committed, and writes them all in one transaction on its own asyncpg connection.
+
+A batch of logouts, RFC 7009 revocations and ended sessions (no watermark in it) costs one round trip: the
+writer decides on the guess that every session it ends is still open (the request checked it moments ago),
+and calls the append function, a PL/pgSQL function made in pg_temp on its connection. Run with no transaction
+around it, that one statement is a transaction of its own: it takes the lock, checks the guess, reads the
+head, writes the events and the projections set-wise, NOTIFYs and commits. If the guess failed (a session
+ended meanwhile) it writes nothing, and the writer decides again on the locked path, which any batch with a
+watermark (logout everywhere, revoking a user) takes at once, since a watermark depends on the one before:
 
     BEGIN; SET LOCAL lock_timeout; pg_advisory_xact_lock   one round trip (a simple-query batch)
     the head, and the state the decisions need             one prepared statement
     INSERT the events (unnest arrays), the projections
-    set-wise (projections.REVOCATION_ROWS, SESSION_ENDS),
-    pg_notify, now() (the events' recorded_at)              one prepared statement
-    COMMIT                                                  one round trip
+    set-wise (projections.REVOCATION_ROWS, session_ends),
+    now() (the events' recorded_at)                         one prepared statement
+    pg_notify; COMMIT                                       one round trip
+
+Both paths run the same write (_WRITE_TEMPLATE), so what the projections become cannot differ between them.
 
 Right after COMMIT, before its requests are answered, it hands the events to its `on_commit` hooks: the
 relay of the same process publishes them at once (relay/window.py), rather than after the NOTIFY and a read.
@@ -30,6 +40,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -41,7 +52,7 @@ from auth_service import contract as c
 from auth_service.errors import AppendError
 from auth_service.intents import EndSessions, Intent, LockedState, RevokeUser, decide
 from auth_service.log import APPEND_LOCK_KEY, NOTIFY_CHANNEL
-from auth_service.projections import EVENT_COLUMNS, REVOCATION_ROWS, session_ends
+from auth_service.projections import REVOCATION_ROWS, session_ends
 
 log = logging.getLogger("tokenlife.log")
 
@@ -62,23 +73,50 @@ FROM (SELECT coalesce(max(position), 0) AS head FROM event_log) AS h,
       FROM unnest($2::text[]) WITH ORDINALITY AS w(u, n)) AS w
 """
 
-_BATCH_EVENTS = f"""(SELECT * FROM unnest($1::bigint[], $2::text[], $3::timestamptz[], $4::text[], $5::uuid[],
-    $6::text[], $7::text[], $8::timestamptz[], $9::timestamptz[], $10::text[]) AS b({EVENT_COLUMNS}))"""
+# The write, over the batch's events as arrays (one per column) and `base`, the position before the first of
+# them: the events, the projections set-wise (projections.REVOCATION_ROWS, session_ends), and the
+# transaction's now() (the events' recorded_at). Written once with named arguments: `_numbered` makes it a
+# prepared statement ($1, $2, ...), and the append function (below) runs it over its own arguments.
+_ARGS = (
+    ("base", "bigint"),
+    ("types", "text[]"),
+    ("occurred", "timestamptz[]"),
+    ("user_ids", "text[]"),
+    ("session_ids", "uuid[]"),
+    ("jtis", "text[]"),
+    ("kids", "text[]"),
+    ("not_befores", "timestamptz[]"),
+    ("expires", "timestamptz[]"),
+    ("reasons", "text[]"),
+    ("event_ids", "uuid[]"),
+    ("versions", "smallint[]"),
+    ("payloads", "jsonb[]"),
+)
 
 _OPEN_SESSIONS = (
     "(SELECT session_id, user_id, created_at, 0 AS start_position FROM sessions WHERE revoked_at IS NULL)"
 )
 
-_WRITE = f"""
-WITH batch AS MATERIALIZED {_BATCH_EVENTS},
+_WRITE_TEMPLATE = f"""
+WITH batch AS MATERIALIZED (
+    SELECT {{base}} + n AS position, type, occurred_at, user_id, session_id, jti, kid, not_before, expires_at,
+           reason
+    FROM unnest({{types}}, {{occurred}}, {{user_ids}}, {{session_ids}}, {{jtis}}, {{kids}}, {{not_befores}},
+                {{expires}}, {{reasons}})
+         WITH ORDINALITY
+         AS b(type, occurred_at, user_id, session_id, jti, kid, not_before, expires_at, reason, n)),
 logged AS (
     INSERT INTO event_log (position, event_id, type, occurred_at, user_id, session_id, jti, expires_at,
                            schema_version, payload)
-    SELECT * FROM unnest($1::bigint[], $11::uuid[], $2::text[], $3::timestamptz[], $4::text[], $5::uuid[],
-                         $6::text[], $9::timestamptz[], $12::smallint[], $13::jsonb[])),
+    SELECT {{base}} + n, event_id, type, occurred_at, user_id, session_id, jti, expires_at, schema_version,
+           payload || jsonb_build_object('position', {{base}} + n, 'prev_position', {{base}} + n - 1)
+    FROM unnest({{event_ids}}, {{types}}, {{occurred}}, {{user_ids}}, {{session_ids}}, {{jtis}}, {{expires}},
+                {{versions}}, {{payloads}})
+         WITH ORDINALITY
+         AS x(event_id, type, occurred_at, user_id, session_id, jti, expires_at, schema_version, payload, n)),
 revoked AS (
     INSERT INTO revocations (kind, subject, not_before, expires_at, position)
-    {REVOCATION_ROWS.format(events="batch")}
+    {{{{revocation_rows}}}}
     ON CONFLICT (kind, subject) DO UPDATE SET
         not_before = greatest(revocations.not_before, excluded.not_before),
         expires_at = greatest(revocations.expires_at, excluded.expires_at),
@@ -87,15 +125,51 @@ ended AS (
     UPDATE sessions SET revoked_at = x.revoked_at, revoked_reason = x.revoked_reason
     FROM ({session_ends(_OPEN_SESSIONS, "batch", None)}) AS x
     WHERE sessions.session_id = x.session_id)
-SELECT now(), pg_notify('{NOTIFY_CHANNEL}', $14::text)
+SELECT {{base}}::bigint, now()
+""".replace("{{revocation_rows}}", REVOCATION_ROWS.format(events="batch"))
+
+
+def _numbered(template: str) -> str:
+    """The template as a prepared statement: each argument by its number, with its type."""
+    return template.format(**{name: f"${i}::{kind}" for i, (name, kind) in enumerate(_ARGS, 1)})
+
+
+_WRITE = _numbered(_WRITE_TEMPLATE)
+
+# The append function, one round trip for a batch whose decisions need no more than "these sessions are still
+# open" (logouts, RFC 7009, ending a session): run as one statement with no transaction around it, it is a
+# transaction of its own, so BEGIN, the lock, the write and COMMIT cost one round trip instead of four.
+# The decisions were made before it, on the guess that every session the batch ends is open; it takes the
+# lock, checks the guess, and writes only if it held (no row back if not: the writer decides again under
+# the lock). PL/pgSQL runs each statement of a VOLATILE function in a snapshot of its own, taken when the
+# statement starts (READ COMMITTED), so the head is read after the lock is held, as log.py's protocol asks.
+# It lives in pg_temp, made on each of the writer's connections: the one definition of the write stays here.
+_APPEND_FUNCTION = f"""
+CREATE FUNCTION pg_temp.tokenlife_append(
+    {", ".join(f"a_{name} {kind}" for name, kind in _ARGS)}, a_lock_timeout_ms integer, a_open uuid[])
+RETURNS TABLE (appended_after bigint, committed_at timestamptz)
+LANGUAGE plpgsql VOLATILE AS $fn$
+BEGIN
+    PERFORM set_config('lock_timeout', a_lock_timeout_ms::text, true);
+    PERFORM pg_advisory_xact_lock({APPEND_LOCK_KEY});
+    IF (SELECT count(*) FROM sessions WHERE session_id = ANY(a_open) AND revoked_at IS NULL)
+       <> cardinality(a_open) THEN
+        RETURN;
+    END IF;
+    SELECT coalesce(max(position), 0) INTO a_base FROM event_log;
+    RETURN QUERY {_WRITE_TEMPLATE.format(**{name: f"a_{name}" for name, _ in _ARGS})};
+    PERFORM pg_notify('{NOTIFY_CHANNEL}', (a_base + cardinality(a_types))::text);
+END
+$fn$
 """
+_APPEND = f"SELECT * FROM pg_temp.tokenlife_append({', '.join(f'${i}' for i in range(1, len(_ARGS) + 3))})"
 
 
 def _columns(events: Sequence[c.Event]) -> list[Any]:
-    cols: list[list[Any]] = [[] for _ in range(13)]
+    """The events as the write's arrays, `base` excluded (_ARGS in order, from `types` on)."""
+    cols: list[list[Any]] = [[] for _ in range(len(_ARGS) - 1)]
     for e in events:
         values = (
-            e.position,
             e.type.value,
             e.occurred_at,
             getattr(e, "user_id", None),
@@ -112,6 +186,27 @@ def _columns(events: Sequence[c.Event]) -> list[Any]:
         for col, value in zip(cols, values, strict=True):
             col.append(value)
     return cols
+
+
+def _sessions_to_end(requests: list[Sequence[Intent]]) -> list[uuid.UUID]:
+    return [s for intents in requests for i in intents if isinstance(i, EndSessions) for s in i.session_ids]
+
+
+# A batch without watermarks decides on which sessions are open, never on their user or creation time.
+_UNUSED = datetime.min.replace(tzinfo=UTC)
+
+
+def _positioned(decided: list[list[c.Event]], base: int) -> list[list[c.Event]]:
+    """Each request's events with positions from base + 1 on, in queue order, as the write numbers them."""
+    position = base
+    results: list[list[c.Event]] = []
+    for events in decided:
+        positioned: list[c.Event] = []
+        for event in events:
+            position += 1
+            positioned.append(event.model_copy(update={"position": position, "prev_position": position - 1}))
+        results.append(positioned)
+    return results
 
 
 class _Request:
@@ -133,6 +228,9 @@ class LogWriter:
         self._conn: Any = None
         self._task: asyncio.Task[None] | None = None
         self.batches = 0  # committed batches, for the benchmark's events-per-batch figure
+        self._one_trip = True  # False once the append function could not be made on a connection
+        # Batches the append function refused (a session had ended meanwhile), decided again under the lock.
+        self.guesses_missed = 0
         # Told, right after each COMMIT and before the requests are answered, the events it appended and
         # their recorded_at: the relay of the same process publishes them at once (relay/window.py).
         self.on_commit: list[Callable[[list[c.Event], datetime], None]] = []
@@ -213,8 +311,23 @@ class LogWriter:
 
     async def _connection(self) -> Any:
         if self._conn is None or self._conn.is_closed():
-            self._conn = await asyncpg.connect(self._dsn)
+            conn = await asyncpg.connect(self._dsn)
+            try:
+                await conn.execute(_APPEND_FUNCTION)
+            except asyncpg.PostgresError as exc:  # no TEMP privilege, say: every batch takes the locked path
+                if self._one_trip:
+                    log.warning("log writer: no append function (%s); every batch takes the locked path", exc)
+                self._one_trip = False
+            except BaseException:
+                conn.terminate()
+                raise
+            self._conn = conn
         return self._conn
+
+    def _drop(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.terminate()
 
     async def _close(self) -> None:
         conn, self._conn = self._conn, None
@@ -226,6 +339,44 @@ class LogWriter:
 
     async def _commit(self, requests: list[Sequence[Intent]]) -> tuple[list[list[c.Event]], datetime | None]:
         conn = await self._connection()
+        if self._one_trip and not any(isinstance(i, RevokeUser) for intents in requests for i in intents):
+            done = await self._append_at_once(conn, requests)
+            if done is not None:
+                return done
+            self.guesses_missed += 1
+        return await self._locked_commit(conn, requests)
+
+    async def _append_at_once(
+        self, conn: Any, requests: list[Sequence[Intent]]
+    ) -> tuple[list[list[c.Event]], datetime | None] | None:
+        """One round trip, decided on the guess that every session to end is still open; None if it was not
+        (nothing written). A batch of watermarks needs the lock's state to decide, never this."""
+        sids = list(dict.fromkeys(_sessions_to_end(requests)))
+        guess = LockedState(open_sessions={sid: ("", _UNUSED) for sid in sids}, watermarks={})
+        decided = decide(requests, guess, datetime.now(UTC), self._ttl)
+        flat = [e for events in decided for e in events]
+        if not flat:
+            return decided, None
+        try:
+            row = await conn.fetchrow(_APPEND, 0, *_columns(flat), self._lock_timeout_ms, sids)
+        except asyncpg.LockNotAvailableError as exc:
+            raise AppendError(
+                f"the log's append lock was not free within {self._lock_timeout_ms} ms"
+            ) from exc
+        except asyncpg.PostgresError:
+            raise  # the statement failed whole, as its own transaction: the connection is ready for the next
+        except BaseException:
+            self._drop()  # cut short (lost link, cancelled): the connection's state is unknown
+            raise
+        if row is None:
+            return None
+        base, recorded = row
+        return _positioned(decided, int(base)), recorded
+
+    async def _locked_commit(
+        self, conn: Any, requests: list[Sequence[Intent]]
+    ) -> tuple[list[list[c.Event]], datetime | None]:
+        """Decide under the lock, on the state read there: four round trips, for any batch."""
         try:
             # One round trip: a simple-query batch runs as one implicit sequence; the lock is the last step.
             await conn.execute(
@@ -234,7 +385,10 @@ class LogWriter:
                 f"SELECT pg_advisory_xact_lock({APPEND_LOCK_KEY})"
             )
             results, recorded = await self._write(conn, requests)
-            await conn.execute("COMMIT")
+            head = max((e.position or 0 for events in results for e in events), default=0)
+            # NOTIFY and COMMIT in one round trip; the NOTIFY is delivered at commit.
+            notify = f"SELECT pg_notify('{NOTIFY_CHANNEL}', '{head}'); " if head else ""
+            await conn.execute(notify + "COMMIT")
             return results, recorded
         except BaseException as exc:
             await self._abandon(conn)
@@ -255,10 +409,8 @@ class LogWriter:
     async def _write(
         self, conn: Any, requests: list[Sequence[Intent]]
     ) -> tuple[list[list[c.Event]], datetime | None]:
-        """The batch's events, positioned, and their recorded_at (the transaction's now()) if any."""
-        sids = [
-            s for intents in requests for i in intents if isinstance(i, EndSessions) for s in i.session_ids
-        ]
+        """Under the lock: the batch's events, positioned, and their recorded_at (the transaction's now())."""
+        sids = _sessions_to_end(requests)
         users = list(
             dict.fromkeys(i.user_id for intents in requests for i in intents if isinstance(i, RevokeUser))
         )
@@ -273,18 +425,8 @@ class LogWriter:
             watermarks=dict(zip(users, marks or [], strict=True)),
         )
         decided = decide(requests, state, datetime.now(UTC), self._ttl)
-        position = int(head)
-        results: list[list[c.Event]] = []
-        for events in decided:
-            positioned: list[c.Event] = []
-            for event in events:
-                position += 1
-                positioned.append(
-                    event.model_copy(update={"position": position, "prev_position": position - 1})
-                )
-            results.append(positioned)
-        flat = [e for events in results for e in events]
+        flat = [e for events in decided for e in events]
         if not flat:
-            return results, None
-        recorded: datetime = await conn.fetchval(_WRITE, *_columns(flat), str(position))
-        return results, recorded
+            return decided, None
+        _, recorded = await conn.fetchrow(_WRITE, int(head), *_columns(flat))
+        return _positioned(decided, int(head)), recorded

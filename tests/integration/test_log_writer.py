@@ -187,3 +187,91 @@ async def test_each_commit_is_handed_to_the_hooks_before_its_requests_are_answer
         ).all()
     # Handed with the recorded_at the log holds for them.
     assert dict(rows) == {e.position: recorded for batch, recorded in handed for e in batch}
+
+
+async def test_a_session_ended_between_the_check_and_the_batch_is_decided_again_under_the_lock(
+    engine: AsyncEngine, writer: LogWriter
+) -> None:
+    sids = await start_sessions(engine, 3)
+    now = datetime.now(UTC)
+    # Another appender ends one of them after the requests checked it and before the writer's batch.
+    async with engine.begin() as conn:
+        await append(
+            conn,
+            [
+                c.SessionRevoked(
+                    session_id=sids[1], user_id="u", expires_at=now + timedelta(minutes=5), reason="elsewhere"
+                )
+            ],
+            lock_timeout_ms=5000,
+        )
+    results = await asyncio.gather(
+        *(writer.submit([EndSessions("u", (sid,), "logout_session")]) for sid in sids)
+    )
+    assert [len(r) for r in results] == [1, 0, 1]  # the one already ended appends nothing
+    assert writer.guesses_missed >= 1  # the one-round-trip path wrote nothing and gave way
+    async with engine.connect() as conn:
+        logged = await read_after(conn, 0, 1000)
+    assert [e.position for e in logged] == list(range(1, 7))
+    assert [type(e).__name__ for e in logged[3:]] == ["SessionRevoked"] * 3
+    ended = [e.session_id for e in logged[4:] if isinstance(e, c.SessionRevoked)]
+    assert sorted(ended) == sorted([sids[0], sids[2]])
+
+
+async def test_the_writer_and_ordinary_appenders_interleave_with_dense_positions_each_event_once(
+    engine: AsyncEngine, writer: LogWriter
+) -> None:
+    sids = await start_sessions(engine, 120)
+    now = datetime.now(UTC)
+
+    async def ordinary(i: int) -> list[c.Event]:
+        async with engine.begin() as conn:
+            return await append(
+                conn,
+                [c.TokenRevoked(jti=f"j{i}", expires_at=now + timedelta(minutes=1), reason="revoked")],
+                lock_timeout_ms=5000,
+            )
+
+    results = await asyncio.gather(
+        *(writer.submit([EndSessions("u", (sid,), "logout_session")]) for sid in sids),
+        *(ordinary(i) for i in range(40)),
+    )
+    told = sorted((e.position, e.event_id) for events in results for e in events)
+    assert [p for p, _ in told] == list(range(121, 121 + 160))  # dense, each once
+    async with engine.connect() as conn:
+        logged = await read_after(conn, 120, 1000)
+    assert [(e.position, e.event_id) for e in logged] == told
+    # What each append was told matches what the log's payload holds, position included.
+    async with engine.connect() as conn:
+        stored = (
+            await conn.execute(
+                text("SELECT (payload->>'position')::bigint, position FROM event_log WHERE position > 120")
+            )
+        ).all()
+    assert all(a == b for a, b in stored)
+
+
+async def test_without_the_temp_privilege_every_batch_takes_the_locked_path(
+    engine: AsyncEngine, database_url: str
+) -> None:
+    sids = await start_sessions(engine, 4)
+    async with engine.begin() as conn:
+        await conn.execute(text("DROP ROLE IF EXISTS tokenlife_no_temp"))
+        await conn.execute(text("CREATE ROLE tokenlife_no_temp LOGIN"))
+        await conn.execute(text("GRANT ALL ON event_log, sessions, revocations TO tokenlife_no_temp"))
+        database = (await conn.execute(text("SELECT current_database()"))).scalar_one()
+        await conn.execute(text(f'REVOKE TEMP ON DATABASE "{database}" FROM PUBLIC'))
+    try:
+        dsn = asyncpg_dsn(database_url).replace("://postgres@", "://tokenlife_no_temp@")
+        dsn = dsn.replace("://root@", "://tokenlife_no_temp@")
+        async with LogWriter.running(dsn, lock_timeout_ms=5000, access_token_ttl=TTL) as writer:
+            results = await asyncio.gather(
+                *(writer.submit([EndSessions("u", (sid,), "logout_session")]) for sid in sids)
+            )
+            assert not writer._one_trip
+        assert sorted(e.position or 0 for r in results for e in r) == [5, 6, 7, 8]
+    finally:
+        async with engine.begin() as conn:
+            await conn.execute(text(f'GRANT TEMP ON DATABASE "{database}" TO PUBLIC'))
+            await conn.execute(text("REVOKE ALL ON event_log, sessions, revocations FROM tokenlife_no_temp"))
+            await conn.execute(text("DROP ROLE tokenlife_no_temp"))
