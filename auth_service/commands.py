@@ -23,12 +23,15 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from auth_service.app import create_app
+    from looplag import freeze_startup_heap
 
     settings = AuthSettings()
     # Open event streams (GET /v1/me/events/stream) would hold a stop for as long as their tokens live:
     # cut them after a few seconds; their clients reconnect, with the last position, to another instance.
+    app = create_app(settings)
+    freeze_startup_heap()
     uvicorn.run(
-        create_app(settings),
+        app,
         host=args.host,
         port=args.port,
         log_level="info",

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 
 from prometheus_client import CollectorRegistry, Gauge, Histogram
 
-__all__ = ["LAG_BUCKETS", "LoopLag"]
+__all__ = ["LAG_BUCKETS", "LoopLag", "freeze_startup_heap"]
 
 # Below a millisecond is a healthy loop; the asyncio debug mode calls a callback slow at 100 ms by default.
 LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
@@ -59,3 +60,17 @@ class LoopLag:
             lag = max(0.0, loop.time() - due)
             self._last.set(lag)
             self._lag.observe(lag)
+
+
+def freeze_startup_heap() -> None:
+    """Set what a service built before serving (modules, routes, schemas, settings) aside from the collector.
+
+    Why: a full collection walks every tracked object in the process, and a served app holds hundreds of
+    thousands that live as long as it does. Measured on the auth service under 500 logouts/s: full
+    collections of 66 to 90 ms each, every few seconds, finding nothing to free, each holding the loop, so
+    every request in flight waited that long (6 to 10 ms once frozen). Frozen objects are never walked again
+    (refcounting still frees them); the collections that remain walk only what was made since. Call once,
+    just before serving.
+    """
+    gc.collect()
+    gc.freeze()

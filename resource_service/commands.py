@@ -13,6 +13,7 @@ from resource_service.settings import ResourceSettings, UnsafeResourceSettings
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from looplag import freeze_startup_heap
     from resource_service.app import create_app
 
     try:
@@ -20,7 +21,9 @@ def _serve(args: argparse.Namespace) -> int:
     except (UnsafeResourceSettings, ValidationError) as exc:
         print(f"tokenlife: configuration error: {exc}", file=sys.stderr)  # noqa: T201
         return 2
-    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="info", access_log=False)
+    app = create_app(settings)
+    freeze_startup_heap()
+    uvicorn.run(app, host=args.host, port=args.port, log_level="info", access_log=False)
     return 0
 
 

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 from collections.abc import Callable
 
 import pytest
 from prometheus_client import CollectorRegistry
 
-from looplag import LoopLag
+from looplag import LoopLag, freeze_startup_heap
 
 STALL = 0.3
 INTERVAL = 0.02
@@ -60,3 +61,15 @@ async def test_stop_ends_the_ticks() -> None:
     count = _sample(registry, "tokenlife_event_loop_lag_seconds_count")
     await asyncio.sleep(0.05)
     assert _sample(registry, "tokenlife_event_loop_lag_seconds_count") == count
+
+
+def test_the_startup_heap_is_set_aside_from_full_collections() -> None:
+    made_at_startup = [{"route": i} for i in range(1000)]
+    gc.unfreeze()
+    try:
+        freeze_startup_heap()
+        # Frozen: what lives now is never walked by a collection again.
+        assert gc.get_freeze_count() >= len(made_at_startup)
+        assert not any(d is made_at_startup for d in gc.get_objects(generation=2))
+    finally:
+        gc.unfreeze()
