@@ -42,13 +42,15 @@ async def load(url: str, path: str, tokens: list[str], rate: float) -> dict[str,
         os.unlink(f.name)
 
 
-async def closed_round(wrk: str | None, url: str, path: str, tokens: list[str]) -> dict[str, Any]:
-    """A closed-loop round: wrk for CLOSED_SECONDS when it is installed, else the asyncio client over every
-    token (which shares the cores with the server, so it caps the rate it can measure)."""
+async def closed_round(
+    wrk: str | None, url: str, path: str, tokens: list[str], seconds: float = CLOSED_SECONDS
+) -> dict[str, Any]:
+    """A closed-loop round: wrk for `seconds` when it is installed, else the asyncio client over every token
+    (which shares the cores with the server, so it caps the rate it can measure)."""
     if wrk is None:
         return await load(url, path, tokens, 0)
     done = await wrk_load.run(
-        wrk, url + path, seconds=CLOSED_SECONDS, connections=CONNECTIONS, method="POST", tokens=tokens
+        wrk, url + path, seconds=seconds, connections=CONNECTIONS, method="POST", tokens=tokens
     )
     ok = done["requests"] - done["non_2xx"]
     return {**done, "statuses": {"200": ok, "non-2xx": done["non_2xx"]}, "generator": "wrk"}
