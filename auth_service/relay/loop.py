@@ -27,6 +27,9 @@ log = logging.getLogger("tokenlife.relay")
 
 _DB_ERRORS = (SQLAlchemyError, asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
 _MIN_BACKOFF = 0.05
+# The cursor is where a new leader resumes: one that lags by this much only means a few events published
+# twice after a takeover, which consumers drop by position (at-least-once, as every other failure).
+CURSOR_EVERY = 0.05
 
 
 class Relay:
@@ -234,9 +237,9 @@ class Relay:
         loop = asyncio.get_running_loop()
         next_heartbeat = loop.time()
         window = self._window = Window(link, self._confirmed, self._batch_size, waker.wake)
-        inflight = window.inflight
         advanced = asyncio.Event()
         cursor_task = asyncio.create_task(self._advance_cursor(advanced))
+        read = True  # the first pass reads: what was committed before this link
         try:
             while True:
                 if not link.is_open:
@@ -244,10 +247,15 @@ class Relay:
                 if cursor_task.done():
                     cursor_task.result()  # a database error moving the cursor ends this link too
                 self._harvest(window, advanced)
-                # Cleared before the read: a NOTIFY that lands during the read or the sends still wakes us.
-                waker.clear()
+                # Read only when a head past what was sent is known, or nothing came for a whole wait (the
+                # backstop poll): the log writer handed its commit over already; that NOTIFY reads nothing.
+                read = read or waker.behind(window.sent)
                 room = window.room
-                rows = await self._log.batch(window.sent, room) if room > 0 else []
+                reading = read and room > 0
+                # Cleared before the read: a NOTIFY that lands during the read or the sends still wakes us.
+                waker.clear(reading=reading)
+                rows = await self._log.batch(window.sent, room) if reading else []
+                read = read and not reading  # a read the full window put off is still due
                 window.send_read(rows)
                 if loop.time() >= next_heartbeat:
                     head = await self._log.head()
@@ -257,16 +265,20 @@ class Relay:
                     self.metrics.positions(head=head)
                     next_heartbeat = loop.time() + self._heartbeat_interval
                 if rows and len(rows) == room:
+                    read = True
                     continue  # more to read at once (or the window is full: the harvest waits below)
                 wait = min(self._poll_interval, max(0.0, next_heartbeat - loop.time()))
-                if inflight:
+                if window.inflight:
                     # Wake on the oldest confirm as well as on a commit.
+                    confirmed = window.inflight[0][2]
                     notified = asyncio.create_task(waker.wait(wait))
-                    await asyncio.wait({notified, inflight[0][2]}, return_when=asyncio.FIRST_COMPLETED)
+                    await asyncio.wait({notified, confirmed}, return_when=asyncio.FIRST_COMPLETED)
+                    timed_out = notified.done() and not notified.cancelled() and notified.result() is False
                     notified.cancel()
                     await asyncio.gather(notified, return_exceptions=True)
                 else:
-                    await waker.wait(wait)
+                    timed_out = not await waker.wait(wait)
+                read = read or timed_out  # nothing came for a whole wait: poll
         finally:
             self._window = None  # before any await: no hand-off into a finished window
             cursor_task.cancel()
@@ -291,7 +303,8 @@ class Relay:
             advanced.set()
 
     async def _advance_cursor(self, advanced: asyncio.Event) -> None:
-        """Write the confirmed position to the cursor row, coalescing: off the read-and-send path."""
+        """Write the confirmed position to the cursor row, coalescing: off the read-and-send path, and at most
+        once per CURSOR_EVERY, so a busy log costs a few cursor commits a second, not one per confirm."""
         while True:
             await advanced.wait()
             advanced.clear()
@@ -300,6 +313,7 @@ class Relay:
                 await self._lock.advance_cursor(position)
                 self._cursor = position
                 self.metrics.positions(cursor=position)
+                await asyncio.sleep(CURSOR_EVERY)
 
     def _close_later(self, link: BrokerLink) -> None:
         # Closing waits for the broker's close-ok (up to ~2 s when it went silent): reconnect meanwhile.

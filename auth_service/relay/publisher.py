@@ -22,6 +22,7 @@ from typing import Any
 import aio_pika
 import aiormq
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractExchange
+from aiormq import spec
 
 from auth_service import contract as c
 
@@ -110,16 +111,26 @@ class BrokerLink:
 
     async def _publish_event(self, position: int, payload: dict[str, Any]) -> None:
         kind = str(payload.get("type", ""))
-        message = aio_pika.Message(
-            # The payload is already the contract's wire form, position and prev_position included.
-            json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode(),
+        properties = spec.Basic.Properties(
             content_type="application/json",
-            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT.value,
             message_id=str(payload["event_id"]),
-            type=kind,
+            message_type=kind,
             headers={"position": position, "prev_position": position - 1},
         )
-        await self._exchange.publish(message, routing_key=kind, mandatory=True)
+        # On the channel under aio-pika's, as its Exchange.publish does, without building a Message first, and
+        # without waiting for the frames to be written before the next publish may queue its own (wait=False):
+        # they still leave in the order they were queued (the channel's lock), and the confirm is awaited.
+        channel = await self._channel.get_underlay_channel()
+        await channel.basic_publish(
+            # The payload is already the contract's wire form, position and prev_position included.
+            json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode(),
+            exchange=self._exchange.name,
+            routing_key=kind,
+            properties=properties,
+            mandatory=True,
+            wait=False,
+        )
 
     async def publish_heartbeat(self, head: int) -> None:
         """Publish a heartbeat with the head of the log: transient, not mandatory, but confirmed."""

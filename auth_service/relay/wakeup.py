@@ -3,6 +3,11 @@
 A LISTEN socket can die without anyone noticing for a long time, so the relay never relies on it alone: it
 also polls (see relay.py). A dead connection is reopened on the next wait, and a reopened LISTEN wakes the
 relay once, since whatever was notified while nobody listened is gone.
+
+Every NOTIFY carries the head it committed (log.py, log_writer.py), so the relay reads the log only when a
+head past what it sent was notified: the commits the log writer handed it already (relay/window.py) cost
+no read. A wake that says nothing of the head (the LISTEN reopened, a payload that is no position) asks
+for a read.
 """
 
 from __future__ import annotations
@@ -30,6 +35,8 @@ class Waker:
         self._timeout = timeout
         self._event = asyncio.Event()
         self._conn: Any = None
+        self._head = 0  # the highest head notified
+        self._blind = True  # woken without a head to compare: read
 
     async def connect(self) -> None:
         """Open the LISTEN connection if it is not open; on failure the relay only polls until next time."""
@@ -44,26 +51,41 @@ class Waker:
         await conn.add_listener(NOTIFY_CHANNEL, self._notified)
         self._conn = conn
         # Whatever was notified while nobody listened is lost: wake once so the caller reads again.
+        self._blind = True
         self._event.set()
 
-    def _notified(self, *_args: object) -> None:
+    def _notified(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
+        try:
+            self._head = max(self._head, int(payload))
+        except ValueError:
+            self._blind = True
         self._event.set()
 
     def wake(self) -> None:
-        """Wake the relay as a notification would (the log writer's hand-off sent something to confirm)."""
+        """Wake the relay with nothing to read (the log writer's hand-off sent something to confirm)."""
         self._event.set()
 
-    def clear(self) -> None:
-        """Forget past notifications (call before reading the log)."""
-        self._event.clear()
+    def behind(self, sent: int) -> bool:
+        """Whether what was notified since the last `clear` asks for a read after `sent`."""
+        return self._blind or self._head > sent
 
-    async def wait(self, at_most: float) -> None:
-        """Return on a notification, or after `at_most` seconds."""
+    def clear(self, *, reading: bool) -> None:
+        """Forget past wakes, before each pass; `reading`: the pass reads the log (answers a blind wake)."""
+        self._event.clear()
+        if reading:
+            self._blind = False
+
+    async def wait(self, at_most: float) -> bool:
+        """Return on a notification or a wake (True), or after `at_most` seconds (False)."""
         await self.connect()
+        if self._event.is_set():
+            return True
         try:
-            await asyncio.wait_for(self._event.wait(), at_most)
+            async with asyncio.timeout(at_most):  # no task per wait, as wait_for would make
+                await self._event.wait()
         except TimeoutError:
-            pass
+            return False
+        return True
 
     async def close(self) -> None:
         """Close the LISTEN connection."""
