@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from typing import Any
+from typing import Any, cast
 
 import aio_pika
 import aiormq
@@ -121,7 +121,8 @@ class BrokerLink:
         # On the channel under aio-pika's, as its Exchange.publish does, without building a Message first, and
         # without waiting for the frames to be written before the next publish may queue its own (wait=False):
         # they still leave in the order they were queued (the channel's lock), and the confirm is awaited.
-        channel = await self._channel.get_underlay_channel()
+        # aiormq's Channel (its abstract type does not declare `wait`).
+        channel = cast(aiormq.Channel, await self._channel.get_underlay_channel())
         await channel.basic_publish(
             # The payload is already the contract's wire form, position and prev_position included.
             json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode(),
