@@ -21,7 +21,7 @@ from auth_service import db_errors, passwords, projections
 from auth_service import keys as keystore
 from auth_service.api import account, discovery, oauth, openapi, service, stream
 from auth_service.api.deps import AppState, app_state, context
-from auth_service.api.middleware import AccessLog, BodyLimit
+from auth_service.api.middleware import Edge
 from auth_service.api.schemas import Health, Readiness
 from auth_service.backoff import BackoffRule
 from auth_service.console.pages import build_router as console_router
@@ -191,8 +191,7 @@ def create_app(settings: AuthSettings) -> FastAPI:
     _health(app)
     _errors(app)
     openapi.install(app)
-    app.add_middleware(BodyLimit)
-    app.add_middleware(AccessLog)
+    app.add_middleware(Edge)
     return app
 
 

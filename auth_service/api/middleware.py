@@ -1,4 +1,4 @@
-"""Plain ASGI middleware: a body size limit and one structured log line per request."""
+"""Plain ASGI middleware, one layer: a body size limit and one structured log line per request."""
 
 from __future__ import annotations
 
@@ -15,8 +15,12 @@ class BodyTooLarge(Exception):
     """The request body passed the limit."""
 
 
-class BodyLimit:
-    """Answers 413 for a body over `max_bytes`, whether announced by Content-Length or streamed."""
+class Edge:
+    """The app's one middleware, one ASGI layer per request (each layer costs every request its closures):
+
+    - a body size limit: 413 for a body over `max_bytes`, whether announced by Content-Length or streamed;
+    - one JSON access-log line per request: method, path (never the query string), status, duration, client.
+    """
 
     def __init__(self, app: ASGIApp, max_bytes: int = 64 * 1024) -> None:
         self.app = app
@@ -26,67 +30,39 @@ class BodyLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        for name, value in scope["headers"]:
-            if name == b"content-length" and (not value.isdigit() or int(value) > self.max_bytes):
-                await _too_large(send)
-                return
-        seen = 0
-        started = False
-
-        async def limited_receive() -> Message:
-            nonlocal seen
-            message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.max_bytes:
-                    raise BodyTooLarge
-            return message
-
-        async def tracking_send(message: Message) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
-        try:
-            await self.app(scope, limited_receive, tracking_send)
-        except BodyTooLarge:
-            if not started:
-                await _too_large(send)
-
-
-async def _too_large(send: Send) -> None:
-    body = json.dumps({"error": "invalid_request", "error_description": "request body too large"}).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 413,
-            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
-
-
-class AccessLog:
-    """One JSON line per request: method, path (never the query string), status, duration, client."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
         start = time.perf_counter()
         status = 500
-
-        async def record(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
         try:
-            await self.app(scope, receive, record)
+            for name, value in scope["headers"]:
+                if name == b"content-length" and (not value.isdigit() or int(value) > self.max_bytes):
+                    status = 413
+                    await _too_large(send)
+                    return
+            seen = 0
+            started = False
+
+            async def limited_receive() -> Message:
+                nonlocal seen
+                message = await receive()
+                if message["type"] == "http.request":
+                    seen += len(message.get("body", b""))
+                    if seen > self.max_bytes:
+                        raise BodyTooLarge
+                return message
+
+            async def tracking_send(message: Message) -> None:
+                nonlocal started, status
+                if message["type"] == "http.response.start":
+                    started = True
+                    status = message["status"]
+                await send(message)
+
+            try:
+                await self.app(scope, limited_receive, tracking_send)
+            except BodyTooLarge:
+                if not started:
+                    status = 413
+                    await _too_large(send)
         finally:
             client = scope.get("client")
             access_log.info(
@@ -100,3 +76,15 @@ class AccessLog:
                     }
                 )
             )
+
+
+async def _too_large(send: Send) -> None:
+    body = json.dumps({"error": "invalid_request", "error_description": "request body too large"}).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 413,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
