@@ -5,12 +5,11 @@ from __future__ import annotations
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
-from auth_service import contract as c
 from auth_service.context import AuthContext
 from auth_service.errors import InvalidToken
+from auth_service.intents import Caller, revocation_reason
 from auth_service.tokens import SignedToken, parse_token, verify_access_token
 
 
@@ -24,16 +23,10 @@ class Principal:
     kid: str
     claims: Mapping[str, Any]
 
-
-def revocation_reason(rows: list[tuple[str, str, datetime | None]], iat: int) -> str | None:
-    """Why a token is revoked, given the revocation rows that name it (None: it is not)."""
-    for kind, _subject, not_before in rows:
-        if kind in (c.RevocationKind.USER, c.RevocationKind.GLOBAL):
-            if not_before is not None and iat < not_before.timestamp():
-                return f"{kind}_revoked"
-        else:
-            return f"{kind}_revoked"
-    return None
+    @property
+    def caller(self) -> Caller:
+        """The token, as the log writer checks it against the revocations under the lock."""
+        return Caller(self.jti, str(self.session_id), self.user_id, self.kid, int(self.claims["iat"]))
 
 
 async def know_kid(ctx: AuthContext, token: str) -> SignedToken | None:
@@ -47,8 +40,9 @@ async def know_kid(ctx: AuthContext, token: str) -> SignedToken | None:
     return signed
 
 
-async def authenticate(ctx: AuthContext, token: str) -> Principal:
-    """Verify one of our access tokens and check the log's projections that it is not revoked."""
+async def verify(ctx: AuthContext, token: str) -> Principal:
+    """Verify one of our access tokens (signature, claims), not reading the revocations: for a route whose
+    log writer checks them under the append lock (`Principal.caller`); the first half of authenticate."""
     s = ctx.settings
     signed = await know_kid(ctx, token)
     if signed is None:
@@ -58,7 +52,18 @@ async def authenticate(ctx: AuthContext, token: str) -> Principal:
         session_id = uuid.UUID(str(claims["sid"]))
     except ValueError:
         raise InvalidToken("invalid sid claim") from None
-    rows = await ctx.revocation_reads.rows(str(claims["jti"]), session_id, str(claims["sub"]), kid)
-    if revocation_reason(rows, int(claims["iat"])):
-        raise InvalidToken("token has been revoked")
     return Principal(str(claims["sub"]), session_id, str(claims["jti"]), kid, claims)
+
+
+async def check_not_revoked(ctx: AuthContext, who: Principal) -> None:
+    """Refuse a verified token that the log's projections say is revoked."""
+    rows = await ctx.revocation_reads.rows(who.jti, who.session_id, who.user_id, who.kid)
+    if revocation_reason(rows, int(who.claims["iat"])):
+        raise InvalidToken("token has been revoked")
+
+
+async def authenticate(ctx: AuthContext, token: str) -> Principal:
+    """Verify one of our access tokens and check the log's projections that it is not revoked."""
+    who = await verify(ctx, token)
+    await check_not_revoked(ctx, who)
+    return who

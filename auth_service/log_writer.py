@@ -49,8 +49,8 @@ from typing import Any
 import asyncpg
 
 from auth_service import contract as c
-from auth_service.errors import AppendError
-from auth_service.intents import EndSessions, Intent, LockedState, RevokeUser, decide
+from auth_service.errors import AppendError, InvalidToken
+from auth_service.intents import Caller, EndSessions, Intent, LockedState, RevokeUser, decide
 from auth_service.log import APPEND_LOCK_KEY, NOTIFY_CHANNEL
 from auth_service.projections import REVOCATION_ROWS, session_ends
 
@@ -129,24 +129,47 @@ SELECT {{base}}::bigint, now()
 """.replace("{{revocation_rows}}", REVOCATION_ROWS.format(events="batch"))
 
 
+# The callers (each a request's access token, intents.Caller) that a revocation names, by their number in
+# the arrays (1 on): the rule of intents.revocation_reason in SQL (tests/unit/test_auth_rules.py holds the
+# two equal). A watermark (user, global) revokes a token issued before it; any other row, the token it names.
+_CALLER_ARGS = (
+    ("jtis", "text[]"),
+    ("sids", "text[]"),
+    ("users", "text[]"),
+    ("kids", "text[]"),
+    ("iats", "bigint[]"),
+)
+REVOKED_CALLERS = f"""
+SELECT DISTINCT q.n
+FROM unnest({{jtis}}, {{sids}}, {{users}}, {{kids}}, {{iats}})
+     WITH ORDINALITY AS q(jti, sid, usr, kid, iat, n)
+CROSS JOIN LATERAL (VALUES ('jti', q.jti), ('session', q.sid), ('user', q.usr), ('key', q.kid),
+                           ('global', '{c.GLOBAL_SUBJECT}')) AS k(kind, subject)
+JOIN revocations r ON r.kind = k.kind AND r.subject = k.subject
+WHERE r.kind NOT IN ('user', 'global') OR q.iat < extract(epoch FROM r.not_before)"""
+
+
 def _numbered(template: str) -> str:
     """The template as a prepared statement: each argument by its number, with its type."""
     return template.format(**{name: f"${i}::{kind}" for i, (name, kind) in enumerate(_ARGS, 1)})
 
 
 _WRITE = _numbered(_WRITE_TEMPLATE)
+_REVOKED = REVOKED_CALLERS.format(**{name: f"${i}::{kind}" for i, (name, kind) in enumerate(_CALLER_ARGS, 1)})
 
 # The append function, one round trip for a batch whose decisions need no more than "these sessions are still
 # open" (logouts, RFC 7009, ending a session): run as one statement with no transaction around it, it is a
 # transaction of its own, so BEGIN, the lock, the write and COMMIT cost one round trip instead of four.
-# The decisions were made before it, on the guess that every session the batch ends is open; it takes the
-# lock, checks the guess, and writes only if it held (no row back if not: the writer decides again under
-# the lock). PL/pgSQL runs each statement of a VOLATILE function in a snapshot of its own, taken when the
-# statement starts (READ COMMITTED), so the head is read after the lock is held, as log.py's protocol asks.
+# The decisions were made before it, on the guess that every session the batch ends is open and that no
+# caller's token is revoked; it takes the lock, checks the guess, and writes only if it held (no row back if
+# not: the writer decides again under the lock, where it finds out which). PL/pgSQL runs each statement of
+# a VOLATILE function in a snapshot of its own, taken when the statement starts (READ COMMITTED), so the
+# head is read after the lock is held, as log.py's protocol asks.
 # It lives in pg_temp, made on each of the writer's connections: the one definition of the write stays here.
 _APPEND_FUNCTION = f"""
 CREATE FUNCTION pg_temp.tokenlife_append(
-    {", ".join(f"a_{name} {kind}" for name, kind in _ARGS)}, a_lock_timeout_ms integer, a_open uuid[])
+    {", ".join(f"a_{name} {kind}" for name, kind in _ARGS)}, a_lock_timeout_ms integer, a_open uuid[],
+    {", ".join(f"a_c_{name} {kind}" for name, kind in _CALLER_ARGS)})
 RETURNS TABLE (appended_after bigint, committed_at timestamptz)
 LANGUAGE plpgsql VOLATILE AS $fn$
 BEGIN
@@ -156,13 +179,18 @@ BEGIN
        <> cardinality(a_open) THEN
         RETURN;
     END IF;
+    IF EXISTS ({REVOKED_CALLERS.format(**{name: f"a_c_{name}" for name, _ in _CALLER_ARGS})}) THEN
+        RETURN;
+    END IF;
     SELECT coalesce(max(position), 0) INTO a_base FROM event_log;
     RETURN QUERY {_WRITE_TEMPLATE.format(**{name: f"a_{name}" for name, _ in _ARGS})};
     PERFORM pg_notify('{NOTIFY_CHANNEL}', (a_base + cardinality(a_types))::text);
 END
 $fn$
 """
-_APPEND = f"SELECT * FROM pg_temp.tokenlife_append({', '.join(f'${i}' for i in range(1, len(_ARGS) + 3))})"
+_APPEND = "SELECT * FROM pg_temp.tokenlife_append({})".format(
+    ", ".join(f"${i}" for i in range(1, len(_ARGS) + len(_CALLER_ARGS) + 3))
+)
 
 
 def _columns(events: Sequence[c.Event]) -> list[Any]:
@@ -188,7 +216,19 @@ def _columns(events: Sequence[c.Event]) -> list[Any]:
     return cols
 
 
-def _sessions_to_end(requests: list[Sequence[Intent]]) -> list[uuid.UUID]:
+def _caller_columns(requests: list[_Request]) -> list[list[Any]]:
+    """The callers of the requests that have one, as REVOKED_CALLERS's arrays (_CALLER_ARGS in order)."""
+    callers = [r.caller for r in requests if r.caller is not None]
+    return [
+        [x.jti for x in callers],
+        [x.session_id for x in callers],
+        [x.user_id for x in callers],
+        [x.kid for x in callers],
+        [x.iat for x in callers],
+    ]
+
+
+def _sessions_to_end(requests: Sequence[Sequence[Intent]]) -> list[uuid.UUID]:
     return [s for intents in requests for i in intents if isinstance(i, EndSessions) for s in i.session_ids]
 
 
@@ -210,11 +250,18 @@ def _positioned(decided: list[list[c.Event]], base: int) -> list[list[c.Event]]:
 
 
 class _Request:
-    __slots__ = ("intents", "done")
+    __slots__ = ("intents", "caller", "done")
 
-    def __init__(self, intents: Sequence[Intent], done: asyncio.Future[list[c.Event]]) -> None:
+    def __init__(
+        self, intents: Sequence[Intent], caller: Caller | None, done: asyncio.Future[list[c.Event]]
+    ) -> None:
         self.intents = intents
+        self.caller = caller
         self.done = done
+
+
+# What a request gets: its events, or the refusal of its caller's token.
+Outcome = list[c.Event] | InvalidToken
 
 
 class LogWriter:
@@ -265,12 +312,15 @@ class LogWriter:
                 request.done.set_exception(AppendError("the log writer stopped"))
         await self._close()
 
-    async def submit(self, intents: Sequence[Intent]) -> list[c.Event]:
-        """Append the events these intents call for, in one batch with others; returns them positioned."""
+    async def submit(self, intents: Sequence[Intent], caller: Caller | None = None) -> list[c.Event]:
+        """Append the events these intents call for, in one batch with others; returns them positioned.
+
+        With a `caller`, its token is checked against the revocations under the lock, in the same round trip:
+        InvalidToken, and nothing appended, if it is revoked by then."""
         if self._task is None:
             raise AppendError("the log writer is not running")
         done: asyncio.Future[list[c.Event]] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait(_Request(intents, done))
+        self._queue.put_nowait(_Request(intents, caller, done))
         return await done
 
     async def _run(self) -> None:
@@ -280,7 +330,7 @@ class LogWriter:
                 batch.append(self._queue.get_nowait())
             live = [r for r in batch if not r.done.cancelled()]
             try:
-                results, recorded = await self._commit([r.intents for r in live])
+                results, recorded = await self._commit(live)
             except asyncio.CancelledError:
                 for r in live:
                     if not r.done.done():
@@ -294,10 +344,14 @@ class LogWriter:
                         r.done.set_exception(error)
                 continue
             self.batches += 1
-            self._hand_off(results, recorded)
-            for r, events in zip(live, results, strict=True):
-                if not r.done.done():
-                    r.done.set_result(events)
+            self._hand_off([o for o in results if not isinstance(o, InvalidToken)], recorded)
+            for r, outcome in zip(live, results, strict=True):
+                if r.done.done():
+                    continue
+                if isinstance(outcome, InvalidToken):
+                    r.done.set_exception(outcome)
+                else:
+                    r.done.set_result(outcome)
 
     def _hand_off(self, results: list[list[c.Event]], recorded: datetime | None) -> None:
         flat = [e for events in results for e in events]
@@ -337,9 +391,9 @@ class LogWriter:
             except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
                 conn.terminate()
 
-    async def _commit(self, requests: list[Sequence[Intent]]) -> tuple[list[list[c.Event]], datetime | None]:
+    async def _commit(self, requests: list[_Request]) -> tuple[list[Outcome], datetime | None]:
         conn = await self._connection()
-        if self._one_trip and not any(isinstance(i, RevokeUser) for intents in requests for i in intents):
+        if self._one_trip and not any(isinstance(i, RevokeUser) for r in requests for i in r.intents):
             done = await self._append_at_once(conn, requests)
             if done is not None:
                 return done
@@ -347,18 +401,21 @@ class LogWriter:
         return await self._locked_commit(conn, requests)
 
     async def _append_at_once(
-        self, conn: Any, requests: list[Sequence[Intent]]
-    ) -> tuple[list[list[c.Event]], datetime | None] | None:
-        """One round trip, decided on the guess that every session to end is still open; None if it was not
-        (nothing written). A batch of watermarks needs the lock's state to decide, never this."""
-        sids = list(dict.fromkeys(_sessions_to_end(requests)))
+        self, conn: Any, requests: list[_Request]
+    ) -> tuple[list[Outcome], datetime | None] | None:
+        """One round trip, decided on the guess that every session to end is still open and no caller is
+        revoked; None if it was not (nothing written). A batch of watermarks needs the lock's state to decide,
+        never this."""
+        intents = [r.intents for r in requests]
+        sids = list(dict.fromkeys(_sessions_to_end(intents)))
         guess = LockedState(open_sessions={sid: ("", _UNUSED) for sid in sids}, watermarks={})
-        decided = decide(requests, guess, datetime.now(UTC), self._ttl)
+        decided = decide(intents, guess, datetime.now(UTC), self._ttl)
         flat = [e for events in decided for e in events]
-        if not flat:
-            return decided, None
+        callers = _caller_columns(requests)
+        if not flat and not callers[0]:
+            return list(decided), None
         try:
-            row = await conn.fetchrow(_APPEND, 0, *_columns(flat), self._lock_timeout_ms, sids)
+            row = await conn.fetchrow(_APPEND, 0, *_columns(flat), self._lock_timeout_ms, sids, *callers)
         except asyncpg.LockNotAvailableError as exc:
             raise AppendError(
                 f"the log's append lock was not free within {self._lock_timeout_ms} ms"
@@ -371,12 +428,12 @@ class LogWriter:
         if row is None:
             return None
         base, recorded = row
-        return _positioned(decided, int(base)), recorded
+        return list(_positioned(decided, int(base))), recorded if flat else None
 
     async def _locked_commit(
-        self, conn: Any, requests: list[Sequence[Intent]]
-    ) -> tuple[list[list[c.Event]], datetime | None]:
-        """Decide under the lock, on the state read there: four round trips, for any batch."""
+        self, conn: Any, requests: list[_Request]
+    ) -> tuple[list[Outcome], datetime | None]:
+        """Decide under the lock, on the state read there: four or five round trips, for any batch."""
         try:
             # One round trip: a simple-query batch runs as one implicit sequence; the lock is the last step.
             await conn.execute(
@@ -385,7 +442,9 @@ class LogWriter:
                 f"SELECT pg_advisory_xact_lock({APPEND_LOCK_KEY})"
             )
             results, recorded = await self._write(conn, requests)
-            head = max((e.position or 0 for events in results for e in events), default=0)
+            head = max(
+                (e.position or 0 for o in results if not isinstance(o, InvalidToken) for e in o), default=0
+            )
             # NOTIFY and COMMIT in one round trip; the NOTIFY is delivered at commit.
             notify = f"SELECT pg_notify('{NOTIFY_CHANNEL}', '{head}'); " if head else ""
             await conn.execute(notify + "COMMIT")
@@ -406,14 +465,13 @@ class LogWriter:
         except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncio.CancelledError):
             await self._close()
 
-    async def _write(
-        self, conn: Any, requests: list[Sequence[Intent]]
-    ) -> tuple[list[list[c.Event]], datetime | None]:
-        """Under the lock: the batch's events, positioned, and their recorded_at (the transaction's now())."""
-        sids = _sessions_to_end(requests)
-        users = list(
-            dict.fromkeys(i.user_id for intents in requests for i in intents if isinstance(i, RevokeUser))
-        )
+    async def _write(self, conn: Any, requests: list[_Request]) -> tuple[list[Outcome], datetime | None]:
+        """Under the lock: each request's events, positioned, or the refusal of its revoked caller, and the
+        events' recorded_at (the transaction's now())."""
+        refused = await self._revoked_callers(conn, requests)
+        intents = [() if i in refused else r.intents for i, r in enumerate(requests)]
+        sids = _sessions_to_end(intents)
+        users = list(dict.fromkeys(i.user_id for each in intents for i in each if isinstance(i, RevokeUser)))
         head, open_sids, open_users, created, marks = await conn.fetchrow(
             _STATE, sids, users, c.GLOBAL_SUBJECT
         )
@@ -424,9 +482,21 @@ class LogWriter:
             },
             watermarks=dict(zip(users, marks or [], strict=True)),
         )
-        decided = decide(requests, state, datetime.now(UTC), self._ttl)
+        decided = decide(intents, state, datetime.now(UTC), self._ttl)
         flat = [e for events in decided for e in events]
-        if not flat:
-            return decided, None
-        _, recorded = await conn.fetchrow(_WRITE, int(head), *_columns(flat))
-        return _positioned(decided, int(head)), recorded
+        recorded = None
+        if flat:
+            _, recorded = await conn.fetchrow(_WRITE, int(head), *_columns(flat))
+        positioned = _positioned(decided, int(head))
+        return [
+            InvalidToken("token has been revoked") if i in refused else events
+            for i, events in enumerate(positioned)
+        ], recorded
+
+    async def _revoked_callers(self, conn: Any, requests: list[_Request]) -> set[int]:
+        """The requests (by index) whose caller's token a revocation names, read under the lock."""
+        numbered = [i for i, r in enumerate(requests) if r.caller is not None]
+        if not numbered:
+            return set()
+        rows = await conn.fetch(_REVOKED, *_caller_columns(requests))
+        return {numbered[n - 1] for (n,) in rows}

@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from auth_service import contract as c
 from auth_service import lifetimes, lookups, queries
-from auth_service.authn import Principal, know_kid
+from auth_service.authn import Principal, check_not_revoked, know_kid
 from auth_service.context import AuthContext
 from auth_service.errors import InvalidGrant, InvalidRequest, InvalidToken, NotFound
 from auth_service.intents import EndSessions, Intent, RevokeToken, RevokeUser
@@ -47,11 +47,14 @@ async def _end_sessions(
 
 
 async def logout(ctx: AuthContext, who: Principal, scope: LogoutScope) -> list[c.Event]:
-    """End this session, the caller's other sessions, or every token of the user (a not-before watermark)."""
+    """End this session, the caller's other sessions, or every token of the user (a not-before watermark).
+
+    `who` was verified but not checked against the revocations (deps.SignedPrincipal): the log writer checks
+    it under the append lock in the round trip of the append, and refuses it (InvalidToken) if revoked."""
     if scope == "all":
-        return await ctx.writer.submit([RevokeUser(who.user_id, "logout_all")])
+        return await ctx.writer.submit([RevokeUser(who.user_id, "logout_all")], who.caller)
     if scope == "session":
-        # Authentication found the session unrevoked; the writer checks again under the lock.
+        # The writer ends it if it is still open under the lock.
         targets = [who.session_id]
     else:
         live = await lookups.unrevoked_sessions(
@@ -59,8 +62,9 @@ async def logout(ctx: AuthContext, who: Principal, scope: LogoutScope) -> list[c
         )
         targets = [sid for sid in live if sid != who.session_id]
     if not targets:
+        await check_not_revoked(ctx, who)  # nothing to append: the check alone
         return []
-    return await ctx.writer.submit([EndSessions(who.user_id, tuple(targets), f"logout_{scope}")])
+    return await ctx.writer.submit([EndSessions(who.user_id, tuple(targets), f"logout_{scope}")], who.caller)
 
 
 async def revoke_user(ctx: AuthContext, user_id: str, reason: str) -> list[c.Event]:

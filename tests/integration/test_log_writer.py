@@ -14,10 +14,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from auth_service import contract as c
 from auth_service.db import asyncpg_dsn
-from auth_service.errors import AppendError
-from auth_service.intents import EndSessions, RevokeToken, RevokeUser
+from auth_service.errors import AppendError, InvalidToken
+from auth_service.intents import Caller, EndSessions, RevokeToken, RevokeUser, revocation_reason
 from auth_service.log import append, appending, read_after, read_head
-from auth_service.log_writer import LogWriter
+from auth_service.log_writer import _REVOKED, LogWriter
 from auth_service.tables import revocations, sessions
 
 pytestmark = pytest.mark.integration
@@ -275,3 +275,85 @@ async def test_without_the_temp_privilege_every_batch_takes_the_locked_path(
             await conn.execute(text(f'GRANT TEMP ON DATABASE "{database}" TO PUBLIC'))
             await conn.execute(text("REVOKE ALL ON event_log, sessions, revocations FROM tokenlife_no_temp"))
             await conn.execute(text("DROP ROLE tokenlife_no_temp"))
+
+
+def caller_of(sid: uuid.UUID, user: str = "u", jti: str | None = None, iat: int | None = None) -> Caller:
+    return Caller(jti or f"jti-{sid}", str(sid), user, "kid-1", iat or int(datetime.now(UTC).timestamp()) - 2)
+
+
+async def test_a_request_whose_token_is_revoked_under_the_lock_is_refused_alone(
+    engine: AsyncEngine, writer: LogWriter
+) -> None:
+    sids = await start_sessions(engine, 4)
+    now = datetime.now(UTC)
+    revoked_jti = "jti-revoked-meanwhile"
+    # Revoked by RFC 7009 after the request verified its token, before the writer's batch.
+    async with engine.begin() as conn:
+        await append(
+            conn,
+            [c.TokenRevoked(jti=revoked_jti, expires_at=now + timedelta(minutes=5), reason="revoked")],
+            lock_timeout_ms=5000,
+        )
+    outcomes = await asyncio.gather(
+        *(
+            writer.submit([EndSessions("u", (sid,), "logout_session")], caller_of(sid, jti=jti))
+            for sid, jti in zip(sids, [None, revoked_jti, None, None], strict=True)
+        ),
+        return_exceptions=True,
+    )
+    assert isinstance(outcomes[1], InvalidToken)
+    assert [len(o) for o in outcomes if isinstance(o, list)] == [1, 1, 1]
+    async with engine.connect() as conn:
+        ended = {e.session_id for e in await read_after(conn, 5, 100) if isinstance(e, c.SessionRevoked)}
+    assert ended == {sids[0], sids[2], sids[3]}  # nothing of the refused request
+
+
+async def test_a_caller_with_nothing_to_append_is_still_checked_in_the_same_round_trip(
+    engine: AsyncEngine, writer: LogWriter
+) -> None:
+    [sid] = await start_sessions(engine, 1)
+    caller = caller_of(sid)
+    assert await writer.submit([], caller) == []
+    await writer.submit([EndSessions("u", (sid,), "logout_session")])
+    with pytest.raises(InvalidToken):
+        await writer.submit([], caller)  # its session's revocation names it now
+
+
+# (kind of the revocation row, its not_before relative to the token's iat or None, names this token)
+RULE_CASES = [
+    ("jti", None, True),
+    ("session", None, True),
+    ("key", None, True),
+    ("jti", None, False),
+    ("user", 1, True),  # a watermark after the token's iat revokes it
+    ("user", 0, False),  # at its iat: issued after (iat rounds down, the watermark is a whole second)
+    ("user", -5, False),
+    ("global", 1, True),
+    ("global", -1, False),
+    ("user", None, True),  # a user row without a watermark revokes nothing
+]
+
+
+@pytest.mark.parametrize(("kind", "offset", "names"), RULE_CASES)
+async def test_the_writers_revocation_rule_in_sql_is_authns_rule(
+    engine: AsyncEngine, kind: str, offset: int | None, names: bool
+) -> None:
+    iat = int(datetime.now(UTC).timestamp())
+    caller = Caller("j1", str(uuid.uuid4()), "u1", "k1", iat)
+    subject = dict(caller.subjects())[kind] if names else "someone-else"
+    not_before = None if offset is None else datetime.fromtimestamp(iat + offset, UTC)
+    row = (kind, subject, not_before)
+    async with engine.begin() as conn:
+        await conn.execute(
+            text(
+                "INSERT INTO revocations (kind, subject, not_before, expires_at, position) "
+                "VALUES (:kind, :subject, :nb, now() + interval '5 minutes', 1)"
+            ),
+            {"kind": kind, "subject": subject, "nb": not_before},
+        )
+        raw = (await conn.get_raw_connection()).driver_connection
+        assert raw is not None
+        in_sql = bool(await raw.fetch(_REVOKED, ["j1"], [caller.session_id], ["u1"], ["k1"], [iat]))
+        await conn.rollback()
+    rows = [row] if subject in dict(caller.subjects()).values() else []
+    assert in_sql == (revocation_reason(rows, iat) is not None)
