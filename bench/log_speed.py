@@ -44,7 +44,7 @@ from bench.stack import (
 
 ROUNDS = 2
 WARM_UP = 1500  # tokens for one second of closed loop on each server before the first round (not counted)
-CLOSED_REQUESTS = 5000  # tokens a closed-loop round may use (wrk runs for log_load.CLOSED_SECONDS)
+CLOSED_REQUESTS = 7000  # tokens a closed-loop round may use (wrk runs for log_load.CLOSED_SECONDS)
 OFFERED_RATE = 500
 OFFERED_SECONDS = 4
 LOGOUT = "/v1/auth/logout"
