@@ -5,14 +5,17 @@ at one lock hand-over plus several round trips per logout. The writer instead ta
 while its previous batch committed, and writes them all in one transaction on its own asyncpg connection.
 
 A batch of logouts, RFC 7009 revocations and ended sessions (no watermark in it) costs one round trip: the
-writer decides on the guess that every session it ends is still open (the request checked it moments ago),
+writer decides on the guess that every session it ends is still open (the request checked it moments ago)
+and that no caller's token is revoked (a logout hands its token's check to the writer: `submit(caller=)`),
 and calls the append function, a PL/pgSQL function made in pg_temp on its connection. Run with no transaction
 around it, that one statement is a transaction of its own: it takes the lock, checks the guess, reads the
 head, writes the events and the projections set-wise, NOTIFYs and commits. If the guess failed (a session
-ended meanwhile) it writes nothing, and the writer decides again on the locked path, which any batch with a
-watermark (logout everywhere, revoking a user) takes at once, since a watermark depends on the one before:
+ended or a caller was revoked meanwhile) it writes nothing, and the writer decides again on the locked path,
+which any batch with a watermark (logout everywhere, revoking a user) takes at once, since a watermark
+depends on the one before:
 
     BEGIN; SET LOCAL lock_timeout; pg_advisory_xact_lock   one round trip (a simple-query batch)
+    the callers' revocations (REVOKED_CALLERS), if any     one prepared statement
     the head, and the state the decisions need             one prepared statement
     INSERT the events (unnest arrays), the projections
     set-wise (projections.REVOCATION_ROWS, session_ends),
@@ -276,7 +279,8 @@ class LogWriter:
         self._task: asyncio.Task[None] | None = None
         self.batches = 0  # committed batches, for the benchmark's events-per-batch figure
         self._one_trip = True  # False once the append function could not be made on a connection
-        # Batches the append function refused (a session had ended meanwhile), decided again under the lock.
+        # Batches the append function refused (a session ended or a caller revoked meanwhile), decided again
+        # under the lock.
         self.guesses_missed = 0
         # Told, right after each COMMIT and before the requests are answered, the events it appended and
         # their recorded_at: the relay of the same process publishes them at once (relay/window.py).
