@@ -123,6 +123,10 @@ class BrokerTransport:
         finally:
             with contextlib.suppress(*_BROKER_ERRORS):
                 await asyncio.wait_for(connection.close(), timeout)
+            # aiormq ends a connection in tasks that its reader's done callback starts after close() returned:
+            # a few passes of the loop let them end, so none is left pending when the loop stops.
+            for _ in range(8):
+                await asyncio.sleep(0)
 
     async def _handle(self, received: float, message: AbstractIncomingMessage) -> None:
         feed = self._feed

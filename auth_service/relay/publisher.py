@@ -158,3 +158,7 @@ async def _close_quietly(connection: AbstractConnection) -> None:
         await connection.close()
     except _BROKER_ERRORS as exc:
         log.debug("closing the broker connection failed: %r", exc)
+    # aiormq ends a connection in tasks that its reader's done callback starts after close() returned: a few
+    # passes of the loop let them end, so none is left pending (and destroyed) when the caller's loop stops.
+    for _ in range(8):
+        await asyncio.sleep(0)

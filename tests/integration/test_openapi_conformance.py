@@ -18,6 +18,11 @@ from schemathesis import GenerationMode
 from schemathesis.core.parameters import ParameterLocation
 from schemathesis.core.result import Ok
 
+# Imported here, at collection, not lazily inside the test by from_url: pytest rewrites schemathesis's modules
+# as they are imported (it is a pytest plugin), and a CPython 3.11 compile once failed mid-test with "AST
+# constructor recursion depth mismatch" while earlier tests' garbage was being collected.
+from schemathesis.specs.openapi import schemas as _openapi_schemas  # noqa: F401
+
 from tests.conftest import PASSWORD, SERVICE_CLIENT, add_user, running_auth_server
 from tests.e2e.test_resource_e2e import ResourceProcess, wait_for
 
