@@ -243,6 +243,22 @@ async def test_logout_others_ends_every_other_session(
         assert (await refresh(auth_client, other["refresh_token"])).status_code == 400
 
 
+@pytest.mark.parametrize("scope", ["session", "others", "all"])
+async def test_a_revoked_token_cannot_log_out_in_any_scope_and_appends_nothing(
+    auth_client: httpx.AsyncClient, engine: AsyncEngine, user: str, scope: str
+) -> None:
+    # Logout's route verifies the token and leaves the revocation check to the log writer, under the lock.
+    here, _other = await login(auth_client), await login(auth_client)
+    assert (await auth_client.post("/oauth/revoke", data={"token": here["access_token"]})).status_code == 200
+    position = await head(engine)
+    response = await auth_client.post("/v1/auth/logout", data={"scope": scope}, headers=bearer(here))
+    assert response.status_code == 401
+    assert 'error="invalid_token"' in response.headers["www-authenticate"]
+    assert await event_types(engine, position) == []
+    # The session and the other one are untouched: their refresh tokens still work.
+    assert (await refresh(auth_client, here["refresh_token"])).status_code == 200
+
+
 async def test_logout_all_is_one_user_watermark_that_covers_every_session(
     auth_client: httpx.AsyncClient, engine: AsyncEngine, user: str
 ) -> None:
