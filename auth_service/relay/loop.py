@@ -273,7 +273,12 @@ class Relay:
                     confirmed = window.inflight[0][2]
                     notified = asyncio.create_task(waker.wait(wait))
                     await asyncio.wait({notified, confirmed}, return_when=asyncio.FIRST_COMPLETED)
-                    timed_out = notified.done() and not notified.cancelled() and notified.result() is False
+                    timed_out = (
+                        notified.done()
+                        and not notified.cancelled()
+                        and notified.exception() is None
+                        and notified.result() is False
+                    )
                     notified.cancel()
                     await asyncio.gather(notified, return_exceptions=True)
                 else:
