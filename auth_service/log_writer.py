@@ -187,7 +187,9 @@ BEGIN
     END IF;
     SELECT coalesce(max(position), 0) INTO a_base FROM event_log;
     RETURN QUERY {_WRITE_TEMPLATE.format(**{name: f"a_{name}" for name, _ in _ARGS})};
-    PERFORM pg_notify('{NOTIFY_CHANNEL}', (a_base + cardinality(a_types))::text);
+    IF cardinality(a_types) > 0 THEN  -- a batch of checks alone appends nothing: nothing to tell
+        PERFORM pg_notify('{NOTIFY_CHANNEL}', (a_base + cardinality(a_types))::text);
+    END IF;
 END
 $fn$
 """
