@@ -14,8 +14,9 @@ from auth_service.api.openapi import errors
 from auth_service.context import AuthContext
 from auth_service.contract import ColumnarSnapshot, EventPage, RevocationSnapshot, utcnow
 from auth_service.errors import InvalidRequest
-from auth_service.log import MAX_PAGE, columnar_snapshot_json, read_page, snapshot_json
+from auth_service.log import MAX_PAGE, read_page
 from auth_service.log_listener import LogListener
+from auth_service.snapshots import columnar_snapshot_json, snapshot_json
 
 router = APIRouter(tags=["service"])
 

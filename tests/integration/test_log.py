@@ -23,8 +23,8 @@ from auth_service.log import (
     read_after,
     read_head,
     read_page,
-    snapshot,
 )
+from auth_service.snapshots import snapshot
 
 pytestmark = pytest.mark.integration
 
