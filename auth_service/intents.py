@@ -56,22 +56,12 @@ class Caller:
     kid: str
     iat: int
 
-    def subjects(self) -> tuple[tuple[str, str], ...]:
-        """The (kind, subject) of every revocation that could name this token."""
-        return (
-            (c.RevocationKind.JTI, self.jti),
-            (c.RevocationKind.SESSION, self.session_id),
-            (c.RevocationKind.USER, self.user_id),
-            (c.RevocationKind.KEY, self.kid),
-            (c.RevocationKind.GLOBAL, c.GLOBAL_SUBJECT),
-        )
-
 
 def revocation_reason(rows: Sequence[tuple[str, str, datetime | None]], iat: int) -> str | None:
     """Why a token is revoked, given the revocation rows that name it (None: it is not).
 
-    The rule, one of two places: REVOKED_CALLERS in log_writer.py says it in SQL for the append function, and
-    tests/unit/test_auth_rules.py holds the two equal."""
+    The rule, one of two places: batch_sql.REVOKED_CALLERS says it in SQL for the log writer, and
+    tests/integration/test_log_writer.py holds the two equal."""
     for kind, _subject, not_before in rows:
         if kind in (c.RevocationKind.USER, c.RevocationKind.GLOBAL):
             if not_before is not None and iat < not_before.timestamp():

@@ -22,7 +22,7 @@ depends on the one before:
     now() (the events' recorded_at)                         one prepared statement
     pg_notify; COMMIT                                       one round trip
 
-Both paths run the same write (_WRITE_TEMPLATE), so what the projections become cannot differ between them.
+Both paths run the same write (batch_sql.py holds the statements), so the projections cannot differ.
 
 Right after COMMIT, before its requests are answered, it hands the events to its `on_commit` hooks: the
 relay of the same process publishes them at once (relay/window.py), rather than after the NOTIFY and a read.
@@ -51,186 +51,19 @@ from typing import Any
 
 import asyncpg
 
+from auth_service import batch_sql as sql
 from auth_service import contract as c
 from auth_service.errors import AppendError, InvalidToken
 from auth_service.intents import Caller, EndSessions, Intent, LockedState, RevokeUser, decide
-from auth_service.log import APPEND_LOCK_KEY, NOTIFY_CHANNEL
-from auth_service.projections import REVOCATION_ROWS, session_ends
+from auth_service.log import APPEND_LOCK_KEY, NOTIFY_CHANNEL, positioned
 
 log = logging.getLogger("tokenlife.log")
 
 MAX_BATCH = 500
 
 
-_STATE = """
-SELECT h.head, o.sids, o.users, o.created, w.marks
-FROM (SELECT coalesce(max(position), 0) AS head FROM event_log) AS h,
-     (SELECT array_agg(session_id ORDER BY session_id) AS sids,
-             array_agg(user_id ORDER BY session_id) AS users,
-             array_agg(created_at ORDER BY session_id) AS created
-      FROM sessions
-      WHERE (session_id = ANY($1::uuid[]) OR user_id = ANY($2::text[])) AND revoked_at IS NULL) AS o,
-     (SELECT array_agg((SELECT max(r.not_before) FROM revocations r
-                        WHERE (r.kind = 'user' AND r.subject = u) OR (r.kind = 'global' AND r.subject = $3))
-                       ORDER BY n) AS marks
-      FROM unnest($2::text[]) WITH ORDINALITY AS w(u, n)) AS w
-"""
-
-# The write, over the batch's events as arrays (one per column) and `base`, the position before the first of
-# them: the events, the projections set-wise (projections.REVOCATION_ROWS, session_ends), and the
-# transaction's now() (the events' recorded_at). Written once with named arguments: `_numbered` makes it a
-# prepared statement ($1, $2, ...), and the append function (below) runs it over its own arguments.
-_ARGS = (
-    ("base", "bigint"),
-    ("types", "text[]"),
-    ("occurred", "timestamptz[]"),
-    ("user_ids", "text[]"),
-    ("session_ids", "uuid[]"),
-    ("jtis", "text[]"),
-    ("kids", "text[]"),
-    ("not_befores", "timestamptz[]"),
-    ("expires", "timestamptz[]"),
-    ("reasons", "text[]"),
-    ("event_ids", "uuid[]"),
-    ("versions", "smallint[]"),
-    ("payloads", "jsonb[]"),
-)
-
-_OPEN_SESSIONS = (
-    "(SELECT session_id, user_id, created_at, 0 AS start_position FROM sessions WHERE revoked_at IS NULL)"
-)
-
-_WRITE_TEMPLATE = f"""
-WITH batch AS MATERIALIZED (
-    SELECT {{base}} + n AS position, type, occurred_at, user_id, session_id, jti, kid, not_before, expires_at,
-           reason
-    FROM unnest({{types}}, {{occurred}}, {{user_ids}}, {{session_ids}}, {{jtis}}, {{kids}}, {{not_befores}},
-                {{expires}}, {{reasons}})
-         WITH ORDINALITY
-         AS b(type, occurred_at, user_id, session_id, jti, kid, not_before, expires_at, reason, n)),
-logged AS (
-    INSERT INTO event_log (position, event_id, type, occurred_at, user_id, session_id, jti, expires_at,
-                           schema_version, payload)
-    SELECT {{base}} + n, event_id, type, occurred_at, user_id, session_id, jti, expires_at, schema_version,
-           payload || jsonb_build_object('position', {{base}} + n, 'prev_position', {{base}} + n - 1)
-    FROM unnest({{event_ids}}, {{types}}, {{occurred}}, {{user_ids}}, {{session_ids}}, {{jtis}}, {{expires}},
-                {{versions}}, {{payloads}})
-         WITH ORDINALITY
-         AS x(event_id, type, occurred_at, user_id, session_id, jti, expires_at, schema_version, payload, n)),
-revoked AS (
-    INSERT INTO revocations (kind, subject, not_before, expires_at, position)
-    {{{{revocation_rows}}}}
-    ON CONFLICT (kind, subject) DO UPDATE SET
-        not_before = greatest(revocations.not_before, excluded.not_before),
-        expires_at = greatest(revocations.expires_at, excluded.expires_at),
-        position = greatest(revocations.position, excluded.position)),
-ended AS (
-    UPDATE sessions SET revoked_at = x.revoked_at, revoked_reason = x.revoked_reason
-    FROM ({session_ends(_OPEN_SESSIONS, "batch", None)}) AS x
-    WHERE sessions.session_id = x.session_id)
-SELECT {{base}}::bigint, now()
-""".replace("{{revocation_rows}}", REVOCATION_ROWS.format(events="batch"))
-
-
-# The callers (each a request's access token, intents.Caller) that a revocation names, by their number in
-# the arrays (1 on): the rule of intents.revocation_reason in SQL (tests/unit/test_auth_rules.py holds the
-# two equal). A watermark (user, global) revokes a token issued before it; any other row, the token it names.
-_CALLER_ARGS = (
-    ("jtis", "text[]"),
-    ("sids", "text[]"),
-    ("users", "text[]"),
-    ("kids", "text[]"),
-    ("iats", "bigint[]"),
-)
-REVOKED_CALLERS = f"""
-SELECT DISTINCT q.n
-FROM unnest({{jtis}}, {{sids}}, {{users}}, {{kids}}, {{iats}})
-     WITH ORDINALITY AS q(jti, sid, usr, kid, iat, n)
-CROSS JOIN LATERAL (VALUES ('jti', q.jti), ('session', q.sid), ('user', q.usr), ('key', q.kid),
-                           ('global', '{c.GLOBAL_SUBJECT}')) AS k(kind, subject)
-JOIN revocations r ON r.kind = k.kind AND r.subject = k.subject
-WHERE r.kind NOT IN ('user', 'global') OR q.iat < extract(epoch FROM r.not_before)"""
-
-
-def _numbered(template: str) -> str:
-    """The template as a prepared statement: each argument by its number, with its type."""
-    return template.format(**{name: f"${i}::{kind}" for i, (name, kind) in enumerate(_ARGS, 1)})
-
-
-_WRITE = _numbered(_WRITE_TEMPLATE)
-_REVOKED = REVOKED_CALLERS.format(**{name: f"${i}::{kind}" for i, (name, kind) in enumerate(_CALLER_ARGS, 1)})
-
-# The append function, one round trip for a batch whose decisions need no more than "these sessions are still
-# open" (logouts, RFC 7009, ending a session): run as one statement with no transaction around it, it is a
-# transaction of its own, so BEGIN, the lock, the write and COMMIT cost one round trip instead of four.
-# The decisions were made before it, on the guess that every session the batch ends is open and that no
-# caller's token is revoked; it takes the lock, checks the guess, and writes only if it held (no row back if
-# not: the writer decides again under the lock, where it finds out which). PL/pgSQL runs each statement of
-# a VOLATILE function in a snapshot of its own, taken when the statement starts (READ COMMITTED), so the
-# head is read after the lock is held, as log.py's protocol asks.
-# It lives in pg_temp, made on each of the writer's connections: the one definition of the write stays here.
-_APPEND_FUNCTION = f"""
-CREATE FUNCTION pg_temp.tokenlife_append(
-    {", ".join(f"a_{name} {kind}" for name, kind in _ARGS)}, a_lock_timeout_ms integer, a_open uuid[],
-    {", ".join(f"a_c_{name} {kind}" for name, kind in _CALLER_ARGS)})
-RETURNS TABLE (appended_after bigint, committed_at timestamptz)
-LANGUAGE plpgsql VOLATILE AS $fn$
-BEGIN
-    PERFORM set_config('lock_timeout', a_lock_timeout_ms::text, true);
-    PERFORM pg_advisory_xact_lock({APPEND_LOCK_KEY});
-    IF (SELECT count(*) FROM sessions WHERE session_id = ANY(a_open) AND revoked_at IS NULL)
-       <> cardinality(a_open) THEN
-        RETURN;
-    END IF;
-    IF EXISTS ({REVOKED_CALLERS.format(**{name: f"a_c_{name}" for name, _ in _CALLER_ARGS})}) THEN
-        RETURN;
-    END IF;
-    SELECT coalesce(max(position), 0) INTO a_base FROM event_log;
-    RETURN QUERY {_WRITE_TEMPLATE.format(**{name: f"a_{name}" for name, _ in _ARGS})};
-    IF cardinality(a_types) > 0 THEN  -- a batch of checks alone appends nothing: nothing to tell
-        PERFORM pg_notify('{NOTIFY_CHANNEL}', (a_base + cardinality(a_types))::text);
-    END IF;
-END
-$fn$
-"""
-_APPEND = "SELECT * FROM pg_temp.tokenlife_append({})".format(
-    ", ".join(f"${i}" for i in range(1, len(_ARGS) + len(_CALLER_ARGS) + 3))
-)
-
-
-def _columns(events: Sequence[c.Event]) -> list[Any]:
-    """The events as the write's arrays, `base` excluded (_ARGS in order, from `types` on)."""
-    cols: list[list[Any]] = [[] for _ in range(len(_ARGS) - 1)]
-    for e in events:
-        values = (
-            e.type.value,
-            e.occurred_at,
-            getattr(e, "user_id", None),
-            getattr(e, "session_id", None),
-            getattr(e, "jti", None),
-            getattr(e, "kid", None),
-            getattr(e, "not_before", None),
-            e.expires_at,
-            getattr(e, "reason", None),
-            e.event_id,
-            e.schema_version,
-            c.encode(e).decode(),
-        )
-        for col, value in zip(cols, values, strict=True):
-            col.append(value)
-    return cols
-
-
-def _caller_columns(requests: list[_Request]) -> list[list[Any]]:
-    """The callers of the requests that have one, as REVOKED_CALLERS's arrays (_CALLER_ARGS in order)."""
-    callers = [r.caller for r in requests if r.caller is not None]
-    return [
-        [x.jti for x in callers],
-        [x.session_id for x in callers],
-        [x.user_id for x in callers],
-        [x.kid for x in callers],
-        [x.iat for x in callers],
-    ]
+def _callers(requests: list[_Request]) -> list[list[Any]]:
+    return sql.caller_columns([r.caller for r in requests if r.caller is not None])
 
 
 def _sessions_to_end(requests: Sequence[Sequence[Intent]]) -> list[uuid.UUID]:
@@ -243,14 +76,10 @@ _UNUSED = datetime.min.replace(tzinfo=UTC)
 
 def _positioned(decided: list[list[c.Event]], base: int) -> list[list[c.Event]]:
     """Each request's events with positions from base + 1 on, in queue order, as the write numbers them."""
-    position = base
     results: list[list[c.Event]] = []
     for events in decided:
-        positioned: list[c.Event] = []
-        for event in events:
-            position += 1
-            positioned.append(event.model_copy(update={"position": position, "prev_position": position - 1}))
-        results.append(positioned)
+        results.append(positioned(events, base))
+        base += len(events)
     return results
 
 
@@ -373,7 +202,7 @@ class LogWriter:
         if self._conn is None or self._conn.is_closed():
             conn = await asyncpg.connect(self._dsn)
             try:
-                await conn.execute(_APPEND_FUNCTION)
+                await conn.execute(sql.APPEND_FUNCTION)
             except asyncpg.PostgresError as exc:  # no TEMP privilege, say: every batch takes the locked path
                 if self._one_trip:
                     log.warning("log writer: no append function (%s); every batch takes the locked path", exc)
@@ -417,11 +246,13 @@ class LogWriter:
         guess = LockedState(open_sessions={sid: ("", _UNUSED) for sid in sids}, watermarks={})
         decided = decide(intents, guess, datetime.now(UTC), self._ttl)
         flat = [e for events in decided for e in events]
-        callers = _caller_columns(requests)
+        callers = _callers(requests)
         if not flat and not callers[0]:
             return list(decided), None
         try:
-            row = await conn.fetchrow(_APPEND, 0, *_columns(flat), self._lock_timeout_ms, sids, *callers)
+            row = await conn.fetchrow(
+                sql.APPEND, 0, *sql.columns(flat), self._lock_timeout_ms, sids, *callers
+            )
         except asyncpg.LockNotAvailableError as exc:
             raise AppendError(
                 f"the log's append lock was not free within {self._lock_timeout_ms} ms"
@@ -479,7 +310,7 @@ class LogWriter:
         sids = _sessions_to_end(intents)
         users = list(dict.fromkeys(i.user_id for each in intents for i in each if isinstance(i, RevokeUser)))
         head, open_sids, open_users, created, marks = await conn.fetchrow(
-            _STATE, sids, users, c.GLOBAL_SUBJECT
+            sql.STATE, sids, users, c.GLOBAL_SUBJECT
         )
         state = LockedState(
             open_sessions={
@@ -492,11 +323,10 @@ class LogWriter:
         flat = [e for events in decided for e in events]
         recorded = None
         if flat:
-            _, recorded = await conn.fetchrow(_WRITE, int(head), *_columns(flat))
-        positioned = _positioned(decided, int(head))
+            _, recorded = await conn.fetchrow(sql.WRITE, int(head), *sql.columns(flat))
         return [
             InvalidToken("token has been revoked") if i in refused else events
-            for i, events in enumerate(positioned)
+            for i, events in enumerate(_positioned(decided, int(head)))
         ], recorded
 
     async def _revoked_callers(self, conn: Any, requests: list[_Request]) -> set[int]:
@@ -504,5 +334,5 @@ class LogWriter:
         numbered = [i for i, r in enumerate(requests) if r.caller is not None]
         if not numbered:
             return set()
-        rows = await conn.fetch(_REVOKED, *_caller_columns(requests))
+        rows = await conn.fetch(sql.REVOKED, *_callers(requests))
         return {numbered[n - 1] for (n,) in rows}

@@ -13,11 +13,12 @@ from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from auth_service import contract as c
+from auth_service.batch_sql import REVOKED
 from auth_service.db import asyncpg_dsn
 from auth_service.errors import AppendError, InvalidToken
 from auth_service.intents import Caller, EndSessions, RevokeToken, RevokeUser, revocation_reason
 from auth_service.log import append, appending, read_after, read_head
-from auth_service.log_writer import _REVOKED, LogWriter
+from auth_service.log_writer import LogWriter
 from auth_service.tables import revocations, sessions
 
 pytestmark = pytest.mark.integration
@@ -340,7 +341,14 @@ async def test_the_writers_revocation_rule_in_sql_is_authns_rule(
 ) -> None:
     iat = int(datetime.now(UTC).timestamp())
     caller = Caller("j1", str(uuid.uuid4()), "u1", "k1", iat)
-    subject = dict(caller.subjects())[kind] if names else "someone-else"
+    subjects = {
+        "jti": "j1",
+        "session": caller.session_id,
+        "user": "u1",
+        "key": "k1",
+        "global": c.GLOBAL_SUBJECT,
+    }
+    subject = subjects[kind] if names else "someone-else"
     not_before = None if offset is None else datetime.fromtimestamp(iat + offset, UTC)
     row = (kind, subject, not_before)
     async with engine.begin() as conn:
@@ -353,7 +361,7 @@ async def test_the_writers_revocation_rule_in_sql_is_authns_rule(
         )
         raw = (await conn.get_raw_connection()).driver_connection
         assert raw is not None
-        in_sql = bool(await raw.fetch(_REVOKED, ["j1"], [caller.session_id], ["u1"], ["k1"], [iat]))
+        in_sql = bool(await raw.fetch(REVOKED, ["j1"], [caller.session_id], ["u1"], ["k1"], [iat]))
         await conn.rollback()
-    rows = [row] if subject in dict(caller.subjects()).values() else []
+    rows = [row] if subject in subjects.values() else []
     assert in_sql == (revocation_reason(rows, iat) is not None)
