@@ -15,14 +15,25 @@ from auth_service.intents import Caller
 from auth_service.log import APPEND_LOCK_KEY, NOTIFY_CHANNEL
 from auth_service.projections import REVOCATION_ROWS, session_ends
 
+# Every probe of sessions and revocations in these statements is a LATERAL subquery with LIMIT or OFFSET 0,
+# which the planner cannot merge into a join: it stays one index probe per key named, at any table size. A
+# plain join was planned as a hash join over the whole table when the plan was made on a near-empty table
+# and then kept (PL/pgSQL and prepared statements keep their generic plans), and a batch took 7 ms at
+# 28,000 live revocations. tests/integration/test_query_plans.py holds every statement to index probes.
 STATE = """
 SELECT h.head, o.sids, o.users, o.created, w.marks
 FROM (SELECT coalesce(max(position), 0) AS head FROM event_log) AS h,
      (SELECT array_agg(session_id ORDER BY session_id) AS sids,
              array_agg(user_id ORDER BY session_id) AS users,
              array_agg(created_at ORDER BY session_id) AS created
-      FROM sessions
-      WHERE (session_id = ANY($1::uuid[]) OR user_id = ANY($2::text[])) AND revoked_at IS NULL) AS o,
+      FROM (SELECT s.* FROM unnest($1::uuid[]) AS k(session_id)
+            CROSS JOIN LATERAL (SELECT session_id, user_id, created_at FROM sessions
+                                WHERE session_id = k.session_id AND revoked_at IS NULL LIMIT 1) AS s
+            UNION
+            SELECT s.* FROM unnest($2::text[]) AS k(user_id)
+            CROSS JOIN LATERAL (SELECT session_id, user_id, created_at FROM sessions
+                                WHERE user_id = k.user_id AND revoked_at IS NULL OFFSET 0) AS s
+           ) AS open) AS o,
      (SELECT array_agg((SELECT max(r.not_before) FROM revocations r
                         WHERE (r.kind = 'user' AND r.subject = u) OR (r.kind = 'global' AND r.subject = $3))
                        ORDER BY n) AS marks
@@ -49,9 +60,17 @@ ARGS = (
     ("payloads", "jsonb[]"),
 )
 
-_OPEN_SESSIONS = (
-    "(SELECT session_id, user_id, created_at, 0 AS start_position FROM sessions WHERE revoked_at IS NULL)"
-)
+# The open sessions the batch's events name (by session, or by user for a watermark), probed by index.
+_OPEN_SESSIONS = """(
+    SELECT s.session_id, s.user_id, s.created_at, 0 AS start_position
+    FROM (SELECT DISTINCT session_id FROM batch WHERE type = 'session.revoked') AS b
+    CROSS JOIN LATERAL (SELECT session_id, user_id, created_at FROM sessions
+                        WHERE session_id = b.session_id AND revoked_at IS NULL LIMIT 1) AS s
+    UNION
+    SELECT s.session_id, s.user_id, s.created_at, 0 AS start_position
+    FROM (SELECT DISTINCT user_id FROM batch WHERE type = 'user.revoked') AS b
+    CROSS JOIN LATERAL (SELECT session_id, user_id, created_at FROM sessions
+                        WHERE user_id = b.user_id AND revoked_at IS NULL OFFSET 0) AS s)"""
 
 WRITE_TEMPLATE = f"""
 WITH batch AS MATERIALIZED (
@@ -102,8 +121,9 @@ FROM unnest({{jtis}}, {{sids}}, {{users}}, {{kids}}, {{iats}})
      WITH ORDINALITY AS q(jti, sid, usr, kid, iat, n)
 CROSS JOIN LATERAL (VALUES ('jti', q.jti), ('session', q.sid), ('user', q.usr), ('key', q.kid),
                            ('global', '{c.GLOBAL_SUBJECT}')) AS k(kind, subject)
-JOIN revocations r ON r.kind = k.kind AND r.subject = k.subject
-WHERE r.kind NOT IN ('user', 'global') OR q.iat < extract(epoch FROM r.not_before)"""
+CROSS JOIN LATERAL (SELECT not_before FROM revocations
+                    WHERE kind = k.kind AND subject = k.subject LIMIT 1) AS r
+WHERE k.kind NOT IN ('user', 'global') OR q.iat < extract(epoch FROM r.not_before)"""
 
 
 def numbered(template: str, args: tuple[tuple[str, str], ...]) -> str:

@@ -16,11 +16,14 @@ from typing import Any
 from auth_service import contract as c
 from auth_service.lifetimes import may_hold_live_access_token
 
-# The batched form: one row per (request, kind, subject) the client expands; an equi-join on the primary key.
-_REVOCATION_ROWS_BATCH = """
-SELECT q.i, r.kind, r.subject, r.not_before
+# The batched form: one row per (request, kind, subject) the client expands, each probed on the primary key
+# (a LATERAL subquery with LIMIT, which the planner cannot turn into a join over the whole table: see
+# batch_sql.py and tests/integration/test_query_plans.py).
+REVOCATION_ROWS_BATCH = """
+SELECT q.i, q.kind, q.subject, r.not_before
 FROM unnest($1::int[], $2::text[], $3::text[]) AS q(i, kind, subject)
-JOIN revocations r ON r.kind = q.kind AND r.subject = q.subject
+CROSS JOIN LATERAL (SELECT not_before FROM revocations
+                    WHERE kind = q.kind AND subject = q.subject LIMIT 1) AS r
 """
 MAX_BATCH = 256
 _UNREVOKED_SESSIONS = """
@@ -87,7 +90,7 @@ class RevocationReads:
             kinds += ("jti", "session", "user", "key", "global")
             subjects += (jti, session_id, user_id, kid, c.GLOBAL_SUBJECT)
         async with self._pg.acquire() as conn:
-            records = await conn.fetch(_REVOCATION_ROWS_BATCH, numbers, kinds, subjects)
+            records = await conn.fetch(REVOCATION_ROWS_BATCH, numbers, kinds, subjects)
         found: list[Rows] = [[] for _ in requests]
         for r in records:
             found[r[0]].append((r[1], r[2], r[3]))
