@@ -162,6 +162,7 @@ def create_app(settings: AuthSettings) -> FastAPI:
                 relay = Relay.from_settings(settings, metrics=RelayMetrics(state.registry))
                 # While it leads, what the writer commits is published before the requests are answered.
                 writer.on_commit.append(relay.committed)
+                writer.before_batch = relay.keep_up  # and the writes never outrun what it can publish
                 await relay.start()
             state.relay = relay
             yield

@@ -26,6 +26,8 @@ Both paths run the same write (batch_sql.py holds the statements), so the projec
 
 Right after COMMIT, before its requests are answered, it hands the events to its `on_commit` hooks: the
 relay of the same process publishes them at once (relay/window.py), rather than after the NOTIFY and a read.
+Before each batch it awaits `before_batch` (the relay's `keep_up`): a relay that trails its commits by more
+than a window holds the next batch back a moment, so the writes never outrun what the process can publish.
 
 The lock protocol is log.py's: the lock is taken before the head is read, in a later statement, so positions
 stay dense and equal to commit order; `log.appending()` (login, refresh, password change, key revocation)
@@ -44,7 +46,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
@@ -116,6 +118,8 @@ class LogWriter:
         # Told, right after each COMMIT and before the requests are answered, the events it appended and
         # their recorded_at: the relay of the same process publishes them at once (relay/window.py).
         self.on_commit: list[Callable[[list[c.Event], datetime], None]] = []
+        # Awaited before each batch is taken from the queue: the relay's keep_up (relay/window.py).
+        self.before_batch: Callable[[], Awaitable[None]] | None = None
 
     @classmethod
     @asynccontextmanager
@@ -161,6 +165,11 @@ class LogWriter:
     async def _run(self) -> None:
         while True:
             batch = [await self._queue.get()]
+            if self.before_batch is not None:
+                try:
+                    await self.before_batch()  # what queues meanwhile joins this batch
+                except Exception:  # pacing is a courtesy: a failing hook must never stop the writes
+                    log.exception("log writer: before_batch failed")
             while len(batch) < MAX_BATCH and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
             live = [r for r in batch if not r.done.cancelled()]

@@ -131,6 +131,13 @@ class Relay:
         if window is not None and window.hand_off(events, recorded_at):
             self.metrics.handed_off.inc(len(events))
 
+    async def keep_up(self) -> None:
+        """For the log writer of this process, before each batch: while this instance leads, wait (briefly)
+        while the relay trails the writer's commits by more than its window (window.py, keeping up)."""
+        window = self._window
+        if window is not None and await window.keep_up():
+            self.metrics.writer_waits.inc()
+
     async def start(self) -> None:
         """Run the relay in a background task (for an application's lifespan)."""
         if self._task is None or self._task.done():

@@ -42,6 +42,12 @@ class RelayMetrics:
             "Events sent as the log writer committed them, without waiting for NOTIFY and a read.",
             registry=registry,
         )
+        self.writer_waits = Counter(
+            "tokenlife_relay_writer_waits",
+            "Batches the log writer of this process held back while the relay trailed its commits by more"
+            " than a window.",
+            registry=registry,
+        )
         self.heartbeats = Counter(
             "tokenlife_relay_heartbeats", "Heartbeats the broker accepted.", registry=registry
         )

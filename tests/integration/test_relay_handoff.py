@@ -134,3 +134,57 @@ async def test_the_window_takes_a_hand_off_only_right_after_the_last_position_se
     await eventually(lambda: consumer.has_all(4), "events 1..4")
     assert consumer.positions == [1, 2, 3, 4]
     assert [c.decode(m.body) for m in consumer.messages] == events[:4]
+
+
+async def test_the_window_holds_a_writer_back_while_its_sends_trail_the_commits_by_more_than_a_window(
+    amqp_url: str, exchange_name: str, consumer: Consumer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    link = await BrokerLink.open(amqp_url, exchange_name, publish_timeout=5.0)
+    try:
+        window = Window(link, sent=0, size=2, wake=lambda: None)
+        events = [revoked().model_copy(update={"position": p, "prev_position": p - 1}) for p in range(1, 6)]
+        rows = [(e.position or 0, json.loads(c.encode(e)), None) for e in events]
+
+        assert not await window.keep_up()  # nothing committed: no wait
+        assert not window.hand_off(events, None)  # 5 events, room for 2: left to the read path
+        assert window.backlog == 5
+        waiting = asyncio.create_task(window.keep_up())
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert not waiting.done()  # 5 behind, more than the window of 2
+        window.send_read(rows[:2])
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert not waiting.done()  # 3 behind: still more than 2
+        window.send_read(rows[2:3])
+        assert await asyncio.wait_for(waiting, 1.0)  # 2 behind: it waited, and goes on
+        assert not await window.keep_up()
+
+        # A relay that does not move holds the writer back KEEP_UP_WAIT at most.
+        monkeypatch.setattr("auth_service.relay.window.KEEP_UP_WAIT", 0.05)
+        window.committed = 10
+        assert await asyncio.wait_for(window.keep_up(), 1.0)
+        window.send_read(rows[3:])
+        await asyncio.gather(*window.tasks())
+    finally:
+        await link.close()
+    # A closed link holds nobody back: the writes go on, the consumers fill in from the log.
+    assert not await window.keep_up()
+
+
+async def test_a_writer_paced_by_its_relay_commits_everything_and_waits_when_the_relay_trails(
+    engine: AsyncEngine, writer: LogWriter, consumer: Consumer, start_relay: RelayFactory
+) -> None:
+    sids = await start_sessions(engine, LOGOUTS)
+    relay = await start_relay(batch_size=2)  # a window of 2: any wave of logouts outruns it
+    writer.on_commit.append(relay.committed)
+    writer.before_batch = relay.keep_up
+    await eventually(lambda: relay.connected and consumer.has_all(LOGOUTS), "the relay live, sessions sent")
+
+    for wave in range(0, LOGOUTS, 15):
+        await asyncio.gather(
+            *(writer.submit([EndSessions("u", (sid,), "logout_session")]) for sid in sids[wave : wave + 15])
+        )
+    await eventually(lambda: consumer.has_all(2 * LOGOUTS), "every logout at the consumer")
+    assert consumer.positions == list(range(1, 2 * LOGOUTS + 1))
+    assert (relay.metrics.registry.get_sample_value("tokenlife_relay_writer_waits_total") or 0) >= 1
