@@ -103,13 +103,6 @@ class BrokerLink:
         return asyncio.create_task(self._confirmed(position, payload))
 
     async def _confirmed(self, position: int, payload: dict[str, Any]) -> None:
-        try:
-            async with asyncio.timeout(self._timeout):
-                await self._publish_event(position, payload)
-        except _BROKER_ERRORS as exc:
-            raise _failure(exc) from exc
-
-    async def _publish_event(self, position: int, payload: dict[str, Any]) -> None:
         kind = str(payload.get("type", ""))
         properties = spec.Basic.Properties(
             content_type="application/json",
@@ -122,16 +115,20 @@ class BrokerLink:
         # without waiting for the frames to be written before the next publish may queue its own (wait=False):
         # they still leave in the order they were queued (the channel's lock), and the confirm is awaited.
         # aiormq's Channel (its abstract type does not declare `wait`).
-        channel = cast(aiormq.Channel, await self._channel.get_underlay_channel())
-        await channel.basic_publish(
-            # The payload is already the contract's wire form, position and prev_position included.
-            json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode(),
-            exchange=self._exchange.name,
-            routing_key=kind,
-            properties=properties,
-            mandatory=True,
-            wait=False,
-        )
+        try:
+            channel = cast(aiormq.Channel, await self._channel.get_underlay_channel())
+            await channel.basic_publish(
+                # The payload is already the contract's wire form, position and prev_position included.
+                json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode(),
+                exchange=self._exchange.name,
+                routing_key=kind,
+                properties=properties,
+                mandatory=True,
+                wait=False,
+                timeout=self._timeout,  # bounds the send and the confirm, as one asyncio.timeout
+            )
+        except _BROKER_ERRORS as exc:
+            raise _failure(exc) from exc
 
     async def publish_heartbeat(self, head: int) -> None:
         """Publish a heartbeat with the head of the log: transient, not mandatory, but confirmed."""
