@@ -293,6 +293,7 @@ class Relay:
                 read = read or timed_out  # nothing came for a whole wait: poll
         finally:
             self._window = None  # before any await: no hand-off into a finished window
+            window.close()  # and no writer waiting on it
             cursor_task.cancel()
             tasks = window.tasks()
             for task in tasks:

@@ -51,6 +51,7 @@ class Window:
         self._wake = wake
         self.committed = sent  # the last position the writer committed, as far as it told this window
         self._moved = asyncio.Event()  # set when `sent` moves, for a writer waiting in keep_up
+        self._closed = False
 
     @property
     def room(self) -> int:
@@ -70,11 +71,11 @@ class Window:
     async def keep_up(self) -> bool:
         """Wait while the backlog is more than one window and the link is open, at most KEEP_UP_WAIT seconds;
         whether it waited."""
-        if self.backlog <= self.size or not self.link.is_open:
+        if not self._behind():
             return False
         loop = asyncio.get_running_loop()
         deadline = loop.time() + KEEP_UP_WAIT
-        while self.backlog > self.size and self.link.is_open and loop.time() < deadline:
+        while self._behind() and loop.time() < deadline:
             self._moved.clear()
             try:
                 async with asyncio.timeout_at(deadline):
@@ -82,6 +83,14 @@ class Window:
             except TimeoutError:
                 break
         return True
+
+    def _behind(self) -> bool:
+        return self.backlog > self.size and not self._closed and self.link.is_open
+
+    def close(self) -> None:
+        """The relay is done with this window (its link failed or it stopped leading): nobody waits on it."""
+        self._closed = True
+        self._moved.set()
 
     def send_read(self, rows: Sequence[tuple[int, dict[str, Any], datetime | None]]) -> None:
         """Send rows read from the log after some earlier `sent`; those already sent are skipped."""

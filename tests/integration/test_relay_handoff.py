@@ -172,6 +172,24 @@ async def test_the_window_holds_a_writer_back_while_its_sends_trail_the_commits_
     assert not await window.keep_up()
 
 
+async def test_a_window_the_relay_is_done_with_releases_its_waiting_writer(
+    amqp_url: str, exchange_name: str
+) -> None:
+    link = await BrokerLink.open(amqp_url, exchange_name, publish_timeout=5.0)
+    try:
+        window = Window(link, sent=0, size=2, wake=lambda: None)
+        window.committed = 10
+        waiting = asyncio.create_task(window.keep_up())
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert not waiting.done()
+        window.close()  # the relay's pump ended (a failed link, leadership lost): the window is finished
+        assert await asyncio.wait_for(waiting, 0.1)  # at once, not after KEEP_UP_WAIT
+        assert not await window.keep_up()
+    finally:
+        await link.close()
+
+
 async def test_a_writer_paced_by_its_relay_commits_everything_and_waits_when_the_relay_trails(
     engine: AsyncEngine, writer: LogWriter, consumer: Consumer, start_relay: RelayFactory
 ) -> None:
