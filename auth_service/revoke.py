@@ -49,7 +49,7 @@ async def _end_sessions(
 async def logout(ctx: AuthContext, who: Principal, scope: LogoutScope) -> list[c.Event]:
     """End this session, the caller's other sessions, or every token of the user (a not-before watermark).
 
-    `who` was verified but not checked against the revocations (deps.SignedPrincipal): the log writer checks
+    `who` was verified but not checked against the revocations (deps.signed_principal): the log writer checks
     it under the append lock in the round trip of the append, and refuses it (InvalidToken) if revoked."""
     if scope == "all":
         return await ctx.writer.submit([RevokeUser(who.user_id, "logout_all")], who.caller)
