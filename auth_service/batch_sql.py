@@ -41,8 +41,9 @@ FROM (SELECT coalesce(max(position), 0) AS head FROM event_log) AS h,
 """
 
 # The write, over the batch's events as arrays (one per column) and `base`, the position before the first of
-# them: the events, the projections set-wise (projections.REVOCATION_ROWS, session_ends), and the
-# transaction's now() (the events' recorded_at). Written once with named arguments: `numbered` makes it a
+# them: the events, the projections set-wise (projections.REVOCATION_ROWS, session_ends), and the events'
+# recorded_at, one clock_timestamp() for the statement, taken under the lock (not now(), the transaction's
+# start, before the lock wait). Written once with named arguments: `numbered` makes it a
 # prepared statement ($1, $2, ...), and the append function (below) runs it over its own arguments.
 ARGS = (
     ("base", "bigint"),
@@ -73,7 +74,8 @@ _OPEN_SESSIONS = """(
                         WHERE user_id = b.user_id AND revoked_at IS NULL OFFSET 0) AS s)"""
 
 WRITE_TEMPLATE = f"""
-WITH batch AS MATERIALIZED (
+WITH recorded AS MATERIALIZED (SELECT clock_timestamp() AS at),
+batch AS MATERIALIZED (
     SELECT {{base}} + n AS position, type, occurred_at, user_id, session_id, jti, kid, not_before, expires_at,
            reason
     FROM unnest({{types}}, {{occurred}}, {{user_ids}}, {{session_ids}}, {{jtis}}, {{kids}}, {{not_befores}},
@@ -82,9 +84,10 @@ WITH batch AS MATERIALIZED (
          AS b(type, occurred_at, user_id, session_id, jti, kid, not_before, expires_at, reason, n)),
 logged AS (
     INSERT INTO event_log (position, event_id, type, occurred_at, user_id, session_id, jti, expires_at,
-                           schema_version, payload)
+                           schema_version, payload, recorded_at)
     SELECT {{base}} + n, event_id, type, occurred_at, user_id, session_id, jti, expires_at, schema_version,
-           payload || jsonb_build_object('position', {{base}} + n, 'prev_position', {{base}} + n - 1)
+           payload || jsonb_build_object('position', {{base}} + n, 'prev_position', {{base}} + n - 1),
+           (SELECT at FROM recorded)
     FROM unnest({{event_ids}}, {{types}}, {{occurred}}, {{user_ids}}, {{session_ids}}, {{jtis}}, {{expires}},
                 {{versions}}, {{payloads}})
          WITH ORDINALITY
@@ -100,7 +103,7 @@ ended AS (
     UPDATE sessions SET revoked_at = x.revoked_at, revoked_reason = x.revoked_reason
     FROM ({session_ends(_OPEN_SESSIONS, "batch", None)}) AS x
     WHERE sessions.session_id = x.session_id)
-SELECT {{base}}::bigint, now()
+SELECT {{base}}::bigint, (SELECT at FROM recorded)
 """.replace("{{revocation_rows}}", REVOCATION_ROWS.format(events="batch"))
 
 

@@ -19,7 +19,7 @@ depends on the one before:
     the head, and the state the decisions need             one prepared statement
     INSERT the events (unnest arrays), the projections
     set-wise (projections.REVOCATION_ROWS, session_ends),
-    now() (the events' recorded_at)                         one prepared statement
+    the events' recorded_at (clock_timestamp())            one prepared statement
     pg_notify; COMMIT                                       one round trip
 
 Both paths run the same write (batch_sql.py holds the statements), so the projections cannot differ.
@@ -313,7 +313,7 @@ class LogWriter:
 
     async def _write(self, conn: Any, requests: list[_Request]) -> tuple[list[Outcome], datetime | None]:
         """Under the lock: each request's events, positioned, or the refusal of its revoked caller, and the
-        events' recorded_at (the transaction's now())."""
+        events' recorded_at (the write's clock_timestamp(), under the lock)."""
         refused = await self._revoked_callers(conn, requests)
         intents = [() if i in refused else r.intents for i, r in enumerate(requests)]
         sids = _sessions_to_end(intents)

@@ -39,7 +39,8 @@ event_log = Table(
     Column("event_id", Uuid, nullable=False, unique=True),
     Column("type", Text, nullable=False),
     Column("occurred_at", DateTime(timezone=True), nullable=False),
-    Column("recorded_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    # The insert's moment, under the append lock (migration 0006), not the transaction's start.
+    Column("recorded_at", DateTime(timezone=True), nullable=False, server_default=func.clock_timestamp()),
     Column("user_id", Text),
     Column("session_id", Uuid),
     Column("jti", Text),

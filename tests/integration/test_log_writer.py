@@ -365,3 +365,39 @@ async def test_the_writers_revocation_rule_in_sql_is_authns_rule(
         await conn.rollback()
     rows = [row] if subject in subjects.values() else []
     assert in_sql == (revocation_reason(rows, iat) is not None)
+
+
+async def test_recorded_at_is_taken_after_the_lock_wait_so_its_order_is_position_order(
+    engine: AsyncEngine, writer: LogWriter
+) -> None:
+    """recorded_at is when an event was appended, under the lock: not when its transaction (or the append
+    function's call) began, before waiting for the lock. So the relay's publish latency counts from the
+    append, and recorded_at never runs backwards along the positions."""
+    sids = await start_sessions(engine, 2)
+    async with engine.begin() as holder:
+        async with appending(holder, lock_timeout_ms=5000):
+            began = asyncio.Event()
+            appender = asyncio.create_task(_append_after_begin(engine, sids[1], began))
+            logout = asyncio.create_task(writer.submit([EndSessions("u", (sids[0],), "logout_session")]))
+            await began.wait()
+            await asyncio.sleep(0.3)  # both wait for the lock
+            released = (await holder.execute(text("SELECT clock_timestamp()"))).scalar_one()
+    await asyncio.gather(logout, appender)
+    async with engine.connect() as conn:
+        rows = (
+            await conn.execute(text("SELECT position, recorded_at FROM event_log ORDER BY position"))
+        ).all()
+    appended = [at for _, at in rows[-2:]]
+    assert all(at >= released for at in appended), (appended, released)
+    recorded = [at for _, at in rows]
+    assert recorded == sorted(recorded)
+
+
+async def _append_after_begin(engine: AsyncEngine, sid: uuid.UUID, began: asyncio.Event) -> None:
+    async with engine.begin() as conn:
+        await conn.execute(text("SELECT 1"))  # the transaction has begun (its now() is fixed) before the wait
+        began.set()
+        async with appending(conn, lock_timeout_ms=5000) as log_:
+            await log_.append(
+                [c.SessionRevoked(session_id=sid, user_id="u", expires_at=datetime.now(UTC), reason="admin")]
+            )
