@@ -20,20 +20,32 @@ from auth_service.projections import REVOCATION_ROWS, session_ends
 # plain join was planned as a hash join over the whole table when the plan was made on a near-empty table
 # and then kept (PL/pgSQL and prepared statements keep their generic plans), and a batch took 7 ms at
 # 28,000 live revocations. tests/integration/test_query_plans.py holds every statement to index probes.
-STATE = """
+
+
+def _open_sessions(session_ids: str, user_ids: str) -> str:
+    """The open sessions (session_id, user_id, created_at, start_position 0) named by `session_ids` (a
+    relation with a session_id column) or owned by a user of `user_ids` (one with a user_id column), each
+    probed by index."""
+    return f"""(
+    SELECT s.session_id, s.user_id, s.created_at, 0 AS start_position
+    FROM {session_ids}
+    CROSS JOIN LATERAL (SELECT session_id, user_id, created_at FROM sessions
+                        WHERE session_id = k.session_id AND revoked_at IS NULL LIMIT 1) AS s
+    UNION
+    SELECT s.session_id, s.user_id, s.created_at, 0 AS start_position
+    FROM {user_ids}
+    CROSS JOIN LATERAL (SELECT session_id, user_id, created_at FROM sessions
+                        WHERE user_id = k.user_id AND revoked_at IS NULL OFFSET 0) AS s)"""
+
+
+STATE = f"""
 SELECT h.head, o.sids, o.users, o.created, w.marks
 FROM (SELECT coalesce(max(position), 0) AS head FROM event_log) AS h,
      (SELECT array_agg(session_id ORDER BY session_id) AS sids,
              array_agg(user_id ORDER BY session_id) AS users,
              array_agg(created_at ORDER BY session_id) AS created
-      FROM (SELECT s.* FROM unnest($1::uuid[]) AS k(session_id)
-            CROSS JOIN LATERAL (SELECT session_id, user_id, created_at FROM sessions
-                                WHERE session_id = k.session_id AND revoked_at IS NULL LIMIT 1) AS s
-            UNION
-            SELECT s.* FROM unnest($2::text[]) AS k(user_id)
-            CROSS JOIN LATERAL (SELECT session_id, user_id, created_at FROM sessions
-                                WHERE user_id = k.user_id AND revoked_at IS NULL OFFSET 0) AS s
-           ) AS open) AS o,
+      FROM {_open_sessions("unnest($1::uuid[]) AS k(session_id)", "unnest($2::text[]) AS k(user_id)")}
+           AS open) AS o,
      (SELECT array_agg((SELECT max(r.not_before) FROM revocations r
                         WHERE (r.kind = 'user' AND r.subject = u) OR (r.kind = 'global' AND r.subject = $3))
                        ORDER BY n) AS marks
@@ -61,17 +73,11 @@ ARGS = (
     ("payloads", "jsonb[]"),
 )
 
-# The open sessions the batch's events name (by session, or by user for a watermark), probed by index.
-_OPEN_SESSIONS = """(
-    SELECT s.session_id, s.user_id, s.created_at, 0 AS start_position
-    FROM (SELECT DISTINCT session_id FROM batch WHERE type = 'session.revoked') AS b
-    CROSS JOIN LATERAL (SELECT session_id, user_id, created_at FROM sessions
-                        WHERE session_id = b.session_id AND revoked_at IS NULL LIMIT 1) AS s
-    UNION
-    SELECT s.session_id, s.user_id, s.created_at, 0 AS start_position
-    FROM (SELECT DISTINCT user_id FROM batch WHERE type = 'user.revoked') AS b
-    CROSS JOIN LATERAL (SELECT session_id, user_id, created_at FROM sessions
-                        WHERE user_id = b.user_id AND revoked_at IS NULL OFFSET 0) AS s)"""
+# The open sessions the batch's events name (by session, or by user for a watermark).
+_OPEN_SESSIONS = _open_sessions(
+    "(SELECT DISTINCT session_id FROM batch WHERE type = 'session.revoked') AS k",
+    "(SELECT DISTINCT user_id FROM batch WHERE type = 'user.revoked') AS k",
+)
 
 WRITE_TEMPLATE = f"""
 WITH recorded AS MATERIALIZED (SELECT clock_timestamp() AS at),
