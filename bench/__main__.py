@@ -72,7 +72,6 @@ def main() -> int:
     return 0
 
 
-# Where the write path's time went when it was profiled (py-spy on the auth process, docs/architecture.md).
 # Where the write path's time goes, profiled apart from the run (docs/architecture.md, the write path).
 SATURATION_PROFILE = (
     "py-spy at saturation, 3 s of the closed loop: the ASGI stack (uvicorn, Starlette, FastAPI, the route) "
@@ -102,19 +101,14 @@ def _log_speed(results: Results) -> None:
         results.skipped("logouts/s (group commit) against a bare-INSERT route", reason)
         return
     for row in figures["rows"]:
+        relay = log_speed.relay_note(row)
         results.row(
             f"write path: {row['case']}",
             value=round(row["rate"], 1),
             unit="1/s",
             note=(
                 f"p50 {row['p50_ms']:.2f} ms, p99 {row['p99_ms']:.2f} ms, {row['requests']} requests"
-                f" from {row.get('generator', 'the asyncio client')}"
-                + (
-                    f"; the relay {row['relay_behind_events']:.0f} events behind at the end, caught up in"
-                    f" {row['relay_caught_up_s']:.2f} s"
-                    if "relay_behind_events" in row
-                    else ""
-                )
+                f" from {row.get('generator', 'the asyncio client')}" + (f"; {relay}" if relay else "")
             ),
         )
     for name, value in figures["baselines"].items():

@@ -87,6 +87,17 @@ async def _relay_caught_up(dsn: str) -> dict[str, float]:
         await conn.close()
 
 
+def relay_note(row: dict[str, Any]) -> str:
+    """How far behind the relay was when a logout round ended, and how long it took to catch up ("" for a
+    row without)."""
+    if "relay_behind_events" not in row:
+        return ""
+    return (
+        f"the relay {row['relay_behind_events']:.0f} events behind at the end,"
+        f" caught up in {row['relay_caught_up_s']:.2f} s"
+    )
+
+
 def _cpu_seconds(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as stat:
         fields = stat.read().rsplit(")", 1)[1].split()
@@ -260,14 +271,9 @@ def run() -> dict[str, Any]:
     """Measure, print the table, and return the rows, baselines and targets."""
     figures = asyncio.run(_run())
     for row in figures["rows"]:
-        relay = (
-            f"  relay {row['relay_behind_events']:.0f} behind, caught up in {row['relay_caught_up_s']:.2f} s"
-            if "relay_behind_events" in row
-            else ""
-        )
         print(  # noqa: T201
             f"{row['case']:<18} {row['requests']:>6} req {row['rate']:>8.0f}/s  p50 {row['p50_ms']:7.2f} ms"
-            f"  p99 {row['p99_ms']:7.2f} ms  {row['statuses']}{relay}"
+            f"  p99 {row['p99_ms']:7.2f} ms  {row['statuses']}  {relay_note(row)}"
         )
     for key, value in figures["baselines"].items():
         print(f"baseline {key}: {value:.3f}")  # noqa: T201
