@@ -110,13 +110,9 @@ class _Bearer(OAuth2PasswordBearer):
 
 async def signed_principal(request: Request) -> Principal:
     """Logout's caller: verified here (signature, claims), its revocation checked by the log writer under the
-    append lock, in the round trip of its append, before the route has any effect or answers.
-
-    Called in the route's body, not resolved as a dependency: each dependency FastAPI resolves costs a request
-    12-15 µs (measured in process), and logout is the write path's hot route. Its route declares the bearer
-    scheme with `BEARER_SECURITY` (openapi_extra) instead; tests/integration/test_auth_security.py holds
-    every route that declares a scheme to refusing a request without valid credentials.
-    """
+    append lock, in the round trip of its append, before the route has any effect or answers. Called in the
+    route's body, not as a dependency (each one FastAPI resolves costs a request 12-15 µs, measured in
+    process); see the module's docstring."""
     return await verify(context(request), bearer_token(request))
 
 
