@@ -269,7 +269,7 @@ async def test_without_the_temp_privilege_every_batch_takes_the_locked_path(
             results = await asyncio.gather(
                 *(writer.submit([EndSessions("u", (sid,), "logout_session")]) for sid in sids)
             )
-            assert not writer._one_trip
+            assert not writer.one_trip
         assert sorted(e.position or 0 for r in results for e in r) == [5, 6, 7, 8]
     finally:
         async with engine.begin() as conn:
