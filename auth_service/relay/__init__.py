@@ -13,8 +13,9 @@ gap from the log over HTTP. The relay's job is to make the fast path as good as 
   Inside `auth serve`, the log writer hands what it commits straight to the relay (`Relay.committed`), which
   sends it before the NOTIFY and the read when it follows the last position sent (window.py).
 - Reads from the cursor (`relay_cursor`, one row) with `log.read_payloads_after`, publishes each event
-  persistent and mandatory with publisher confirms, pipelined in position order on one channel, and advances
-  the cursor only after every publish of the batch is confirmed.
+  persistent and mandatory with publisher confirms, pipelined in position order on one channel (a run of
+  events as one write: publisher.py), and advances the cursor only after every publish of the batch is
+  confirmed.
 - Any failure (timeout, nack, return, closed channel or connection) drops the broker connection; the relay
   reconnects with exponential backoff, redeclares the exchange, and resumes from the cursor.
 - Every `heartbeat_interval` it publishes a `contract.Heartbeat` with the head of the log (transient, not

@@ -263,7 +263,7 @@ class Relay:
                 waker.clear(reading=reading)
                 rows = await self._log.batch(window.sent, room) if reading else []
                 read = read and not reading  # a read the full window put off is still due
-                window.send_read(rows)
+                await window.send_read(rows)
                 if loop.time() >= next_heartbeat:
                     head = await self._log.head()
                     await link.publish_heartbeat(head)
@@ -276,7 +276,8 @@ class Relay:
                     continue  # more to read at once (or the window is full: the harvest waits below)
                 wait = min(self._poll_interval, max(0.0, next_heartbeat - loop.time()))
                 if window.inflight:
-                    # Wake on the oldest confirm as well as on a commit.
+                    # Wake on the oldest confirm as well as on a commit, and when the oldest is overdue.
+                    wait = min(wait, window.time_left())
                     confirmed = window.inflight[0][2]
                     notified = asyncio.create_task(waker.wait(wait))
                     await asyncio.wait({notified, confirmed}, return_when=asyncio.FIRST_COMPLETED)
@@ -295,18 +296,15 @@ class Relay:
             self._window = None  # before any await: no hand-off into a finished window
             window.close()  # and no writer waiting on it
             cursor_task.cancel()
-            tasks = window.tasks()
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(cursor_task, *tasks, return_exceptions=True)
+            confirmations = window.confirmations()
+            for confirmation in confirmations:
+                confirmation.cancel()
+            await asyncio.gather(cursor_task, *confirmations, return_exceptions=True)
 
     def _harvest(self, window: Window, advanced: asyncio.Event) -> None:
         """Take the confirmed publishes off the front, in order; a failed one raises its PublishFailure."""
-        inflight = window.inflight
         now: datetime | None = None
-        while inflight and inflight[0][2].done():
-            position, recorded, task = inflight.popleft()
-            task.result()
+        for position, recorded in window.confirmed():
             now = now or datetime.now(UTC)
             self._confirmed = position
             self._progressed = True

@@ -29,10 +29,11 @@ from datetime import datetime
 from typing import Any
 
 from auth_service import contract as c
-from auth_service.relay.publisher import BrokerLink
+from auth_service.relay.publisher import BrokerLink, PublishFailure, failure
 
-# (position, commit time when known, the publish's task)
-Inflight = tuple[int, datetime | None, asyncio.Task[None]]
+# (position, commit time when known, the broker's confirmation, when it is overdue on the loop's clock)
+Inflight = tuple[int, datetime | None, asyncio.Future[Any], float]
+Row = tuple[int, dict[str, Any], datetime | None]
 
 # The longest a writer waits for the relay before one batch: a relay that does not move this long (a broker
 # that stopped answering, before the publish timeout fails the link) must not stop the writes with it. A
@@ -58,10 +59,45 @@ class Window:
         """How many more publishes may be outstanding."""
         return self.size - len(self.inflight)
 
-    def _send(self, position: int, payload: dict[str, Any], recorded: datetime | None) -> None:
-        self.inflight.append((position, recorded, self.link.send_event(position, payload)))
-        self.sent = position
+    def _send(self, rows: Sequence[Row]) -> bool:
+        """Send `rows` (following `sent`) in one write; False, and nothing sent, when the link has no room."""
+        confirmations = self.link.send([(position, payload) for position, payload, _ in rows])
+        if confirmations is None:
+            return False
+        overdue = asyncio.get_running_loop().time() + self.link.timeout
+        for (position, _, recorded), confirmation in zip(rows, confirmations, strict=True):
+            self.inflight.append((position, recorded, confirmation, overdue))
+        self.sent = rows[-1][0]
         self._moved.set()
+        return True
+
+    def confirmed(self) -> list[tuple[int, datetime | None]]:
+        """Take the confirmed publishes off the front, in order: (position, commit time).
+
+        A failed publish raises its PublishFailure once it is at the front (the confirmed ones before it are
+        returned first), and so does the oldest unconfirmed one past the link's timeout.
+        """
+        done: list[tuple[int, datetime | None]] = []
+        inflight = self.inflight
+        while inflight and inflight[0][2].done():
+            confirmation = inflight[0][2]
+            if confirmation.cancelled():
+                raise PublishFailure("connection", "the publish was cancelled")
+            if (exc := confirmation.exception()) is not None:
+                if done:
+                    break  # it raises on the next call: the confirms before it count first
+                raise failure(exc)
+            position, recorded, _, _ = inflight.popleft()
+            done.append((position, recorded))
+        if not done and inflight and inflight[0][3] <= asyncio.get_running_loop().time():
+            raise failure(TimeoutError())
+        return done
+
+    def time_left(self) -> float:
+        """Seconds until the oldest unconfirmed publish is overdue (inf with none)."""
+        if not self.inflight:
+            return float("inf")
+        return max(0.0, self.inflight[0][3] - asyncio.get_running_loop().time())
 
     @property
     def backlog(self) -> int:
@@ -92,11 +128,13 @@ class Window:
         self._closed = True
         self._moved.set()
 
-    def send_read(self, rows: Sequence[tuple[int, dict[str, Any], datetime | None]]) -> None:
-        """Send rows read from the log after some earlier `sent`; those already sent are skipped."""
-        for position, payload, recorded in rows:
-            if position > self.sent:
-                self._send(position, payload, recorded)
+    async def send_read(self, rows: Sequence[Row]) -> None:
+        """Send rows read from the log after some earlier `sent`; those already sent (a hand-off may send
+        while this waits for room) are skipped."""
+        while fresh := [row for row in rows if row[0] > self.sent]:
+            if self._send(fresh):
+                return
+            await self.link.drained()
 
     def hand_off(self, events: Sequence[c.Event], recorded: datetime | None) -> bool:
         """Send the events a commit just appended, if they follow `sent` and fit; False: left to the read."""
@@ -106,13 +144,12 @@ class Window:
             return False
         if [e.position for e in events] != list(range(self.sent + 1, self.sent + 1 + len(events))):
             return False
-        for event in events:
-            assert event.position is not None
-            # The wire form the log's payload column holds, position and prev_position included.
-            self._send(event.position, c.to_json_dict(event), recorded)
+        # The wire form the log's payload column holds, position and prev_position included.
+        if not self._send([(event.position or 0, c.to_json_dict(event), recorded) for event in events]):
+            return False
         self._wake()  # the loop takes these confirms as it takes its own
         return True
 
-    def tasks(self) -> list[asyncio.Task[None]]:
-        """Every outstanding publish."""
-        return [task for _, _, task in self.inflight]
+    def confirmations(self) -> list[asyncio.Future[Any]]:
+        """Every outstanding publish's confirmation."""
+        return [confirmation for _, _, confirmation, _ in self.inflight]

@@ -126,8 +126,8 @@ async def test_the_window_takes_a_hand_off_only_right_after_the_last_position_se
         assert not window.hand_off(events[2:5], None)  # 3, 4, 5: more than the room of 2
         assert (window.sent, window.room, len(woken)) == (2, 2, 1)
         # A read that left before the hand-off brings 1..4 back: only 3 and 4 are new.
-        window.send_read([(e.position or 0, json.loads(c.encode(e)), None) for e in events[:4]])
-        await asyncio.gather(*window.tasks())
+        await window.send_read([(e.position or 0, json.loads(c.encode(e)), None) for e in events[:4]])
+        await asyncio.gather(*window.confirmations())
     finally:
         await link.close()
 
@@ -152,11 +152,11 @@ async def test_the_window_holds_a_writer_back_while_its_sends_trail_the_commits_
         for _ in range(5):
             await asyncio.sleep(0)
         assert not waiting.done()  # 5 behind, more than the window of 2
-        window.send_read(rows[:2])
+        await window.send_read(rows[:2])
         for _ in range(5):
             await asyncio.sleep(0)
         assert not waiting.done()  # 3 behind: still more than 2
-        window.send_read(rows[2:3])
+        await window.send_read(rows[2:3])
         assert await asyncio.wait_for(waiting, 1.0)  # 2 behind: it waited, and goes on
         assert not await window.keep_up()
 
@@ -164,8 +164,8 @@ async def test_the_window_holds_a_writer_back_while_its_sends_trail_the_commits_
         monkeypatch.setattr("auth_service.relay.window.KEEP_UP_WAIT", 0.05)
         window.committed = 10
         assert await asyncio.wait_for(window.keep_up(), 1.0)
-        window.send_read(rows[3:])
-        await asyncio.gather(*window.tasks())
+        await window.send_read(rows[3:])
+        await asyncio.gather(*window.confirmations())
     finally:
         await link.close()
     # A closed link holds nobody back: the writes go on, the consumers fill in from the log.
