@@ -74,16 +74,16 @@ def main() -> int:
 
 # Where the write path's time goes, profiled apart from the run (docs/architecture.md, the write path).
 SATURATION_PROFILE = (
-    "py-spy at saturation, 3 s of the closed loop: the ASGI stack (uvicorn, Starlette, FastAPI, the route) "
-    "53% of the auth process's samples, of which the token's verification 10% (RS256 6%) and the access log "
-    "6%; the relay's publishing 20% (aiormq's basic_publish 18%: about 100 us of CPU an event, measured "
-    "alone); the log writer 6%; the event loop itself 8%. With the relay apart (`tokenlife relay`), the auth "
-    "process served 2,050-2,120 logouts/s at 0.37-0.38 ms each, against 1,650-1,670 at 0.56-0.57 inside"
+    "py-spy at saturation, 3 s of each closed-loop round: the token's verification about 9% of the auth "
+    "process's samples (RS256, in C), uvicorn's response send 8%, the log writer 17% (its batch's round trip "
+    "and arguments 9%, its hand-off to the relay 7%), the relay 13% all told (25% when it published with "
+    "aiormq's one-message call), the access log 3%, the event loop itself 5%; the rest is uvicorn, Starlette "
+    "and FastAPI around the route"
 )
 OPEN_LOOP_PROFILE = (
-    "py-spy at 500 logouts/s offered: the ASGI stack 37% of the auth process's samples, the log writer 20%, "
-    "the event loop itself 15%, the token's verification 11%, the relay 12% (publishing 7%, its pump 5%); a "
-    "logout costs 1.1-1.4 ms of CPU there (small batches: each pays its round trip, each publish its frames)"
+    "py-spy at 500 logouts/s offered: the event loop itself 29% of the auth process's samples (waiting and "
+    "waking at a rate that gives small batches), the log writer 13% (asyncpg's round trips 11%), the relay "
+    "15% (its pump 7%, the hand-off 2%), the token's verification 7%, the access log 2%"
 )
 REBUILD_PROFILE = (
     "EXPLAIN ANALYZE (docs/architecture.md): the sessions query on the second connection is the critical "
