@@ -157,13 +157,19 @@ class BrokerLink:
         return None if futures is None else futures[0]
 
     async def drained(self) -> None:
-        """Wait until the connection's writer has taken every queued write (room for `send`); at most the
-        publish timeout."""
+        """Wait until the connection's writer has taken every queued write (room for `send`), at most the
+        publish timeout; PublishFailure at once when the channel or connection has closed (`send` would never
+        take anything again)."""
+        if self._connection.is_closed:
+            raise PublishFailure("connection", "the broker connection closed")
+        if self._channel.is_closed or self._underlay.is_closed:
+            raise PublishFailure("channel", "the broker closed the channel")
         try:
             async with asyncio.timeout(self._timeout):
                 await self._underlay.write_queue.join()
         except _BROKER_ERRORS as exc:
             raise failure(exc) from exc
+        await asyncio.sleep(0)  # a caller that retries in a loop always lets the loop run in between
 
     async def publish_heartbeat(self, head: int) -> None:
         """Publish a heartbeat with the head of the log and wait for its confirm."""
@@ -192,6 +198,8 @@ class BrokerLink:
         channel = self._underlay
         if channel.is_closed or channel.write_queue.full():
             return None
+        # Framed before any tag is taken: a frame pamqp refuses raises here, and the numbering stays right.
+        write = ChannelFrame.marshall(channel_number=channel.number, frames=frames)
         futures = []
         for message_id in message_ids:
             channel.delivery_tag += 1
@@ -202,7 +210,7 @@ class BrokerLink:
                 channel.message_id_delivery_tag[key] = channel.delivery_tag
                 confirmation.add_done_callback(partial(_forget, channel.message_id_delivery_tag, key))
             futures.append(confirmation)
-        channel.write_queue.put_nowait(ChannelFrame.marshall(channel_number=channel.number, frames=frames))
+        channel.write_queue.put_nowait(write)
         return futures
 
     async def close(self) -> None:

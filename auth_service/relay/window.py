@@ -81,12 +81,12 @@ class Window:
         inflight = self.inflight
         while inflight and inflight[0][2].done():
             confirmation = inflight[0][2]
-            if confirmation.cancelled():
-                raise PublishFailure("connection", "the publish was cancelled")
-            if (exc := confirmation.exception()) is not None:
+            if confirmation.cancelled() or confirmation.exception() is not None:
                 if done:
                     break  # it raises on the next call: the confirms before it count first
-                raise failure(exc)
+                if confirmation.cancelled():
+                    raise PublishFailure("connection", "the publish was cancelled")
+                raise failure(confirmation.exception() or RuntimeError("no exception"))
             position, recorded, _, _ = inflight.popleft()
             done.append((position, recorded))
         if not done and inflight and inflight[0][3] <= asyncio.get_running_loop().time():

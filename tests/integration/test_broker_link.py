@@ -161,3 +161,38 @@ async def test_a_confirm_that_does_not_come_fails_the_window_after_the_link_time
         finally:
             proxy.heal()
             await link.close()
+
+
+async def test_a_send_waiting_on_a_closed_connection_fails_instead_of_spinning(link: BrokerLink) -> None:
+    window = Window(link, sent=0, size=10, wake=lambda: None)
+    await link.close()
+    assert link.send([row[:2] for row in rows(1, 1)]) is None
+
+    # Nothing will ever take a write again: the read path and the heartbeat must fail, not retry forever.
+    with pytest.raises(PublishFailure) as failed:
+        await asyncio.wait_for(window.send_read(rows(1, 2)), 5)
+    assert failed.value.reason == "connection"
+    with pytest.raises(PublishFailure):
+        await asyncio.wait_for(link.publish_heartbeat(2), 5)
+
+
+async def test_a_send_waiting_on_a_channel_the_broker_closed_fails_instead_of_spinning(
+    amqp_url: str, exchange_name: str
+) -> None:
+    link = await BrokerLink.open(amqp_url, exchange_name, publish_timeout=5.0)
+    connection = await aio_pika.connect(amqp_url)
+    try:
+        window = Window(link, sent=0, size=10, wake=lambda: None)
+        await (await connection.channel()).exchange_delete(exchange_name)
+        await window.send_read(rows(1, 1))  # to a deleted exchange: the broker closes the channel (404)
+        await eventually(lambda: not link.is_open, "the channel closed by the broker")
+        with pytest.raises(PublishFailure) as failed:
+            window.confirmed()
+        assert failed.value.reason == "channel"
+
+        with pytest.raises(PublishFailure) as failed:
+            await asyncio.wait_for(window.send_read(rows(2, 1)), 5)
+        assert failed.value.reason == "channel"
+    finally:
+        await link.close()
+        await connection.close()
