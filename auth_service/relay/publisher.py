@@ -15,13 +15,12 @@ How it publishes. aio-pika and aiormq connect, negotiate, declare, read the brok
 confirmation future (ack, nack, return, or the channel's close). Their publish call handles one message at a
 time: a timeout, the channel's lock, one queued write and one socket write each. On this project's machine
 that cost a relay alone 140 us of CPU an event (60 us this way), and a quarter of an auth process's CPU at
-saturation with the relay in it. So
-`send` puts a whole run of events on the connection's write queue as one write, in the shape aiormq's own
-publish gives each message (its frames, the next delivery tag, a confirmation future registered on the
-channel, the message_id by which a return finds it). Delivery tags are numbered in the order of the writes
-because `send` never awaits, and because nothing else publishes on this channel: no aiormq publish can hold a
-tag whose frames are not queued yet. The window (window.py) holds one deadline for the confirms instead of a
-timeout per message.
+saturation with the relay in it. So `send` puts a whole run of events on the connection's write queue as one
+write, in the shape aiormq's own publish gives each message (its frames, the next delivery tag, a confirmation
+future registered on the channel, the message_id by which a return finds it). Delivery tags are numbered in
+the order of the writes because `send` never awaits, and because nothing else publishes on this channel: no
+aiormq publish can hold a tag whose frames are not queued yet. The window (window.py) holds one deadline for
+the confirms instead of a timeout per message.
 """
 
 from __future__ import annotations
@@ -131,19 +130,21 @@ class BrokerLink:
         queue is full (`drained` waits for room).
         """
         frames: list[Any] = []
+        message_ids = []
         for position, payload in events:
             kind = str(payload.get("type", ""))
+            message_ids.append(str(payload["event_id"]))
             properties = spec.Basic.Properties(
                 content_type="application/json",
                 delivery_mode=_PERSISTENT,
-                message_id=str(payload["event_id"]),
+                message_id=message_ids[-1],
                 message_type=kind,
                 headers={"position": position, "prev_position": position - 1},
             )
             # The payload is already the contract's wire form, position and prev_position included.
             body = json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
             frames += self._frames(body, kind, properties, mandatory=True)
-        return self._queue(frames, [e[1]["event_id"] for e in events])
+        return self._queue(frames, message_ids)
 
     def send_heartbeat(self, head: int) -> asyncio.Future[Any] | None:
         """Queue a heartbeat with the head of the log: transient, not mandatory, confirmed (see `send`)."""
@@ -194,7 +195,9 @@ class BrokerLink:
             *(ContentBody(body[i : i + size]) for i in range(0, len(body), size)),
         ]
 
-    def _queue(self, frames: list[Any], message_ids: list[Any]) -> list[asyncio.Future[Any]] | None:
+    def _queue(
+        self, frames: list[Any], message_ids: Sequence[str | None]
+    ) -> list[asyncio.Future[Any]] | None:
         channel = self._underlay
         if channel.is_closed or channel.write_queue.full():
             return None
@@ -206,9 +209,8 @@ class BrokerLink:
             confirmation = channel.create_future()
             channel.confirmations[channel.delivery_tag] = confirmation
             if message_id is not None:  # a returned message finds its confirmation by message_id
-                key = str(message_id)
-                channel.message_id_delivery_tag[key] = channel.delivery_tag
-                confirmation.add_done_callback(partial(_forget, channel.message_id_delivery_tag, key))
+                channel.message_id_delivery_tag[message_id] = channel.delivery_tag
+                confirmation.add_done_callback(partial(_forget, channel.message_id_delivery_tag, message_id))
             futures.append(confirmation)
         channel.write_queue.put_nowait(write)
         return futures

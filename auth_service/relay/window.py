@@ -81,14 +81,14 @@ class Window:
         inflight = self.inflight
         while inflight and inflight[0][2].done():
             confirmation = inflight[0][2]
-            if confirmation.cancelled() or confirmation.exception() is not None:
-                if done:
-                    break  # it raises on the next call: the confirms before it count first
-                if confirmation.cancelled():
-                    raise PublishFailure("connection", "the publish was cancelled")
-                raise failure(confirmation.exception() or RuntimeError("no exception"))
-            position, recorded, _, _ = inflight.popleft()
-            done.append((position, recorded))
+            if not confirmation.cancelled() and confirmation.exception() is None:
+                position, recorded, _, _ = inflight.popleft()
+                done.append((position, recorded))
+                continue
+            if done:
+                break  # it raises on the next call: the confirms before it count first
+            exc = None if confirmation.cancelled() else confirmation.exception()
+            raise PublishFailure("connection", "the publish was cancelled") if exc is None else failure(exc)
         if not done and inflight and inflight[0][3] <= asyncio.get_running_loop().time():
             raise failure(TimeoutError())
         return done
