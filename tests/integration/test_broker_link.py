@@ -12,7 +12,6 @@ import json
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
-from urllib.parse import urlsplit
 
 import aio_pika
 import pytest
@@ -20,11 +19,11 @@ import pytest
 from auth_service.relay.publisher import BrokerLink, PublishFailure
 from auth_service.relay.window import Window
 from tests.integration.test_relay import Consumer, consumer, eventually
-from tests.integration.test_relay_faults import through
+from tests.integration.test_relay_faults import broker_proxy, through
 from tests.tcp_proxy import TcpProxy
 
 pytestmark = pytest.mark.integration
-__all__ = ["consumer"]  # the fixture shared with test_relay.py
+__all__ = ["broker_proxy", "consumer"]  # fixtures shared with test_relay.py and test_relay_faults.py
 
 
 def rows(first: int, count: int, **extra: Any) -> list[tuple[int, dict[str, Any], None]]:
@@ -142,25 +141,23 @@ async def test_a_publish_nobody_routes_fails_the_window_as_returned(link: Broker
 
 
 async def test_a_confirm_that_does_not_come_fails_the_window_after_the_link_timeout(
-    amqp_url: str, exchange_name: str, consumer: Consumer
+    amqp_url: str, exchange_name: str, consumer: Consumer, broker_proxy: TcpProxy
 ) -> None:
-    target = urlsplit(amqp_url)
-    async with TcpProxy(target.hostname or "127.0.0.1", target.port or 5672) as proxy:
-        link = await BrokerLink.open(through(proxy, amqp_url), exchange_name, publish_timeout=0.3)
-        try:
-            window = Window(link, sent=0, size=10, wake=lambda: None)
-            proxy.blackhole()
-            await window.send_read(rows(1, 2))
-            assert window.confirmed() == []  # not overdue yet
-            assert 0 < window.time_left() <= 0.3
+    link = await BrokerLink.open(through(broker_proxy, amqp_url), exchange_name, publish_timeout=0.3)
+    try:
+        window = Window(link, sent=0, size=10, wake=lambda: None)
+        broker_proxy.blackhole()
+        await window.send_read(rows(1, 2))
+        assert window.confirmed() == []  # not overdue yet
+        assert 0 < window.time_left() <= 0.3
 
-            await asyncio.sleep(window.time_left())
-            with pytest.raises(PublishFailure) as failed:
-                window.confirmed()
-            assert failed.value.reason == "timeout"
-        finally:
-            proxy.heal()
-            await link.close()
+        await asyncio.sleep(window.time_left())
+        with pytest.raises(PublishFailure) as failed:
+            window.confirmed()
+        assert failed.value.reason == "timeout"
+    finally:
+        broker_proxy.heal()
+        await link.close()
 
 
 async def test_a_send_waiting_on_a_closed_connection_fails_instead_of_spinning(link: BrokerLink) -> None:
