@@ -66,6 +66,27 @@ def _say_what_a_stuck_test_awaits(request: pytest.FixtureRequest) -> Iterator[No
         timer.cancel()
 
 
+@pytest.fixture(autouse=True)
+async def _no_task_left() -> AsyncIterator[None]:
+    """After each test and its other fixtures: cancel and await every task still on the loop, round after
+    round, until none is left.
+
+    The loop's own teardown (asyncio.Runner) cancels the tasks it finds once, but a task's done callback can
+    start another then: aiormq's reader, cancelled on a connection a test closed, starts the connection's
+    closing tasks. Those were left pending on the closed loop, destroyed when garbage was next collected, and
+    the warning that came with it (an error here, filterwarnings) failed whichever test was running then.
+    """
+    yield
+    current = asyncio.current_task()
+    for _ in range(10):
+        left = [t for t in asyncio.all_tasks() if t is not current and not t.done()]
+        if not left:
+            return
+        for task in left:
+            task.cancel()
+        await asyncio.wait(left, timeout=1.0)
+
+
 def _missing(what: str, variable: str) -> None:
     reason = f"no {what}: set {variable} or start a Docker engine for testcontainers"
     if os.environ.get("CI"):
