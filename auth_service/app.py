@@ -17,16 +17,17 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from auth_service import db_errors, passwords, projections
-from auth_service import keys as keystore
+from auth_service.accounts import passwords
+from auth_service.accounts.backoff import BackoffRule
+from auth_service.accounts.throttle import LoginThrottle
 from auth_service.api import account, discovery, oauth, openapi, service, stream
 from auth_service.api.deps import AppState, app_state, context
 from auth_service.api.middleware import Edge
 from auth_service.api.schemas import Health, Readiness
-from auth_service.backoff import BackoffRule
 from auth_service.console.pages import build_router as console_router
 from auth_service.context import AuthContext
-from auth_service.db import asyncpg_dsn, create_engine
+from auth_service.db import errors as db_errors
+from auth_service.db.engine import asyncpg_dsn, create_engine
 from auth_service.errors import (
     AppendError,
     AuthServiceError,
@@ -37,15 +38,16 @@ from auth_service.errors import (
     TooManyAttempts,
     TooManyWaiters,
 )
-from auth_service.keyring import KeyRing
-from auth_service.keys import KeyCache
-from auth_service.log_listener import LogListener
-from auth_service.log_writer import LogWriter
-from auth_service.lookups import keep_session_state
+from auth_service.log import projections
+from auth_service.log.listener import LogListener
+from auth_service.log.lookups import keep_session_state
+from auth_service.log.writer import LogWriter
 from auth_service.relay import Relay
 from auth_service.relay.metrics import RelayMetrics
 from auth_service.settings import AuthSettings
-from auth_service.throttle import LoginThrottle
+from auth_service.tokens import keys as keystore
+from auth_service.tokens.keyring import KeyRing
+from auth_service.tokens.keys import KeyCache
 from looplag import LoopLag
 
 log = logging.getLogger("tokenlife.auth")

@@ -9,8 +9,8 @@ from typing import Any
 
 from auth_service.context import AuthContext
 from auth_service.errors import InvalidToken
-from auth_service.intents import Caller, revocation_reason
-from auth_service.tokens import SignedToken, parse_token, verify_access_token
+from auth_service.log.intents import Caller, revocation_reason
+from auth_service.tokens.access import SignedToken, parse_token, verify_access_token
 
 
 @dataclass(frozen=True)

@@ -51,9 +51,9 @@ def _read_password(email: str) -> str:
 
 
 async def _user_add(settings: AuthSettings, email: str, password: str, scopes: str) -> uuid.UUID:
-    from auth_service.db import create_engine
-    from auth_service.passwords import hash_password
-    from auth_service.tables import users
+    from auth_service.accounts.passwords import hash_password
+    from auth_service.db.engine import create_engine
+    from auth_service.db.tables import users
 
     password_hash = await asyncio.to_thread(hash_password, password)
     engine = create_engine(settings.database_url, pool_size=1)
@@ -71,7 +71,7 @@ async def _user_add(settings: AuthSettings, email: str, password: str, scopes: s
 
 
 def _user_add_cmd(args: argparse.Namespace) -> int:
-    from auth_service.passwords import check_new_password
+    from auth_service.accounts.passwords import check_new_password
 
     settings = AuthSettings()
     email = args.email.strip().lower()
@@ -98,15 +98,15 @@ async def _user_revoke(settings: AuthSettings, email: str) -> int:
     import asyncpg
     from sqlalchemy import select
 
-    from auth_service.backoff import BackoffRule
+    from auth_service.accounts.backoff import BackoffRule
+    from auth_service.accounts.throttle import LoginThrottle
     from auth_service.context import AuthContext
-    from auth_service.db import asyncpg_dsn, create_engine
-    from auth_service.keyring import KeyRing
-    from auth_service.keys import KeyCache
-    from auth_service.log_writer import LogWriter
+    from auth_service.db.engine import asyncpg_dsn, create_engine
+    from auth_service.db.tables import users
+    from auth_service.log.writer import LogWriter
     from auth_service.revoke import revoke_user
-    from auth_service.tables import users
-    from auth_service.throttle import LoginThrottle
+    from auth_service.tokens.keyring import KeyRing
+    from auth_service.tokens.keys import KeyCache
 
     engine = create_engine(settings.database_url, pool_size=1)
     dsn = asyncpg_dsn(settings.database_url)
@@ -141,9 +141,9 @@ def _user_revoke_cmd(args: argparse.Namespace) -> int:
 async def _keys(settings: AuthSettings, action: str, kid: str | None) -> int:
     from sqlalchemy import select
 
-    from auth_service import keys as keystore
-    from auth_service.db import create_engine
-    from auth_service.tables import signing_keys
+    from auth_service.db.engine import create_engine
+    from auth_service.db.tables import signing_keys
+    from auth_service.tokens import keys as keystore
 
     engine = create_engine(settings.database_url, pool_size=1)
     kek = settings.key_encryption_key.get_secret_value()
@@ -172,7 +172,7 @@ async def _keys(settings: AuthSettings, action: str, kid: str | None) -> int:
 
 
 def _migrate(args: argparse.Namespace) -> int:
-    from auth_service.migrate import create_database, upgrade
+    from auth_service.db.migrate import create_database, upgrade
 
     settings = AuthSettings()
     settings.announce()
@@ -244,14 +244,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def _kek(args: argparse.Namespace) -> int:
-    from auth_service import keys as keystore
+    from auth_service.tokens import keys as keystore
 
     _say(keystore.new_key_encryption_key())
     return 0
 
 
 def _client_secret(args: argparse.Namespace) -> int:
-    from auth_service.clients import new_secret, secret_hash
+    from auth_service.accounts.clients import new_secret, secret_hash
 
     secret = new_secret()
     _say(f"secret:      {secret}\nsecret_hash: {secret_hash(secret)}")

@@ -8,11 +8,11 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from auth_service.keys import KeyCache
-from auth_service.log_writer import LogWriter
-from auth_service.lookups import RevocationReads
+from auth_service.accounts.throttle import LoginThrottle
+from auth_service.log.lookups import RevocationReads
+from auth_service.log.writer import LogWriter
 from auth_service.settings import AuthSettings
-from auth_service.throttle import LoginThrottle
+from auth_service.tokens.keys import KeyCache
 
 
 @dataclass

@@ -16,22 +16,22 @@ from sqlalchemy import insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from auth_service import contract as c
-from auth_service import successors
+from auth_service.accounts.passwords import verify_password
+from auth_service.accounts.throttle import password_keys
 from auth_service.context import AuthContext
+from auth_service.db.tables import refresh_tokens, sessions, users
 from auth_service.errors import (
     InvalidGrant,
     InvalidRequest,
     NoSigningKey,
     RefreshTokenReused,
 )
-from auth_service.grant_rules import Rotation, decide_rotation, grant_scope
-from auth_service.lifetimes import latest_access_expiry
-from auth_service.log import appending
-from auth_service.passwords import verify_password
-from auth_service.queries import current_watermark
-from auth_service.tables import refresh_tokens, sessions, users
-from auth_service.throttle import password_keys
-from auth_service.tokens import AccessToken, hash_refresh_token, new_refresh_token, sign_access_token
+from auth_service.log.lifetimes import latest_access_expiry
+from auth_service.log.queries import current_watermark
+from auth_service.log.store import appending
+from auth_service.tokens import successors
+from auth_service.tokens.access import AccessToken, hash_refresh_token, new_refresh_token, sign_access_token
+from auth_service.tokens.grant_rules import Rotation, decide_rotation, grant_scope
 
 BAD_CREDENTIALS = "invalid username or password"
 

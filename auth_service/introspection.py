@@ -11,9 +11,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from auth_service.authn import authenticate
 from auth_service.context import AuthContext
 from auth_service.errors import InvalidToken
-from auth_service.grant_rules import Rotation, decide_rotation
-from auth_service.queries import refresh_token_with_session
-from auth_service.tokens import hash_refresh_token
+from auth_service.log.queries import refresh_token_with_session
+from auth_service.tokens.access import hash_refresh_token
+from auth_service.tokens.grant_rules import Rotation, decide_rotation
 
 MAX_REFRESH_TOKEN = 512
 INACTIVE: dict[str, Any] = {"active": False}

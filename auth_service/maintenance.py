@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from auth_service import projections
-from auth_service.db import create_engine
-from auth_service.log import appending
+from auth_service.db.engine import create_engine
+from auth_service.log import projections
+from auth_service.log.store import appending
 from auth_service.settings import AuthSettings
 
 

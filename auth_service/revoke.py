@@ -19,16 +19,16 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from auth_service import contract as c
-from auth_service import lifetimes, lookups, queries
+from auth_service.accounts.passwords import check_new_password, hash_password, verify_password
+from auth_service.accounts.throttle import password_keys
 from auth_service.authn import Principal, check_not_revoked, know_kid
 from auth_service.context import AuthContext
+from auth_service.db.tables import users
 from auth_service.errors import InvalidGrant, InvalidRequest, InvalidToken, NotFound
-from auth_service.intents import EndSessions, Intent, RevokeToken, RevokeUser
-from auth_service.log import Appender, appending
-from auth_service.passwords import check_new_password, hash_password, verify_password
-from auth_service.tables import users
-from auth_service.throttle import password_keys
-from auth_service.tokens import hash_refresh_token, verify_access_token
+from auth_service.log import lifetimes, lookups, queries
+from auth_service.log.intents import EndSessions, Intent, RevokeToken, RevokeUser
+from auth_service.log.store import Appender, appending
+from auth_service.tokens.access import hash_refresh_token, verify_access_token
 
 LogoutScope = Literal["session", "others", "all"]
 MAX_REFRESH_TOKEN = 512

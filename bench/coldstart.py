@@ -21,7 +21,7 @@ import httpx
 from auth_service.contract import decode_snapshot
 from bench.results import Results
 from bench.stack import Stack, StackUnavailable, free_port, ready, running_stack, spawn
-from resource_service.state import RevocationState
+from resource_service.check.state import RevocationState
 
 EVENTS = 1_000_000
 LIVE = 100_000

@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 
 import asyncpg
 
-from auth_service.log import NOTIFY_CHANNEL
+from auth_service.log.store import NOTIFY_CHANNEL
 
 
 class Reports(asyncio.DatagramProtocol):

@@ -13,11 +13,11 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from jwt.algorithms import RSAAlgorithm
 
 from auth_service import contract as c
-from resource_service.freshness import FreshnessTracker
-from resource_service.guard import Freshness, Guard
-from resource_service.keys import StaticKeySource
-from resource_service.state import RevocationState
-from resource_service.verifier import TokenVerifier
+from resource_service.check.freshness import FreshnessTracker
+from resource_service.check.guard import Freshness, Guard
+from resource_service.check.keys import StaticKeySource
+from resource_service.check.state import RevocationState
+from resource_service.check.verifier import TokenVerifier
 
 ISSUER = "https://auth.bench.example"
 AUDIENCE = "https://api.bench.example"

@@ -16,12 +16,12 @@ from fastapi import Depends, FastAPI, Request
 
 from bench import fixtures
 from bench.throughput import PATH
-from resource_service.answer_gate import AnswerGate
-from resource_service.dependency import install_error_handler, require_principal
-from resource_service.guard import Guard
-from resource_service.keys import StaticKeySource
-from resource_service.state import RevocationState
-from resource_service.verifier import Principal, TokenVerifier
+from resource_service.check.guard import Guard
+from resource_service.check.keys import StaticKeySource
+from resource_service.check.state import RevocationState
+from resource_service.check.verifier import Principal, TokenVerifier
+from resource_service.web.answer_gate import AnswerGate
+from resource_service.web.dependency import install_error_handler, require_principal
 
 
 def _guard() -> Guard:

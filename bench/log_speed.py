@@ -105,11 +105,11 @@ def _cpu_seconds(pid: int) -> float:
 
 
 async def _mint_tokens(database_url: str, kek: str, issuer: str, count: int) -> list[str]:
-    from auth_service import keys as keystore
-    from auth_service.db import create_engine
+    from auth_service.db.engine import create_engine
     from auth_service.maintenance import rebuild_projections
     from auth_service.settings import AuthSettings
-    from auth_service.tokens import sign_access_token
+    from auth_service.tokens import keys as keystore
+    from auth_service.tokens.access import sign_access_token
 
     dsn = _asyncpg_url(database_url, database_url.rsplit("/", 1)[1])
     conn = await asyncpg.connect(dsn)
@@ -146,7 +146,7 @@ async def _mint_tokens(database_url: str, kek: str, issuer: str, count: int) -> 
 async def _write_path(server_url: str, amqp_url: str) -> dict[str, Any]:
     import aio_pika
 
-    from auth_service.keys import new_key_encryption_key
+    from auth_service.tokens.keys import new_key_encryption_key
 
     run_id = uuid.uuid4().hex[:8]
     exchange = f"tokenlife.bench.logspeed.{run_id}"

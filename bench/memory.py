@@ -12,7 +12,7 @@ import tracemalloc
 from auth_service import contract as c
 from bench import fixtures
 from bench.results import Results
-from resource_service.state import RevocationState
+from resource_service.check.state import RevocationState
 
 STATE_ENTRIES = 1_000_000
 SNAPSHOT_ENTRIES = 100_000

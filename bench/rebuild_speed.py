@@ -52,9 +52,9 @@ FROM (SELECT g, k, gen_random_uuid() AS id,
 
 async def measure(server_url: str) -> tuple[float, float]:
     """(rebuild events/s over REBUILD_EVENTS, event-by-event events/s over BASELINE_EVENTS)."""
-    from auth_service import projections
-    from auth_service.db import create_engine
-    from auth_service.log import read_after
+    from auth_service.db.engine import create_engine
+    from auth_service.log import projections
+    from auth_service.log.store import read_after
     from auth_service.maintenance import rebuild_projections
     from auth_service.settings import AuthSettings
 

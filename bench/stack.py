@@ -84,9 +84,9 @@ async def _admin(server_url: str, sql: str) -> None:
 
 
 async def _add_user(database_url: str) -> None:
-    from auth_service.db import create_engine
-    from auth_service.passwords import hash_password
-    from auth_service.tables import users
+    from auth_service.accounts.passwords import hash_password
+    from auth_service.db.engine import create_engine
+    from auth_service.db.tables import users
 
     engine = create_engine(database_url, pool_size=1)
     try:
@@ -107,7 +107,7 @@ async def _database(
     stack: AsyncExitStack, server_url: str, name: str, prepare: Callable[[str], Awaitable[None]] | None
 ) -> str:
     """Create, migrate and fill the run's database; dropped when `stack` closes."""
-    from auth_service.migrate import upgrade
+    from auth_service.db.migrate import upgrade
 
     quoted = '"' + name.replace('"', '""') + '"'
     try:

@@ -8,7 +8,7 @@ from alembic import context
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from auth_service.tables import metadata
+from auth_service.db.tables import metadata
 
 
 def _database_url() -> str:

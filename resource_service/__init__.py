@@ -1,0 +1,12 @@
+"""The resource side: a library that checks every request locally against revocations pushed from the log,
+and a runnable sample service built on it.
+
+From the bottom up (each package's docstring says what it owns and may import; a test holds it):
+
+    check/   the pure per-request check: verifier, keys, revocation state, freshness, guard
+    feed/    keeps the state at the head of the log: catch-up, broker, long-poll, the auth service client
+    web/     FastAPI and ASGI integration, the answer gate, metrics
+    (top)    settings, errors (leaves), the sample app and its command
+
+It imports nothing of the auth service but `auth_service.contract`.
+"""

@@ -15,17 +15,17 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from pydantic import BaseModel
 
 from looplag import LoopLag
-from resource_service.answer_gate import AnswerGate
-from resource_service.auth_client import AuthClient
-from resource_service.auth_metrics import AuthLinkCollector
-from resource_service.dependency import error_responses, install_error_handler, require_principal
-from resource_service.feed import Feed
-from resource_service.guard import Guard
-from resource_service.keys import JwksKeySource
-from resource_service.metrics import build_registry
+from resource_service.check.guard import Guard
+from resource_service.check.keys import JwksKeySource
+from resource_service.check.state import RevocationState
+from resource_service.check.verifier import Principal, TokenVerifier
+from resource_service.feed.auth_client import AuthClient
+from resource_service.feed.loop import Feed
 from resource_service.settings import ResourceSettings
-from resource_service.state import RevocationState
-from resource_service.verifier import Principal, TokenVerifier
+from resource_service.web.answer_gate import AnswerGate
+from resource_service.web.auth_metrics import AuthLinkCollector
+from resource_service.web.dependency import error_responses, install_error_handler, require_principal
+from resource_service.web.metrics import build_registry
 
 __all__ = ["ADMIN_SCOPE", "Runtime", "create_app"]
 

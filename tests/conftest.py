@@ -33,8 +33,8 @@ import pytest
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from auth_service.db import asyncpg_dsn, create_engine
-from auth_service.migrate import upgrade
+from auth_service.db.engine import asyncpg_dsn, create_engine
+from auth_service.db.migrate import upgrade
 from auth_service.settings import AuthSettings
 
 RUN_ID = uuid.uuid4().hex[:8]
@@ -263,8 +263,8 @@ async def auth_client(auth_settings: AuthSettings) -> AsyncIterator[httpx.AsyncC
 
 async def add_user(database_url: str, email: str, password: str = PASSWORD, scopes: str = "") -> str:
     """Create a user directly in the database; returns the user id."""
-    from auth_service.passwords import hash_password
-    from auth_service.tables import users
+    from auth_service.accounts.passwords import hash_password
+    from auth_service.db.tables import users
 
     engine = create_engine(database_url, pool_size=1)
     try:

@@ -79,12 +79,12 @@ async def _prepare(database_url: str, password: str) -> None:
     """Create the database, migrate it, and make sure a signing key and the demo user exist."""
     from sqlalchemy import select, update
 
-    from auth_service import keys as keystore
-    from auth_service.db import create_engine
-    from auth_service.migrate import create_database, upgrade
-    from auth_service.passwords import hash_password, verify_password
+    from auth_service.accounts.passwords import hash_password, verify_password
+    from auth_service.db.engine import create_engine
+    from auth_service.db.migrate import create_database, upgrade
+    from auth_service.db.tables import users
     from auth_service.settings import DEV_KEY_ENCRYPTION_KEY
-    from auth_service.tables import users
+    from auth_service.tokens import keys as keystore
 
     await create_database(database_url)
     await asyncio.to_thread(upgrade, database_url)

@@ -9,7 +9,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
-from auth_service import queries
+from auth_service.accounts.passwords import MAX_LENGTH, MIN_LENGTH
 from auth_service.api.deps import (
     BEARER_SECURITY,
     Context,
@@ -22,7 +22,7 @@ from auth_service.api.forms import form, form_body, form_schema, required, text
 from auth_service.api.openapi import errors
 from auth_service.api.schemas import LogoutResponse, PasswordChanged, SessionList, SessionTimeline
 from auth_service.errors import InvalidRequest, NotFound
-from auth_service.passwords import MAX_LENGTH, MIN_LENGTH
+from auth_service.log import queries
 from auth_service.revoke import change_password, end_session, logout
 
 router = APIRouter(tags=["account"])

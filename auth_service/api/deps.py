@@ -27,7 +27,7 @@ from auth_service.context import AuthContext
 from auth_service.errors import AuthServiceError, BearerError, InvalidClient, MissingToken
 
 if TYPE_CHECKING:
-    from auth_service.log_listener import LogListener
+    from auth_service.log.listener import LogListener
     from auth_service.relay import Relay
 
 MAX_HEADER = 8192

@@ -11,9 +11,9 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
+from auth_service.accounts.clients import GRANT_TYPES
 from auth_service.api.deps import context
 from auth_service.api.schemas import JWKS, ServerMetadata
-from auth_service.clients import GRANT_TYPES
 from auth_service.settings import AuthSettings
 
 router = APIRouter(tags=["discovery"])

@@ -7,11 +7,11 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
+from auth_service.accounts.clients import GRANT_TYPES, MAX_CLIENT_ID, GrantType
 from auth_service.api.deps import Context, ServiceClient, transaction
 from auth_service.api.forms import form, form_body, form_schema, required, text
 from auth_service.api.openapi import errors
 from auth_service.api.schemas import IntrospectionResponse, TokenResponse
-from auth_service.clients import GRANT_TYPES, MAX_CLIENT_ID, GrantType
 from auth_service.errors import InvalidClient, InvalidRequest, UnauthorizedClient, UnsupportedGrantType
 from auth_service.grants import Client, password_grant, refresh_grant
 from auth_service.introspection import introspect_token

@@ -14,9 +14,9 @@ from auth_service.api.openapi import errors
 from auth_service.context import AuthContext
 from auth_service.contract import ColumnarSnapshot, EventPage, RevocationSnapshot, utcnow
 from auth_service.errors import InvalidRequest
-from auth_service.log import MAX_PAGE, read_page
-from auth_service.log_listener import LogListener
-from auth_service.snapshots import columnar_snapshot_json, snapshot_json
+from auth_service.log.listener import LogListener
+from auth_service.log.snapshots import columnar_snapshot_json, snapshot_json
+from auth_service.log.store import MAX_PAGE, read_page
 
 router = APIRouter(tags=["service"])
 
@@ -67,7 +67,7 @@ async def _hold(
     """Read until something is new, wait runs out or the client leaves; the page and the time held.
 
     `held` is measured before the last read starts, so the read happened at least `held` seconds after the
-    request arrived: the reader's freshness rule depends on that (resource_service/freshness.py).
+    request arrived: the reader's freshness rule depends on that (resource_service/check/freshness.py).
     """
     started = time.monotonic()
     gone = asyncio.create_task(_disconnected(request))

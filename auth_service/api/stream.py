@@ -28,11 +28,11 @@ from auth_service.api.deps import Context, CurrentPrincipal, app_state, bearer_t
 from auth_service.api.openapi import errors
 from auth_service.authn import Principal, authenticate
 from auth_service.context import AuthContext
+from auth_service.db.tables import event_log
 from auth_service.errors import BearerError
-from auth_service.log import read_head
-from auth_service.log_listener import LogListener
-from auth_service.projections import decode_row
-from auth_service.tables import event_log
+from auth_service.log.listener import LogListener
+from auth_service.log.projections import decode_row
+from auth_service.log.store import read_head
 
 router = APIRouter(tags=["account"])
 

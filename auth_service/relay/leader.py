@@ -33,7 +33,7 @@ from typing import Any
 
 import asyncpg
 
-from auth_service.db import asyncpg_dsn
+from auth_service.db.engine import asyncpg_dsn
 
 log = logging.getLogger("tokenlife.relay")
 

@@ -13,8 +13,8 @@ from prometheus_client import CollectorRegistry
 from sqlalchemy.exc import SQLAlchemyError
 
 from auth_service import contract as c
-from auth_service import log as event_log
-from auth_service.db import asyncpg_dsn
+from auth_service.db.engine import asyncpg_dsn
+from auth_service.log import store as event_log
 from auth_service.relay.leader import LeaderLock
 from auth_service.relay.metrics import RelayMetrics
 from auth_service.relay.publisher import BrokerLink, PublishFailure

@@ -9,7 +9,7 @@ from typing import Any
 
 import asyncpg
 
-from auth_service import log as event_log
+from auth_service.log import store as event_log
 
 # One cheap query per read: the payloads and their commit times (for the latency histogram) together.
 _READ_BATCH = (

@@ -19,8 +19,8 @@ from typing import Any
 import asyncpg
 from sqlalchemy.exc import SQLAlchemyError
 
-from auth_service.db import asyncpg_dsn
-from auth_service.log import NOTIFY_CHANNEL
+from auth_service.db.engine import asyncpg_dsn
+from auth_service.log.store import NOTIFY_CHANNEL
 
 log = logging.getLogger("tokenlife.relay")
 

@@ -26,10 +26,10 @@ import httpx
 import jwt
 import pytest
 
-from auth_service.db import create_engine
-from auth_service.keyring import KeyRing
-from auth_service.keys import load
+from auth_service.db.engine import create_engine
 from auth_service.settings import DEV_KEY_ENCRYPTION_KEY
+from auth_service.tokens.keyring import KeyRing
+from auth_service.tokens.keys import load
 from tests.conftest import PASSWORD, SERVICE_CLIENT, add_user, free_port, start_auth_server
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]

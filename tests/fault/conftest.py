@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
-from auth_service.migrate import upgrade
+from auth_service.db.migrate import upgrade
 from tests.conftest import add_user
 from tests.fault.ledger import SUMMARIES, Ledger, Load, Prober, table
 from tests.fault.stack import BOUND, Stack

@@ -14,10 +14,10 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from auth_service import contract as c
-from auth_service import keys as keystore
-from auth_service.log import read_after, read_head
+from auth_service.db.tables import refresh_successors, sessions
+from auth_service.log.store import read_after, read_head
 from auth_service.settings import AuthSettings
-from auth_service.tables import refresh_successors, sessions
+from auth_service.tokens import keys as keystore
 from tests.conftest import PASSWORD, SERVICE_CLIENT, add_user, serve_auth
 
 pytestmark = pytest.mark.integration

@@ -21,8 +21,8 @@ from joserfc.errors import BadSignatureError, InvalidKeyIdError
 from joserfc.jwk import KeySet, RSAKey
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from auth_service import keys
 from auth_service.settings import AuthSettings
+from auth_service.tokens import keys
 from tests.conftest import PASSWORD, SERVICE_CLIENT, add_user
 
 pytestmark = pytest.mark.integration

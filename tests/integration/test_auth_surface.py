@@ -11,7 +11,7 @@ import httpx
 import jwt
 import pytest
 
-from auth_service.clients import secret_hash
+from auth_service.accounts.clients import secret_hash
 from auth_service.settings import AuthSettings
 from tests.conftest import PASSWORD, SERVICE_CLIENT, add_user, serve_auth
 

@@ -15,7 +15,7 @@ from auth_service.api.deps import app_state
 from auth_service.api.stream import _stream
 from auth_service.app import create_app as create_auth_app
 from auth_service.authn import authenticate
-from auth_service.log import read_head
+from auth_service.log.store import read_head
 from auth_service.settings import AuthSettings
 from resource_service.app import create_app as create_resource_app
 from resource_service.settings import ResourceSettings, UnsafeResourceSettings

@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from auth_service.migrate import upgrade
+from auth_service.db.migrate import upgrade
 from tests.conftest import PASSWORD, SERVICE_CLIENT, add_user, start_auth_server
 from tokenlife import embedded_db
 

@@ -7,8 +7,8 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from auth_service import keys
 from auth_service.settings import AuthSettings
+from auth_service.tokens import keys
 
 pytestmark = pytest.mark.integration
 TTL = 300

@@ -14,9 +14,10 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from auth_service import contract as c
-from auth_service.db import asyncpg_dsn
+from auth_service.db.engine import asyncpg_dsn
 from auth_service.errors import AppendError
-from auth_service.log import (
+from auth_service.log.snapshots import snapshot
+from auth_service.log.store import (
     NOTIFY_CHANNEL,
     append,
     appending,
@@ -24,7 +25,6 @@ from auth_service.log import (
     read_head,
     read_page,
 )
-from auth_service.snapshots import snapshot
 
 pytestmark = pytest.mark.integration
 

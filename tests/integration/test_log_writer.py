@@ -13,13 +13,13 @@ from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from auth_service import contract as c
-from auth_service.batch_sql import REVOKED
-from auth_service.db import asyncpg_dsn
+from auth_service.db.engine import asyncpg_dsn
+from auth_service.db.tables import revocations, sessions
 from auth_service.errors import AppendError, InvalidToken
-from auth_service.intents import Caller, EndSessions, RevokeToken, RevokeUser, revocation_reason
-from auth_service.log import append, appending, read_after, read_head
-from auth_service.log_writer import LogWriter
-from auth_service.tables import revocations, sessions
+from auth_service.log.batch_sql import REVOKED
+from auth_service.log.intents import Caller, EndSessions, RevokeToken, RevokeUser, revocation_reason
+from auth_service.log.store import append, appending, read_after, read_head
+from auth_service.log.writer import LogWriter
 
 pytestmark = pytest.mark.integration
 

@@ -18,8 +18,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from auth_service import contract as c
 from auth_service.api.deps import app_state
 from auth_service.app import create_app
-from auth_service.log import append
-from auth_service.log_listener import LogListener
+from auth_service.log.listener import LogListener
+from auth_service.log.store import append
 from auth_service.settings import AuthSettings
 from tests.conftest import SERVICE_CLIENT
 

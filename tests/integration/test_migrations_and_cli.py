@@ -14,9 +14,9 @@ from sqlalchemy import inspect, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from auth_service import contract as c
-from auth_service.db import create_engine
-from auth_service.log import append
-from auth_service.tables import revocations, sessions
+from auth_service.db.engine import create_engine
+from auth_service.db.tables import revocations, sessions
+from auth_service.log.store import append
 
 pytestmark = pytest.mark.integration
 

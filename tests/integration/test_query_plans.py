@@ -24,9 +24,9 @@ from sqlalchemy import select
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.sql import ClauseElement
 
-from auth_service import batch_sql, lookups
-from auth_service.db import asyncpg_dsn
-from auth_service.tables import login_failures, refresh_tokens, sessions, users
+from auth_service.db.engine import asyncpg_dsn
+from auth_service.db.tables import login_failures, refresh_tokens, sessions, users
+from auth_service.log import batch_sql, lookups
 
 pytestmark = pytest.mark.integration
 

@@ -16,9 +16,9 @@ from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from auth_service import contract as c
-from auth_service.db import create_engine
-from auth_service.log import append, appending
-from auth_service.tables import revocations, sessions
+from auth_service.db.engine import create_engine
+from auth_service.db.tables import revocations, sessions
+from auth_service.log.store import append, appending
 
 pytestmark = pytest.mark.integration
 

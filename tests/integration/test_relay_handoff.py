@@ -12,10 +12,10 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from auth_service import contract as c
-from auth_service.db import asyncpg_dsn
-from auth_service.intents import EndSessions
-from auth_service.log import append, read_after
-from auth_service.log_writer import LogWriter
+from auth_service.db.engine import asyncpg_dsn
+from auth_service.log.intents import EndSessions
+from auth_service.log.store import append, read_after
+from auth_service.log.writer import LogWriter
 from auth_service.relay import Relay
 from auth_service.relay.publisher import BrokerLink
 from auth_service.relay.window import Window

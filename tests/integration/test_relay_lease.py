@@ -12,7 +12,7 @@ import asyncpg
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from auth_service.db import asyncpg_dsn
+from auth_service.db.engine import asyncpg_dsn
 from tests.integration.test_relay import (
     Consumer,
     RelayFactory,

@@ -13,9 +13,9 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from auth_service import contract as c
-from auth_service.db import asyncpg_dsn
-from auth_service.log import append
-from auth_service.lookups import RevocationReads
+from auth_service.db.engine import asyncpg_dsn
+from auth_service.log.lookups import RevocationReads
+from auth_service.log.store import append
 
 pytestmark = pytest.mark.integration
 

@@ -14,7 +14,7 @@ are ruff's ASYNC rules' job, statically.
 The auth service runs in-process (its handlers, key reloads and relay on this test's loop); the resource
 service runs in-process against a real auth process, so its catch-up and live feed are on the loop. The two
 snapshot paths run with 50,000 live revocations: the auth side passes PostgreSQL's JSON through, the resource
-side parses and folds it in steps (resource_service/snapshot_loading.py).
+side parses and folds it in steps (resource_service/feed/snapshot_loading.py).
 """
 
 from __future__ import annotations
@@ -35,13 +35,13 @@ from fastapi import FastAPI
 from pydantic import SecretStr
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from auth_service import keys
 from auth_service.app import create_app
-from auth_service.db import asyncpg_dsn
+from auth_service.db.engine import asyncpg_dsn
 from auth_service.settings import AuthSettings
+from auth_service.tokens import keys
 from resource_service.app import Runtime
 from resource_service.app import create_app as create_resource_app
-from resource_service.feed import Feed
+from resource_service.feed.loop import Feed
 from tests.conftest import PASSWORD, SERVICE_CLIENT, add_user, running_auth_server, serve_auth
 from tests.integration.test_feed import (
     Exchange,

@@ -9,9 +9,9 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from auth_service import contract as c
-from auth_service.log import append
-from auth_service.snapshots import columnar_snapshot_json, snapshot, snapshot_json
-from resource_service.state import RevocationState
+from auth_service.log.snapshots import columnar_snapshot_json, snapshot, snapshot_json
+from auth_service.log.store import append
+from resource_service.check.state import RevocationState
 
 pytestmark = pytest.mark.integration
 

@@ -13,8 +13,8 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from auth_service.errors import InvalidToken
-from auth_service.keyring import KeyRing, SigningKey
-from auth_service.tokens import parse_token, sign_access_token, unverified_kid, verify_access_token
+from auth_service.tokens.access import parse_token, sign_access_token, unverified_kid, verify_access_token
+from auth_service.tokens.keyring import KeyRing, SigningKey
 
 ISS = "https://auth.example"
 AUD = "tokenlife"

@@ -15,12 +15,12 @@ from starlette.applications import Starlette
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from resource_service.answer_gate import AnswerGate
-from resource_service.dependency import RevocationMiddleware, require_principal
-from resource_service.guard import Guard, Policy
-from resource_service.keys import StaticKeySource
-from resource_service.state import RevocationState
-from resource_service.verifier import Principal, TokenVerifier
+from resource_service.check.guard import Guard, Policy
+from resource_service.check.keys import StaticKeySource
+from resource_service.check.state import RevocationState
+from resource_service.check.verifier import Principal, TokenVerifier
+from resource_service.web.answer_gate import AnswerGate
+from resource_service.web.dependency import RevocationMiddleware, require_principal
 
 ISS = "https://auth.example"
 AUD = "https://api.example"

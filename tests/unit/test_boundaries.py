@@ -24,17 +24,17 @@ IO_LIBRARIES = {
 }
 # Modules that decide without doing I/O: they must not import (even through our own modules) an I/O library.
 PURE_CORES = (
-    "resource_service.state",
-    "resource_service.freshness",
-    "resource_service.guard",
-    "resource_service.verifier",
+    "resource_service.check.state",
+    "resource_service.check.freshness",
+    "resource_service.check.guard",
+    "resource_service.check.verifier",
     "auth_service.contract",
-    "auth_service.tokens",
-    "auth_service.keyring",
-    "auth_service.lifetimes",
-    "auth_service.grant_rules",
-    "auth_service.intents",
-    "auth_service.backoff",
+    "auth_service.tokens.access",
+    "auth_service.tokens.keyring",
+    "auth_service.log.lifetimes",
+    "auth_service.tokens.grant_rules",
+    "auth_service.log.intents",
+    "auth_service.accounts.backoff",
     "auth_service.errors",
 )
 
@@ -169,6 +169,79 @@ def test_no_import_cycles(package: str) -> None:
     for name in graph:
         graph[name] = {dep for dep in graph[name] if not name.startswith(dep + ".")}
     assert not _cycles(graph)
+
+
+# The packages of each service from the bottom up, and what each may import of its own service. A leaf module
+# (errors, settings of the resource service) or the contract may be imported from anywhere below the top.
+LAYERS = {
+    "auth_service.db": {"auth_service.errors"},
+    "auth_service.log": {"auth_service.errors", "auth_service.contract", "auth_service.db"},
+    "auth_service.tokens": {
+        "auth_service.errors",
+        "auth_service.contract",
+        "auth_service.db",
+        "auth_service.log",
+    },
+    "auth_service.accounts": {"auth_service.errors", "auth_service.db"},
+    "resource_service.check": {"resource_service.errors"},
+    "resource_service.feed": {
+        "resource_service.check",
+        "resource_service.errors",
+        "resource_service.settings",
+    },
+    "resource_service.web": {
+        "resource_service.check",
+        "resource_service.feed",
+        "resource_service.errors",
+        "resource_service.settings",
+    },
+}
+
+
+def _package_of(module: str, package: str) -> str:
+    """The first-level package or module of `package` that `module` belongs to."""
+    return ".".join(module.split(".")[:2]) if module.startswith(package + ".") else module
+
+
+@pytest.mark.parametrize("layer", sorted(LAYERS))
+def test_a_lower_package_imports_nothing_above_it(layer: str) -> None:
+    service = layer.split(".")[0]
+    allowed = LAYERS[layer] | {layer}
+    offenders = {
+        f"{module}: {dep}"
+        for module, path in MODULES.items()
+        if module == layer or module.startswith(layer + ".")
+        for dep in _our_modules(path)
+        if dep.startswith(service + ".") and _package_of(dep, service) not in allowed
+    }
+    assert not offenders
+
+
+@pytest.mark.parametrize("package", ["auth_service", "resource_service"])
+def test_no_import_cycles_between_packages(package: str) -> None:
+    """Modules may not cycle, and neither may the folders they sit in (log -> tokens -> log would)."""
+    graph: dict[str, set[str]] = {}
+    for name, path in MODULES.items():
+        if not name.startswith(package + "."):
+            continue
+        source = _package_of(name, package)
+        deps = {_package_of(dep, package) for dep in _our_modules(path) if dep.startswith(package + ".")}
+        graph.setdefault(source, set()).update(deps - {source})
+    for deps in graph.values():
+        for dep in deps:
+            graph.setdefault(dep, set())
+    assert not _cycles(graph)
+
+
+def test_every_package_says_what_it_owns() -> None:
+    """Each package's __init__ opens with a docstring (what it owns and what it may import)."""
+    undocumented = [
+        str(path.relative_to(ROOT))
+        for package in PACKAGES
+        for path in (ROOT / package).rglob("__init__.py")
+        if ast.get_docstring(ast.parse(path.read_text())) is None
+    ]
+    assert not undocumented
 
 
 def test_the_cycle_finder_finds_a_cycle_through_a_function_level_import(tmp_path: Path) -> None:

@@ -7,7 +7,7 @@ import math
 from hypothesis import given
 from hypothesis import strategies as st
 
-from resource_service.freshness import FreshnessTracker, loop_lag, read_as_of
+from resource_service.check.freshness import FreshnessTracker, loop_lag, read_as_of
 
 
 def tracker() -> FreshnessTracker:

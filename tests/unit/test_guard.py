@@ -19,7 +19,10 @@ from starlette.types import Message
 from starlette.websockets import WebSocket
 
 from auth_service.contract import SessionRevoked, UserRevoked
-from resource_service.dependency import RevocationMiddleware, require_principal
+from resource_service.check.guard import Guard
+from resource_service.check.keys import StaticKeySource
+from resource_service.check.state import RevocationState
+from resource_service.check.verifier import Principal, TokenVerifier
 from resource_service.errors import (
     InsufficientScope,
     InvalidRequest,
@@ -29,10 +32,7 @@ from resource_service.errors import (
     TokenRevoked,
     www_authenticate,
 )
-from resource_service.guard import Guard
-from resource_service.keys import StaticKeySource
-from resource_service.state import RevocationState
-from resource_service.verifier import Principal, TokenVerifier
+from resource_service.web.dependency import RevocationMiddleware, require_principal
 
 ISS = "https://auth.example"
 AUD = "https://api.example"

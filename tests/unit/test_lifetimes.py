@@ -10,9 +10,9 @@ from pathlib import Path
 import annotated_types
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from auth_service import lifetimes
-from auth_service.keyring import SigningKey
-from auth_service.tokens import sign_access_token
+from auth_service.log import lifetimes
+from auth_service.tokens.access import sign_access_token
+from auth_service.tokens.keyring import SigningKey
 from resource_service.settings import ResourceSettings
 
 ROOT = Path(__file__).resolve().parents[2]

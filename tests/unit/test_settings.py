@@ -7,9 +7,9 @@ import os
 
 import pytest
 
-from auth_service.clients import secret_hash
-from auth_service.keys import new_key_encryption_key
+from auth_service.accounts.clients import secret_hash
 from auth_service.settings import DEV_AMQP_URL, AuthSettings, UnsafeSettings
+from auth_service.tokens.keys import new_key_encryption_key
 from resource_service.settings import ResourceSettings
 
 

@@ -11,9 +11,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from auth_service.contract import ContractError, Event, Revocation, RevocationKind, UnknownEvent
-from resource_service.json_steps import parse_in_steps
-from resource_service.snapshot_loading import load_snapshot
-from resource_service.state import RevocationState, SnapshotLoader
+from resource_service.check.state import RevocationState, SnapshotLoader
+from resource_service.feed.json_steps import parse_in_steps
+from resource_service.feed.snapshot_loading import load_snapshot
 from tests.unit.test_state import at, columnar, facts, fold, log_and_deliveries, snapshot
 
 

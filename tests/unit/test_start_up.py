@@ -9,7 +9,7 @@ import json
 import subprocess
 import sys
 
-HASHING = ("argon2", "auth_service.passwords")
+HASHING = ("argon2", "auth_service.accounts.passwords")
 
 
 def _run(code: str) -> str:
@@ -47,7 +47,7 @@ def test_importing_the_auth_service_computes_no_hash_and_the_dummy_hash_is_made_
             "    calls.append(1)\n"
             "    return real(self, *args, **kwargs)\n"
             "argon2.PasswordHasher.hash = counted\n"
-            "import auth_service.app, auth_service.passwords as passwords, tokenlife.cli\n"
+            "import auth_service.app, auth_service.accounts.passwords as passwords, tokenlife.cli\n"
             "at_import = len(calls)\n"
             "seen = []\n"
             "make = lambda: seen.append(passwords.dummy_hash())\n"

@@ -27,8 +27,8 @@ from auth_service.contract import (
     UserRevoked,
     decode_snapshot,
 )
-from resource_service.entries import subject_key, subject_text
-from resource_service.state import ApplyResult, RevocationReason, RevocationState, TokenFacts
+from resource_service.check.entries import subject_key, subject_text
+from resource_service.check.state import ApplyResult, RevocationReason, RevocationState, TokenFacts
 
 T0 = datetime(2030, 1, 1, tzinfo=UTC)
 SID = uuid.UUID("6f1c2d3e-4a5b-4c6d-8e7f-8091a2b3c4d5")

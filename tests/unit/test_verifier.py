@@ -15,9 +15,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from jwt.algorithms import RSAAlgorithm
 
+from resource_service.check.keys import JwksKeySource, StaticKeySource, parse_jwks
+from resource_service.check.verifier import TokenVerifier
 from resource_service.errors import InvalidToken
-from resource_service.keys import JwksKeySource, StaticKeySource, parse_jwks
-from resource_service.verifier import TokenVerifier
 
 ISS = "https://auth.example"
 AUD = "https://api.example"

@@ -1,0 +1,249 @@
+"""The feed: keeps a RevocationState at the head of the log, over the broker and over long-poll of the log.
+
+Two transports. Long-poll (`GET /v1/events?wait=S`): the auth service holds the request until an event
+commits or S passes, so a revocation arrives one round trip after its commit, and an idle answer still
+confirms freshness. The broker, when TOKENLIFE_AMQP_URL is set: pushed events and relay heartbeats; the
+long-poll then idles, and takes over the moment heartbeats stop (two intervals), so an outage costs a round
+trip, not a poll interval. Without a broker, long-poll alone carries everything.
+
+The broker session (catch-up, buffering, gap fills, dead letters) is broker_feed.py; this module holds the
+state's shared side: reads of the log, applying, freshness, the long-poll and the supervision of tasks.
+
+Freshness is the time the feed last *knew* it was at the head: a heartbeat whose head it had applied, or an
+HTTP read that found nothing newer (freshness.read_as_of says as of when). Past max_staleness the feed says
+"stale" and the Guard applies its policy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from auth_service.contract import ContractError, Event, UnknownEvent, decode
+from resource_service.check.freshness import FreshnessTracker, loop_lag, read_as_of
+from resource_service.check.guard import Freshness
+from resource_service.check.state import ApplyResult, RevocationState
+from resource_service.feed.auth_client import AuthClient, AuthServiceUnavailable, LogUnreadable
+from resource_service.feed.broker import BrokerTransport
+from resource_service.feed.snapshot_loading import load_snapshot
+from resource_service.settings import ResourceSettings
+
+__all__ = ["Feed", "LogUnreadable"]
+
+log = logging.getLogger("tokenlife.feed")
+
+_INITIAL_BACKOFF = 0.1
+
+
+class Feed:
+    """Keeps one RevocationState current; start() runs its supervised background tasks, stop() ends them."""
+
+    def __init__(
+        self,
+        settings: ResourceSettings,
+        state: RevocationState,
+        client: AuthClient,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self.state = state
+        self._client = client
+        self.clock = clock
+        self.wall_clock = wall_clock
+        self._sync_lock = asyncio.Lock()
+        self._tasks: list[asyncio.Task[None]] = []
+        self.tracker = FreshnessTracker(settings.max_staleness, settings.heartbeat_interval, clock())
+        self._snapshot_needed = True
+        self.head = 0
+        self.live = False  # a broker session is consuming
+        self.broker = bool(settings.amqp_url.get_secret_value())
+        # Read by /metrics: malformed, gap_fills, polls, snapshots, reconnects, overflows, ...
+        self.counters: Counter[str] = Counter()
+        self.crashes: Counter[str] = Counter()
+        # Hooks told, for each event that changed the state, the seconds from its occurred_at to its apply
+        # here (metrics add a histogram's observe).
+        self.on_applied: list[Callable[[float], None]] = []
+
+    # --- freshness ---------------------------------------------------------------------------------------
+
+    @property
+    def caught_up(self) -> bool:
+        """Whether the state reached the head of the log at least once (ready from then on)."""
+        return self.tracker.caught_up
+
+    def staleness(self) -> float:
+        """Seconds since the feed last knew it was at the head (infinite before that)."""
+        return self.tracker.staleness(self.clock())
+
+    def freshness(self) -> Freshness:
+        """The Guard's view: fresh, stale, or unsynced before the first catch-up."""
+        return self.tracker.freshness(self.clock())
+
+    def note_head(self, position: int) -> None:
+        """Remember a head position seen (the highest wins)."""
+        self.head = max(self.head, position)
+
+    # --- lifecycle ---------------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start the long-poll, the broker session (when configured) and the pruner, each supervised."""
+        self.tracker.restart(self.clock())
+        runs: list[tuple[str, Callable[[], Awaitable[None]]]] = [
+            ("long-poll", self._long_poll_loop),
+            ("pruner", self._prune_loop),
+            ("stall-watch", self._stall_watch_loop),
+        ]
+        if self.broker:
+            runs.append(("broker", BrokerTransport(self).run))
+        else:
+            log.warning(
+                "no TOKENLIFE_AMQP_URL: revocations arrive by long-poll of the auth service's log alone"
+            )
+        for name, run in runs:
+            self._tasks.append(asyncio.create_task(self._supervise(name, run), name=f"tokenlife-feed-{name}"))
+
+    async def stop(self) -> None:
+        """Cancel every task and wait for them (the broker session closes its connection)."""
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+        self.live = False
+
+    async def _supervise(self, name: str, run: Callable[[], Awaitable[None]]) -> None:
+        backoff = _INITIAL_BACKOFF
+        while True:
+            try:
+                await run()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                # A bug must not silently end revocation updates: log it, count it, start the task again.
+                log.exception("feed task %s crashed; restarting", name)
+                self.crashes[name] += 1
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, self.settings.reconnect_max_backoff)
+
+    # --- the log over HTTP -------------------------------------------------------------------------------
+
+    async def sync_from_log(self, *, snapshot: bool = False) -> None:
+        """Bring the state to the head of the log over HTTP (snapshot first when asked or never loaded)."""
+        async with self._sync_lock:
+            if snapshot or self._snapshot_needed:
+                body = await self._client.snapshot_body()
+                try:
+                    # In steps, awaiting between them; refused (False) when older than what we applied
+                    # meanwhile: the events after it still apply.
+                    position, _ = await load_snapshot(self.state, body)
+                except ContractError as exc:
+                    raise AuthServiceUnavailable(f"unreadable snapshot: {exc}") from None
+                self._snapshot_needed = False
+                self.note_head(position)
+                self.counters["snapshots"] += 1
+            while True:
+                started = self.clock()
+                page = await self._client.events(self.state.applied_position, self.settings.page_size)
+                self.note_head(page.head)
+                for raw in page.events:
+                    self._apply_logged(raw)
+                if self.state.applied_position >= page.head:
+                    # Nothing newer than what we hold existed when the request left: at the head as of then.
+                    self.tracker.at_head(started)
+                    return
+                if not page.events:
+                    raise LogUnreadable(
+                        f"empty page after {self.state.applied_position} below head {page.head}"
+                    )
+
+    def _apply_logged(self, raw: dict[str, Any]) -> None:
+        try:
+            event = decode(raw)
+        except ContractError as exc:
+            # Skipping it could skip a revocation for good; staying behind makes the instance stale instead.
+            self.counters["log_unreadable"] += 1
+            raise LogUnreadable(f"event at position {raw.get('position')!r}: {exc}") from None
+        result = self.state.apply(event)
+        if result is ApplyResult.GAP:
+            raise LogUnreadable(f"event {event.position} does not follow {self.state.applied_position}")
+        self.applied(event, result)
+
+    def applied(self, event: Event | UnknownEvent, result: ApplyResult) -> None:
+        """Account for an event just applied: the head it proves, and its delay when it changed the state."""
+        if event.position is not None:
+            self.note_head(event.position)
+        if result in (ApplyResult.CHANGED, ApplyResult.ADVANCED):
+            delay = max(0.0, self.wall_clock() - event.occurred_at.timestamp())
+            for hook in self.on_applied:
+                hook(delay)
+
+    async def fill_gap(self, why: str) -> None:
+        """Read the log up to its head; a failure is logged (the long-poll and the next heartbeat retry)."""
+        self.counters["gap_fills"] += 1
+        try:
+            await self.sync_from_log()
+        except (AuthServiceUnavailable, LogUnreadable) as exc:
+            # The long-poll and the next heartbeat try again; until then staleness grows.
+            log.warning("gap fill (%s) failed: %s", why, exc)
+
+    def _hold(self) -> float:
+        # At most half the staleness bound: the evidence of one answer must cover the wait for the next.
+        return min(self.settings.long_poll_wait, self.settings.max_staleness / 2)
+
+    def _broker_carries(self) -> bool:
+        return self.broker and self.caught_up and not self.tracker.heartbeats_silent(self.clock())
+
+    async def _long_poll_loop(self) -> None:
+        idle = min(self.settings.heartbeat_interval, self.settings.poll_interval) / 4
+        while True:
+            if self._broker_carries():
+                await asyncio.sleep(idle)
+                continue
+            self.counters["polls"] += 1
+            try:
+                await self.long_poll(self._hold())
+            except (AuthServiceUnavailable, LogUnreadable) as exc:
+                self.counters["poll_failures"] += 1
+                log.debug("long-poll of the log failed: %s", exc)
+                await asyncio.sleep(self.settings.poll_interval)
+
+    async def long_poll(self, hold: float) -> None:
+        """One long-poll of the log: apply what it brings; an answer at the head confirms freshness."""
+        if self._snapshot_needed:
+            await self.sync_from_log()
+            return
+        # Not under the sync lock: a gap fill or a broker catch-up must not wait for a hold to end. The
+        # state only moves forward, so what this page brings is either new or a duplicate.
+        sent = self.clock()
+        page = await self._client.events(self.state.applied_position, self.settings.page_size, wait=hold)
+        received = self.clock()
+        async with self._sync_lock:
+            self.note_head(page.head)
+            for raw in page.events:
+                self._apply_logged(raw)
+            self.counters["long_poll_events"] += len(page.events)
+            if self.state.applied_position >= page.head:
+                self.tracker.at_head(read_as_of(sent, received, page.held))
+
+    async def _stall_watch_loop(self) -> None:
+        # A tick that wakes late measures the loop's own stall; past the bound it voids older evidence.
+        tick = self.settings.max_staleness / 8
+        previous = self.clock()
+        while True:
+            await asyncio.sleep(tick)
+            now = self.clock()
+            lag = loop_lag(previous, now, tick)
+            previous = now
+            if self.tracker.loop_stalled(lag, now):
+                self.counters["loop_stalls"] += 1
+                log.warning("event loop stalled %.2f s: refusing until the head is confirmed again", lag)
+
+    async def _prune_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.prune_interval)
+            self.counters["pruned"] += self.state.prune(self.wall_clock())

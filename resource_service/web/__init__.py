@@ -1,0 +1,10 @@
+"""The resource library's web face: FastAPI and ASGI integration, the answer gate, and metrics.
+
+Owns: the `require_principal` dependency and the ASGI middleware with RFC 6750 refusals (dependency), the
+pause-safe check when an answer is written (answer_gate), and the Prometheus registry of one app (metrics,
+auth_metrics).
+
+May import: the standard library, FastAPI, Starlette, prometheus-client, `resource_service.check`,
+`resource_service.feed`, `resource_service.errors` and `resource_service.settings`. The sample service
+(`resource_service.app`) sits above it.
+"""
