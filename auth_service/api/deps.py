@@ -24,13 +24,12 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from auth_service.authn import Principal, authenticate, verify
 from auth_service.context import AuthContext
+from auth_service.contract.bearer import MAX_HEADER_BYTES, MalformedBearer, parse_bearer
 from auth_service.errors import AuthServiceError, BearerError, InvalidClient, MissingToken
 
 if TYPE_CHECKING:
     from auth_service.log.listener import LogListener
     from auth_service.relay import Relay
-
-MAX_HEADER = 8192
 
 
 @dataclass
@@ -85,18 +84,13 @@ async def transaction(ctx: AuthContext) -> AsyncIterator[AsyncConnection]:
 
 def bearer_token(request: Request) -> str:
     """The token of an `Authorization: Bearer` header (RFC 6750 §2.1)."""
-    header = request.headers.get("authorization")
-    if header is None:
-        raise MissingToken("authentication required")
-    if len(header) > MAX_HEADER or not header.isascii():
-        raise BearerError("malformed Authorization header")
-    scheme, _, token = header.partition(" ")
-    token = token.strip()
-    if scheme.lower() != "bearer":
-        # RFC 6750 §3.1: another scheme means no bearer credentials at all, so a bare challenge.
+    try:
+        token = parse_bearer(request.headers.get("authorization"), MAX_HEADER_BYTES)
+    except MalformedBearer as exc:
+        raise BearerError(str(exc)) from None
+    if token is None:
+        # RFC 6750 §3.1: no header, or another scheme, means no bearer credentials at all: a bare challenge.
         raise MissingToken("authentication required (Bearer)")
-    if not token or " " in token:
-        raise BearerError("expected 'Authorization: Bearer <token>'")
     return token
 
 
@@ -122,7 +116,7 @@ class _Basic(HTTPBasic):
     async def __call__(self, request: Request) -> str:  # type: ignore[override]
         header = request.headers.get("authorization", "")
         scheme, _, encoded = header.partition(" ")
-        if scheme.lower() != "basic" or not encoded or len(header) > MAX_HEADER:
+        if scheme.lower() != "basic" or not encoded or len(header) > MAX_HEADER_BYTES:
             raise InvalidClient("service client authentication required (HTTP Basic)")
         try:
             client_id, sep, secret = (

@@ -4,7 +4,8 @@ This package imports only the standard library and pydantic. The producer (auth_
 (resource_service, and anyone else reading the exchange or the events API) import it and nothing else of
 auth_service, as `from auth_service import contract as c` or from its modules: `events` (the event types,
 the heartbeat, the events API's page, encode and decode) and `snapshot` (the live revocations at one
-position, object and columnar form, and decode_snapshot). `python -m auth_service.contract` prints the
+position, object and columnar form, and decode_snapshot), and `bearer` (the RFC 6750 header, parsed the
+same way by both sides). `python -m auth_service.contract` prints the
 JSON Schema (docs/event-schema.json).
 
 Wire form of a logged event (message body on the exchange, item of the events API, `payload` in the log)::

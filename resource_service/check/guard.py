@@ -8,6 +8,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Literal, Protocol
 
+from auth_service.contract.bearer import MAX_HEADER_BYTES, MalformedBearer, parse_bearer
 from resource_service.check.state import RevocationState
 from resource_service.check.verifier import Principal, TokenVerifier
 from resource_service.errors import (
@@ -29,8 +30,6 @@ Policy = Literal["fail_closed", "fail_open", "introspect"]
 # Asks the auth service (RFC 7662) whether the token is still active; True means active.
 Introspect = Callable[[str], Awaitable[bool]]
 
-MAX_HEADER_BYTES = 8192
-
 
 class FreshUntil(Protocol):
     """Knows the monotonic time up to which the state counts as fresh (FreshnessTracker)."""
@@ -40,22 +39,13 @@ class FreshUntil(Protocol):
 
 def bearer_token(authorization: str | None, max_bytes: int = MAX_HEADER_BYTES) -> str:
     """The token of a "Bearer <token>" header value; MissingToken or InvalidRequest otherwise."""
-    if authorization is None or not authorization.strip():
+    try:
+        token = parse_bearer(authorization, max_bytes)
+    except MalformedBearer as exc:
+        raise InvalidRequest(str(exc)) from None
+    if token is None:
         raise MissingToken()
-    if len(authorization) > max_bytes:
-        raise InvalidRequest("authorization header too large")
-    if not authorization.isascii():
-        raise InvalidRequest("authorization header must be ASCII")
-    scheme, _, rest = authorization.strip().partition(" ")
-    if scheme.lower() != "bearer":
-        # Credentials of another scheme are not bearer credentials: RFC 6750 answers as if none were sent.
-        raise MissingToken()
-    parts = rest.split()
-    if not parts:
-        raise InvalidRequest("missing bearer token")
-    if len(parts) > 1 or "," in parts[0]:
-        raise InvalidRequest("expected exactly one bearer token")
-    return parts[0]
+    return token
 
 
 def _rejection_reason(err: ResourceError) -> str:

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from auth_service import contract as c
+from auth_service.contract.bearer import MAX_HEADER_BYTES, MalformedBearer, parse_bearer
 
 T0 = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 SID = uuid.uuid4()
@@ -119,3 +120,21 @@ def test_examples_validate_against_the_exported_schema() -> None:
         jsonschema.validate(c.to_json_dict(event), schema)
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate({"schema_version": 1, "type": "token.revoked"}, schema)
+
+
+@pytest.mark.parametrize(
+    ("header", "token"),
+    [(None, None), ("", None), ("Basic abc", None), ("Bearer abc", "abc"), ("bearer  abc ", "abc")],
+)
+def test_a_bearer_header_gives_its_token_or_none_for_no_bearer_credentials(
+    header: str | None, token: str | None
+) -> None:
+    assert parse_bearer(header) == token
+
+
+@pytest.mark.parametrize(
+    "header", ["Bearer", "Bearer a b", "Bearer a,b", "Bearer é", "Bearer " + "a" * MAX_HEADER_BYTES]
+)
+def test_a_malformed_bearer_header_is_refused_with_a_reason(header: str) -> None:
+    with pytest.raises(MalformedBearer, match=r"\w"):
+        parse_bearer(header)
