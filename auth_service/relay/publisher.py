@@ -40,6 +40,7 @@ from aiormq.abc import ChannelFrame
 from pamqp.body import ContentBody
 from pamqp.header import ContentHeader
 
+from amqpkit import close_connection
 from auth_service import contract as c
 
 log = logging.getLogger("tokenlife.relay")
@@ -114,7 +115,7 @@ class BrokerLink:
             return cls(connection, channel, declared, underlay, publish_timeout)
         except _BROKER_ERRORS as exc:
             if connection is not None:
-                await _close_quietly(connection)
+                await close_connection(connection)
             raise failure(exc) from exc
 
     @property
@@ -217,15 +218,4 @@ class BrokerLink:
 
     async def close(self) -> None:
         """Close the connection; bounded (aio-pika gives up waiting for a silent broker after ~2 s)."""
-        await _close_quietly(self._connection)
-
-
-async def _close_quietly(connection: AbstractConnection) -> None:
-    try:
-        await connection.close()
-    except _BROKER_ERRORS as exc:
-        log.debug("closing the broker connection failed: %r", exc)
-    # aiormq ends a connection in tasks that its reader's done callback starts after close() returned: a few
-    # passes of the loop let them end, so none is left pending (and destroyed) when the caller's loop stops.
-    for _ in range(8):
-        await asyncio.sleep(0)
+        await close_connection(self._connection)

@@ -21,6 +21,7 @@ import aio_pika
 from aio_pika.abc import AbstractIncomingMessage
 from aio_pika.exceptions import CONNECTION_EXCEPTIONS
 
+from amqpkit import close_connection
 from auth_service.contract import HEARTBEAT_TYPE, ContractError, Event, UnknownEvent, decode, decode_heartbeat
 from resource_service.check.freshness import FreshnessTracker
 from resource_service.check.state import ApplyResult, RevocationState
@@ -121,12 +122,7 @@ class BrokerTransport:
                     raise ConnectionError("broker connection or channel closed")
                 await self._handle(*item)
         finally:
-            with contextlib.suppress(*_BROKER_ERRORS):
-                await asyncio.wait_for(connection.close(), timeout)
-            # aiormq ends a connection in tasks that its reader's done callback starts after close() returned:
-            # a few passes of the loop let them end, so none is left pending when the loop stops.
-            for _ in range(8):
-                await asyncio.sleep(0)
+            await close_connection(connection, timeout)
 
     async def _handle(self, received: float, message: AbstractIncomingMessage) -> None:
         feed = self._feed
