@@ -4,6 +4,9 @@ WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY auth_service auth_service
 COPY resource_service resource_service
+COPY tokenlife tokenlife
+COPY looplag looplag
+COPY amqpkit amqpkit
 COPY migrations migrations
 RUN pip install --no-cache-dir . && useradd --system tokenlife
 USER tokenlife
