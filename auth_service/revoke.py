@@ -25,7 +25,7 @@ from auth_service.authn import Principal, check_not_revoked, know_kid
 from auth_service.context import AuthContext
 from auth_service.db.tables import users
 from auth_service.errors import InvalidGrant, InvalidRequest, InvalidToken, NotFound
-from auth_service.log import lifetimes, lookups, queries
+from auth_service.log import lifetimes, lookups
 from auth_service.log.intents import EndSessions, Intent, RevokeToken, RevokeUser
 from auth_service.log.store import Appender, appending
 from auth_service.tokens.access import hash_refresh_token, verify_access_token
@@ -162,8 +162,10 @@ async def change_password(
             .where(users.c.user_id == user.user_id)
             .values(password_hash=new_hash, password_changed_at=datetime.now(UTC))
         )
-        live = await queries.unrevoked_sessions(
-            conn, who.user_id, datetime.now(UTC), ctx.settings.access_token_ttl
+        # Read on the pool, not `conn`: complete all the same, since every session starts with an append,
+        # which waits for the lock this transaction holds.
+        live = await lookups.unrevoked_sessions(
+            ctx.pg, who.user_id, datetime.now(UTC), ctx.settings.access_token_ttl
         )
         others = [sid for sid in live if sid != who.session_id]
         return await _end_sessions(log_, ctx, who.user_id, others, "password_change")

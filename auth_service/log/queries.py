@@ -1,5 +1,6 @@
 """Read-only queries of the projections and the log that more than one caller needs: sessions, watermarks,
-refresh tokens, a session's timeline. No writes here: those go through log.appending()."""
+refresh tokens, a session's timeline. No writes here: those go through log.appending(). A question the hot
+path also asks (a user's unrevoked sessions, a session's owner) is asked once, in lookups.py, on the pool."""
 
 from __future__ import annotations
 
@@ -12,7 +13,6 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from auth_service import contract as c
 from auth_service.db.tables import event_log, refresh_tokens, revocations, sessions
-from auth_service.log.lifetimes import may_hold_live_access_token
 from auth_service.log.projections import decode_row
 
 MAX_TIMELINE = 1000
@@ -29,20 +29,6 @@ async def current_watermark(conn: AsyncConnection, user_id: str) -> datetime | N
     )
     marks = [r.not_before for r in rows if r.not_before is not None]
     return max(marks) if marks else None
-
-
-async def unrevoked_sessions(
-    conn: AsyncConnection, user_id: str, now: datetime, access_token_ttl: int
-) -> list[uuid.UUID]:
-    """The user's sessions not yet revoked that may still hold a live access token, oldest first."""
-    # Not only sessions whose refresh token is alive: an access token from a refresh just before the
-    # session expired lives up to access_token_ttl longer, and must be revocable too.
-    rows = await conn.execute(
-        select(sessions.c.session_id, sessions.c.expires_at)
-        .where(sessions.c.user_id == user_id, sessions.c.revoked_at.is_(None))
-        .order_by(sessions.c.created_at)
-    )
-    return [r.session_id for r in rows if may_hold_live_access_token(r.expires_at, now, access_token_ttl)]
 
 
 async def live_sessions(conn: AsyncConnection, user_id: str, now: datetime) -> list[Any]:
@@ -79,17 +65,6 @@ async def refresh_token_with_session(conn: AsyncConnection, token_hash: bytes) -
         await conn.execute(
             select(refresh_tokens, sessions.c.user_id, sessions.c.client_id, sessions.c.revoked_at)
             .join(sessions, sessions.c.session_id == refresh_tokens.c.session_id)
-            .where(refresh_tokens.c.token_hash == token_hash)
-        )
-    ).one_or_none()
-
-
-async def session_of_refresh_token(conn: AsyncConnection, token_hash: bytes) -> Any | None:
-    """The session a refresh token belongs to, or None."""
-    return (
-        await conn.execute(
-            select(sessions)
-            .join(refresh_tokens, refresh_tokens.c.session_id == sessions.c.session_id)
             .where(refresh_tokens.c.token_hash == token_hash)
         )
     ).one_or_none()
