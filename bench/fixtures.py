@@ -23,6 +23,8 @@ ISSUER = "https://auth.bench.example"
 AUDIENCE = "https://api.bench.example"
 KID = "bench-1"
 LIVE = 100_000
+# The one route of each app of the hot-path load benchmark (loadapp.py serves it, throughput.py loads it).
+ROUTE = "/r"
 
 
 def private_key() -> rsa.RSAPrivateKey:

@@ -15,7 +15,6 @@ from typing import Annotated
 from fastapi import Depends, FastAPI, Request
 
 from bench import fixtures
-from bench.throughput import PATH
 from resource_service.check.guard import Guard
 from resource_service.check.keys import StaticKeySource
 from resource_service.check.state import RevocationState
@@ -40,7 +39,7 @@ def _app() -> FastAPI:
 open_app = _app()
 
 
-@open_app.get(PATH)
+@open_app.get(fixtures.ROUTE)
 async def open_route() -> dict[str, str]:
     """No dependency at all: what FastAPI and uvicorn cost."""
     return {"sub": "anyone"}
@@ -54,7 +53,7 @@ async def header_only(request: Request) -> str | None:
     return request.headers.get("authorization")
 
 
-@header_app.get(PATH)
+@header_app.get(fixtures.ROUTE)
 async def header_route(header: Annotated[str | None, Depends(header_only)]) -> dict[str, str]:
     """The header-only baseline."""
     return {"sub": "anyone" if header is None else "someone"}
@@ -71,7 +70,7 @@ def _get_guard(request: Request) -> Guard:
     return guard
 
 
-@protected_app.get(PATH)
+@protected_app.get(fixtures.ROUTE)
 async def protected_route(
     principal: Annotated[Principal, Depends(require_principal(_get_guard))],
 ) -> dict[str, str]:

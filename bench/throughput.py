@@ -30,7 +30,7 @@ ASGI_ROUNDS = 15
 ASGI_CALLS = 200
 CONNECTIONS = 8
 CASES = ("open", "header", "protected")
-PATH = "/r"  # the one route of each app
+PATH = fixtures.ROUTE
 APPS = {case: f"bench.loadapp:{case}_app" for case in CASES}
 TARGET = "protected route / header-only route (uvicorn, 1 worker)"
 

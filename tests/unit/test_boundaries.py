@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-PACKAGES = ("auth_service", "resource_service", "tokenlife", "looplag", "amqpkit")
+PACKAGES = ("auth_service", "resource_service", "tokenlife", "looplag", "amqpkit", "bench")
 IO_LIBRARIES = {
     "sqlalchemy",
     "asyncpg",
@@ -159,7 +159,7 @@ def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     return cycles
 
 
-@pytest.mark.parametrize("package", ["auth_service", "resource_service"])
+@pytest.mark.parametrize("package", ["auth_service", "resource_service", "bench"])
 def test_no_import_cycles(package: str) -> None:
     graph = {
         name: {dep for dep in _our_modules(path) if dep.startswith(package) and dep != name}
