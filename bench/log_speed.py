@@ -72,7 +72,7 @@ RETURNING session_id, user_id
 
 async def _relay_caught_up(dsn: str) -> dict[str, float]:
     """Wait until the relay's cursor reaches the log's head as it is now: how far behind it was, and how long
-    it took (the cursor is written every relay.loop.CURSOR_EVERY, so to that resolution)."""
+    it took (the cursor is written every relay.pump.CURSOR_EVERY, so to that resolution)."""
     conn = await asyncpg.connect(dsn)
     try:
         started = time.monotonic()

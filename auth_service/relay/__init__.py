@@ -31,7 +31,8 @@ every event type, or the relay stalls on the first event nobody routes (resource
 the price of never reporting "published" for a message that reached nobody; lag and the failures counter
 show it.
 
-Modules: loop (the Relay: lead, read, publish, advance), leader (the leader lock and the cursor), publisher
+Modules: loop (the Relay: stand by or lead, reconnect), pump (one link's publishing: read, send,
+heartbeat, confirms, the cursor), leader (the leader lock and the cursor), publisher
 (the broker link with confirms), wakeup (LISTEN on the log's channel), reading (the log's reads, on the
 relay's own connection), window (the unconfirmed publishes and the writer's hand-off), metrics, cli
 (`tokenlife relay`).

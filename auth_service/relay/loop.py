@@ -1,4 +1,5 @@
-"""The relay's loop: lead, read from the cursor, publish confirmed, advance; see the package docstring."""
+"""The relay's loop: stand by or lead, and while leading keep a broker link open (reconnecting with
+backoff) for a Pump (pump.py) to publish on; see the package docstring."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 
 import asyncpg
 from prometheus_client import CollectorRegistry
@@ -18,18 +19,15 @@ from auth_service.log import store as event_log
 from auth_service.relay.leader import LeaderLock
 from auth_service.relay.metrics import RelayMetrics
 from auth_service.relay.publisher import BrokerLink, PublishFailure
+from auth_service.relay.pump import Progress, Pump
 from auth_service.relay.reading import LogReader
 from auth_service.relay.wakeup import Waker
-from auth_service.relay.window import Window
 from auth_service.settings import AuthSettings, RelaySettings
 
 log = logging.getLogger("tokenlife.relay")
 
 _DB_ERRORS = (SQLAlchemyError, asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
 _MIN_BACKOFF = 0.05
-# The cursor is where a new leader resumes: one that lags by this much only means a few events published
-# twice after a takeover, which consumers drop by position (at-least-once, as every other failure).
-CURSOR_EVERY = 0.05
 
 
 class Relay:
@@ -52,7 +50,7 @@ class Relay:
         self._database_url = database_url
         self._amqp_url = amqp_url
         self._exchange = exchange
-        self._confirmed = 0
+        self._progress = Progress()
         self._heartbeat_interval = settings.heartbeat_interval
         self._poll_interval = settings.poll_interval
         self._publish_timeout = settings.publish_timeout
@@ -73,10 +71,8 @@ class Relay:
         self._running = False
         self._leading = False
         self._link: BrokerLink | None = None
-        self._window: Window | None = None
+        self._pump: Pump | None = None
         self._closing: set[asyncio.Task[None]] = set()
-        self._cursor = 0
-        self._progressed = False
         self._opened_links = 0
 
     @classmethod
@@ -118,7 +114,7 @@ class Relay:
     @property
     def cursor(self) -> int:
         """The last position this instance saw confirmed (the table's value while it leads)."""
-        return self._cursor
+        return self._progress.cursor
 
     def committed(self, events: Sequence[c.Event], recorded_at: datetime | None = None) -> None:
         """The log writer's hand-off, called right after its COMMIT with the events it appended.
@@ -127,15 +123,15 @@ class Relay:
         window.py); otherwise, or when it does not lead, nothing happens here and the read path publishes
         them. Never awaits, never raises for the writer to handle.
         """
-        window = self._window
-        if window is not None and window.hand_off(events, recorded_at):
+        pump = self._pump
+        if pump is not None and pump.hand_off(events, recorded_at):
             self.metrics.handed_off.inc(len(events))
 
     async def keep_up(self) -> None:
         """For the log writer of this process, before each batch: while this instance leads, wait (briefly)
         while the relay trails the writer's commits by more than its window (window.py, keeping up)."""
-        window = self._window
-        if window is not None and await window.keep_up():
+        pump = self._pump
+        if pump is not None and await pump.keep_up():
             self.metrics.writer_waits.inc()
 
     async def start(self) -> None:
@@ -195,15 +191,16 @@ class Relay:
             await self._lock.release()
 
     async def _publish_loop(self) -> None:
-        self._cursor = self._confirmed = await self._lock.read_cursor()
-        self.metrics.positions(cursor=self._cursor)
+        progress = self._progress
+        progress.cursor = progress.confirmed = await self._lock.read_cursor()
+        self.metrics.positions(cursor=progress.cursor)
         waker = Waker(self._database_url, timeout=max(self._publish_timeout, 1.0))
         backoff = _MIN_BACKOFF
         try:
             await waker.connect()
             while True:
                 link: BrokerLink | None = None
-                self._progressed = False
+                progress.progressed = False
                 try:
                     link = await BrokerLink.open(
                         self._amqp_url, self._exchange, publish_timeout=self._publish_timeout
@@ -212,119 +209,40 @@ class Relay:
                     if self._opened_links > 1:
                         self.metrics.reconnects.inc()
                     self._link = link
-                    await self._pump(link, waker)
+                    self._pump = Pump(
+                        link,
+                        waker,
+                        self._log,
+                        self._lock,
+                        self.metrics,
+                        progress,
+                        batch_size=self._batch_size,
+                        poll_interval=self._poll_interval,
+                        heartbeat_interval=self._heartbeat_interval,
+                    )
+                    await self._pump.run()
                 except PublishFailure as failure:
                     self.metrics.failures.labels(reason=failure.reason).inc()
-                    log.warning("relay: %s; resuming after position %d", failure, self._confirmed)
+                    log.warning("relay: %s; resuming after position %d", failure, progress.confirmed)
                     # Heartbeats refresh the head; without a broker, refresh it here, so lag shows the outage.
                     with contextlib.suppress(*_DB_ERRORS):
                         self.metrics.positions(head=await self._log.head())
                 except _DB_ERRORS as exc:
                     self.metrics.failures.labels(reason="database").inc()
-                    log.warning("relay: database error %r; resuming after position %d", exc, self._confirmed)
+                    log.warning(
+                        "relay: database error %r; resuming after position %d", exc, progress.confirmed
+                    )
                     await self._log.close()
                 finally:
                     self._link = None
+                    self._pump = None
                     if link is not None:
                         self._close_later(link)
-                backoff = _MIN_BACKOFF if self._progressed else min(backoff * 2, self._max_backoff)
+                backoff = _MIN_BACKOFF if progress.progressed else min(backoff * 2, self._max_backoff)
                 await asyncio.sleep(backoff)
         finally:
             await waker.close()
             await self._log.close()
-
-    async def _pump(self, link: BrokerLink, waker: Waker) -> None:
-        """Read after the last sent position and send at once; confirms and the cursor follow behind.
-
-        Up to `batch_size` publishes stay outstanding: the next rows are read and sent while earlier confirms
-        are on their way, and the cursor UPDATE runs in a task of its own, never between a read and a send.
-        The log writer's hand-off (`committed`) sends into the same window between reads. A failed publish
-        fails the link; the next one resumes after the last confirmed position.
-        """
-        loop = asyncio.get_running_loop()
-        next_heartbeat = loop.time()
-        window = self._window = Window(link, self._confirmed, self._batch_size, waker.wake)
-        advanced = asyncio.Event()
-        cursor_task = asyncio.create_task(self._advance_cursor(advanced))
-        read = True  # the first pass reads: what was committed before this link
-        try:
-            while True:
-                if not link.is_open:
-                    raise PublishFailure("connection", "the broker connection closed")
-                if cursor_task.done():
-                    cursor_task.result()  # a database error moving the cursor ends this link too
-                self._harvest(window, advanced)
-                # Read only when a head past what was sent is known, or nothing came for a whole wait (the
-                # backstop poll): the log writer handed its commit over already; that NOTIFY reads nothing.
-                read = read or waker.behind(window.sent)
-                room = window.room
-                reading = read and room > 0
-                # Cleared before the read: a NOTIFY that lands during the read or the sends still wakes us.
-                waker.clear(reading=reading)
-                rows = await self._log.batch(window.sent, room) if reading else []
-                read = read and not reading  # a read the full window put off is still due
-                await window.send_read(rows)
-                if loop.time() >= next_heartbeat:
-                    head = await self._log.head()
-                    await link.publish_heartbeat(head)
-                    self._progressed = True
-                    self.metrics.heartbeats.inc()
-                    self.metrics.positions(head=head)
-                    next_heartbeat = loop.time() + self._heartbeat_interval
-                if rows and len(rows) == room:
-                    read = True
-                    continue  # more to read at once (or the window is full: the harvest waits below)
-                wait = min(self._poll_interval, max(0.0, next_heartbeat - loop.time()))
-                if window.inflight:
-                    # Wake on the oldest confirm as well as on a commit, and when the oldest is overdue.
-                    wait = min(wait, window.time_left())
-                    confirmed = window.inflight[0][2]
-                    notified = asyncio.create_task(waker.wait(wait))
-                    await asyncio.wait({notified, confirmed}, return_when=asyncio.FIRST_COMPLETED)
-                    timed_out = (
-                        notified.done()
-                        and not notified.cancelled()
-                        and notified.exception() is None
-                        and notified.result() is False
-                    )
-                    notified.cancel()
-                    await asyncio.gather(notified, return_exceptions=True)
-                else:
-                    timed_out = not await waker.wait(wait)
-                read = read or timed_out  # nothing came for a whole wait: poll
-        finally:
-            self._window = None  # before any await: no hand-off into a finished window
-            window.close()  # and no writer waiting on it
-            cursor_task.cancel()
-            confirmations = window.confirmations()
-            for confirmation in confirmations:
-                confirmation.cancel()
-            await asyncio.gather(cursor_task, *confirmations, return_exceptions=True)
-
-    def _harvest(self, window: Window, advanced: asyncio.Event) -> None:
-        """Take the confirmed publishes off the front, in order; a failed one raises its PublishFailure."""
-        now: datetime | None = None
-        for position, recorded in window.confirmed():
-            now = now or datetime.now(UTC)
-            self._confirmed = position
-            self._progressed = True
-            self.metrics.published.inc()
-            if recorded is not None:
-                self.metrics.publish_latency.observe(max(0.0, (now - recorded).total_seconds()))
-            advanced.set()
-
-    async def _advance_cursor(self, advanced: asyncio.Event) -> None:
-        """Write the confirmed position to the cursor row, coalescing: off the read-and-send path, and at most
-        once per CURSOR_EVERY, so a busy log costs a few cursor commits a second, not one per confirm."""
-        while True:
-            await advanced.wait()
-            advanced.clear()
-            position = self._confirmed
-            if position > self._cursor:
-                await self._lock.advance_cursor(position)
-                self._cursor = position
-                self.metrics.positions(cursor=position)
-                await asyncio.sleep(CURSOR_EVERY)
 
     def _close_later(self, link: BrokerLink) -> None:
         # Closing waits for the broker's close-ok (up to ~2 s when it went silent): reconnect meanwhile.
