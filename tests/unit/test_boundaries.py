@@ -245,6 +245,21 @@ def test_every_package_says_what_it_owns() -> None:
     assert not undocumented
 
 
+MAX_MODULE_LINES = 300
+
+
+def test_a_module_past_300_lines_says_why_in_its_docstring() -> None:
+    """Split a module before it passes ~300 lines; one that stays longer says why ("Long because ...")."""
+    long = [
+        f"{name}: {len(path.read_text().splitlines())} lines"
+        for name, path in MODULES.items()
+        if not name.startswith("bench")
+        and len(path.read_text().splitlines()) > MAX_MODULE_LINES
+        and "Long because" not in (ast.get_docstring(ast.parse(path.read_text())) or "")
+    ]
+    assert not long
+
+
 def test_the_cycle_finder_finds_a_cycle_through_a_function_level_import(tmp_path: Path) -> None:
     """Written the way log and projections once imported each other."""
     (tmp_path / "a.py").write_text("from auth_service.b import x\n")
