@@ -1,7 +1,7 @@
 """The token endpoint's grants: password (login) and refresh_token (rotation with reuse detection).
 
 Both check what needs no database first, then enter `log.appending()` before any row lock (the lock order
-rule is in log.py), and decide with the pure rules of grant_rules.py.
+rule is in log/store.py), and decide with the pure rules of tokens/grant_rules.py.
 """
 
 from __future__ import annotations

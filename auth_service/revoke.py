@@ -3,7 +3,7 @@
 Every function appends exactly one event per session, token or user it ends, and ending something already
 ended appends nothing. The revocation-only paths (logout, RFC 7009, ending a session, revoking a user)
 validate outside the lock (token, session lookups on the asyncpg pool) and hand their intents to the
-process's group committer (`ctx.writer`, log_writer.py), which decides under the append lock. A password
+process's group committer (`ctx.writer`, log/writer.py), which decides under the append lock. A password
 change writes a credential row too, so it keeps its own transaction inside `log.appending()` (the same lock,
 taken before any row lock but the users row; see below).
 """

@@ -3,8 +3,8 @@
 Shaped like tokenlife's broker path: a durable topic exchange of its own; a publisher on a confirm channel
 that raises on returns, publishing persistent, mandatory messages the size of an event (as the relay does);
 three consumers, each with its own connection and exclusive queue bound to "#", prefetch as a resource
-service's, decoding and acknowledging each message (as broker_feed.py does). A sample is the time from just
-before the publish to the last of the three deliveries.
+service's, decoding and acknowledging each message (as resource_service/feed/broker.py does). A sample is the
+time from just before the publish to the last of the three deliveries.
 
 Two placements of the consumers: three processes of their own (bench/fanout_serve.py, each reporting its
 delivery time on the shared monotonic clock), as the three resource instances are; and all three in the

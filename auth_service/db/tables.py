@@ -1,6 +1,6 @@
 """The database tables, as SQLAlchemy Core metadata (the migrations under migrations/ create them).
 
-- event_log: the append-only log, the truth. Positions are gap-free and equal commit order (see log.py).
+- event_log: the append-only log, the truth. Positions are gap-free and equal commit order (see log/store.py).
 - sessions, revocations: projections of the log, updated in the appending transaction and rebuildable.
 - users, refresh_tokens: credentials. They are not projections: a password or refresh-token hash must be
   erasable, and nothing can be erased from the log.

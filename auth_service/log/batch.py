@@ -1,4 +1,4 @@
-"""One batch of the log writer (log_writer.py), committed on the writer's own asyncpg connection.
+"""One batch of the log writer (writer.py), committed on the writer's own asyncpg connection.
 
 A batch of logouts, RFC 7009 revocations and ended sessions (no watermark in it) costs one round trip: the
 committer decides on the guess that every session it ends is still open (the request checked it moments
@@ -20,7 +20,7 @@ takes at once, since a watermark depends on the one before:
 
 Both paths run the same write (batch_sql.py holds the statements), so the projections cannot differ.
 
-The lock protocol is log.py's: the lock is taken before the head is read, in a later statement, so positions
+The lock protocol is store.py's: the lock is taken before the head is read, in a later statement, so positions
 stay dense and equal to commit order; `log.appending()` (login, refresh, password change, key revocation)
 takes the same lock, so the two kinds of appender interleave correctly.
 

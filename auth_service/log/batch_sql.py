@@ -1,4 +1,4 @@
-"""The log writer's statements (log_writer.py): the state its decisions read under the lock, the batch's
+"""The log writer's statements (writer.py): the state its decisions read under the lock, the batch's
 write, the callers' revocation check, and the append function that runs the last two in one round trip.
 
 The write and the check are written once, with named arguments: `numbered` makes each a prepared statement
@@ -150,7 +150,7 @@ REVOKED = numbered(REVOKED_CALLERS, CALLER_ARGS)
 # caller's token is revoked; it takes the lock, checks the guess, and writes only if it held (no row back if
 # not: the writer decides again under the lock, where it finds out which). PL/pgSQL runs each statement of
 # a VOLATILE function in a snapshot of its own, taken when the statement starts (READ COMMITTED), so the
-# head is read after the lock is held, as log.py's protocol asks.
+# head is read after the lock is held, as store.py's protocol asks.
 # It lives in pg_temp, made on each of the writer's connections: the one definition of the write stays here.
 APPEND_FUNCTION = f"""
 CREATE FUNCTION pg_temp.tokenlife_append(

@@ -1,9 +1,9 @@
 """Group commit: one writer per process appends every request's revocations, many requests per transaction.
 
-Why: each append serialises on the log's lock (log.py), so one transaction per logout caps the whole service
+Why: each append serialises on the log's lock (store.py), so one transaction per logout caps the whole service
 at one lock hand-over plus several round trips per logout. The writer instead takes whatever requests queued
 while its previous batch committed, and writes them all in one transaction on its own asyncpg connection
-(batch_commit.py: the one-round-trip path and the locked path).
+(batch.py: the one-round-trip path and the locked path).
 
 Right after COMMIT, before its requests are answered, it hands the events to its `on_commit` hooks: the
 relay of the same process publishes them at once (relay/window.py), rather than after the NOTIFY and a read.

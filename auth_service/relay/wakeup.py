@@ -1,14 +1,13 @@
 """Wakes the relay when a commit is notified: LISTEN on the log's channel, on a dedicated asyncpg connection.
 
 A LISTEN socket can die without anyone noticing for a long time, so the relay never relies on it alone: it
-also polls (see relay.py). A dead connection is reopened on the next wait, and a reopened LISTEN wakes the
+also polls (see pump.py). A dead connection is reopened on the next wait, and a reopened LISTEN wakes the
 relay once, since whatever was notified while nobody listened is gone.
 
-Every NOTIFY carries the head it committed (log.py, log_writer.py), so the relay reads the log only when a
-head past what it sent was notified: the commits the log writer handed it already (relay/window.py) cost
-no read. A wake that says nothing of the head (the LISTEN reopened, a payload that is no position) asks
-for a read.
-"""
+Every NOTIFY carries the head it committed (log/store.py, log/writer.py), so the relay reads the log only when
+a head past what it sent was notified: the commits the log writer handed it already (relay/window.py) cost no
+read. A wake that says nothing of the head (the LISTEN reopened, a payload that is no position) asks for a
+read."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The signing keys an instance holds, as plain values: what tokens.py signs and verifies with. Pure."""
+"""The signing keys an instance holds, as plain values: what access.py signs and verifies with. Pure."""
 
 from __future__ import annotations
 

@@ -4,7 +4,7 @@ Catch-up, at start and after every reconnect: subscribe and buffer -> snapshot a
 over HTTP up to the head -> drain the buffer (anything <= the applied position is a duplicate) -> live. A
 prev_position that does not follow the applied position, a heartbeat whose head is ahead, or a malformed
 message (dead-lettered) all trigger a gap fill from the events API. When heartbeats stop, the feed's
-long-poll takes over (feed.py) while this keeps reconnecting.
+long-poll takes over (loop.py) while this keeps reconnecting.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ confirms freshness. The broker, when TOKENLIFE_AMQP_URL is set: pushed events an
 long-poll then idles, and takes over the moment heartbeats stop (two intervals), so an outage costs a round
 trip, not a poll interval. Without a broker, long-poll alone carries everything.
 
-The broker session (catch-up, buffering, gap fills, dead letters) is broker_feed.py; this module holds the
+The broker session (catch-up, buffering, gap fills, dead letters) is broker.py; this module holds the
 state's shared side: reads of the log, applying, freshness, the long-poll and the supervision of tasks.
 
 Freshness is the time the feed last *knew* it was at the head: a heartbeat whose head it had applied, or an
