@@ -1,4 +1,4 @@
-"""The auth service's errors, mapped to HTTP in one place (app.py's exception handler, api/errors.py).
+"""The auth service's errors, mapped to HTTP in one place (app.py's exception handlers).
 
 AuthServiceError
 ├── OAuthError                 RFC 6749 §5.2 body {"error", "error_description"}, status 400 or 401
@@ -16,7 +16,7 @@ AuthServiceError
 ├── NoSigningKey               503: no active signing key to sign with
 ├── AppendError                503 + Retry-After: the log's append lock was not free in time
 ├── TooManyWaiters             503 + Retry-After: every long-poll slot of this instance is taken
-├── DatabaseUnavailable        503 + Retry-After: PostgreSQL down or unreachable (db_errors.translate)
+├── DatabaseUnavailable        503 + Retry-After: PostgreSQL down or unreachable (db/errors.py)
 └── NotFound                   404: a session that is not the caller's, or does not exist
 
 An error whose `keeps_writes` is true still commits the request's transaction before it is answered.
