@@ -77,13 +77,28 @@ def _discard(index: dict[Key, set[Watch]], key: Key, watch: Watch) -> None:
 class WatchIndex:
     """The open connections of one instance by jti, session and user; told of revocations by the state."""
 
-    __slots__ = ("_by_jti", "_by_sid", "_by_sub", "_count", "_expiry", "_order", "_state", "callback_errors")
+    __slots__ = (
+        "_by_jti",
+        "_by_sid",
+        "_by_sub",
+        "_count",
+        "_expiry",
+        "_maps",
+        "_order",
+        "_state",
+        "callback_errors",
+    )
 
     def __init__(self, state: RevocationState) -> None:
         self._state = state
         self._by_jti: dict[Key, set[Watch]] = {}
         self._by_sid: dict[Key, set[Watch]] = {}
         self._by_sub: dict[Key, set[Watch]] = {}
+        self._maps = {
+            RevocationKind.JTI: self._by_jti,
+            RevocationKind.SESSION: self._by_sid,
+            RevocationKind.USER: self._by_sub,
+        }
         # (dead_at, order, watch), earliest first; a removed watch stays until popped (lazy deletion).
         self._expiry: list[tuple[float, int, Watch]] = []
         self._order = itertools.count()
@@ -142,13 +157,16 @@ class WatchIndex:
 
     def revoked(self, kind: RevocationKind, key: Key, not_before: float | None) -> int:
         """The state folded in a new or widened revocation: end the connections it covers; how many."""
-        if kind is RevocationKind.JTI:
-            hit = list(self._by_jti.get(key, ()))
-        elif kind is RevocationKind.SESSION:
-            hit = list(self._by_sid.get(key, ()))
-        elif kind is RevocationKind.USER:
-            assert not_before is not None
-            hit = [w for w in self._by_sub.get(key, ()) if w.facts.iat < not_before]
+        by = self._maps.get(kind)
+        if by is not None:
+            found = by.get(key)
+            if found is None:
+                return 0  # the common case: nobody watches what this event revokes
+            if kind is RevocationKind.USER:
+                assert not_before is not None
+                hit = [w for w in found if w.facts.iat < not_before]
+            else:
+                hit = list(found)
         elif kind is RevocationKind.KEY:
             kid = subject_text(key)
             hit = [w for w in self._all() if w.facts.kid == kid]
