@@ -5,6 +5,8 @@ Every figure stands beside its baseline from the same run, with rounds interleav
 noisy machine. Each module adds rows, targets and latency samples to one Results (bench/results.py):
 - hotpath: the warm and cold check against PyJWT's decode, a Redis EXISTS and a PostgreSQL lookup;
 - memory: bytes per live revocation at 1M entries, process growth after a 100k snapshot, its size and time;
+- live_connections: the watch index of open WebSockets and event streams: bytes per watched connection, the
+  cost of applying one event with 10,000 watched against none;
 - throughput: requests per second through uvicorn, the tokenlife dependency against a header-only one;
 - jwt_algorithms: sign and verify per algorithm (the basis of RS256);
 - on a real stack (bench/stack.py): introspection per request and propagation from logout to 401 (broker,
@@ -37,6 +39,7 @@ from bench import (
     hotpath,
     introspection,
     jwt_algorithms,
+    live_connections,
     log_speed,
     longpoll,
     memory,
@@ -57,6 +60,7 @@ def main() -> int:
     results = Results()
     asyncio.run(hotpath.run(results))
     memory.run(results)
+    live_connections.run(results)
     asyncio.run(throughput.run(results))
     for row in jwt_algorithms.run():
         results.rows.append(_legacy(row))

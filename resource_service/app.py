@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import math
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Annotated
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import Depends, FastAPI, Query, Request, WebSocket
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from pydantic import BaseModel
 
@@ -25,7 +28,9 @@ from resource_service.settings import ResourceSettings
 from resource_service.web.answer_gate import AnswerGate
 from resource_service.web.auth_metrics import AuthLinkCollector
 from resource_service.web.dependency import error_responses, install_error_handler, require_principal
+from resource_service.web.live import LiveConnections, watched_events
 from resource_service.web.metrics import build_registry
+from resource_service.web.websocket import serve_websocket
 
 __all__ = ["ADMIN_SCOPE", "Runtime", "create_app"]
 
@@ -42,6 +47,7 @@ class Runtime:
     guard: Guard
     registry: CollectorRegistry
     loop_lag: LoopLag
+    live: LiveConnections
 
 
 def _build(settings: ResourceSettings) -> Runtime:
@@ -67,12 +73,13 @@ def _build(settings: ResourceSettings) -> Runtime:
         retry_after=max(1, math.ceil(settings.poll_interval)),
         fresh_until=feed.tracker,
     )
-    registry = build_registry(feed, guard)
+    live = LiveConnections(guard, state, tick=min(0.25, settings.max_staleness / 8), fresh_until=feed.tracker)
+    registry = build_registry(feed, guard, live)
     registry.register(AuthLinkCollector(client))
-    return Runtime(settings, client, feed, guard, registry, LoopLag(registry))
+    return Runtime(settings, client, feed, guard, registry, LoopLag(registry), live)
 
 
-def runtime(request: Request) -> Runtime:
+def runtime(request: Request | WebSocket) -> Runtime:
     """The app's Runtime (present once the lifespan has started)."""
     found: Runtime = request.app.state.runtime
     return found
@@ -113,6 +120,21 @@ def _principal_view(principal: Principal) -> PrincipalView:
     )
 
 
+def _tick(n: int, principal: Principal) -> dict[str, object]:
+    return {"tick": n, "at": time.time(), "sub": principal.sub, "sid": principal.sid}
+
+
+async def _ticks(interval: float, principal: Principal) -> AsyncIterator[dict[str, object]]:
+    n = 0
+    while True:
+        n += 1
+        yield _tick(n, principal)
+        await asyncio.sleep(interval)
+
+
+_INTERVAL = Query(ge=0.05, le=60.0, description="Seconds between two ticks.")
+
+
 def create_app(settings: ResourceSettings) -> FastAPI:
     """The sample service; nothing connects until the lifespan starts the feed."""
 
@@ -123,9 +145,11 @@ def create_app(settings: ResourceSettings) -> FastAPI:
         app.state.runtime = rt
         rt.loop_lag.start()
         await rt.feed.start()
+        rt.live.start()
         try:
             yield
         finally:
+            await rt.live.stop()
             await rt.feed.stop()
             await rt.client.aclose()
             await rt.loop_lag.stop()
@@ -157,6 +181,46 @@ def create_app(settings: ResourceSettings) -> FastAPI:
     async def admin(principal: Annotated[Principal, Depends(_admin_principal)]) -> AdminView:
         """Only for tokens granted the admin scope."""
         return AdminView(admin=True, **_principal_view(principal).model_dump())
+
+    @app.websocket("/v1/ticks")
+    async def ticks(websocket: WebSocket, interval: Annotated[float, _INTERVAL] = 1.0) -> None:
+        """A ticking feed over a WebSocket, closed when its token is revoked or expires, or when stale."""
+
+        async def feed(ws: WebSocket, principal: Principal) -> None:
+            async for tick in _ticks(interval, principal):
+                await ws.send_json(tick)
+
+        rt = runtime(websocket)
+        await serve_websocket(websocket, rt.live, rt.guard, feed)
+
+    @app.get(
+        "/v1/ticks/events",
+        summary="A ticking feed as server-sent events",
+        response_class=StreamingResponse,
+        responses={
+            200: {
+                "description": "`tick` events until the token ends; then one `end` event saying why.",
+                "content": {"text/event-stream": {"schema": {"type": "string"}}},
+            },
+            **error_responses(),
+        },
+    )
+    async def tick_events(
+        request: Request,
+        principal: Annotated[Principal, Depends(_any_principal)],
+        interval: Annotated[float, _INTERVAL] = 1.0,
+    ) -> StreamingResponse:
+        """Server-sent `tick` events, ended by an `end` event when the token is revoked or expires."""
+
+        async def frames() -> AsyncIterator[bytes]:
+            async for tick in _ticks(interval, principal):
+                yield f"event: tick\ndata: {json.dumps(tick)}\n\n".encode()
+
+        return StreamingResponse(
+            watched_events(runtime(request).live, principal, frames()),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+        )
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, str]:

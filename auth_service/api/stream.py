@@ -5,6 +5,11 @@ that revokes the caller's token is still delivered (it is the user's own news), 
 an `end` event saying why. It also ends when the token expires; the client reconnects with a fresh token and
 `?after=` the last position it saw, so nothing is missed across reconnects.
 
+The stream follows the same rules as an open connection to a resource service (resource_service/web/live.py),
+with the same `end` reasons: `token_revoked` (sign in again), `token_expired` (refresh and reconnect) and
+`state_stale` (retry shortly): the database cannot be read, so no revocation can be seen. A NOTIFY that
+never comes (the listening connection lost) costs at most BACKSTOP: the head is read at least that often.
+
 Scope: events carrying the caller's user id, plus key and global revocations (they end the caller's tokens
 too and name no user).
 """
@@ -28,6 +33,7 @@ from auth_service.api.deps import Context, CurrentPrincipal, app_state, bearer_t
 from auth_service.api.openapi import errors
 from auth_service.authn import Principal, authenticate
 from auth_service.context import AuthContext
+from auth_service.db.errors import translate
 from auth_service.db.tables import event_log
 from auth_service.errors import BearerError
 from auth_service.log.listener import LogListener
@@ -37,6 +43,8 @@ from auth_service.log.store import read_head
 router = APIRouter(tags=["account"])
 
 KEEPALIVE = 15.0
+# Under the resource services' default bound (2 s): a missed NOTIFY must not keep a revoked stream open.
+BACKSTOP = 1.0
 MAX_BATCH = 500
 _UNADDRESSED = (c.EventType.KEY_REVOKED.value, c.EventType.GLOBAL_REVOKED.value)
 
@@ -101,17 +109,34 @@ async def _still_valid(ctx: AuthContext, token: str) -> bool:
 async def _stream(
     ctx: AuthContext, listener: LogListener, token: str, who: Principal, cursor: int
 ) -> AsyncIterator[bytes]:
+    try:
+        async for chunk in _follow(ctx, listener, token, who, cursor):
+            yield chunk
+    except Exception as exc:
+        if translate(exc) is None:
+            raise
+        # The database cannot be read: a revocation could not be seen, so the stream cannot go on.
+        yield _frame("end", {"reason": "state_stale"})
+
+
+async def _follow(
+    ctx: AuthContext, listener: LogListener, token: str, who: Principal, cursor: int
+) -> AsyncIterator[bytes]:
     expires = float(who.claims["exp"])
     yield b": connected\n\n"  # sends the headers now, so the client knows the stream is open
+    quiet_since = time.monotonic()
     while True:
         left = expires - time.time()
         if left <= 0:
             yield _frame("end", {"reason": "token_expired"})
             return
-        head = await wait_for_commit(ctx.engine, listener, cursor, min(KEEPALIVE, left))
+        head = await wait_for_commit(ctx.engine, listener, cursor, min(BACKSTOP, left))
         if head <= cursor:
-            yield b": keep-alive\n\n"
+            if time.monotonic() - quiet_since >= KEEPALIVE:
+                yield b": keep-alive\n\n"
+                quiet_since = time.monotonic()
             continue
+        quiet_since = time.monotonic()
         cursor, frames = await _user_events(ctx.engine, who.user_id, cursor, head)
         for frame in frames:
             yield frame

@@ -40,7 +40,9 @@ def origin(url: str) -> str:
 
 def security_headers(resource_origin: str) -> dict[str, str]:
     """The headers every console response carries: no inline code, no framing, no sniffing, no referrer."""
-    connect = " ".join(filter(None, ["'self'", resource_origin]))
+    # The WebSocket origin too: the console opens the resource service's live feed (/v1/ticks).
+    socket_origin = resource_origin.replace("http", "ws", 1) if resource_origin else ""
+    connect = " ".join(filter(None, ["'self'", resource_origin, socket_origin]))
     policy = "; ".join(
         [
             "default-src 'self'",

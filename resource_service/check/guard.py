@@ -146,6 +146,10 @@ class Guard:
         if len(warm) > self._warm_size:
             del warm[next(iter(warm))]
 
+    def dead_at(self, principal: Principal) -> float:
+        """The wall-clock time from which the principal's token is refused as expired."""
+        return self._verifier.dead_at(principal)
+
     @property
     def retry_after(self) -> int:
         """Seconds a refused client should wait (Retry-After of a stale refusal)."""

@@ -4,6 +4,9 @@ The fold is monotone: every revocation only ever widens (a later expiry, a later
 event twice changes nothing, and the state at position P equals the fold of the log up to P over the entries
 still live. Times are kept as float seconds since the epoch, the unit of a token's `iat` and `exp`. Entries
 are stored compactly (entries.py): memory per live revocation is the service's memory.
+
+Long because the snapshot loader swaps in the state's private tables and must stay beside the fold it
+mirrors, and every change the fold makes is told to a listener (the watch of open connections, watch.py).
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from enum import StrEnum
+from typing import Protocol
 
 from auth_service.contract import (
     GLOBAL_SUBJECT,
@@ -30,7 +34,14 @@ from auth_service.contract import (
 )
 from resource_service.check.entries import ExpiringTable, Key, subject_key, subject_text
 
-__all__ = ["ApplyResult", "RevocationReason", "RevocationState", "SnapshotLoader", "TokenFacts"]
+__all__ = [
+    "ApplyResult",
+    "RevocationListener",
+    "RevocationReason",
+    "RevocationState",
+    "SnapshotLoader",
+    "TokenFacts",
+]
 
 
 class RevocationReason(StrEnum):
@@ -72,6 +83,18 @@ class TokenFacts:
 _WATERMARKS = (RevocationKind.USER, RevocationKind.GLOBAL)
 
 
+class RevocationListener(Protocol):
+    """Told of every revocation the state folds in (the watch index of open connections: watch.py)."""
+
+    def revoked(self, kind: RevocationKind, key: Key, not_before: float | None) -> int:
+        """A revocation was added or widened; `not_before` is the watermark now held (user and global)."""
+        ...
+
+    def state_replaced(self) -> int:
+        """The tables were replaced by a snapshot's: any revocation may be new."""
+        ...
+
+
 class RevocationState:
     """Live revocations (jti, session, user watermark, kid, global watermark) and the applied position."""
 
@@ -82,6 +105,7 @@ class RevocationState:
         "_keys",
         "_leeway",
         "_not_before",
+        "listener",
         "_sessions",
         "_tables",
         "_user_nb",
@@ -90,6 +114,8 @@ class RevocationState:
     def __init__(self, *, leeway: float = 30.0) -> None:
         self._leeway = leeway
         self._applied = 0
+        # Open connections watched for the end of their token (None until a WatchIndex attaches itself).
+        self.listener: RevocationListener | None = None
         self._set_tables({kind: ExpiringTable() for kind in RevocationKind}, {k: {} for k in _WATERMARKS})
 
     def _set_tables(
@@ -155,8 +181,14 @@ class RevocationState:
     ) -> bool:
         key = subject_key(subject)
         changed = self._tables[kind].put(key, expires_at.timestamp(), position)
+        watermark = None
         if not_before is not None:
-            changed = _raise_watermark(self._not_before[kind], key, not_before.timestamp()) or changed
+            watermarks = self._not_before[kind]
+            changed = _raise_watermark(watermarks, key, not_before.timestamp()) or changed
+            watermark = watermarks[key]
+        # Only news can end a connection: one already covered by this entry was ended when it came.
+        if changed and self.listener is not None:
+            self.listener.revoked(kind, key, watermark)
         return changed
 
     def load_snapshot(self, snapshot: RevocationSnapshot | ColumnarSnapshot) -> bool:
@@ -296,4 +328,6 @@ class SnapshotLoader:
         state = self._state
         state._set_tables(self._tables, self._not_before)
         state._applied = self._position
+        if state.listener is not None:
+            state.listener.state_replaced()
         return True

@@ -21,6 +21,7 @@ __all__ = [
     "BearerRefusal",
     "PrincipalDependency",
     "RevocationMiddleware",
+    "authorization_header",
     "error_responses",
     "http_exception",
     "install_error_handler",
@@ -35,7 +36,8 @@ def _joined(values: list[str]) -> str | None:
     return ", ".join(values) if values else None
 
 
-def _authorization(headers: list[tuple[bytes, bytes]]) -> str | None:
+def authorization_header(headers: list[tuple[bytes, bytes]]) -> str | None:
+    """The Authorization header of ASGI headers; several are joined (and then refused as malformed)."""
     values = [value for name, value in headers if name == b"authorization"]
     if len(values) == 1:
         return values[0].decode("latin-1")
@@ -117,7 +119,7 @@ class PrincipalDependency(SecurityBase):
     async def __call__(self, request: Request) -> Principal:
         """The checked Principal of this request."""
         guard = self._guard_getter(request)
-        header = _authorization(request.scope["headers"])
+        header = authorization_header(request.scope["headers"])
         try:
             principal = guard.check_cached(header, self._required)
             if principal is None:
@@ -174,7 +176,7 @@ class RevocationMiddleware:
         if scope["type"] not in ("http", "websocket") or self._excluded(scope["path"]):
             await self.app(scope, receive, send)
             return
-        header = _authorization(scope["headers"])
+        header = authorization_header(scope["headers"])
         try:
             principal = self.guard.check_cached(header, self._required)
             if principal is None:

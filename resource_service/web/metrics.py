@@ -11,6 +11,7 @@ from prometheus_client.registry import Collector
 
 from resource_service.check.guard import Guard
 from resource_service.feed.loop import Feed
+from resource_service.web.live import LiveConnections
 
 __all__ = ["build_registry"]
 
@@ -21,9 +22,10 @@ _DELAY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 
 class _FeedCollector(Collector):
     """Reads the feed, the state and the guard at scrape time: the request path updates no metric."""
 
-    def __init__(self, feed: Feed, guard: Guard) -> None:
+    def __init__(self, feed: Feed, guard: Guard, live: LiveConnections | None) -> None:
         self._feed = feed
         self._guard = guard
+        self._live = live
 
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         """Every metric of the feed and the guard, as of now."""
@@ -79,12 +81,24 @@ class _FeedCollector(Collector):
         for name, count in sorted(feed.crashes.items()):
             crashes.add_metric([name], count)
         yield crashes
+        if self._live is not None:
+            yield GaugeMetricFamily(
+                "tokenlife_watched_connections",
+                "Open WebSockets and event streams watched for their token",
+                value=len(self._live),
+            )
+            ended = CounterMetricFamily(
+                "tokenlife_connections_ended", "Watched connections ended, by reason", labels=["reason"]
+            )
+            for reason, count in sorted(self._live.ended.items()):
+                ended.add_metric([reason], count)
+            yield ended
 
 
-def build_registry(feed: Feed, guard: Guard) -> CollectorRegistry:
+def build_registry(feed: Feed, guard: Guard, live: LiveConnections | None = None) -> CollectorRegistry:
     """A registry for /metrics; a histogram in it observes the feed's apply delays through feed.on_applied."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_FeedCollector(feed, guard))
+    registry.register(_FeedCollector(feed, guard, live))
     delay = Histogram(
         "tokenlife_apply_delay_seconds",
         "From an event's occurred_at to its apply on this instance",

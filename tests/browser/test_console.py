@@ -100,6 +100,9 @@ def test_two_devices_sign_out_others_then_everywhere(
     expect(laptop.page.locator("#call-result")).to_contain_text(f"200 OK: accepted. User {user_id}")
     expect(laptop.page.locator("#session-list li")).to_have_count(1)
     expect(laptop.page.locator("#feed-status")).to_contain_text("Connected")
+    # The resource service's WebSocket, opened with the token in the subprotocol list, ticks live.
+    expect(laptop.page.locator("#socket-status")).to_contain_text("Open")
+    expect(laptop.page.locator("#socket-tick")).to_contain_text(re.compile(r"Tick [2-9]"))
     feed_box = laptop.page.locator("#feed-list").bounding_box()
 
     phone = Console(browser, stack, "phone")
@@ -136,6 +139,9 @@ def test_two_devices_sign_out_others_then_everywhere(
     phone.call_resource()
     expect(phone.page.locator("#call-result")).to_contain_text("401 Unauthorized: refused")
     expect(phone.page.locator("#refusal")).to_contain_text("The resource service refused the token")
+    expect(phone.page.locator("#socket-status")).to_contain_text(
+        'Closed by the resource service: 1008 "token revoked"'
+    )
     shoot(phone.page, "signed-out-elsewhere", artifacts)
 
     laptop.call_resource()
@@ -146,6 +152,12 @@ def test_two_devices_sign_out_others_then_everywhere(
     expect(refusal).to_contain_text(re.compile(r"refused the token \d+ ms after the auth service confirmed"))
     delay = int(refusal.get_attribute("data-delay-ms") or "-1")
     assert 0 <= delay < WAIT_MS
+    socket = laptop.page.locator("#socket-status")
+    expect(socket).to_contain_text(
+        re.compile(r'1008 "token revoked", \d+ ms (after|before) the auth service')
+    )
+    assert socket.get_attribute("data-close-code") == "1008"
+    assert abs(int(socket.get_attribute("data-delay-ms") or "")) < WAIT_MS
     laptop.call_resource()
     expect(laptop.page.locator("#call-result")).to_contain_text("401 Unauthorized: refused")
     expect(laptop.page.locator("#feed-list")).to_contain_text("Signed out everywhere")

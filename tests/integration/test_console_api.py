@@ -34,7 +34,8 @@ async def test_console_pages_forbid_inline_code_framing_and_sniffing(auth_client
         assert "default-src 'self';" in policy
         assert "script-src 'self';" in policy
         assert "style-src 'self';" in policy
-        assert "connect-src 'self' http://127.0.0.1:8001;" in policy  # the dev resource service
+        # The dev resource service, and its WebSocket (the live socket).
+        assert "connect-src 'self' http://127.0.0.1:8001 ws://127.0.0.1:8001;" in policy
         assert "frame-ancestors 'none'" in policy
         assert "unsafe" not in policy
         assert response.headers["x-content-type-options"] == "nosniff"
@@ -59,7 +60,7 @@ def test_without_a_resource_service_the_page_may_connect_only_to_its_own_origin(
     policy = security_headers("")["Content-Security-Policy"]
     assert "connect-src 'self';" in policy
     assert (
-        "connect-src 'self' https://api.example;"
+        "connect-src 'self' https://api.example wss://api.example;"
         in security_headers("https://api.example")["Content-Security-Policy"]
     )
 

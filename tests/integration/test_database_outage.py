@@ -108,3 +108,28 @@ async def test_a_database_restart_answers_503_with_retry_after_and_recovers_by_i
         proc.wait(timeout=10)
         if proc.stderr:
             proc.stderr.close()
+
+
+async def test_an_open_event_stream_ends_with_state_stale_when_the_database_goes(
+    private_postgres: PrivatePostgres,
+) -> None:
+    database_url = private_postgres.server.url()
+    await add_user(database_url, "ed@example.com")
+    proc, base = start_auth_server(database_url)
+    try:
+        async with httpx.AsyncClient(base_url=base, timeout=DEADLINE) as http:
+            form = {"grant_type": "password", "username": "ed@example.com", "password": PASSWORD}
+            token = (await http.post("/oauth/token", data=form)).json()["access_token"]
+            headers = {"Authorization": f"Bearer {token}"}
+            async with http.stream("GET", "/v1/me/events/stream", headers=headers) as stream:
+                lines = stream.aiter_lines()
+                assert await anext(lines) == ": connected"
+                private_postgres.stop()
+                # No revocation can be seen now: the stream ends, saying so, rather than breaking off.
+                rest = [line async for line in lines]
+        assert rest[-3:] == ["event: end", 'data: {"reason":"state_stale"}', ""]
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+        if proc.stderr:
+            proc.stderr.close()

@@ -22,6 +22,8 @@
     refreshing: null,
     timers: { refresh: 0, countdown: 0 },
     feed: { controller: null, after: null, running: false },
+    live: null, // the open WebSocket to the resource service: { socket, closedAt }
+    signOutAt: null, // when the auth service's answer to the last sign-out arrived (performance.now())
     sessionsReload: 0,
   };
 
@@ -250,6 +252,8 @@
     $("timeline-list").replaceChildren();
     loadSessions();
     startFeed();
+    state.signOutAt = null;
+    openSocket();
     $("token-title").focus();
   }
 
@@ -295,6 +299,8 @@
       return;
     }
     const token = state.lastAccess;
+    state.signOutAt = committed;
+    reportSocketClose();
     stopSession(
       scope === "all"
         ? "You signed out everywhere: every session of yours has ended."
@@ -384,6 +390,64 @@
       await new Promise((resolve) => setTimeout(resolve, POLL_MS));
     }
     out.textContent = `The resource service still accepted the token ${WATCH_LIMIT_MS / 1000} s later.`;
+  }
+
+  // --- the live socket: the resource service closes it when the token ends -------------------------
+
+  function socketUrl() {
+    return `${state.config.resource_url.replace(/^http/, "ws")}/v1/ticks`;
+  }
+
+  function openSocket() {
+    if (!state.config.resource_url || !state.access) return;
+    if (state.live && state.live.closedAt === null) state.live.socket.close(1000, "replaced");
+    // A browser cannot set the Authorization header on a WebSocket: the token goes in the subprotocol
+    // list (never the URL), and the server selects "tokenlife", so it is not echoed back.
+    const socket = new WebSocket(socketUrl(), ["tokenlife", `tokenlife.bearer.${state.access}`]);
+    const live = { socket, closedAt: null, event: null };
+    state.live = live;
+    const status = $("socket-status");
+    status.className = "result line";
+    status.textContent = "Connecting…";
+    delete status.dataset.closeCode;
+    delete status.dataset.delayMs;
+    socket.addEventListener("open", () => {
+      if (state.live === live) status.textContent = "Open: a tick every second, while the token holds.";
+    });
+    socket.addEventListener("message", (event) => {
+      if (state.live !== live) return;
+      const tick = JSON.parse(event.data);
+      $("socket-tick").textContent = `Tick ${tick.tick} at ${new Date(tick.at * 1000).toLocaleTimeString()}`;
+    });
+    socket.addEventListener("close", (event) => {
+      if (state.live !== live) return;
+      live.closedAt = performance.now();
+      live.event = event;
+      reportSocketClose();
+      // An expired token is not a revoked one: open again with the current (refreshed) token.
+      if (event.reason === "token expired" && state.signedIn) openSocket();
+    });
+  }
+
+  function reportSocketClose() {
+    const live = state.live;
+    if (!live || live.closedAt === null) return;
+    const { code, reason } = live.event;
+    const status = $("socket-status");
+    status.className = "result line refused";
+    status.dataset.closeCode = String(code);
+    let words = `Closed by the resource service: ${code} "${reason || "no reason given"}"`;
+    if (state.signOutAt !== null) {
+      const ms = Math.round(live.closedAt - state.signOutAt);
+      status.dataset.delayMs = String(ms);
+      words +=
+        ms >= 0
+          ? `, ${ms} ms after the auth service's answer to the sign-out.`
+          : `, ${-ms} ms before the auth service's answer to the sign-out reached this page.`;
+    } else {
+      words += ".";
+    }
+    status.textContent = words;
   }
 
   // --- sessions and timelines -----------------------------------------------------------------------
@@ -583,6 +647,7 @@
       // defaults: no resource service
     }
     $("resource-url").textContent = state.config.resource_url || "";
+    $("socket-url").textContent = state.config.resource_url ? socketUrl().replace(/\/v1\/ticks$/, "") : "";
     $("signin-form").addEventListener("submit", signIn);
     $("signout").addEventListener("click", () => signOut("session"));
     $("signout-others").addEventListener("click", () => signOut("others"));
