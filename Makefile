@@ -2,7 +2,7 @@
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: run test check lint schema bench setup
+.PHONY: run test check lint schema bench setup broker-streams
 
 # The virtual environment, (re)installed when pyproject.toml changes.
 $(VENV)/.installed: pyproject.toml
@@ -29,6 +29,10 @@ lint: setup
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 	$(PY) -m mypy
+
+# The stream transport needs RabbitMQ's stream plugin (port 5552): enable it on this machine's broker if off.
+broker-streams:
+	rabbitmq-plugins is_enabled rabbitmq_stream >/dev/null 2>&1 || rabbitmq-plugins enable rabbitmq_stream
 
 bench: setup
 	$(PY) -m bench

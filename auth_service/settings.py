@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from amqpkit.streams import needed_window
 from auth_service.accounts.clients import GRANT_TYPES, MAX_CLIENT_ID, ClientRegistry, ClientSpec, secret_hash
 
 log = logging.getLogger("tokenlife")
@@ -34,6 +35,15 @@ class UnsafeSettings(Exception):
 
     Not a ValueError on purpose: pydantic would wrap a ValueError into a generic validation error.
     """
+
+
+class StreamSpec(BaseModel):
+    """The stream the relay declares beside the exchange: its retention by age (seconds) and its size cap."""
+
+    model_config = ConfigDict(frozen=True)
+
+    max_age: int = Field(ge=1)
+    max_bytes: int = Field(ge=1)
 
 
 class RelaySettings(BaseModel):
@@ -72,6 +82,17 @@ class AuthSettings(BaseSettings):
     )
     amqp_url: SecretStr = Field(default=SecretStr(""), description="RabbitMQ URL for the relay.")
     exchange: str = Field(default="tokenlife.events", min_length=1, max_length=255)
+    # The stream transport: the relay declares a stream bound to the exchange (amqpkit.streams).
+    transport: Literal["queues", "stream"] = Field(
+        default="queues", description="stream: the relay also declares the exchange's stream."
+    )
+    stream_max_age: int = Field(default=3600, ge=1, description="The stream's retention by age, seconds.")
+    stream_max_bytes: int = Field(
+        default=2_000_000_000, ge=1_000_000, description="The stream's size cap, bytes (the oldest go first)."
+    )
+    stream_margin: float = Field(
+        default=120.0, ge=0, description="Retention beyond the token lifetime (resource leeway, clock skew)."
+    )
     lock_timeout_ms: int = Field(default=5000, ge=1, description="How long an append waits for the log lock.")
 
     # Tokens
@@ -143,6 +164,24 @@ class AuthSettings(BaseSettings):
             "heartbeat_interval": "heartbeat_interval"
         }
         return RelaySettings.model_validate({name: getattr(self, field) for name, field in flat.items()})
+
+    @property
+    def stream(self) -> StreamSpec | None:
+        """The stream the relay declares, or None with the per-instance queues."""
+        if self.transport != "stream":
+            return None
+        return StreamSpec(max_age=self.stream_max_age, max_bytes=self.stream_max_bytes)
+
+    @model_validator(mode="after")
+    def _stream_outlives_tokens(self) -> Self:
+        # In every mode: a stream kept shorter than a token lives cannot rebuild a resource instance's state.
+        needed = needed_window(self.access_token_ttl, 0, self.stream_margin)
+        if self.transport == "stream" and self.stream_max_age < needed:
+            raise UnsafeSettings(
+                f"TOKENLIFE_STREAM_MAX_AGE={self.stream_max_age} s is shorter than the access-token lifetime "
+                f"{self.access_token_ttl} s + margin {self.stream_margin:g} s = {needed:g} s"
+            )
+        return self
 
     @model_validator(mode="after")
     def _refuse_unsafe_defaults(self) -> Self:

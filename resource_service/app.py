@@ -72,6 +72,7 @@ def _build(settings: ResourceSettings) -> Runtime:
         introspect=client.introspect,
         retry_after=max(1, math.ceil(settings.poll_interval)),
         fresh_until=feed.tracker,
+        complete_since=lambda: feed.complete_since,
     )
     live = LiveConnections(guard, state, tick=min(0.25, settings.max_staleness / 8), fresh_until=feed.tracker)
     registry = build_registry(feed, guard, live)
@@ -240,6 +241,7 @@ def create_app(settings: ResourceSettings) -> FastAPI:
             "caught_up": feed.caught_up,
             "fresh": fresh,
             "broker_live": feed.live,
+            "transport": feed.transport,
             "applied_position": feed.state.applied_position,
             "head_position": max(feed.head, feed.state.applied_position),
             "staleness_seconds": None if math.isinf(staleness) else round(staleness, 3),

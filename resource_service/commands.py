@@ -21,6 +21,16 @@ def _serve(args: argparse.Namespace) -> int:
     except (UnsafeResourceSettings, ValidationError) as exc:
         print(f"tokenlife: configuration error: {exc}", file=sys.stderr)  # noqa: T201
         return 2
+    if settings.transport == "stream" and settings.env != "dev":
+        import asyncio
+
+        from resource_service.feed.stream_client import StreamUnavailable, check_stream
+
+        try:  # one clear line before uvicorn, whose lifespan failure would print a traceback
+            asyncio.run(check_stream(settings))
+        except StreamUnavailable as exc:
+            print(f"tokenlife: {exc}", file=sys.stderr)  # noqa: T201
+            return 2
     app = create_app(settings)
     freeze_startup_heap()
     uvicorn.run(app, host=args.host, port=args.port, log_level="info", access_log=False)

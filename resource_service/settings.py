@@ -12,6 +12,8 @@ from urllib.parse import urlsplit
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from amqpkit.streams import needed_window
+
 __all__ = ["ResourceSettings", "UnsafeResourceSettings"]
 
 log = logging.getLogger("tokenlife.resource")
@@ -41,6 +43,18 @@ class ResourceSettings(BaseSettings):
     )
     amqp_url: SecretStr = Field(default=SecretStr(""), description="RabbitMQ URL the revocations come from.")
     exchange: str = Field(default="tokenlife.events", min_length=1, max_length=200)
+    transport: Literal["queues", "stream"] = Field(
+        default="queues",
+        description="With a broker: a queue per instance, or the exchange's stream (large fan-outs).",
+    )
+    stream_port: int = Field(default=5552, ge=1, le=65535, description="RabbitMQ's stream protocol port.")
+    access_token_ttl: int = Field(
+        default=300, ge=10, le=86400, description="The longest access-token lifetime issued (replay reach)."
+    )
+    stream_max_age: int = Field(default=3600, ge=1, description="The stream's retention, seconds.")
+    stream_margin: float = Field(
+        default=60.0, ge=0, description="Replay reaches this much further back (clock skew between hosts)."
+    )
     service_client_id: str = Field(
         default="", description="HTTP Basic id of this service at the auth service."
     )
@@ -76,6 +90,27 @@ class ResourceSettings(BaseSettings):
         default=None,
         description="Browser origins allowed to call (GET, bearer); none, or in dev the auth URL's.",
     )
+
+    @model_validator(mode="after")
+    def _stream_reaches_back(self) -> Self:
+        # In every mode: a replay from a stream kept shorter than a token lives would judge tokens on a state
+        # that misses their revocations.
+        if self.transport == "stream":
+            if not self.amqp_url.get_secret_value():
+                raise UnsafeResourceSettings("TOKENLIFE_TRANSPORT=stream needs TOKENLIFE_AMQP_URL")
+            needed = needed_window(self.access_token_ttl, self.leeway, self.stream_margin)
+            if self.stream_max_age < needed:
+                raise UnsafeResourceSettings(
+                    f"TOKENLIFE_STREAM_MAX_AGE={self.stream_max_age} s is shorter than a replay needs: "
+                    f"access-token lifetime {self.access_token_ttl} s + leeway {self.leeway} s + margin "
+                    f"{self.stream_margin:g} s = {needed:g} s"
+                )
+        return self
+
+    @property
+    def replay_window(self) -> float:
+        """Seconds of the stream that rebuild the whole state (amqpkit.streams.needed_window)."""
+        return needed_window(self.access_token_ttl, self.leeway, self.stream_margin)
 
     @model_validator(mode="after")
     def _refuse_unsafe_defaults(self) -> Self:

@@ -26,6 +26,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import asyncpg
 import httpx
@@ -146,6 +147,41 @@ def amqp_url() -> Iterator[str]:
     with RabbitMqContainer("rabbitmq:3.13-alpine") as container:
         params = container.get_connection_params()
         yield f"amqp://guest:guest@{params.host}:{params.port}/"
+
+
+@pytest.fixture(scope="session")
+def stream_port(amqp_url: str) -> int:
+    """The port of the broker's stream protocol (the rabbitmq_stream plugin; `bash .ci/run` enables it)."""
+    host = urlsplit(amqp_url).hostname or "127.0.0.1"
+    port = int(os.environ.get("TOKENLIFE_TEST_STREAM_PORT", "5552"))
+    try:
+        socket.create_connection((host, port), timeout=2).close()
+    except OSError:
+        reason = f"no RabbitMQ stream protocol on {host}:{port}: rabbitmq-plugins enable rabbitmq_stream"
+        if os.environ.get("CI"):
+            pytest.fail(f"{reason} (CI is set, so this is an error, not a skip)", pytrace=False)
+        pytest.skip(reason)
+    return port
+
+
+async def _delete_queue(amqp_url: str, name: str) -> None:
+    import aio_pika
+
+    connection = await aio_pika.connect(amqp_url)
+    try:
+        channel = await connection.channel()
+        await channel.queue_delete(name)
+    finally:
+        await connection.close()
+
+
+@pytest.fixture
+def stream(amqp_url: str, stream_port: int, exchange_name: str) -> Iterator[str]:
+    """The name of this test exchange's stream, deleted after the test (a stream keeps its disk)."""
+    from amqpkit.streams import stream_name
+
+    yield stream_name(exchange_name)
+    asyncio.run(_delete_queue(amqp_url, stream_name(exchange_name)))
 
 
 def _with_database(server_url: str, name: str) -> str:

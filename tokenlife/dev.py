@@ -124,7 +124,7 @@ def _environment(args: argparse.Namespace, database_url: str) -> dict[str, str]:
         "TOKENLIFE_AMQP_URL": args.amqp,
         "TOKENLIFE_RELAY_ENABLED": "true" if args.amqp else "false",
     }
-    return env
+    return env | ({"TOKENLIFE_TRANSPORT": "stream"} if args.amqp and args.stream else {})
 
 
 class Service:
@@ -175,7 +175,8 @@ def _walkthrough(args: argparse.Namespace, password: str) -> str:
 tokenlife dev is running (data in {args.data_dir}; Ctrl-C stops everything).
   auth service      {auth}   (docs: {auth}/docs)
   resource service  {resource}
-  revocations via   {"RabbitMQ, relayed from the log" if args.amqp else "long-poll of the log (no broker)"}
+  revocations via   {"RabbitMQ, relayed from the log" if args.amqp else "long-poll of the log (no broker)"}\
+{" (read from its stream)" if args.amqp and args.stream else ""}
   demo user         {DEMO_EMAIL}   password: {password}
 
 Try a revocation, in another shell:
@@ -294,4 +295,5 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         metavar="URL",
         help="a RabbitMQ to relay the log through (default: TOKENLIFE_AMQP_URL; none: long-poll alone)",
     )
+    dev.add_argument("--stream", action="store_true", help="with --amqp: read from the exchange's stream")
     dev.set_defaults(func=_dev)

@@ -22,7 +22,7 @@ from auth_service.relay.publisher import BrokerLink, PublishFailure
 from auth_service.relay.pump import Progress, Pump
 from auth_service.relay.reading import LogReader
 from auth_service.relay.wakeup import Waker
-from auth_service.settings import AuthSettings, RelaySettings
+from auth_service.settings import AuthSettings, RelaySettings, StreamSpec
 
 log = logging.getLogger("tokenlife.relay")
 
@@ -45,8 +45,10 @@ class Relay:
         *,
         settings: RelaySettings | None = None,
         metrics: RelayMetrics | None = None,
+        stream: StreamSpec | None = None,
     ) -> None:
         settings = settings or RelaySettings()
+        self._stream = stream
         self._database_url = database_url
         self._amqp_url = amqp_url
         self._exchange = exchange
@@ -90,6 +92,7 @@ class Relay:
             settings.exchange,
             settings=relay or settings.relay,
             metrics=metrics,
+            stream=settings.stream,
         )
 
     @property
@@ -203,7 +206,10 @@ class Relay:
                 progress.progressed = False
                 try:
                     link = await BrokerLink.open(
-                        self._amqp_url, self._exchange, publish_timeout=self._publish_timeout
+                        self._amqp_url,
+                        self._exchange,
+                        publish_timeout=self._publish_timeout,
+                        stream=self._stream,
                     )
                     self._opened_links += 1
                     if self._opened_links > 1:

@@ -41,7 +41,9 @@ from pamqp.body import ContentBody
 from pamqp.header import ContentHeader
 
 from amqpkit import close_connection
+from amqpkit.streams import declare_stream
 from auth_service import contract as c
+from auth_service.settings import StreamSpec
 
 log = logging.getLogger("tokenlife.relay")
 
@@ -98,8 +100,11 @@ class BrokerLink:
         self._timeout = publish_timeout
 
     @classmethod
-    async def open(cls, amqp_url: str, exchange: str, *, publish_timeout: float) -> BrokerLink:
-        """Connect, open a confirm channel that raises on returns, and declare the durable topic exchange.
+    async def open(
+        cls, amqp_url: str, exchange: str, *, publish_timeout: float, stream: StreamSpec | None = None
+    ) -> BrokerLink:
+        """Connect, open a confirm channel that raises on returns, and declare the durable topic exchange
+        (and, with `stream`, the stream bound to it, so nothing is published before it can hold it).
 
         `publish_timeout` bounds the connect and every later publish: a silent broker never hangs the relay.
         """
@@ -111,6 +116,10 @@ class BrokerLink:
                 # on_return_raises: without it aio-pika resolves a returned mandatory publish as a success.
                 channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
                 declared = await channel.declare_exchange(exchange, aio_pika.ExchangeType.TOPIC, durable=True)
+                if stream is not None:
+                    await declare_stream(
+                        channel, exchange, max_age=stream.max_age, max_bytes=stream.max_bytes
+                    )
                 underlay = cast(aiormq.Channel, await channel.get_underlay_channel())
             return cls(connection, channel, declared, underlay, publish_timeout)
         except _BROKER_ERRORS as exc:

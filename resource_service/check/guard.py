@@ -71,6 +71,7 @@ class Guard:
         max_header_bytes: int = MAX_HEADER_BYTES,
         fresh_until: FreshUntil | None = None,
         clock: Callable[[], float] = time.monotonic,
+        complete_since: Callable[[], float] | None = None,
     ) -> None:
         if policy not in ("fail_closed", "fail_open", "introspect"):
             raise ValueError(f"unknown staleness policy {policy!r}")
@@ -86,6 +87,9 @@ class Guard:
         # Optional: with it, a request within the freshness deadline needs one clock read, not a judgement.
         self._fresh_until = fresh_until
         self._clock = clock
+        # Optional: the wall-clock time from which the state holds every revocation (a replayed state holds
+        # nothing older); a token issued before it is refused as stale, never judged on what is missing.
+        self._complete_since = complete_since
         self._warned_stale = False
         # The warm path's map: header value -> (Principal, wall-clock time its token expires), at most as
         # many entries as the verifier caches.
@@ -188,6 +192,10 @@ class Guard:
         reason = self._state.is_revoked(principal.facts)
         if reason is not None:
             raise TokenRevoked(reason.value)
+        if self._complete_since is not None and principal.facts.iat < self._complete_since():
+            raise StateStale(
+                self._retry_after, "the token was issued before the revocations this instance holds"
+            )
         freshness = self._freshness()
         if freshness == "fresh":
             self._warned_stale = False

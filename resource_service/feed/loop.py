@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -26,10 +27,12 @@ from typing import Any
 from auth_service.contract import ContractError, Event, UnknownEvent, decode
 from resource_service.check.freshness import FreshnessTracker, loop_lag, read_as_of
 from resource_service.check.guard import Freshness
-from resource_service.check.state import ApplyResult, RevocationState
+from resource_service.check.state import ApplyResult, RevocationState, SnapshotLoader
 from resource_service.feed.auth_client import AuthClient, AuthServiceUnavailable, LogUnreadable
 from resource_service.feed.broker import BrokerTransport
 from resource_service.feed.snapshot_loading import load_snapshot
+from resource_service.feed.stream import StreamTransport
+from resource_service.feed.stream_client import StreamUnavailable, check_stream
 from resource_service.settings import ResourceSettings
 
 __all__ = ["Feed", "LogUnreadable"]
@@ -63,6 +66,12 @@ class Feed:
         self.head = 0
         self.live = False  # a broker session is consuming
         self.broker = bool(settings.amqp_url.get_secret_value())
+        # What carries revocations: "queues" or "stream" (with a broker), or "long_poll" alone.
+        self.transport = settings.transport if self.broker else "long_poll"
+        # While a stream replay reads, the long-poll waits (it would fetch a snapshot the replay saves).
+        self.replay_pending = False
+        # Tokens issued before this (wall clock) are refused as stale: a replay's state holds nothing older.
+        self.complete_since = -math.inf
         # Read by /metrics: malformed, gap_fills, polls, snapshots, reconnects, overflows, ...
         self.counters: Counter[str] = Counter()
         self.crashes: Counter[str] = Counter()
@@ -91,15 +100,45 @@ class Feed:
 
     # --- lifecycle ---------------------------------------------------------------------------------------
 
+    @property
+    def state_built(self) -> bool:
+        """Whether the state was built once (from a snapshot or a replay); only events after it are read."""
+        return not self._snapshot_needed
+
+    def start_replay(self, base: int, since: float) -> bool:
+        """The stream proved no event up to `base` still matters: start the state empty there, complete for
+        tokens issued since `since`; False if the state was built meanwhile."""
+        if not self._snapshot_needed or not SnapshotLoader(self.state, base).commit():
+            return False
+        self._snapshot_needed = False
+        self.complete_since = since
+        return True
+
     async def start(self) -> None:
-        """Start the long-poll, the broker session (when configured) and the pruner, each supervised."""
+        """Start the long-poll, the broker session (when configured) and the pruner, each supervised.
+
+        With the stream transport, its protocol is checked first: in production an unreachable one raises
+        StreamUnavailable; in dev mode it is a warning, and long-poll carries everything.
+        """
         self.tracker.restart(self.clock())
+        if self.transport == "stream":
+            try:
+                await check_stream(self.settings)
+            except StreamUnavailable as exc:
+                if self.settings.env != "dev":
+                    raise
+                log.warning("%s: revocations arrive by long-poll alone (dev mode)", exc)
+                self.broker, self.transport = False, "long_poll"
         runs: list[tuple[str, Callable[[], Awaitable[None]]]] = [
             ("long-poll", self._long_poll_loop),
             ("pruner", self._prune_loop),
             ("stall-watch", self._stall_watch_loop),
         ]
-        if self.broker:
+        if self.transport == "stream":
+            # Until its first session decides between a replay and a snapshot (or ends).
+            self.replay_pending = not self.state_built
+            runs.append(("stream", StreamTransport(self).run))
+        elif self.broker:
             runs.append(("broker", BrokerTransport(self).run))
         else:
             log.warning(
@@ -140,10 +179,12 @@ class Feed:
                 try:
                     # In steps, awaiting between them; refused (False) when older than what we applied
                     # meanwhile: the events after it still apply.
-                    position, _ = await load_snapshot(self.state, body)
+                    position, loaded = await load_snapshot(self.state, body)
                 except ContractError as exc:
                     raise AuthServiceUnavailable(f"unreadable snapshot: {exc}") from None
                 self._snapshot_needed = False
+                if loaded:
+                    self.complete_since = -math.inf  # a snapshot holds every live revocation, however old
                 self.note_head(position)
                 self.counters["snapshots"] += 1
             while True:
@@ -201,7 +242,7 @@ class Feed:
     async def _long_poll_loop(self) -> None:
         idle = min(self.settings.heartbeat_interval, self.settings.poll_interval) / 4
         while True:
-            if self._broker_carries():
+            if self._broker_carries() or self.replay_pending:
                 await asyncio.sleep(idle)
                 continue
             self.counters["polls"] += 1

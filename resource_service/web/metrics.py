@@ -54,6 +54,11 @@ class _FeedCollector(Collector):
         yield GaugeMetricFamily(
             "tokenlife_broker_live", "1 while a broker session is consuming", value=float(feed.live)
         )
+        transport = GaugeMetricFamily(
+            "tokenlife_transport", "1 for the transport carrying revocations", labels=["transport"]
+        )
+        transport.add_metric([feed.transport], 1.0)
+        yield transport
         entries = GaugeMetricFamily(
             "tokenlife_live_revocations", "Live revocations held, by kind", labels=["kind"]
         )

@@ -1,8 +1,11 @@
-"""The feed's promises, checked for each transport: the broker (with a real relay) and long-poll alone.
+"""The feed's promises, checked for each transport: the broker's per-instance queues and its stream (each with
+a real relay), and long-poll alone.
 
 Readiness, the freshness bound and failing closed must not depend on how revocations travel. Each test runs
-twice: `broker` starts the auth service with its relay publishing to RabbitMQ and heartbeats every 0.2 s;
-`long_poll` starts it with no broker at all and gives the resource service no TOKENLIFE_AMQP_URL.
+three times: `broker` starts the auth service with its relay publishing to RabbitMQ and heartbeats every
+0.2 s; `stream` does the same with TOKENLIFE_TRANSPORT=stream (the relay declares the exchange's stream, read
+over the stream protocol); `long_poll` starts it with no broker at all and gives the resource service no
+TOKENLIFE_AMQP_URL.
 """
 
 from __future__ import annotations
@@ -13,10 +16,12 @@ import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 import pytest
 
+from resource_service.settings import ResourceSettings
 from tests.conftest import add_user, start_auth_server
 from tests.integration.test_feed import (
     _ready,
@@ -42,11 +47,18 @@ class Stack:
     exchange: str
 
 
-@pytest.fixture(params=["broker", "long_poll"])
+TRANSPORT = {"broker": "queues", "stream": "stream", "long_poll": "long_poll"}
+
+
+@pytest.fixture(params=list(TRANSPORT))
 def stack(request: pytest.FixtureRequest, database_url: str, exchange_name: str) -> Iterator[Stack]:
     """The auth service for one transport; killed after the test."""
-    amqp_url = request.getfixturevalue("amqp_url") if request.param == "broker" else ""
-    proc, auth_url = start_auth_server(database_url, amqp_url, TOKENLIFE_EXCHANGE=exchange_name)
+    amqp_url = request.getfixturevalue("amqp_url") if request.param != "long_poll" else ""
+    extra = {"TOKENLIFE_EXCHANGE": exchange_name}
+    if request.param == "stream":
+        request.getfixturevalue("stream")  # the plugin must answer; the stream is deleted after the test
+        extra["TOKENLIFE_TRANSPORT"] = "stream"
+    proc, auth_url = start_auth_server(database_url, amqp_url, **extra)
     try:
         yield Stack(request.param, proc, auth_url, amqp_url, exchange_name)
     finally:
@@ -60,17 +72,18 @@ def stack(request: pytest.FixtureRequest, database_url: str, exchange_name: str)
 async def test_a_logout_is_refused_over_the_transport(stack: Stack, database_url: str) -> None:
     await add_user(database_url, "amy@example.com")
     token = await login(stack.auth_url, "amy@example.com")
-    settings = resource_settings(stack.auth_url, stack.amqp_url, stack.exchange)
+    settings = _settings(stack)
     async with resource_app(settings) as (client, rt):
         await eventually(lambda: _ready(client), "ready")
-        assert rt.feed.broker is (stack.transport == "broker")
-        if stack.transport == "broker":
+        assert rt.feed.transport == TRANSPORT[stack.transport]
+        assert (await client.get("/readyz")).json()["transport"] == TRANSPORT[stack.transport]
+        if stack.transport != "long_poll":
             await eventually(lambda: _is(rt.feed.live and rt.feed.counters["heartbeats"] >= 2, True), "live")
         polls = rt.feed.counters["polls"]
         assert (await whoami(client, token)).status_code == 200
         await logout(stack.auth_url, token)
         await eventually(lambda: _status(client, token), "the logged-out token is refused")
-        if stack.transport == "broker":
+        if stack.transport != "long_poll":
             assert (
                 rt.feed.counters["polls"] == polls
             )  # heartbeats kept the long-poll idle: the broker carried it
@@ -80,7 +93,7 @@ async def test_not_ready_until_rebuilt_from_the_log(stack: Stack, database_url: 
     await add_user(database_url, "ben@example.com")
     revoked = await login(stack.auth_url, "ben@example.com")
     await logout(stack.auth_url, revoked)
-    settings = resource_settings(stack.auth_url, stack.amqp_url, stack.exchange)
+    settings = _settings(stack)
     stack.proc.send_signal(signal.SIGSTOP)  # nothing can be read from the log yet
     try:
         async with resource_app(settings) as (client, rt):
@@ -98,7 +111,7 @@ async def test_not_ready_until_rebuilt_from_the_log(stack: Stack, database_url: 
 
 
 async def test_an_idle_instance_stays_fresh_past_the_staleness_bound(stack: Stack) -> None:
-    settings = resource_settings(stack.auth_url, stack.amqp_url, stack.exchange, max_staleness=1.5)
+    settings = _settings(stack, max_staleness=1.5)
     async with resource_app(settings) as (client, rt):
         await eventually(lambda: _ready(client), "ready")
         # Nothing is written to the log: only heartbeats, or idle long-poll answers, confirm freshness.
@@ -114,7 +127,7 @@ async def test_with_the_auth_service_gone_the_instance_goes_stale_and_fails_clos
 ) -> None:
     await add_user(database_url, "cal@example.com")
     token = await login(stack.auth_url, "cal@example.com")
-    settings = resource_settings(stack.auth_url, stack.amqp_url, stack.exchange, max_staleness=1.0)
+    settings = _settings(stack, max_staleness=1.0)
     async with resource_app(settings) as (client, rt):
         await eventually(lambda: _ready(client), "ready")
         assert (await whoami(client, token)).status_code == 200  # the signing key is known from here on
@@ -127,6 +140,12 @@ async def test_with_the_auth_service_gone_the_instance_goes_stale_and_fails_clos
         assert int(response.headers["retry-after"]) >= 1
         assert (await client.get("/readyz")).status_code == 503
         assert rt.guard.rejections["state_stale"] >= 1
+
+
+def _settings(stack: Stack, **overrides: Any) -> ResourceSettings:
+    if stack.transport == "stream":
+        overrides["transport"] = "stream"
+    return resource_settings(stack.auth_url, stack.amqp_url, stack.exchange, **overrides)
 
 
 async def _status(client: httpx.AsyncClient, token: str) -> bool:

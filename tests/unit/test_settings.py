@@ -10,7 +10,7 @@ import pytest
 from auth_service.accounts.clients import secret_hash
 from auth_service.settings import DEV_AMQP_URL, AuthSettings, UnsafeSettings
 from auth_service.tokens.keys import new_key_encryption_key
-from resource_service.settings import ResourceSettings
+from resource_service.settings import ResourceSettings, UnsafeResourceSettings
 
 
 @pytest.fixture(autouse=True)
@@ -168,3 +168,30 @@ def test_malformed_clients_are_refused(spec: dict[str, object], monkeypatch: pyt
     monkeypatch.setenv("TOKENLIFE_CLIENTS", json.dumps({"c": spec}))
     with pytest.raises(ValueError, match="clients"):
         AuthSettings()
+
+
+def test_a_stream_kept_shorter_than_a_token_lives_is_refused_in_one_line_even_in_dev(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("TOKENLIFE_ENV", "dev")
+    monkeypatch.setenv("TOKENLIFE_TRANSPORT", "stream")
+    monkeypatch.setenv("TOKENLIFE_STREAM_MAX_AGE", "300")
+    with pytest.raises(UnsafeSettings) as auth:
+        AuthSettings()
+    assert str(auth.value).count("\n") == 0
+    assert "TOKENLIFE_STREAM_MAX_AGE=300 s is shorter than" in str(auth.value)
+    monkeypatch.setenv("TOKENLIFE_AMQP_URL", DEV_AMQP_URL)
+    with pytest.raises(UnsafeResourceSettings) as resource:
+        ResourceSettings()
+    assert str(resource.value).count("\n") == 0
+    assert "300 s + leeway 5 s + margin 60 s = 365 s" in str(resource.value)
+    monkeypatch.setenv("TOKENLIFE_STREAM_MAX_AGE", "3600")
+    assert AuthSettings().stream is not None
+    assert ResourceSettings().transport == "stream"
+
+
+def test_the_stream_transport_needs_a_broker(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TOKENLIFE_ENV", "dev")
+    monkeypatch.setenv("TOKENLIFE_TRANSPORT", "stream")
+    with pytest.raises(UnsafeResourceSettings, match="needs TOKENLIFE_AMQP_URL"):
+        ResourceSettings()
