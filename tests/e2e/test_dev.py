@@ -72,9 +72,8 @@ class Dev:
             *lines, pending = (pending + chunk).split(b"\n")
             self.output.extend(line.decode(errors="replace") + "\n" for line in lines)
 
-    def start(self) -> str:
-        """Start it in a process group of its own, as a shell starts a job, and wait until it says it is
-        running; returns the demo password it printed."""
+    def launch(self) -> None:
+        """Start it in a process group of its own, as a shell starts a job, and collect its output."""
         self.proc = subprocess.Popen(
             self.argv(), env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, process_group=0
         )
@@ -82,6 +81,10 @@ class Dev:
         self._reading.set()
         self._reader = threading.Thread(target=self._read, args=(self.proc.stdout.fileno(),), daemon=True)
         self._reader.start()
+
+    def start(self) -> str:
+        """Launch it and wait until it says it is running; returns the demo password it printed."""
+        self.launch()
         found = self.wait_for(r"password: (\S+)", STARTS_WITHIN)
         self.children |= set(self.services().values())
         return found.group(1)
@@ -101,20 +104,38 @@ class Dev:
             time.sleep(0.05)
         return found
 
-    def services(self) -> dict[str, int]:
-        """The pids of its service processes, by role ('auth', 'resource'): its children, read from /proc."""
+    def wait_for_child(self, program: str, within: float = 60.0) -> None:
+        """Wait until one of its child processes runs `program` (the wheel's initdb or pg_ctl, say)."""
         assert self.proc is not None
-        found: dict[str, int] = {}
-        children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text().split()
+        end = time.monotonic() + within
+        while not any(Path(argv[0]).name == program for argv in self._children().values()):
+            assert self.proc.poll() is None, f"it ended before running {program}:\n{self.text()}"
+            assert time.monotonic() < end, f"no {program} within {within} s:\n{self.text()}"
+            time.sleep(0.002)
+
+    def _children(self) -> dict[int, list[str]]:
+        """Its child processes' command lines, read from /proc."""
+        assert self.proc is not None
+        found: dict[int, list[str]] = {}
+        try:
+            children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text().split()
+        except FileNotFoundError:
+            return found
         for pid in map(int, children):
             try:
-                argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+                found[pid] = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
             except FileNotFoundError:
                 continue
-            for role in ("auth", "resource"):
-                if role.encode() in argv and b"serve" in argv:
-                    found[role] = pid
         return found
+
+    def services(self) -> dict[str, int]:
+        """The pids of its service processes, by role ('auth', 'resource')."""
+        return {
+            role: pid
+            for pid, argv in self._children().items()
+            for role in ("auth", "resource")
+            if role in argv and "serve" in argv
+        }
 
     def hang_up(self) -> None:
         """Close its terminal: SIGHUP to its process group, and nobody reads its output any more."""
@@ -326,6 +347,29 @@ def test_closing_the_terminal_stops_the_services_and_the_database(data_dir: Path
     assert _down(dev.resource)
     _stopped(data_dir)
     assert json.loads((data_dir / embedded_db.PGDATA / embedded_db.HANDLES).read_text()) == []
+
+
+def test_a_hang_up_while_the_database_starts_leaves_nothing_running(data_dir: Path) -> None:
+    # The signal goes to the whole process group, so it reaches the wheel's initdb and pg_ctl as well.
+    for step, program in (("first start", "initdb"), ("later start", "pg_ctl")):
+        if step == "later start":
+            ready = Dev(data_dir)  # the data directory is whole again: a start runs to the end
+            try:
+                ready.start()
+                assert ready.interrupt() == 0
+            finally:
+                ready.kill()
+        dev = Dev(data_dir)
+        try:
+            dev.launch()
+            dev.wait_for_child(program)
+            dev.hang_up()
+            assert dev.proc is not None
+            assert dev.proc.wait(timeout=60) == 0, (step, dev.text())
+        finally:
+            dev.kill()
+        _stopped(data_dir)
+        assert embedded_db.running_url(data_dir) is None, step
 
 
 def test_a_killed_resource_service_is_restarted_and_the_auth_service_stays_up(data_dir: Path) -> None:

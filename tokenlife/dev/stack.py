@@ -165,6 +165,21 @@ def _refusal(args: argparse.Namespace) -> str | None:
     return None
 
 
+def _start_database(data_dir: Path, signals: _StopSignals) -> embedded_db.EmbeddedPostgres:
+    """Start the database; a stop signal that cut the start short is a Stop, with nothing left running.
+
+    The wheel's initdb and pg_ctl run in our process group, so the terminal's Ctrl-C or hang-up ends them
+    too and the start fails: initdb removes what it wrote, but the server pg_ctl launched (in a session of
+    its own) may be up, owned by nobody. Then it is stopped here."""
+    try:
+        return embedded_db.start(data_dir)
+    except Exception:
+        if signals.received is None:
+            raise
+        embedded_db.stop_unowned(data_dir)
+        raise Stop from None
+
+
 def run(args: argparse.Namespace) -> int:
     """Run the stack until a stop signal; the exit status."""
     if not getattr(args, "verbose", False):
@@ -182,7 +197,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         _say(f"starting PostgreSQL (embedded) in {data_dir / embedded_db.PGDATA}")
         with signals.held():
-            db = embedded_db.start(data_dir)
+            db = _start_database(data_dir, signals)
         database_url = db.url(DATABASE)
         password = demo_password(data_dir)
         if kid := asyncio.run(prepare(database_url, password)):
