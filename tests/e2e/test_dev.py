@@ -8,6 +8,7 @@ signal here is a real one sent to real processes (the stack, its process group, 
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
@@ -332,6 +333,20 @@ def test_dev_user_add_reaches_the_running_stack_and_a_stopped_one(data_dir: Path
         assert again.interrupt() == 0
     finally:
         again.kill()
+
+
+def test_dev_user_add_while_the_stack_starts_asks_to_try_again(data_dir: Path) -> None:
+    data_dir.mkdir()
+    with (data_dir / embedded_db.LOCK_NAME).open("a+") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # an owner whose server is not up yet
+        lock.write(f"{os.getpid()}\n")
+        lock.flush()
+        args = ("user", "add", "ada@example.com", "--data-dir", str(data_dir))
+        refused = _tokenlife_dev(*args, stdin=PASSWORD)
+    assert refused.returncode == 1
+    assert refused.stderr.splitlines() == [
+        f"tokenlife: the dev stack on {data_dir.resolve()} (pid {os.getpid()}) is starting: try again"
+    ]
 
 
 def test_closing_the_terminal_stops_the_services_and_the_database(data_dir: Path) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 
 __all__ = ["register"]
@@ -30,10 +31,15 @@ def _dev(args: argparse.Namespace) -> int:
 
 def _user_add(args: argparse.Namespace) -> int:
     from auth_service.commands import add_user_command
+    from tokenlife import embedded_db
     from tokenlife.dev.database import stack_database
 
     data_dir: Path = args.data_dir.expanduser().resolve()
-    return add_user_command(args.email, args.scope, lambda: stack_database(data_dir))
+    try:
+        return add_user_command(args.email, args.scope, lambda: stack_database(data_dir))
+    except embedded_db.AlreadyRunning as exc:
+        print(f"tokenlife: {exc}", file=sys.stderr)  # noqa: T201 - one line, as every refusal
+        return 1
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -79,9 +79,12 @@ def stack_database(data_dir: Path) -> Iterator[str]:
     """The URL of the dev stack's database: the running stack's, or, when none runs, its server started
     here for the moment (prepared as `tokenlife dev` would) and stopped again."""
     url = embedded_db.running_url(data_dir, DATABASE)
-    if url is not None and embedded_db.owner_pid(data_dir) is not None:
+    owner = embedded_db.owner_pid(data_dir)
+    if url is not None and owner is not None:
         yield url
         return
+    if owner is not None:
+        raise embedded_db.AlreadyRunning(f"the dev stack on {data_dir} (pid {owner}) is starting: try again")
     db = embedded_db.start(data_dir)
     try:
         url = db.url(DATABASE)
