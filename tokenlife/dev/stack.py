@@ -176,6 +176,7 @@ def _start_database(data_dir: Path, signals: _StopSignals) -> embedded_db.Embedd
     except Exception:
         if signals.received is None:
             raise
+        signals.stopping()
         embedded_db.stop_unowned(data_dir)
         raise Stop from None
 
@@ -213,6 +214,7 @@ def run(args: argparse.Namespace) -> int:
             supervisor.watch()
             time.sleep(WATCH_EVERY)
     except Stop:
+        signals.stopping()  # (already, when Stop came from the handler: a second signal changes nothing)
         _say("\nstopping")
         return 0
     except embedded_db.AlreadyRunning as exc:
