@@ -14,9 +14,10 @@ $(VENV)/.installed: pyproject.toml
 setup: $(VENV)/.installed
 
 # Everything on this machine with nothing but Python: embedded PostgreSQL in .tokenlife/, the auth service
-# on :8000 and a sample resource service on :8001 (`tokenlife dev --help` for ports and RabbitMQ). Ctrl-C stops it.
+# on :8000 and a sample resource service on :8001. Ctrl-C stops it. Options go in ARGS (`tokenlife dev --help`
+# lists them): make run ARGS="--auth-port 18000 --resource-port 18001".
 run: setup
-	$(VENV)/bin/tokenlife dev
+	$(VENV)/bin/tokenlife dev $(ARGS)
 
 # ruff, mypy --strict, then the suite. Without TOKENLIFE_TEST_DATABASE_URL the tests start one embedded
 # PostgreSQL; without TOKENLIFE_TEST_AMQP_URL (or Docker) the broker tests skip, saying why.

@@ -34,6 +34,7 @@ from auth_service.errors import (
     BearerError,
     DatabaseUnavailable,
     InvalidClient,
+    NoSigningKey,
     OAuthError,
     TooManyAttempts,
     TooManyWaiters,
@@ -104,7 +105,7 @@ async def load_keys(settings: AuthSettings, engine: AsyncEngine) -> KeyRing:
             log.warning("DEV MODE: generated a signing key; run `tokenlife keys rotate` in production")
         ring = await keystore.load(conn, kek, settings.access_token_ttl)
     if ring.active is None:
-        raise RuntimeError("no active signing key: run `tokenlife keys rotate` once before serving")
+        raise NoSigningKey("no active signing key: run `tokenlife keys rotate` once before serving")
     return ring
 
 
@@ -234,7 +235,11 @@ def _errors(app: FastAPI) -> None:
     @app.exception_handler(AuthServiceError)
     async def ours(request: Request, exc: AuthServiceError) -> Response:
         if isinstance(exc, AppendError):
-            log.warning("append failed: %s", exc)
+            # An append that failed because the database is down says so, not "the log is busy".
+            outage = db_errors.translate(exc.__cause__) if exc.__cause__ is not None else None
+            log.warning("append failed%s: %s", " (database unavailable)" if outage else "", exc)
+            if outage is not None:
+                return error_response(outage)
         return error_response(exc)
 
     async def database_down(request: Request, exc: Exception) -> Response:

@@ -10,13 +10,19 @@ import argparse
 import asyncio
 import getpass
 import sys
-import uuid
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 
+from auth_service.errors import NoSigningKey
 from auth_service.settings import AuthSettings
 
 
 def _say(text: str) -> None:
     print(text)  # noqa: T201 - a command's answer
+
+
+def _complain(text: str) -> None:
+    print(f"tokenlife: {text}", file=sys.stderr)  # noqa: T201 - a command's refusal, in one line
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -26,6 +32,11 @@ def _serve(args: argparse.Namespace) -> int:
     from looplag import freeze_startup_heap
 
     settings = AuthSettings()
+    try:
+        asyncio.run(_check_database(settings))
+    except NoSigningKey as exc:
+        _complain(exc.description)
+        return 1
     # Open event streams (GET /v1/me/events/stream) would hold a stop for as long as their tokens live:
     # cut them after a few seconds; their clients reconnect, with the last position, to another instance.
     app = create_app(settings)
@@ -41,55 +52,58 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _read_password(email: str) -> str:
-    if sys.stdin.isatty():
-        first = getpass.getpass(f"password for {email}: ")
-        if getpass.getpass("again: ") != first:
-            raise SystemExit("tokenlife: the passwords differ")
-        return first
-    return sys.stdin.readline().rstrip("\n")
-
-
-async def _user_add(settings: AuthSettings, email: str, password: str, scopes: str) -> uuid.UUID:
-    from auth_service.accounts.passwords import hash_password
+async def _check_database(settings: AuthSettings) -> None:
+    """What the server's start-up needs of the database, checked before it binds: that it answers, holds the
+    schema, and has an active signing key (dev mode makes one). A failure here is one line from the command
+    line (tokenlife/errors.py); the same failure inside the server's start-up would be a traceback."""
+    from auth_service.app import load_keys
     from auth_service.db.engine import create_engine
-    from auth_service.db.tables import users
 
-    password_hash = await asyncio.to_thread(hash_password, password)
     engine = create_engine(settings.database_url, pool_size=1)
     try:
-        user_id = uuid.uuid4()
-        async with engine.begin() as conn:
-            await conn.execute(
-                users.insert().values(
-                    user_id=user_id, email=email, password_hash=password_hash, scopes=scopes
-                )
-            )
-        return user_id
+        await load_keys(settings, engine)
     finally:
         await engine.dispose()
 
 
-def _user_add_cmd(args: argparse.Namespace) -> int:
-    from auth_service.accounts.passwords import check_new_password
+def _read_password(email: str) -> str:
+    if sys.stdin.isatty():
+        first = getpass.getpass(f"password for {email}: ")
+        if getpass.getpass("again: ") != first:
+            raise ValueError("the passwords differ")
+        return first
+    return sys.stdin.readline().rstrip("\n")
 
-    settings = AuthSettings()
-    email = args.email.strip().lower()
-    password = _read_password(email)
+
+def add_user_command(raw_email: str, scope: str, database: Callable[[], AbstractContextManager[str]]) -> int:
+    """`user add`: check the email, read and check the password, add the user to `database()`'s URL.
+
+    Shared by `tokenlife user add` and `tokenlife dev user add`, which differ only in where the database is;
+    the email is checked before anything is asked or started. Returns the exit status.
+    """
+    from auth_service.accounts.passwords import check_new_password
+    from auth_service.accounts.users import UserExists, add_user, normalise_email
+
     try:
+        email = normalise_email(raw_email)
+        password = _read_password(email)
         check_new_password(password)
     except ValueError as exc:
-        _say(f"tokenlife: {exc}")
+        _complain(str(exc))
         return 2
-    from sqlalchemy.exc import IntegrityError
-
-    try:
-        user_id = asyncio.run(_user_add(settings, email, password, " ".join(args.scope.split())))
-    except IntegrityError:
-        _say(f"tokenlife: a user with email {email} exists already")
-        return 1
+    with database() as database_url:
+        try:
+            user_id = asyncio.run(add_user(database_url, email, password, " ".join(scope.split())))
+        except UserExists as exc:
+            _complain(str(exc))
+            return 1
     _say(f"user {email} added with id {user_id}")
     return 0
+
+
+def _user_add_cmd(args: argparse.Namespace) -> int:
+    database_url = AuthSettings().database_url  # a configuration error comes before the password prompt
+    return add_user_command(args.email, args.scope, lambda: nullcontext(database_url))
 
 
 async def _user_revoke(settings: AuthSettings, email: str) -> int:

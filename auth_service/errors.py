@@ -14,7 +14,8 @@ AuthServiceError
 │   └── InvalidToken           401 invalid_token: bad, expired or revoked access token
 ├── TooManyAttempts            429 + Retry-After, error "temporarily_unavailable": login/password backoff
 ├── NoSigningKey               503: no active signing key to sign with
-├── AppendError                503 + Retry-After: the log's append lock was not free in time
+├── AppendError                503 + Retry-After: the log's append lock was not free in time (one whose
+│                              cause is a database outage is answered as DatabaseUnavailable)
 ├── TooManyWaiters             503 + Retry-After: every long-poll slot of this instance is taken
 ├── DatabaseUnavailable        503 + Retry-After: PostgreSQL down or unreachable (db/errors.py)
 └── NotFound                   404: a session that is not the caller's, or does not exist

@@ -10,7 +10,7 @@ from functools import cached_property
 from typing import Literal, Self
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from amqpkit.streams import needed_window
@@ -155,6 +155,21 @@ class AuthSettings(BaseSettings):
     relay_leader_retry_interval: float = Field(default=0.25, gt=0, description="Standby lock attempts.")
     relay_lease_timeout: float = Field(default=1.5, gt=0, description="A lapsed leader's lease is ended.")
     relay_max_backoff: float = Field(default=5.0, gt=0, description="Longest wait between reconnects.")
+
+    @field_validator("database_url")
+    @classmethod
+    def _asyncpg_url(cls, value: str) -> str:
+        """The usual PostgreSQL spellings (postgres://, postgresql://) name the same server, via asyncpg."""
+        scheme, separator, rest = value.partition("://")
+        if not value or scheme.lower() == "postgresql+asyncpg":
+            return value
+        if separator and scheme.lower() in ("postgres", "postgresql"):
+            return f"postgresql+asyncpg://{rest}"
+        # Not the value in the message: it may hold a password.
+        raise ValueError(
+            "not a PostgreSQL URL: write postgresql://user:password@host:5432/database "
+            "(postgres:// and postgresql+asyncpg:// are taken too)"
+        )
 
     @property
     def relay(self) -> RelaySettings:

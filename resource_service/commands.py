@@ -5,9 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pydantic import ValidationError
-
-from resource_service.settings import ResourceSettings, UnsafeResourceSettings
+from resource_service.settings import ResourceSettings
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -16,11 +14,7 @@ def _serve(args: argparse.Namespace) -> int:
     from looplag import freeze_startup_heap
     from resource_service.app import create_app
 
-    try:
-        settings = ResourceSettings()
-    except (UnsafeResourceSettings, ValidationError) as exc:
-        print(f"tokenlife: configuration error: {exc}", file=sys.stderr)  # noqa: T201
-        return 2
+    settings = ResourceSettings()  # a configuration error is said by the command line, in one line
     if settings.transport == "stream" and settings.env != "dev":
         import asyncio
 

@@ -1,8 +1,9 @@
 """The `tokenlife` command line.
 
-Each service's command module exposes `register(subparsers)`; this module only assembles them and turns
-configuration errors into a clear message and exit status 2. It sits above both services, so neither service
-imports the other for the sake of the command line.
+Each service's command module exposes `register(subparsers)`; this module only assembles them and says a
+failure the user can fix in one line (tokenlife/errors.py): a configuration error with exit status 2, a
+database it cannot use with 1. It sits above both services, so neither service imports the other for the
+sake of the command line.
 """
 
 from __future__ import annotations
@@ -12,13 +13,10 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from pydantic import ValidationError
-
 from auth_service import commands as auth_commands
 from auth_service.relay import cli as relay_commands
-from auth_service.settings import UnsafeSettings
 from resource_service import commands as resource_commands
-from tokenlife import dev
+from tokenlife import dev, errors
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,10 +39,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
+    # Alembic names each of its plugins at INFO on every start: noise before a command's own lines.
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.DEBUG if args.verbose else logging.WARNING)
     try:
         return int(args.func(args))
-    except (UnsafeSettings, ValidationError) as exc:
-        print(f"tokenlife: configuration error: {exc}", file=sys.stderr)  # noqa: T201
-        return 2
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:
+        if (problem := errors.configuration_problem(exc)) is not None:
+            print(f"tokenlife: configuration error: {problem}", file=sys.stderr)  # noqa: T201
+            return 2
+        if (problem := errors.database_problem(exc)) is not None:
+            print(f"tokenlife: {problem}", file=sys.stderr)  # noqa: T201
+            return 1
+        raise

@@ -133,6 +133,8 @@ class LogWriter:
                 raise
             except Exception as exc:
                 error = exc if isinstance(exc, AppendError) else AppendError(f"append failed: {exc!r}")
+                if error is not exc:
+                    error.__cause__ = exc  # so the answer can tell a database outage from a busy log
                 log.warning("log writer: a batch of %d requests failed: %s", len(live), error)
                 for r in live:
                     if not r.done.done():
