@@ -10,11 +10,12 @@ from functools import cached_property
 from typing import Literal, Self
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from amqpkit.streams import needed_window
 from auth_service.accounts.clients import GRANT_TYPES, MAX_CLIENT_ID, ClientRegistry, ClientSpec, secret_hash
+from auth_service.broker import RelaySettings, StreamSpec
 
 log = logging.getLogger("tokenlife")
 
@@ -35,40 +36,6 @@ class UnsafeSettings(Exception):
 
     Not a ValueError on purpose: pydantic would wrap a ValueError into a generic validation error.
     """
-
-
-class StreamSpec(BaseModel):
-    """The stream the relay declares beside the exchange: its retention by age (seconds) and its size cap."""
-
-    model_config = ConfigDict(frozen=True)
-
-    max_age: int = Field(ge=1)
-    max_bytes: int = Field(ge=1)
-
-
-class RelaySettings(BaseModel):
-    """How the relay runs, passed whole; AuthSettings.relay builds it from the TOKENLIFE_* variables."""
-
-    model_config = ConfigDict(frozen=True)
-
-    heartbeat_interval: float = Field(default=0.5, gt=0, description="Seconds between heartbeats.")
-    poll_interval: float = Field(default=1.0, gt=0, description="Backstop poll when no NOTIFY comes.")
-    publish_timeout: float = Field(default=5.0, gt=0, description="Seconds to wait for a confirm.")
-    batch_size: int = Field(default=500, ge=1, le=10_000, description="Events per confirmed batch.")
-    leader_retry_interval: float = Field(
-        default=0.25, gt=0, description="Seconds between standby lock attempts (and lease renewals)."
-    )
-    lease_timeout: float = Field(
-        default=1.5, gt=0, description="A leader's lease older than this is ended by a standby (below B)."
-    )
-    max_backoff: float = Field(default=5.0, gt=0, description="Longest wait between reconnects.")
-
-    @model_validator(mode="after")
-    def _lease_outlives_renewals(self) -> Self:
-        # A lease that can lapse between two renewals would have standbys end healthy leaders.
-        if self.lease_timeout < 3 * self.leader_retry_interval:
-            raise ValueError("lease_timeout must be at least 3 x leader_retry_interval (its renewal period)")
-        return self
 
 
 class AuthSettings(BaseSettings):

@@ -14,6 +14,7 @@ from prometheus_client import CollectorRegistry
 from sqlalchemy.exc import SQLAlchemyError
 
 from auth_service import contract as c
+from auth_service.broker import RelaySettings, StreamSpec
 from auth_service.db.engine import asyncpg_dsn
 from auth_service.log import store as event_log
 from auth_service.relay.leader import LeaderLock
@@ -22,7 +23,7 @@ from auth_service.relay.publisher import BrokerLink, PublishFailure
 from auth_service.relay.pump import Progress, Pump
 from auth_service.relay.reading import LogReader
 from auth_service.relay.wakeup import Waker
-from auth_service.settings import AuthSettings, RelaySettings, StreamSpec
+from auth_service.settings import AuthSettings
 
 log = logging.getLogger("tokenlife.relay")
 

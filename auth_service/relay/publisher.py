@@ -43,7 +43,7 @@ from pamqp.header import ContentHeader
 from amqpkit import close_connection
 from amqpkit.streams import declare_stream
 from auth_service import contract as c
-from auth_service.settings import StreamSpec
+from auth_service.broker import StreamSpec
 
 log = logging.getLogger("tokenlife.relay")
 

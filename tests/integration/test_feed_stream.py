@@ -17,8 +17,8 @@ import httpx
 import jwt
 import pytest
 
+from auth_service.broker import RelaySettings, StreamSpec
 from auth_service.relay import Relay
-from auth_service.settings import RelaySettings, StreamSpec
 from tests.conftest import SERVICE_CLIENT, add_user, free_port, running_auth_server
 from tests.integration.test_feed import (
     _ready,

@@ -23,12 +23,12 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from auth_service import contract as c
+from auth_service.broker import RelaySettings
 from auth_service.db.engine import asyncpg_dsn
 from auth_service.log.store import append
 from auth_service.relay import Relay
 from auth_service.relay.leader import RELAY_LOCK_KEY
 from auth_service.relay.metrics import RelayMetrics
-from auth_service.settings import RelaySettings
 
 pytestmark = pytest.mark.integration
 
