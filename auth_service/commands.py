@@ -123,7 +123,10 @@ async def _user_revoke(settings: AuthSettings, email: str) -> int:
         async with (
             asyncpg.create_pool(dsn, min_size=1, max_size=1) as pg,
             LogWriter.running(
-                dsn, lock_timeout_ms=settings.lock_timeout_ms, access_token_ttl=settings.access_token_ttl
+                dsn,
+                lock_timeout_ms=settings.lock_timeout_ms,
+                access_token_ttl=settings.access_token_ttl,
+                refresh_grace=settings.refresh_grace_seconds,
             ) as writer,
         ):
             ctx = AuthContext(settings, engine, keys, LoginThrottle(BackoffRule()), pg, writer)
