@@ -48,6 +48,11 @@ class WriterCollector(Collector):
             value=1.0 / per_event if per_event else 0.0,
         )
         yield GaugeMetricFamily(
+            "tokenlife_log_lock_wait_p99_seconds",
+            f"p99 of the batches' waits for the append lock over the last {RECENT:g} s",
+            value=w.recent_lock_wait(0.99),
+        )
+        yield GaugeMetricFamily(
             "tokenlife_log_events_per_batch",
             f"Events per committed batch over the last {RECENT:g} s",
             value=events / batches if batches else 0.0,

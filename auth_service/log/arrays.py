@@ -3,6 +3,7 @@ so a batch of any size is a fixed number of arguments and the statements run set
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -45,6 +46,12 @@ def write_columns(writes: Writes) -> dict[str, list[Any]]:
         "pw_users": [user for user, _, _ in writes.passwords],
         "pw_hashes": [hashed for _, hashed, _ in writes.passwords],
         "pw_at": [at for _, _, at in writes.passwords],
+        "nk_kids": [k.kid for k in writes.new_keys],
+        "nk_algs": [k.alg for k in writes.new_keys],
+        "nk_jwks": [json.dumps(k.public_jwk) for k in writes.new_keys],
+        "nk_private": [k.private_key_encrypted for k in writes.new_keys],
+        "nk_created": [k.created_at for k in writes.new_keys],
+        "rk_kids": list(writes.revoked_keys),
     }
 
 

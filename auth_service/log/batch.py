@@ -29,7 +29,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
@@ -44,16 +43,13 @@ from auth_service.log.intents import (
     Caller,
     ChangePassword,
     Decision,
-    EndSessions,
     Intent,
-    LockedState,
-    Login,
-    OpenSession,
+    RevokeKey,
     RevokeUser,
-    Rotate,
     Verdict,
     Writes,
 )
+from auth_service.log.locked_state import read_locked_state
 from auth_service.log.store import APPEND_LOCK_KEY, NOTIFY_CHANNEL, positioned
 
 log = logging.getLogger("tokenlife.log")
@@ -78,7 +74,7 @@ def _positioned(decided: list[Decision], base: int) -> list[Decision]:
 
 
 def _needs_lock(requests: Sequence[Submitted]) -> bool:
-    return any(isinstance(i, RevokeUser | ChangePassword) for r in requests for i in r.intents)
+    return any(isinstance(i, RevokeUser | ChangePassword | RevokeKey) for r in requests for i in r.intents)
 
 
 class BatchCommitter:
@@ -97,12 +93,13 @@ class BatchCommitter:
         # again under the lock.
         self.guesses_missed = 0
         self.lock_held = 0.0  # seconds the last committed batch held the append lock
+        self.lock_wait = 0.0  # and waited for it
 
     async def commit(self, requests: Sequence[Submitted]) -> tuple[list[Decision], datetime | None]:
         """Each request's decision, its events positioned, and their recorded_at (None when nothing was
         appended); raises (AppendError, a database error) with nothing committed."""
         conn = await self._connection()
-        self.lock_held = 0.0
+        self.lock_held = self.lock_wait = 0.0
         if self.one_trip and not _needs_lock(requests):
             done = await self._append_at_once(conn, requests)
             if done is not None:
@@ -154,6 +151,7 @@ class BatchCommitter:
             **arrays.caller_columns([r.caller for r in requests if r.caller is not None]),
             "rotated_at": now,
             "succ_until": now + self._grace,
+            "keys_at": now,
         }
 
     async def _append_at_once(
@@ -182,7 +180,7 @@ class BatchCommitter:
             raise
         if row is None:
             return None
-        base, recorded, self.lock_held = row
+        base, recorded, self.lock_held, self.lock_wait = row
         return _positioned(decided, int(base)), recorded if values["types"] else None
 
     async def _locked_commit(
@@ -190,6 +188,7 @@ class BatchCommitter:
     ) -> tuple[list[Decision], datetime | None]:
         """Decide under the lock, on the state read there: a few round trips, for any batch."""
         try:
+            asked = time.monotonic()
             # One round trip: a simple-query batch runs as one implicit sequence; the lock is the last step.
             await conn.execute(
                 "BEGIN ISOLATION LEVEL READ COMMITTED; "
@@ -197,6 +196,7 @@ class BatchCommitter:
                 f"SELECT pg_advisory_xact_lock({APPEND_LOCK_KEY})"
             )
             locked = time.monotonic()
+            self.lock_wait = locked - asked  # with the round trip: an upper bound
             decided, head, recorded = await self._write(conn, requests)
             # NOTIFY and COMMIT in one round trip; the NOTIFY is delivered at commit.
             notify = f"SELECT pg_notify('{NOTIFY_CHANNEL}', '{head}'); " if recorded else ""
@@ -226,7 +226,7 @@ class BatchCommitter:
         recorded_at (a clock_timestamp() under the lock; None when nothing was appended)."""
         refused = await self._revoked_callers(conn, requests)
         intents = [() if i in refused else r.intents for i, r in enumerate(requests)]
-        state, now = await self._locked_state(conn, intents)
+        state, now = await read_locked_state(conn, intents)
         head, recorded = state[0], state[1]
         decided, writes = decide(intents, state[2], now, self._ttl, self._grace)
         values = self._values(decided, writes, requests, now) | {"base": head, "recorded": recorded}
@@ -237,45 +237,6 @@ class BatchCommitter:
             decided[i].verdict = Verdict.CALLER_REVOKED
         appended = len(values["types"])
         return _positioned(decided, head), head + appended, recorded if appended else None
-
-    async def _locked_state(
-        self, conn: Any, requests: Sequence[Sequence[Intent]]
-    ) -> tuple[tuple[int, datetime, LockedState], datetime]:
-        sids: dict[uuid.UUID, None] = {}
-        users: dict[str, None] = {}  # whose open sessions the decisions need, all of them
-        marked: dict[str, None] = {}  # whose watermarks they need
-        parents: dict[bytes, None] = {}
-        for intents in requests:
-            for i in intents:
-                match i:
-                    case EndSessions():
-                        sids.update(dict.fromkeys(i.session_ids))
-                    case Rotate():
-                        sids[i.session_id] = None
-                        parents[i.parent_hash] = None
-                        marked[i.user_id] = None
-                    case RevokeUser():
-                        users[i.user_id] = None
-                        marked[i.user_id] = None
-                    case ChangePassword():
-                        users[i.user_id] = None
-                    case Login():
-                        marked[i.started.user_id] = None
-        now = datetime.now(UTC)
-        row = await conn.fetchrow(sql.STATE, list(sids), list(users), list(marked), list(parents), now)
-        head, recorded, open_sids, open_users, created, expires, marks, hashes, rotated, sealed = row
-        state = LockedState(
-            open_sessions={
-                sid: OpenSession(user, at, until)
-                for sid, user, at, until in zip(
-                    open_sids or [], open_users or [], created or [], expires or [], strict=True
-                )
-            },
-            watermarks=dict(zip(marked, marks or [], strict=True)),
-            refresh_tokens=dict(zip(hashes or [], rotated or [], strict=True)),
-            sealed={h: s for h, s in zip(hashes or [], sealed or [], strict=True) if s is not None},
-        )
-        return (int(head), recorded, state), now
 
     async def _revoked_callers(self, conn: Any, requests: Sequence[Submitted]) -> set[int]:
         """The requests (by index) whose caller's token a revocation names, read under the lock."""

@@ -58,10 +58,10 @@ def watermark_of(user: str) -> str:
 # What the decisions read under the lock, in one statement: the head and the moment (the events' recorded_at,
 # under the lock); the open sessions named ($1) or of the users named ($2); the watermarks of the users named
 # ($3); each presented refresh token ($4) with its rotated_at and, while its window lasts ($5), the answer
-# its rotation kept.
+# its rotation kept; each signing key named ($6), retired or not, revoked or not.
 STATE = f"""
 SELECT h.head, clock_timestamp(), o.sids, o.users, o.created, o.expires, w.marks,
-       t.hashes, t.rotated, t.sealed
+       t.hashes, t.rotated, t.sealed, k.kids, k.retired, k.revoked
 FROM (SELECT coalesce(max(position), 0) AS head FROM event_log) AS h,
      (SELECT array_agg(session_id ORDER BY session_id) AS sids,
              array_agg(user_id ORDER BY session_id) AS users,
@@ -78,7 +78,10 @@ FROM (SELECT coalesce(max(position), 0) AS head FROM event_log) AS h,
                           WHERE token_hash = k.token_hash LIMIT 1) AS t
       LEFT JOIN LATERAL (SELECT sealed FROM refresh_successors
                          WHERE token_hash = k.token_hash AND expires_at >= $5::timestamptz LIMIT 1) AS sc
-           ON true) AS t
+           ON true) AS t,
+     (SELECT array_agg(kid) AS kids, array_agg(retired_at IS NOT NULL) AS retired,
+             array_agg(revoked_at IS NOT NULL) AS revoked
+      FROM signing_keys WHERE kid = ANY($6::text[])) AS k
 """
 
 # Every argument of the writes and checks, with its type. The events' columns come first (`columns()`).
@@ -110,6 +113,13 @@ ARG_TYPES = {
     "pw_users": "uuid[]",
     "pw_hashes": "text[]",
     "pw_at": "timestamptz[]",
+    "nk_kids": "text[]",
+    "nk_algs": "text[]",
+    "nk_jwks": "jsonb[]",
+    "nk_private": "bytea[]",
+    "nk_created": "timestamptz[]",
+    "rk_kids": "text[]",
+    "keys_at": "timestamptz",
     # The callers whose tokens a revocation may name (intents.Caller), for REVOKED_CALLERS.
     "c_jtis": "text[]",
     "c_sids": "text[]",
@@ -203,6 +213,19 @@ UPDATE users SET (password_hash, password_changed_at) = (
 WHERE users.user_id = ANY({pw_users})"""
 
 
+# A key revocation's successor becomes the active key (tokens/keys.py: a new key retires the others)...
+_NEW_KEYS = """
+WITH made AS (
+    INSERT INTO signing_keys (kid, alg, public_jwk, private_key_encrypted, created_at)
+    SELECT * FROM unnest({nk_kids}, {nk_algs}, {nk_jwks}, {nk_private}, {nk_created}))
+UPDATE signing_keys SET retired_at = {keys_at} WHERE retired_at IS NULL AND kid <> ALL({nk_kids})"""
+
+# ...and the key revoked leaves the JWKS at once (key.revoked covers its tokens).
+_REVOKED_KEYS = """
+UPDATE signing_keys SET revoked_at = {keys_at}, retired_at = coalesce(retired_at, {keys_at})
+WHERE kid = ANY({rk_kids})"""
+
+
 @dataclass(frozen=True)
 class Statement:
     """One of the batch's writes: its text with named arguments, and the argument whose rows it writes (the
@@ -235,6 +258,8 @@ WRITES = (
     Statement(_REFRESH_TOKENS, "rt_hashes"),
     Statement(_SUCCESSORS, "succ_hashes"),
     Statement(_PASSWORDS, "pw_users"),
+    Statement(_NEW_KEYS, "nk_kids"),
+    Statement(_REVOKED_KEYS, "rk_kids"),
 )
 
 # The callers (each a request's access token, intents.Caller) that a revocation names, by their number in

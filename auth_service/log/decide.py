@@ -25,6 +25,7 @@ from auth_service.log.intents import (
     Login,
     OpenSession,
     Prepared,
+    RevokeKey,
     RevokeToken,
     RevokeUser,
     Rotate,
@@ -43,6 +44,7 @@ class _Batch:
         self.marks = dict(state.watermarks)
         self.rotated = dict(state.refresh_tokens)
         self.sealed = state.sealed
+        self.keys = dict(state.keys)
         self.given: dict[bytes, Prepared] = {}  # rotations decided in this batch, by parent hash
         self.now, self.ttl, self.grace = now, ttl, grace
         self.until = lifetimes.latest_access_expiry(now, ttl)
@@ -121,6 +123,28 @@ class _Batch:
             events.append(self._session_revoked(sid, user, "password_change"))
         return Decision(events)
 
+    def revoke_key(self, intent: RevokeKey) -> Decision:
+        known = self.keys.get(intent.kid)
+        if known is None:
+            return Decision([], Verdict.UNKNOWN_KEY)
+        retired, revoked = known
+        if revoked:
+            return Decision([])  # revoked already: nothing more to tell anyone
+        new = intent.replacement
+        if not retired:
+            if new is None:  # the active key: it goes only with a successor to sign with
+                return Decision([], Verdict.RESIGN)
+            for kid, (_, was_revoked) in list(self.keys.items()):
+                self.keys[kid] = (True, was_revoked)
+            self.keys[new.kid] = (False, False)
+            self.writes.new_keys.append(new)
+        self.keys[intent.kid] = (True, True)
+        self.writes.revoked_keys.append(intent.kid)
+        # Not last signed + ttl: whoever holds a compromised key can sign tokens with any exp, so the
+        # revocation must outlive every such token, and is never pruned.
+        event = c.KeyRevoked(kid=intent.kid, expires_at=c.FOREVER, reason=intent.reason, occurred_at=self.now)
+        return Decision([event])
+
     def _revoked_at_birth(self, user: str, issued: c.TokenIssued) -> bool:
         # Revoked when iat < not_before: a watermark set after the token was prepared would revoke it at once.
         mark = self.marks.get(user)
@@ -159,6 +183,8 @@ def decide(
                     one = batch.rotate(intent)
                 case ChangePassword():
                     one = batch.change_password(intent)
+                case RevokeKey():
+                    one = batch.revoke_key(intent)
             outcome.events += one.events
             if one.verdict is not Verdict.DONE:
                 outcome.verdict, outcome.answer = one.verdict, one.answer

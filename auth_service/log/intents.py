@@ -102,7 +102,28 @@ class ChangePassword:
     changed_at: datetime
 
 
-Intent = EndSessions | RevokeUser | RevokeToken | Login | Rotate | ChangePassword
+@dataclass(frozen=True)
+class NewSigningKey:
+    """A signing key made (and its private half encrypted) before the lock, to become the active one."""
+
+    kid: str
+    alg: str
+    public_jwk: dict[str, object]
+    private_key_encrypted: bytes
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class RevokeKey:
+    """Revoke a signing key: every token it signed. The active key can only go with a `replacement`, which
+    becomes active in the same transaction, so the service never stands without a key to sign with."""
+
+    kid: str
+    reason: str
+    replacement: NewSigningKey | None
+
+
+Intent = EndSessions | RevokeUser | RevokeToken | Login | Rotate | ChangePassword | RevokeKey
 
 
 @dataclass(frozen=True)
@@ -141,7 +162,8 @@ class Verdict(Enum):
     REUSED = "reused"  # a refresh token presented after its grace window: the session is ended
     SESSION_ENDED = "session_ended"  # a refresh of a session that has ended (or of an unknown token)
     ROTATED_AWAY = "rotated_away"  # a repeat within the window whose answer is no longer kept
-    RESIGN = "resign"  # the prepared token's iat is below a watermark: prepare again
+    RESIGN = "resign"  # prepared on a state that moved (a new watermark, a key become active): prepare again
+    UNKNOWN_KEY = "unknown_key"  # a key revocation names no key there is
     CALLER_REVOKED = "caller_revoked"  # the request's own access token is revoked: nothing appended
 
 
@@ -175,6 +197,7 @@ class LockedState:
     watermarks: dict[str, datetime | None]
     refresh_tokens: dict[bytes, datetime | None] = field(default_factory=dict)
     sealed: dict[bytes, bytes] = field(default_factory=dict)
+    keys: dict[str, tuple[bool, bool]] = field(default_factory=dict)  # kid -> (retired, revoked)
 
 
 @dataclass
@@ -185,9 +208,18 @@ class Writes:
     rotated: list[bytes] = field(default_factory=list)
     successors: list[tuple[bytes, bytes]] = field(default_factory=list)  # (parent hash, sealed answer)
     passwords: list[tuple[str, str, datetime]] = field(default_factory=list)  # (user, hash, changed at)
+    new_keys: list[NewSigningKey] = field(default_factory=list)
+    revoked_keys: list[str] = field(default_factory=list)
 
     def __bool__(self) -> bool:
-        return bool(self.refresh_tokens or self.rotated or self.successors or self.passwords)
+        return bool(
+            self.refresh_tokens
+            or self.rotated
+            or self.successors
+            or self.passwords
+            or self.new_keys
+            or self.revoked_keys
+        )
 
 
 def revocation_reason(rows: Sequence[tuple[str, str, datetime | None]], iat: int) -> str | None:

@@ -85,19 +85,21 @@ def _in_function(template: str) -> str:
 # it held (no row back if not: the writer decides again under the lock, where it finds out which). PL/pgSQL
 # runs each statement of a VOLATILE function in a snapshot of its own, taken when the statement starts (READ
 # COMMITTED), so the head is read after the lock is held, as store.py's protocol asks, and each write sees
-# the one before. It answers the head it appended after, the events' recorded_at, and how long it held the
-# lock. It lives in pg_temp, made on each of the writer's connections: the one definition stays here.
+# the one before. It answers the head it appended after, the events' recorded_at, how long it held the
+# lock and how long it waited for it. It lives in pg_temp, made on each of the writer's connections: the
+# one definition stays here.
 _FUNCTION_ARGS = [name for name in sql.ARG_TYPES if name not in ("base", "recorded")]
 _WRITES_IN_FUNCTION = ";\n    ".join(_in_function(w.template) for w in sql.WRITES)
 APPEND_FUNCTION = f"""
 CREATE FUNCTION pg_temp.tokenlife_append(
     {", ".join(f"a_{name} {sql.ARG_TYPES[name]}" for name in _FUNCTION_ARGS)}, a_lock_timeout_ms integer)
-RETURNS TABLE (o_after bigint, o_recorded timestamptz, o_lock_held double precision)
+RETURNS TABLE (o_after bigint, o_recorded timestamptz, o_lock_held float8, o_lock_wait float8)
 LANGUAGE plpgsql VOLATILE AS $fn$
 DECLARE
     a_base bigint;
     a_recorded timestamptz;
     v_locked timestamptz;
+    v_asked timestamptz := clock_timestamp();
 BEGIN
     PERFORM set_config('lock_timeout', a_lock_timeout_ms::text, true);
     PERFORM pg_advisory_xact_lock({APPEND_LOCK_KEY});
@@ -114,7 +116,8 @@ BEGIN
     IF cardinality(a_types) > 0 THEN  -- a batch of checks alone appends nothing: nothing to tell
         PERFORM pg_notify('{NOTIFY_CHANNEL}', (a_base + cardinality(a_types))::text);
     END IF;
-    RETURN QUERY SELECT a_base, a_recorded, extract(epoch FROM clock_timestamp() - v_locked)::float8;
+    RETURN QUERY SELECT a_base, a_recorded, extract(epoch FROM clock_timestamp() - v_locked)::float8,
+                        extract(epoch FROM v_locked - v_asked)::float8;
 END
 $fn$
 """

@@ -1,5 +1,5 @@
 """Read-only queries of the projections and the log that more than one caller needs: sessions, watermarks,
-refresh tokens, a session's timeline. No writes here: those go through log.appending(). A question the hot
+refresh tokens, a session's timeline. No writes here: those go through the log writer. A question the hot
 path also asks (a user's unrevoked sessions, a session's owner) is asked once, in lookups.py, on the pool."""
 
 from __future__ import annotations

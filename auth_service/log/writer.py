@@ -74,7 +74,8 @@ class LogWriter:
         self.batches = 0  # committed batches, for the benchmark's events-per-batch figure
         self.events = 0  # events appended
         self.lock_held = 0.0  # seconds the append lock was held, all batches together
-        self._recent: deque[tuple[float, int, float]] = deque()  # (when, events, lock held) per batch
+        # (when, events, lock held, lock wait) per batch, for the last RECENT seconds
+        self._recent: deque[tuple[float, int, float, float]] = deque()
         self._pruned = 0.0
         # Told, right after each COMMIT and before the requests are answered, the events it appended and
         # their recorded_at: the relay of the same process publishes them at once (relay/window.py).
@@ -95,7 +96,13 @@ class LogWriter:
     def recent(self) -> tuple[int, int, float]:
         """Over the last RECENT seconds: batches committed, events appended, seconds the lock was held."""
         self._forget(time.monotonic())
-        return len(self._recent), sum(e for _, e, _ in self._recent), sum(h for _, _, h in self._recent)
+        return len(self._recent), sum(r[1] for r in self._recent), sum(r[2] for r in self._recent)
+
+    def recent_lock_wait(self, quantile: float) -> float:
+        """That quantile of the batches' waits for the append lock over the last RECENT seconds (0: none)."""
+        self._forget(time.monotonic())
+        waits = sorted(r[3] for r in self._recent)
+        return waits[min(len(waits) - 1, int(quantile * len(waits)))] if waits else 0.0
 
     def _forget(self, now: float) -> None:
         while self._recent and self._recent[0][0] < now - RECENT:
@@ -193,7 +200,7 @@ class LogWriter:
         self.events += events
         self.lock_held += held
         now = time.monotonic()
-        self._recent.append((now, events, held))
+        self._recent.append((now, events, held, self._committer.lock_wait))
         self._forget(now)
 
     async def _prune(self) -> None:

@@ -14,8 +14,10 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from auth_service import contract as c
+from auth_service.db.engine import asyncpg_dsn
 from auth_service.db.tables import refresh_successors, sessions
 from auth_service.log.store import read_after, read_head
+from auth_service.log.writer import LogWriter
 from auth_service.settings import AuthSettings
 from auth_service.tokens import keys as keystore
 from tests.conftest import PASSWORD, SERVICE_CLIENT, add_user, serve_auth
@@ -446,17 +448,20 @@ async def test_an_instance_that_has_not_seen_a_rotation_still_revokes_and_logs_o
 async def test_revoking_the_active_key_rotates_first_and_is_never_pruned(
     auth_settings: AuthSettings, auth_client: httpx.AsyncClient, engine: AsyncEngine, user: str
 ) -> None:
-    async with engine.begin() as conn:
-        active = (await keystore.load(conn, auth_settings.key_encryption_key.get_secret_value(), 300)).active
+    kek = auth_settings.key_encryption_key.get_secret_value()
+    async with (
+        LogWriter.running(
+            asyncpg_dsn(auth_settings.database_url), lock_timeout_ms=5000, access_token_ttl=300
+        ) as writer,
+        engine.connect() as conn,
+    ):
+        active = (await keystore.load(conn, kek, 300)).active
         assert active is not None
-        event = await keystore.revoke(
-            conn,
-            active.kid,
-            auth_settings.key_encryption_key.get_secret_value(),
-            "test",
-            lock_timeout_ms=auth_settings.lock_timeout_ms,
-        )
-        ring = await keystore.load(conn, auth_settings.key_encryption_key.get_secret_value(), 300)
+        event = await keystore.revoke(writer, conn, active.kid, kek, "test")
+        again = await keystore.revoke(writer, conn, active.kid, kek, "test")
+        await conn.rollback()  # a new snapshot, to see the writer's commit
+        ring = await keystore.load(conn, kek, 300)
+    assert again is None  # revoked already: nothing more to append
     assert isinstance(event, c.KeyRevoked)
     assert event.expires_at == c.FOREVER  # a leaked key can sign tokens with any exp
     assert ring.active is not None

@@ -13,8 +13,10 @@ from auth_service.log.intents import (
     LockedState,
     Login,
     NewRefreshToken,
+    NewSigningKey,
     OpenSession,
     Prepared,
+    RevokeKey,
     RevokeUser,
     Rotate,
     Verdict,
@@ -208,3 +210,42 @@ def test_a_password_change_ends_the_other_sessions_that_may_hold_a_live_token() 
         (other, "password_change")
     ]
     assert writes.passwords == [(USER, "argon2-hash", NOW)]
+
+
+def _new_key(kid: str = "k2") -> NewSigningKey:
+    return NewSigningKey(kid, "RS256", {"kid": kid}, b"encrypted", NOW)
+
+
+def test_revoking_the_active_key_makes_its_prepared_successor_active_in_the_same_batch() -> None:
+    state = LockedState(open_sessions={}, watermarks={}, keys={"k1": (False, False)})
+    [decision], writes = decide([[RevokeKey("k1", "compromised", _new_key())]], state, NOW, TTL, GRACE)
+    [event] = decision.events
+    assert isinstance(event, c.KeyRevoked)
+    assert (event.kid, event.expires_at) == ("k1", c.FOREVER)  # a leaked key signs any exp: never pruned
+    assert [k.kid for k in writes.new_keys] == ["k2"]
+    assert writes.revoked_keys == ["k1"]
+
+
+def test_the_active_key_is_never_revoked_without_a_successor() -> None:
+    state = LockedState(open_sessions={}, watermarks={}, keys={"k1": (False, False)})
+    [decision], writes = decide([[RevokeKey("k1", "compromised", None)]], state, NOW, TTL, GRACE)
+    assert (decision.verdict, decision.events) == (Verdict.RESIGN, [])
+    assert not writes
+
+
+def test_a_key_revoked_twice_or_unknown_appends_nothing_more() -> None:
+    state = LockedState(open_sessions={}, watermarks={}, keys={"k0": (True, False)})
+    decided, writes = decide(
+        [[RevokeKey("k0", "x", None)], [RevokeKey("k0", "x", None)], [RevokeKey("nope", "x", None)]],
+        state,
+        NOW,
+        TTL,
+        GRACE,
+    )
+    assert [(d.verdict, len(d.events)) for d in decided] == [
+        (Verdict.DONE, 1),
+        (Verdict.DONE, 0),
+        (Verdict.UNKNOWN_KEY, 0),
+    ]
+    assert writes.revoked_keys == ["k0"]
+    assert not writes.new_keys  # a retired key needs no successor
