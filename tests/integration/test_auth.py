@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -485,3 +486,43 @@ async def test_the_docs_authorize_button_logs_in_through_the_password_grant(
     assert password["properties"]["grant_type"]["enum"] == ["password"]
     assert refresh["required"] == ["grant_type", "refresh_token"]
     assert {"scope", "client_id"} <= set(password["properties"]) & set(refresh["properties"])
+
+
+async def _batches(client: httpx.AsyncClient) -> float:
+    """The log writer's committed batches, as /metrics serves them."""
+    text = (await client.get("/metrics")).text
+    return float(
+        next(line.split()[1] for line in text.splitlines() if line.startswith("tokenlife_log_batches"))
+    )
+
+
+async def test_bad_refresh_tokens_are_refused_before_the_log_writer_and_cost_no_batch(
+    auth_settings: AuthSettings, user: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    grants = {"type": "public", "grant_types": ["password", "refresh_token"]}
+    clients = {auth_settings.default_client_id: grants, "other": grants}
+    monkeypatch.setenv("TOKENLIFE_CLIENTS", json.dumps(clients))
+    async with serve_auth(AuthSettings()) as client:
+        tokens = await login(client)
+        before = await _batches(client)
+        answers = [
+            await refresh(client, "not a token of ours"),
+            await refresh(client, "x" * 600),  # longer than any refresh token: malformed
+            await client.post(
+                "/oauth/token",
+                data={
+                    "grant_type": "refresh_token",
+                    "refresh_token": tokens["refresh_token"],
+                    "client_id": "other",
+                },
+            ),
+        ]
+        assert [(a.status_code, a.json()["error"]) for a in answers] == [
+            (400, "invalid_grant"),
+            (400, "invalid_request"),
+            (400, "invalid_grant"),
+        ]
+        assert await _batches(client) == before  # no batch: the append lock was never asked for
+        # The same token from its own client still rotates (one batch more).
+        assert (await refresh(client, tokens["refresh_token"])).status_code == 200
+        assert await _batches(client) == before + 1
