@@ -43,6 +43,7 @@ from auth_service.log import projections
 from auth_service.log.listener import LogListener
 from auth_service.log.lookups import keep_session_state
 from auth_service.log.writer import LogWriter
+from auth_service.metrics import WriterCollector
 from auth_service.relay import Relay
 from auth_service.relay.metrics import RelayMetrics
 from auth_service.settings import AuthSettings
@@ -126,7 +127,10 @@ def create_app(settings: AuthSettings) -> FastAPI:
             asyncpg_dsn(settings.database_url),
             lock_timeout_ms=settings.lock_timeout_ms,
             access_token_ttl=settings.access_token_ttl,
+            refresh_grace=settings.refresh_grace_seconds,
         )
+        writer_metrics = WriterCollector(writer)
+        state.registry.register(writer_metrics)
         try:
             await listener.start()
             # Hot-path reads (lookups.py) on plain asyncpg; the group committer on a connection of its own.
@@ -176,6 +180,7 @@ def create_app(settings: AuthSettings) -> FastAPI:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             await writer.stop()
+            state.registry.unregister(writer_metrics)
             if pg is not None:
                 await pg.close()
             await listener.stop()

@@ -137,7 +137,10 @@ async def _user_revoke(settings: AuthSettings, email: str) -> int:
         async with (
             asyncpg.create_pool(dsn, min_size=1, max_size=1) as pg,
             LogWriter.running(
-                dsn, lock_timeout_ms=settings.lock_timeout_ms, access_token_ttl=settings.access_token_ttl
+                dsn,
+                lock_timeout_ms=settings.lock_timeout_ms,
+                access_token_ttl=settings.access_token_ttl,
+                refresh_grace=settings.refresh_grace_seconds,
             ) as writer,
         ):
             ctx = AuthContext(settings, engine, keys, LoginThrottle(BackoffRule()), pg, writer)
@@ -155,8 +158,9 @@ def _user_revoke_cmd(args: argparse.Namespace) -> int:
 async def _keys(settings: AuthSettings, action: str, kid: str | None) -> int:
     from sqlalchemy import select
 
-    from auth_service.db.engine import create_engine
+    from auth_service.db.engine import asyncpg_dsn, create_engine
     from auth_service.db.tables import signing_keys
+    from auth_service.log.writer import LogWriter
     from auth_service.tokens import keys as keystore
 
     engine = create_engine(settings.database_url, pool_size=1)
@@ -167,14 +171,21 @@ async def _keys(settings: AuthSettings, action: str, kid: str | None) -> int:
                 _say(f"new active signing key {await keystore.rotate(conn, kek)}")
             elif action == "revoke":
                 assert kid is not None
-                try:
-                    event = await keystore.revoke(
-                        conn, kid, kek, "operator", lock_timeout_ms=settings.lock_timeout_ms
-                    )
-                except keystore.KeyError_ as exc:
-                    _say(f"tokenlife: {exc}")
-                    return 1
-                _say(f"key {kid} revoked (position {event.position})")
+                # Through a log writer of its own, as every append is (log/writer.py).
+                async with LogWriter.running(
+                    asyncpg_dsn(settings.database_url),
+                    lock_timeout_ms=settings.lock_timeout_ms,
+                    access_token_ttl=settings.access_token_ttl,
+                ) as writer:
+                    try:
+                        event = await keystore.revoke(writer, conn, kid, kek, "operator")
+                    except keystore.KeyError_ as exc:
+                        _say(f"tokenlife: {exc}")
+                        return 1
+                if event is None:
+                    _say(f"key {kid} was revoked already")
+                else:
+                    _say(f"key {kid} revoked (position {event.position})")
             else:
                 rows = await conn.execute(select(signing_keys).order_by(signing_keys.c.created_at))
                 for r in rows:

@@ -1,39 +1,62 @@
 """The token endpoint's grants: password (login) and refresh_token (rotation with reuse detection).
 
-Both check what needs no database first, then enter `log.appending()` before any row lock (the lock order
-rule is in log/store.py), and decide with the pure rules of tokens/grant_rules.py.
+Both check what needs no lock first (the credentials, the refresh token's state read on the pool), refuse bad
+input there at no cost to the log, then prepare what is slow (a new refresh token, the access token signed,
+for a rotation its answer sealed for the grace window) and hand the log writer one intent (log/intents.py:
+Login, Rotate). The writer decides under the append lock, in one batch with other requests, whether the
+preparation still holds: a refresh token rotated meanwhile gets the answer its rotation kept, one presented
+after its grace window ends the session, and a token prepared below a watermark set meanwhile is prepared
+again. Nothing slow runs while the lock is held.
 """
 
 from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from auth_service import contract as c
 from auth_service.accounts.passwords import verify_password
 from auth_service.accounts.throttle import password_keys
 from auth_service.context import AuthContext
-from auth_service.db.tables import refresh_tokens, sessions, users
+from auth_service.db.tables import users
 from auth_service.errors import (
+    AppendError,
     InvalidGrant,
     InvalidRequest,
     NoSigningKey,
     RefreshTokenReused,
 )
-from auth_service.log.lifetimes import latest_access_expiry
-from auth_service.log.queries import current_watermark
-from auth_service.log.store import appending
+from auth_service.log import lookups
+from auth_service.log.intents import (
+    Decision,
+    Login,
+    NewRefreshToken,
+    Prepared,
+    Rotate,
+    Rotation,
+    Verdict,
+    decide_rotation,
+)
 from auth_service.tokens import successors
-from auth_service.tokens.access import AccessToken, hash_refresh_token, new_refresh_token, sign_access_token
-from auth_service.tokens.grant_rules import Rotation, decide_rotation, grant_scope
+from auth_service.tokens.access import (
+    MAX_REFRESH_TOKEN,
+    AccessToken,
+    hash_refresh_token,
+    new_refresh_token,
+    sign_access_token,
+)
+from auth_service.tokens.grant_rules import grant_scope
 
 BAD_CREDENTIALS = "invalid username or password"
+# A prepared token found below a watermark set meanwhile is prepared again; this many times at most.
+PREPARE_ATTEMPTS = 3
 
 
 @dataclass(frozen=True)
@@ -67,8 +90,7 @@ class Tokens:
         return body
 
 
-async def _issue(
-    conn: AsyncConnection,
+def _sign(
     ctx: AuthContext,
     *,
     user_id: str,
@@ -76,6 +98,7 @@ async def _issue(
     client_id: str,
     scope: str,
     now: datetime,
+    watermark: datetime | None,
 ) -> AccessToken:
     key = ctx.keys.current().active
     if key is None:
@@ -91,24 +114,32 @@ async def _issue(
         scope=scope,
         ttl=s.access_token_ttl,
         now=now,
-        not_before=await current_watermark(conn, user_id),
+        not_before=watermark,
     )
 
 
-async def _store_refresh_token(
-    conn: AsyncConnection, session_id: uuid.UUID, generation: int, now: datetime, expires_at: datetime
-) -> str:
-    token = new_refresh_token()
-    await conn.execute(
-        insert(refresh_tokens).values(
-            token_hash=hash_refresh_token(token),
-            session_id=session_id,
-            generation=generation,
-            created_at=now,
-            expires_at=expires_at,
-        )
+def _issued(
+    access: AccessToken, user_id: str, session_id: uuid.UUID, cause: str, now: datetime
+) -> c.TokenIssued:
+    return c.TokenIssued(
+        user_id=user_id,
+        session_id=session_id,
+        jti=access.jti,
+        kid=access.kid,
+        issued_at=access.issued_at,
+        expires_at=access.expires_at,
+        cause="login" if cause == "login" else "refresh",
+        occurred_at=now,
     )
-    return token
+
+
+async def _until_signed_fresh(prepare: Callable[[], Awaitable[Decision]]) -> Decision:
+    """Prepare and submit until the decision does not ask for a token signed above a newer watermark."""
+    for _ in range(PREPARE_ATTEMPTS):
+        decision = await prepare()
+        if decision.verdict is not Verdict.RESIGN:
+            return decision
+    raise AppendError("the user's tokens were revoked while this one was being issued; retry")
 
 
 async def password_grant(
@@ -127,131 +158,129 @@ async def password_grant(
         raise InvalidGrant(BAD_CREDENTIALS)
     await ctx.throttle.succeeded(conn, keys[0])
     granted = grant_scope(scope, user.scopes, client.scopes)
+    user_id = str(user.user_id)
+    ttl = ctx.settings.refresh_token_ttl
+    answer: list[Tokens] = []
 
-    now = datetime.now(UTC)
-    async with appending(conn, lock_timeout_ms=ctx.settings.lock_timeout_ms) as log_:
+    async def prepare() -> Decision:
+        now = datetime.now(UTC)
         session_id = uuid.uuid4()
-        session_expires = now + timedelta(seconds=ctx.settings.refresh_token_ttl)
-        refresh = await _store_refresh_token(conn, session_id, 1, now, session_expires)
-        user_id = str(user.user_id)
-        access = await _issue(
-            conn,
+        refresh = new_refresh_token()
+        access = _sign(
             ctx,
             user_id=user_id,
             session_id=session_id,
             client_id=client.client_id,
             scope=granted,
             now=now,
+            watermark=await lookups.watermark(ctx.pg, user_id),
         )
-        await log_.append(
-            [
-                c.SessionStarted(
-                    user_id=user_id,
-                    session_id=session_id,
-                    client_id=client.client_id,
-                    user_agent=client.user_agent,
-                    client_address=client.address,
-                    expires_at=session_expires,
-                    occurred_at=now,
-                ),
-                _issued(access, user_id, session_id, "login", now),
-            ]
+        started = c.SessionStarted(
+            user_id=user_id,
+            session_id=session_id,
+            client_id=client.client_id,
+            user_agent=client.user_agent,
+            client_address=client.address,
+            expires_at=now + timedelta(seconds=ttl),
+            occurred_at=now,
         )
-    return Tokens(access, refresh, ctx.settings.access_token_ttl)
+        stored = NewRefreshToken(hash_refresh_token(refresh), session_id, 1, now, started.expires_at)
+        answer[:] = [Tokens(access, refresh, ctx.settings.access_token_ttl)]
+        issued = _issued(access, user_id, session_id, "login", now)
+        return await ctx.writer.decide([Login(started, issued, stored)])
+
+    await _until_signed_fresh(prepare)
+    return answer[0]
 
 
-def _issued(
-    access: AccessToken, user_id: str, session_id: uuid.UUID, cause: str, now: datetime
-) -> c.TokenIssued:
-    return c.TokenIssued(
-        user_id=user_id,
-        session_id=session_id,
-        jti=access.jti,
-        kid=access.kid,
-        issued_at=access.issued_at,
-        expires_at=access.expires_at,
-        cause="login" if cause == "login" else "refresh",
-        occurred_at=now,
-    )
-
-
-async def refresh_grant(
-    conn: AsyncConnection, ctx: AuthContext, refresh_token: str, client: Client, scope: str | None
-) -> Tokens:
+async def refresh_grant(ctx: AuthContext, refresh_token: str, client: Client, scope: str | None) -> Tokens:
     """Rotate a refresh token. A reuse raises RefreshTokenReused, whose session revocation is committed."""
-    if not refresh_token or len(refresh_token) > 512:
+    if not refresh_token or len(refresh_token) > MAX_REFRESH_TOKEN:
         raise InvalidRequest("refresh_token is missing or malformed")
+    parent = hash_refresh_token(refresh_token)
+    row = await lookups.refresh_state(ctx.pg, parent)
     now = datetime.now(UTC)
-    async with appending(conn, lock_timeout_ms=ctx.settings.lock_timeout_ms) as log_:
-        row = (
-            await conn.execute(
-                select(refresh_tokens)
-                .where(refresh_tokens.c.token_hash == hash_refresh_token(refresh_token))
-                .with_for_update()
-            )
-        ).one_or_none()
-        if row is None:
-            raise InvalidGrant("unknown refresh token")
-        session = (
-            await conn.execute(
-                select(sessions).where(sessions.c.session_id == row.session_id).with_for_update()
-            )
-        ).one_or_none()
-        if session is None or session.revoked_at is not None:
-            raise InvalidGrant("the session has ended")
-        if row.expires_at <= now:
-            raise InvalidGrant("refresh token expired")
-        user = (
-            await conn.execute(select(users).where(users.c.user_id == uuid.UUID(session.user_id)))
-        ).one_or_none()
-        if user is None or user.disabled:
-            raise InvalidGrant("the account is disabled")
+    if row is None:
+        raise InvalidGrant("unknown refresh token")
+    if row["revoked_at"] is not None:
+        raise InvalidGrant("the session has ended")
+    if row["expires_at"] <= now:
+        raise InvalidGrant("refresh token expired")
+    if row["disabled"] is None or row["disabled"]:
+        raise InvalidGrant("the account is disabled")
+    session_id, user_id = row["session_id"], row["user_id"]
+    grace = timedelta(seconds=ctx.settings.refresh_grace_seconds)
+    rotation = decide_rotation(row["rotated_at"], now, grace)
+    if rotation is Rotation.REUSE:
+        # Stolen or replayed: the writer ends the session, under the lock, if it is still open.
+        decision = await ctx.writer.decide([Rotate(parent, session_id, user_id, None)])
+        raise _refusal(decision)
+    if row["client_id"] != client.client_id:
+        # RFC 6749 §10.4: a refresh token is bound to the client it was issued to.
+        raise InvalidGrant("the refresh token was issued to another client")
+    kek = ctx.settings.key_encryption_key.get_secret_value()
+    if rotation is Rotation.CONCURRENT:
+        # Rotated moments ago (another tab, or a replay): the very answer the rotation gave, never a
+        # sibling, so one refresh token never becomes many. Read as committed: no lock needed.
+        sealed = await lookups.kept_answer(ctx.pg, parent, now)
+        if sealed is None:
+            raise InvalidGrant("refresh token was already rotated")
+        return _kept(successors.unseal(kek, parent, sealed), now)
+    granted = grant_scope(scope, row["scopes"], client.scopes)
 
-        decision = decide_rotation(row.rotated_at, now, timedelta(seconds=ctx.settings.refresh_grace_seconds))
-        if decision is Rotation.REUSE:
-            await log_.append(
-                [
-                    c.SessionRevoked(
-                        session_id=session.session_id,
-                        user_id=session.user_id,
-                        reason="refresh_token_reuse",
-                        expires_at=latest_access_expiry(now, ctx.settings.access_token_ttl),
-                        occurred_at=now,
-                    )
-                ]
-            )
-            raise RefreshTokenReused("refresh token was already used; the session is revoked")
-        if session.client_id != client.client_id:
-            # RFC 6749 §10.4: a refresh token is bound to the client it was issued to.
-            raise InvalidGrant("the refresh token was issued to another client")
-        granted = grant_scope(scope, user.scopes, client.scopes)
-        kek = ctx.settings.key_encryption_key.get_secret_value()
-        if decision is Rotation.CONCURRENT:
-            # Rotated moments ago (another tab, or a replay): the very answer the rotation gave, never a
-            # sibling, so one refresh token never becomes many.
-            kept = await successors.load(conn, kek, row.token_hash, now)
-            if kept is None:
-                raise InvalidGrant("refresh token was already rotated")
-            left = max(0, int((kept.access.expires_at - now).total_seconds()))
-            return Tokens(kept.access, kept.refresh_token, left)
-        await conn.execute(
-            update(refresh_tokens).where(refresh_tokens.c.token_hash == row.token_hash).values(rotated_at=now)
-        )
-        refresh = await _store_refresh_token(
-            conn, session.session_id, row.generation + 1, now, row.expires_at
-        )
-        access = await _issue(
-            conn,
+    async def prepare() -> Decision:
+        at = datetime.now(UTC)
+        refresh = new_refresh_token()
+        access = _sign(
             ctx,
-            user_id=session.user_id,
-            session_id=session.session_id,
-            client_id=session.client_id,
+            user_id=user_id,
+            session_id=session_id,
+            client_id=row["client_id"],
             scope=granted,
-            now=now,
+            now=at,
+            watermark=row["watermark"],
         )
-        await log_.append([_issued(access, session.user_id, session.session_id, "refresh", now)])
-        grace = timedelta(seconds=ctx.settings.refresh_grace_seconds)
-        await successors.store(
-            conn, kek, row.token_hash, successors.Successor(access, refresh), until=now + grace, now=now
+        answer = successors.Successor(access, refresh)
+        stored = NewRefreshToken(
+            hash_refresh_token(refresh), session_id, row["generation"] + 1, at, row["expires_at"]
         )
-    return Tokens(access, refresh, ctx.settings.access_token_ttl)
+        prepared = Prepared(
+            _issued(access, user_id, session_id, "refresh", at),
+            stored,
+            successors.seal(kek, parent, answer),
+            answer,
+        )
+        return await ctx.writer.decide([Rotate(parent, session_id, user_id, prepared)])
+
+    decision = await _until_signed_fresh(prepare)
+    match decision.verdict:
+        case Verdict.ROTATED:
+            own = decision_answer(decision, kek, parent)
+            return Tokens(own.access, own.refresh_token, ctx.settings.access_token_ttl)
+        case Verdict.CONCURRENT:
+            return _kept(decision_answer(decision, kek, parent), datetime.now(UTC))
+    raise _refusal(decision)
+
+
+def decision_answer(decision: Decision, kek: str, parent: bytes) -> successors.Successor:
+    """The answer a rotation decision gives: this request's own, an earlier one of its batch, or one kept."""
+    answer = decision.answer
+    if isinstance(answer, bytes):
+        return successors.unseal(kek, parent, answer)
+    assert isinstance(answer, Prepared)
+    assert isinstance(answer.answer, successors.Successor)
+    return answer.answer
+
+
+def _kept(kept: successors.Successor, now: datetime) -> Tokens:
+    left = max(0, int((kept.access.expires_at - now).total_seconds()))
+    return Tokens(kept.access, kept.refresh_token, left)
+
+
+def _refusal(decision: Decision) -> Exception:
+    match decision.verdict:
+        case Verdict.REUSED:
+            return RefreshTokenReused("refresh token was already used; the session is revoked")
+        case Verdict.ROTATED_AWAY:
+            return InvalidGrant("refresh token was already rotated")
+    return InvalidGrant("the session has ended")

@@ -11,11 +11,10 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from auth_service.authn import authenticate
 from auth_service.context import AuthContext
 from auth_service.errors import InvalidToken
+from auth_service.log.intents import Rotation, decide_rotation
 from auth_service.log.queries import refresh_token_with_session
-from auth_service.tokens.access import hash_refresh_token
-from auth_service.tokens.grant_rules import Rotation, decide_rotation
+from auth_service.tokens.access import MAX_REFRESH_TOKEN, hash_refresh_token
 
-MAX_REFRESH_TOKEN = 512
 INACTIVE: dict[str, Any] = {"active": False}
 
 

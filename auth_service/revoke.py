@@ -3,9 +3,9 @@
 Every function appends exactly one event per session, token or user it ends, and ending something already
 ended appends nothing. The revocation-only paths (logout, RFC 7009, ending a session, revoking a user)
 validate outside the lock (token, session lookups on the asyncpg pool) and hand their intents to the
-process's group committer (`ctx.writer`, log/writer.py), which decides under the append lock. A password
-change writes a credential row too, so it keeps its own transaction inside `log.appending()` (the same lock,
-taken before any row lock but the users row; see below).
+process's group committer (`ctx.writer`, log/writer.py), which decides under the append lock. So does a
+password change: argon2 runs before it is queued, and the writer stores the new hash and ends the user's
+other sessions in one batch's transaction.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Literal
 
-from sqlalchemy import select, update
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from auth_service import contract as c
@@ -26,24 +26,10 @@ from auth_service.context import AuthContext
 from auth_service.db.tables import users
 from auth_service.errors import InvalidGrant, InvalidRequest, InvalidToken, NotFound
 from auth_service.log import lifetimes, lookups
-from auth_service.log.intents import EndSessions, Intent, RevokeToken, RevokeUser
-from auth_service.log.store import Appender, appending
-from auth_service.tokens.access import hash_refresh_token, verify_access_token
+from auth_service.log.intents import ChangePassword, EndSessions, Intent, RevokeToken, RevokeUser
+from auth_service.tokens.access import MAX_REFRESH_TOKEN, hash_refresh_token, verify_access_token
 
 LogoutScope = Literal["session", "others", "all"]
-MAX_REFRESH_TOKEN = 512
-
-
-async def _end_sessions(
-    log_: Appender, ctx: AuthContext, user_id: str, session_ids: list[uuid.UUID], reason: str
-) -> list[c.Event]:
-    now = datetime.now(UTC)
-    until = lifetimes.latest_access_expiry(now, ctx.settings.access_token_ttl)
-    events: list[c.Event] = [
-        c.SessionRevoked(session_id=sid, user_id=user_id, expires_at=until, reason=reason, occurred_at=now)
-        for sid in session_ids
-    ]
-    return await log_.append(events)
 
 
 async def logout(ctx: AuthContext, who: Principal, scope: LogoutScope) -> list[c.Event]:
@@ -142,9 +128,7 @@ async def change_password(
         check_new_password(new)
     except ValueError as exc:
         raise InvalidRequest(str(exc)) from None
-    user = (
-        await conn.execute(select(users).where(users.c.user_id == uuid.UUID(who.user_id)).with_for_update())
-    ).one_or_none()
+    user = (await conn.execute(select(users).where(users.c.user_id == uuid.UUID(who.user_id)))).one_or_none()
     if user is None:
         raise InvalidGrant("current password is wrong")
     keys = password_keys(user.email, address)
@@ -154,18 +138,7 @@ async def change_password(
         raise InvalidGrant("current password is wrong")
     await ctx.throttle.succeeded(conn, keys[0])
     new_hash = await asyncio.to_thread(hash_password, new)
-    # The users row is locked before the log, the one exception to the lock order, so that argon2 does not
-    # run under the append lock: no appending transaction locks a users row after the log, so no deadlock.
-    async with appending(conn, lock_timeout_ms=ctx.settings.lock_timeout_ms) as log_:
-        await conn.execute(
-            update(users)
-            .where(users.c.user_id == user.user_id)
-            .values(password_hash=new_hash, password_changed_at=datetime.now(UTC))
-        )
-        # Read on the pool, not `conn`: complete all the same, since every session starts with an append,
-        # which waits for the lock this transaction holds.
-        live = await lookups.unrevoked_sessions(
-            ctx.pg, who.user_id, datetime.now(UTC), ctx.settings.access_token_ttl
-        )
-        others = [sid for sid in live if sid != who.session_id]
-        return await _end_sessions(log_, ctx, who.user_id, others, "password_change")
+    # The caller's token is checked under the lock too: a password change by a token revoked meanwhile
+    # changes nothing. Two changes at once both stand, in the order the writer takes them.
+    change = ChangePassword(who.user_id, new_hash, who.session_id, datetime.now(UTC))
+    return await ctx.writer.submit([change], who.caller)

@@ -56,6 +56,21 @@ async def closed_round(
     return {**done, "statuses": {"200": ok, "non-2xx": done["non_2xx"]}, "generator": "wrk"}
 
 
+def _request(host: str, path: str, line: str) -> bytes:
+    """One request, as bench/wrk.py's script makes it: "form:<body>" posts to the token endpoint, anything
+    else is the bearer token of a POST to `path`."""
+    if line.startswith("form:"):
+        body = line[5:].encode()
+        return (
+            f"POST /oauth/token HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/x-www-form-urlencoded"
+            f"\r\nContent-Length: {len(body)}\r\n\r\n"
+        ).encode() + body
+    token = line.removeprefix("bearer:")
+    return (
+        f"POST {path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {token}\r\nContent-Length: 0\r\n\r\n"
+    ).encode()
+
+
 def _percentile(samples: list[float], q: float) -> float:
     ordered = sorted(samples)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
@@ -72,10 +87,7 @@ async def _client(url: str, path: str, token_file: str, rate: float) -> dict[str
 
     async def one(token: str, due: float) -> None:
         reader, writer = await conns.get()
-        writer.write(
-            f"POST {path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {token}\r\n"
-            "Content-Length: 0\r\n\r\n".encode()
-        )
+        writer.write(_request(host, path, token))
         head = await reader.readuntil(b"\r\n\r\n")
         length = 0
         for line in head.split(b"\r\n"):

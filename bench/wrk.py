@@ -3,7 +3,8 @@ the server under test, where an asyncio client in Python would take one of the t
 
 `run()` drives one URL for a number of seconds over keep-alive connections and returns what wrk counted:
 requests, 2xx rate, latency percentiles. With `tokens`, each request carries the next one of them as its
-bearer token (a Lua script), so every logout of a round ends a session of its own.
+bearer token (a Lua script), so every logout of a round ends a session of its own, or is a form POST to the
+token endpoint (a login or a refresh: `form:` lines).
 """
 
 from __future__ import annotations
@@ -15,15 +16,23 @@ import shutil
 import tempfile
 from typing import Any
 
+# Each line of the token file is one request: "form:<body>" is a POST of that urlencoded body to the token
+# endpoint (a login or a refresh), anything else (optionally "bearer:<token>") the configured method and path
+# with that bearer token. The lines are taken in turn, from the first again when they run out.
 _SCRIPT = """
-local tokens = {}
-for line in io.lines(os.getenv("TOKENLIFE_WRK_TOKENS")) do tokens[#tokens + 1] = line end
+local lines = {}
+for line in io.lines(os.getenv("TOKENLIFE_WRK_TOKENS")) do lines[#lines + 1] = line end
 local method, path = os.getenv("TOKENLIFE_WRK_METHOD"), os.getenv("TOKENLIFE_WRK_PATH")
+local form = {["Content-Type"] = "application/x-www-form-urlencoded"}
 local i = 0
 request = function()
   i = i + 1
-  local token = tokens[((i - 1) % #tokens) + 1]
-  return wrk.format(method, path, {["Authorization"] = "Bearer " .. token, ["Content-Length"] = "0"}, "")
+  local line = lines[((i - 1) % #lines) + 1]
+  if line:sub(1, 5) == "form:" then
+    return wrk.format("POST", "/oauth/token", form, line:sub(6))
+  end
+  if line:sub(1, 7) == "bearer:" then line = line:sub(8) end
+  return wrk.format(method, path, {["Authorization"] = "Bearer " .. line, ["Content-Length"] = "0"}, "")
 end
 """
 _REQUESTS = re.compile(r"(\d+) requests in ([0-9.]+)(us|ms|s|m)")

@@ -15,7 +15,8 @@ from auth_service.api.schemas import IntrospectionResponse, TokenResponse
 from auth_service.errors import InvalidClient, InvalidRequest, UnauthorizedClient, UnsupportedGrantType
 from auth_service.grants import Client, password_grant, refresh_grant
 from auth_service.introspection import introspect_token
-from auth_service.revoke import MAX_REFRESH_TOKEN, revoke_token
+from auth_service.revoke import revoke_token
+from auth_service.tokens.access import MAX_REFRESH_TOKEN
 
 router = APIRouter(tags=["oauth"])
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
@@ -81,9 +82,8 @@ async def token(request: Request, ctx: Context) -> Response:
         async with transaction(ctx) as conn:
             tokens = await password_grant(conn, ctx, username, password, client, scope)
     else:
-        refresh_token = required(fields, "refresh_token")
-        async with transaction(ctx) as conn:
-            tokens = await refresh_grant(conn, ctx, refresh_token, client, scope)
+        # No transaction of its own: its reads are on the pool, its writes the log writer's.
+        tokens = await refresh_grant(ctx, required(fields, "refresh_token"), client, scope)
     return JSONResponse(tokens.body(), headers=NO_STORE)
 
 

@@ -1,48 +1,55 @@
 """One batch of the log writer (writer.py), committed on the writer's own asyncpg connection.
 
-A batch of logouts, RFC 7009 revocations and ended sessions (no watermark in it) costs one round trip: the
-committer decides on the guess that every session it ends is still open (the request checked it moments
-ago) and that no caller's token is revoked (a logout hands its token's check to the writer:
-`submit(caller=)`), and calls the append function, a PL/pgSQL function made in pg_temp on its connection.
-Run with no transaction around it, that one statement is a transaction of its own: it takes the lock,
-checks the guess, reads the head, writes the events and the projections set-wise, NOTIFYs and commits. If
-the guess failed (a session ended or a caller was revoked meanwhile) it writes nothing, and the committer
-decides again on the locked path, which any batch with a watermark (logout everywhere, revoking a user)
-takes at once, since a watermark depends on the one before:
+Most batches cost one round trip: logouts, RFC 7009 revocations, ended sessions, logins and refreshes. The
+committer decides on a guess: every session the batch ends or refreshes is still open and every refresh token
+it presents unrotated (the request read them moments ago), no login's prepared token is below its user's
+watermark, and no caller's token is revoked (a logout hands its token's check to the writer:
+`submit(caller=)`). It then calls the append function, a PL/pgSQL function made in pg_temp on its connection.
+Run with no transaction around it, that one statement is a transaction of its own: it takes the lock, checks
+the guess, reads the head, writes the events, the projections and the credentials set-wise, NOTIFYs and
+commits. If the guess failed it writes nothing, and the committer decides again on the locked path, which any
+batch with a watermark (logout everywhere, revoking a user) or a password change takes at once, since those
+decisions need the state under the lock:
 
     BEGIN; SET LOCAL lock_timeout; pg_advisory_xact_lock   one round trip (a simple-query batch)
     the callers' revocations (REVOKED_CALLERS), if any     one prepared statement
     the head, and the state the decisions need             one prepared statement
-    INSERT the events (unnest arrays), the projections
-    set-wise (projections.REVOCATION_ROWS, session_ends),
-    the events' recorded_at (clock_timestamp())            one prepared statement
+    the writes (batch_sql.WRITES) that have rows           one prepared statement each
     pg_notify; COMMIT                                       one round trip
 
-Both paths run the same write (batch_sql.py holds the statements), so the projections cannot differ.
+Both paths run the same writes (batch_sql.py holds the statements), so the projections cannot differ, and
+neither signs, seals or hashes anything under the lock: the requests did that before they were queued.
 
 The lock protocol is store.py's: the lock is taken before the head is read, in a later statement, so positions
-stay dense and equal to commit order; `log.appending()` (login, refresh, password change, key revocation)
-takes the same lock, so the two kinds of appender interleave correctly.
-
-The decisions that need the log's state are made under the lock, in queue order (`intents.decide`), exactly
-as one transaction per request would have made them.
+stay dense and equal to commit order. The decisions are decide.py's, made in queue order.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import uuid
+import time
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 import asyncpg
 
-from auth_service import contract as c
-from auth_service.errors import AppendError, InvalidToken
+from auth_service.errors import AppendError
+from auth_service.log import arrays, one_trip
 from auth_service.log import batch_sql as sql
-from auth_service.log.intents import Caller, EndSessions, Intent, LockedState, RevokeUser, decide
+from auth_service.log.decide import decide
+from auth_service.log.intents import (
+    Caller,
+    ChangePassword,
+    Decision,
+    Intent,
+    RevokeKey,
+    RevokeUser,
+    Verdict,
+    Writes,
+)
+from auth_service.log.locked_state import read_locked_state
 from auth_service.log.store import APPEND_LOCK_KEY, NOTIFY_CHANNEL, positioned
 
 log = logging.getLogger("tokenlife.log")
@@ -58,54 +65,52 @@ class Submitted(Protocol):
     def caller(self) -> Caller | None: ...
 
 
-def _callers(requests: Sequence[Submitted]) -> list[list[Any]]:
-    return sql.caller_columns([r.caller for r in requests if r.caller is not None])
+def _positioned(decided: list[Decision], base: int) -> list[Decision]:
+    """Each request's events with positions from base + 1 on, in queue order, as the writes number them."""
+    for decision in decided:
+        decision.events = positioned(decision.events, base)
+        base += len(decision.events)
+    return decided
 
 
-def _sessions_to_end(requests: Sequence[Sequence[Intent]]) -> list[uuid.UUID]:
-    return [s for intents in requests for i in intents if isinstance(i, EndSessions) for s in i.session_ids]
-
-
-# A batch without watermarks decides on which sessions are open, never on their user or creation time.
-_UNUSED = datetime.min.replace(tzinfo=UTC)
-
-
-def _positioned(decided: list[list[c.Event]], base: int) -> list[list[c.Event]]:
-    """Each request's events with positions from base + 1 on, in queue order, as the write numbers them."""
-    results: list[list[c.Event]] = []
-    for events in decided:
-        results.append(positioned(events, base))
-        base += len(events)
-    return results
-
-
-# What a request gets: its events, or the refusal of its caller's token.
-Outcome = list[c.Event] | InvalidToken
+def _needs_lock(requests: Sequence[Submitted]) -> bool:
+    return any(isinstance(i, RevokeUser | ChangePassword | RevokeKey) for r in requests for i in r.intents)
 
 
 class BatchCommitter:
     """The log writer's connection, and the two ways it commits a batch (see the module's docstring)."""
 
-    def __init__(self, dsn: str, *, lock_timeout_ms: int, access_token_ttl: int) -> None:
+    def __init__(
+        self, dsn: str, *, lock_timeout_ms: int, access_token_ttl: int, refresh_grace: float = 0.0
+    ) -> None:
         self._dsn = dsn
         self._lock_timeout_ms = int(lock_timeout_ms)
         self._ttl = access_token_ttl
+        self._grace = timedelta(seconds=refresh_grace)
         self._conn: Any = None
         self.one_trip = True  # False once the append function could not be made on a connection
-        # Batches the append function refused (a session ended or a caller revoked meanwhile), decided again
-        # under the lock.
+        # Batches whose guess failed (a session ended, a token rotated or a caller revoked meanwhile), decided
+        # again under the lock.
         self.guesses_missed = 0
+        self.lock_held = 0.0  # seconds the last committed batch held the append lock
+        self.lock_wait = 0.0  # and waited for it
 
-    async def commit(self, requests: Sequence[Submitted]) -> tuple[list[Outcome], datetime | None]:
-        """Each request's events, positioned, or the refusal of its revoked caller, and their recorded_at
-        (None when nothing was appended); raises (AppendError, a database error) with nothing committed."""
+    async def commit(self, requests: Sequence[Submitted]) -> tuple[list[Decision], datetime | None]:
+        """Each request's decision, its events positioned, and their recorded_at (None when nothing was
+        appended); raises (AppendError, a database error) with nothing committed."""
         conn = await self._connection()
-        if self.one_trip and not any(isinstance(i, RevokeUser) for r in requests for i in r.intents):
+        self.lock_held = self.lock_wait = 0.0
+        if self.one_trip and not _needs_lock(requests):
             done = await self._append_at_once(conn, requests)
             if done is not None:
                 return done
             self.guesses_missed += 1
         return await self._locked_commit(conn, requests)
+
+    async def prune_successors(self) -> None:
+        """Delete the kept answers whose grace window has passed (no lock: they are no part of the log)."""
+        conn = await self._connection()
+        await conn.execute("DELETE FROM refresh_successors WHERE expires_at < now()")
 
     async def close(self) -> None:
         """Close the connection (the next batch would open one again)."""
@@ -120,7 +125,7 @@ class BatchCommitter:
         if self._conn is None or self._conn.is_closed():
             conn = await asyncpg.connect(self._dsn)
             try:
-                await conn.execute(sql.APPEND_FUNCTION)
+                await conn.execute(one_trip.APPEND_FUNCTION)
             except asyncpg.PostgresError as exc:  # no TEMP privilege, say: every batch takes the locked path
                 if self.one_trip:
                     log.warning("log writer: no append function (%s); every batch takes the locked path", exc)
@@ -136,23 +141,33 @@ class BatchCommitter:
         if conn is not None:
             conn.terminate()
 
+    def _values(
+        self, decided: list[Decision], writes: Writes, requests: Sequence[Submitted], now: datetime
+    ) -> dict[str, Any]:
+        flat = [e for d in decided for e in d.events]
+        return {
+            **arrays.columns(flat),
+            **arrays.write_columns(writes),
+            **arrays.caller_columns([r.caller for r in requests if r.caller is not None]),
+            "rotated_at": now,
+            "succ_until": now + self._grace,
+            "keys_at": now,
+        }
+
     async def _append_at_once(
         self, conn: Any, requests: Sequence[Submitted]
-    ) -> tuple[list[Outcome], datetime | None] | None:
-        """One round trip, decided on the guess that every session to end is still open and no caller is
-        revoked; None if it was not (nothing written). A batch of watermarks needs the lock's state to decide,
-        never this."""
+    ) -> tuple[list[Decision], datetime | None] | None:
+        """One round trip, decided on the guess (see the module); None: it did not hold, nothing written."""
         intents = [r.intents for r in requests]
-        sids = list(dict.fromkeys(_sessions_to_end(intents)))
-        guess = LockedState(open_sessions={sid: ("", _UNUSED) for sid in sids}, watermarks={})
-        decided = decide(intents, guess, datetime.now(UTC), self._ttl)
-        flat = [e for events in decided for e in events]
-        callers = _callers(requests)
-        if not flat and not callers[0]:
-            return list(decided), None
+        guess, checks = one_trip.guess(intents)
+        now = datetime.now(UTC)
+        decided, writes = decide(intents, guess, now, self._ttl, self._grace)
+        values = self._values(decided, writes, requests, now) | checks
+        if not values["types"] and not writes and not values["c_jtis"]:
+            return decided, None  # nothing to write and nothing to check
         try:
             row = await conn.fetchrow(
-                sql.APPEND, 0, *sql.columns(flat), self._lock_timeout_ms, sids, *callers
+                one_trip.APPEND, *one_trip.function_values(values), self._lock_timeout_ms
             )
         except asyncpg.LockNotAvailableError as exc:
             raise AppendError(
@@ -165,28 +180,29 @@ class BatchCommitter:
             raise
         if row is None:
             return None
-        base, recorded = row
-        return list(_positioned(decided, int(base))), recorded if flat else None
+        base, recorded, self.lock_held, self.lock_wait = row
+        return _positioned(decided, int(base)), recorded if values["types"] else None
 
     async def _locked_commit(
         self, conn: Any, requests: Sequence[Submitted]
-    ) -> tuple[list[Outcome], datetime | None]:
-        """Decide under the lock, on the state read there: four or five round trips, for any batch."""
+    ) -> tuple[list[Decision], datetime | None]:
+        """Decide under the lock, on the state read there: a few round trips, for any batch."""
         try:
+            asked = time.monotonic()
             # One round trip: a simple-query batch runs as one implicit sequence; the lock is the last step.
             await conn.execute(
                 "BEGIN ISOLATION LEVEL READ COMMITTED; "
                 f"SET LOCAL lock_timeout = {self._lock_timeout_ms}; "
                 f"SELECT pg_advisory_xact_lock({APPEND_LOCK_KEY})"
             )
-            results, recorded = await self._write(conn, requests)
-            head = max(
-                (e.position or 0 for o in results if not isinstance(o, InvalidToken) for e in o), default=0
-            )
+            locked = time.monotonic()
+            self.lock_wait = locked - asked  # with the round trip: an upper bound
+            decided, head, recorded = await self._write(conn, requests)
             # NOTIFY and COMMIT in one round trip; the NOTIFY is delivered at commit.
-            notify = f"SELECT pg_notify('{NOTIFY_CHANNEL}', '{head}'); " if head else ""
+            notify = f"SELECT pg_notify('{NOTIFY_CHANNEL}', '{head}'); " if recorded else ""
             await conn.execute(notify + "COMMIT")
-            return results, recorded
+            self.lock_held = time.monotonic() - locked
+            return decided, recorded
         except BaseException as exc:
             await self._abandon(conn)
             if isinstance(exc, asyncpg.LockNotAvailableError):
@@ -203,37 +219,30 @@ class BatchCommitter:
         except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncio.CancelledError):
             await self.close()
 
-    async def _write(self, conn: Any, requests: Sequence[Submitted]) -> tuple[list[Outcome], datetime | None]:
-        """Under the lock: each request's events, positioned, or the refusal of its revoked caller, and the
-        events' recorded_at (the write's clock_timestamp(), under the lock)."""
+    async def _write(
+        self, conn: Any, requests: Sequence[Submitted]
+    ) -> tuple[list[Decision], int, datetime | None]:
+        """Under the lock: each request's decision, positioned, the head after the batch, and the events'
+        recorded_at (a clock_timestamp() under the lock; None when nothing was appended)."""
         refused = await self._revoked_callers(conn, requests)
         intents = [() if i in refused else r.intents for i, r in enumerate(requests)]
-        sids = _sessions_to_end(intents)
-        users = list(dict.fromkeys(i.user_id for each in intents for i in each if isinstance(i, RevokeUser)))
-        head, open_sids, open_users, created, marks = await conn.fetchrow(
-            sql.STATE, sids, users, c.GLOBAL_SUBJECT
-        )
-        state = LockedState(
-            open_sessions={
-                sid: (user, at)
-                for sid, user, at in zip(open_sids or [], open_users or [], created or [], strict=True)
-            },
-            watermarks=dict(zip(users, marks or [], strict=True)),
-        )
-        decided = decide(intents, state, datetime.now(UTC), self._ttl)
-        flat = [e for events in decided for e in events]
-        recorded = None
-        if flat:
-            _, recorded = await conn.fetchrow(sql.WRITE, int(head), *sql.columns(flat))
-        return [
-            InvalidToken("token has been revoked") if i in refused else events
-            for i, events in enumerate(_positioned(decided, int(head)))
-        ], recorded
+        state, now = await read_locked_state(conn, intents)
+        head, recorded = state[0], state[1]
+        decided, writes = decide(intents, state[2], now, self._ttl, self._grace)
+        values = self._values(decided, writes, requests, now) | {"base": head, "recorded": recorded}
+        for statement in sql.WRITES:
+            if values[statement.rows]:
+                await conn.execute(statement.prepared, *(values[name] for name in statement.args))
+        for i in refused:
+            decided[i].verdict = Verdict.CALLER_REVOKED
+        appended = len(values["types"])
+        return _positioned(decided, head), head + appended, recorded if appended else None
 
     async def _revoked_callers(self, conn: Any, requests: Sequence[Submitted]) -> set[int]:
         """The requests (by index) whose caller's token a revocation names, read under the lock."""
         numbered = [i for i, r in enumerate(requests) if r.caller is not None]
         if not numbered:
             return set()
-        rows = await conn.fetch(sql.REVOKED, *_callers(requests))
+        callers = arrays.caller_columns([r.caller for r in requests if r.caller is not None])
+        rows = await conn.fetch(sql.REVOKED, *callers.values())
         return {numbered[n - 1] for (n,) in rows}

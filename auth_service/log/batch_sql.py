@@ -1,215 +1,283 @@
-"""The log writer's statements (writer.py): the state its decisions read under the lock, the batch's
-write, the callers' revocation check, and the append function that runs the last two in one round trip.
+"""The log writer's statements (writer.py): the state its decisions read under the lock, the batch's writes
+and the callers' revocation check (one_trip.py runs the same text in one round trip).
 
-The write and the check are written once, with named arguments: `numbered` makes each a prepared statement
-for the locked path, and the append function runs the same text over its own arguments.
+Every statement is written once, with named arguments (`{name}`): `numbered` makes one a prepared statement
+for the locked path, and the append function runs the same text over its own arguments (`a_name`). The
+writes are several statements, run in order, so each sees what the one before wrote (a session started in a
+batch can be ended by a watermark later in it); the locked path sends only those whose rows are not empty.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+import string
+from dataclasses import dataclass
 
 from auth_service import contract as c
-from auth_service.log.intents import Caller
 from auth_service.log.projections import REVOCATION_ROWS, session_ends
-from auth_service.log.store import APPEND_LOCK_KEY, NOTIFY_CHANNEL
 
-# Every probe of sessions and revocations in these statements is a LATERAL subquery with LIMIT or OFFSET 0,
-# which the planner cannot merge into a join: it stays one index probe per key named, at any table size. A
-# plain join was planned as a hash join over the whole table when the plan was made on a near-empty table
-# and then kept (PL/pgSQL and prepared statements keep their generic plans), and a batch took 7 ms at
-# 28,000 live revocations. tests/integration/test_query_plans.py holds every statement to index probes.
+# Every probe of sessions, revocations and refresh tokens in these statements is a LATERAL subquery with LIMIT
+# or OFFSET 0, or an equality on a primary key, which the planner cannot merge into a join: it stays one index
+# probe per key named, at any table size. A plain join was planned as a hash join over the whole table when
+# the plan was made on a near-empty table and then kept (PL/pgSQL and prepared statements keep their generic
+# plans), and a batch took 7 ms at 28,000 live revocations. tests/integration/test_query_plans.py holds every
+# statement here to index probes.
 
 
-def _open_sessions(session_ids: str, user_ids: str) -> str:
-    """The open sessions (session_id, user_id, created_at, start_position 0) named by `session_ids` (a
-    relation with a session_id column) or owned by a user of `user_ids` (one with a user_id column), each
-    probed by index."""
+def _open_sessions(session_ids: str, user_ids: str, started_in: str | None = None) -> str:
+    """The open sessions (session_id, user_id, created_at, expires_at, start_position) named by `session_ids`
+    (a relation with a session_id column) or owned by a user of `user_ids` (one with a user_id column), each
+    probed by index. start_position is the position of the session's session.started in `started_in` (the
+    batch being written) when it started there, else 0: a watermark earlier in the batch does not end it."""
+    start = "0"
+    if started_in is not None:
+        start = f"""coalesce((SELECT st.position FROM {started_in} AS st
+                   WHERE st.type = 'session.started' AND st.session_id = s.session_id LIMIT 1), 0)"""
     return f"""(
-    SELECT s.session_id, s.user_id, s.created_at, 0 AS start_position
+    SELECT s.session_id, s.user_id, s.created_at, s.expires_at, {start} AS start_position
     FROM {session_ids}
-    CROSS JOIN LATERAL (SELECT session_id, user_id, created_at FROM sessions
+    CROSS JOIN LATERAL (SELECT session_id, user_id, created_at, expires_at FROM sessions
                         WHERE session_id = k.session_id AND revoked_at IS NULL LIMIT 1) AS s
     UNION
-    SELECT s.session_id, s.user_id, s.created_at, 0 AS start_position
+    SELECT s.session_id, s.user_id, s.created_at, s.expires_at, {start} AS start_position
     FROM {user_ids}
-    CROSS JOIN LATERAL (SELECT session_id, user_id, created_at FROM sessions
+    CROSS JOIN LATERAL (SELECT session_id, user_id, created_at, expires_at FROM sessions
                         WHERE user_id = k.user_id AND revoked_at IS NULL OFFSET 0) AS s)"""
 
 
+# The latest watermark that covers a user: theirs or the global one (both by primary key).
+_WATERMARK = """(SELECT max(r.not_before) FROM revocations r
+                 WHERE (r.kind = 'user' AND r.subject = {user})
+                    OR (r.kind = 'global' AND r.subject = '{all}'))"""
+
+
+def watermark_of(user: str) -> str:
+    """The latest watermark covering `user` (an SQL expression), as a scalar subquery."""
+    return _WATERMARK.format(user=user, all=c.GLOBAL_SUBJECT)
+
+
+# What the decisions read under the lock, in one statement: the head and the moment (the events' recorded_at,
+# under the lock); the open sessions named ($1) or of the users named ($2); the watermarks of the users named
+# ($3); each presented refresh token ($4) with its rotated_at and, while its window lasts ($5), the answer
+# its rotation kept; each signing key named ($6), retired or not, revoked or not.
 STATE = f"""
-SELECT h.head, o.sids, o.users, o.created, w.marks
+SELECT h.head, clock_timestamp(), o.sids, o.users, o.created, o.expires, w.marks,
+       t.hashes, t.rotated, t.sealed, k.kids, k.retired, k.revoked
 FROM (SELECT coalesce(max(position), 0) AS head FROM event_log) AS h,
      (SELECT array_agg(session_id ORDER BY session_id) AS sids,
              array_agg(user_id ORDER BY session_id) AS users,
-             array_agg(created_at ORDER BY session_id) AS created
+             array_agg(created_at ORDER BY session_id) AS created,
+             array_agg(expires_at ORDER BY session_id) AS expires
       FROM {_open_sessions("unnest($1::uuid[]) AS k(session_id)", "unnest($2::text[]) AS k(user_id)")}
            AS open) AS o,
-     (SELECT array_agg((SELECT max(r.not_before) FROM revocations r
-                        WHERE (r.kind = 'user' AND r.subject = u) OR (r.kind = 'global' AND r.subject = $3))
-                       ORDER BY n) AS marks
-      FROM unnest($2::text[]) WITH ORDINALITY AS w(u, n)) AS w
+     (SELECT array_agg({watermark_of("w.u")} ORDER BY n) AS marks
+      FROM unnest($3::text[]) WITH ORDINALITY AS w(u, n)) AS w,
+     (SELECT array_agg(t.token_hash ORDER BY k.n) AS hashes, array_agg(t.rotated_at ORDER BY k.n) AS rotated,
+             array_agg(sc.sealed ORDER BY k.n) AS sealed
+      FROM unnest($4::bytea[]) WITH ORDINALITY AS k(token_hash, n)
+      CROSS JOIN LATERAL (SELECT token_hash, rotated_at FROM refresh_tokens
+                          WHERE token_hash = k.token_hash LIMIT 1) AS t
+      LEFT JOIN LATERAL (SELECT sealed FROM refresh_successors
+                         WHERE token_hash = k.token_hash AND expires_at >= $5::timestamptz LIMIT 1) AS sc
+           ON true) AS t,
+     (SELECT array_agg(kid) AS kids, array_agg(retired_at IS NOT NULL) AS retired,
+             array_agg(revoked_at IS NOT NULL) AS revoked
+      FROM signing_keys WHERE kid = ANY($6::text[])) AS k
 """
 
-# The write, over the batch's events as arrays (one per column) and `base`, the position before the first of
-# them: the events, the projections set-wise (projections.REVOCATION_ROWS, session_ends), and the events'
-# recorded_at, one clock_timestamp() for the statement, taken under the lock (not now(), the transaction's
-# start, before the lock wait). Written once with named arguments: `numbered` makes it a
-# prepared statement ($1, $2, ...), and the append function (below) runs it over its own arguments.
-ARGS = (
-    ("base", "bigint"),
-    ("types", "text[]"),
-    ("occurred", "timestamptz[]"),
-    ("user_ids", "text[]"),
-    ("session_ids", "uuid[]"),
-    ("jtis", "text[]"),
-    ("kids", "text[]"),
-    ("not_befores", "timestamptz[]"),
-    ("expires", "timestamptz[]"),
-    ("reasons", "text[]"),
-    ("event_ids", "uuid[]"),
-    ("versions", "smallint[]"),
-    ("payloads", "jsonb[]"),
-)
+# Every argument of the writes and checks, with its type. The events' columns come first (`columns()`).
+ARG_TYPES = {
+    "base": "bigint",
+    "types": "text[]",
+    "occurred": "timestamptz[]",
+    "user_ids": "text[]",
+    "session_ids": "uuid[]",
+    "jtis": "text[]",
+    "kids": "text[]",
+    "not_befores": "timestamptz[]",
+    "expires": "timestamptz[]",
+    "reasons": "text[]",
+    "event_ids": "uuid[]",
+    "versions": "smallint[]",
+    "payloads": "jsonb[]",
+    "recorded": "timestamptz",
+    "rt_hashes": "bytea[]",
+    "rt_sessions": "uuid[]",
+    "rt_generations": "integer[]",
+    "rt_created": "timestamptz[]",
+    "rt_expires": "timestamptz[]",
+    "rotated": "bytea[]",
+    "rotated_at": "timestamptz",
+    "succ_hashes": "bytea[]",
+    "succ_sealed": "bytea[]",
+    "succ_until": "timestamptz",
+    "pw_users": "uuid[]",
+    "pw_hashes": "text[]",
+    "pw_at": "timestamptz[]",
+    "nk_kids": "text[]",
+    "nk_algs": "text[]",
+    "nk_jwks": "jsonb[]",
+    "nk_private": "bytea[]",
+    "nk_created": "timestamptz[]",
+    "rk_kids": "text[]",
+    "keys_at": "timestamptz",
+    # The callers whose tokens a revocation may name (intents.Caller), for REVOKED_CALLERS.
+    "c_jtis": "text[]",
+    "c_sids": "text[]",
+    "c_users": "text[]",
+    "c_kids": "text[]",
+    "c_iats": "bigint[]",
+    # The one-round-trip path's guess (one_trip.py).
+    "guess_open": "uuid[]",
+    "guess_unrotated": "bytea[]",
+    "guess_users": "text[]",
+    "guess_iats": "bigint[]",
+}
+EVENT_ARGS = list(ARG_TYPES)[1:13]
 
-# The open sessions the batch's events name (by session, or by user for a watermark).
-_OPEN_SESSIONS = _open_sessions(
+_EVENTS = """
+INSERT INTO event_log (position, event_id, type, occurred_at, user_id, session_id, jti, expires_at,
+                       schema_version, payload, recorded_at)
+SELECT {base} + n, event_id, type, occurred_at, user_id, session_id, jti, expires_at, schema_version,
+       payload || jsonb_build_object('position', {base} + n, 'prev_position', {base} + n - 1), {recorded}
+FROM unnest({event_ids}, {types}, {occurred}, {user_ids}, {session_ids}, {jtis}, {expires}, {versions},
+            {payloads})
+     WITH ORDINALITY
+     AS x(event_id, type, occurred_at, user_id, session_id, jti, expires_at, schema_version, payload, n)"""
+
+# projections.project's session.started, set-wise.
+_SESSIONS_STARTED = """
+INSERT INTO sessions (session_id, user_id, client_id, created_at, user_agent, client_address, expires_at)
+SELECT session_id, user_id, payload->>'client_id', occurred_at, payload->>'user_agent',
+       payload->>'client_address', expires_at
+FROM unnest({types}, {session_ids}, {user_ids}, {occurred}, {expires}, {payloads})
+     AS x(type, session_id, user_id, occurred_at, expires_at, payload)
+WHERE type = 'session.started'
+ON CONFLICT (session_id) DO NOTHING"""
+
+# projections.project's token.issued (refresh), set-wise.
+_REFRESHED = """
+UPDATE sessions SET last_refreshed_at = greatest(sessions.last_refreshed_at, x.at)
+FROM (SELECT session_id, max(occurred_at) AS at
+      FROM unnest({types}, {session_ids}, {occurred}, {payloads}) AS e(type, session_id, occurred_at, payload)
+      WHERE type = 'token.issued' AND payload->>'cause' = 'refresh'
+      GROUP BY session_id) AS x
+WHERE sessions.session_id = x.session_id"""
+
+# The batch's revoking events as a relation of projections.EVENT_COLUMNS, positioned.
+_BATCH = """
+SELECT {base} + n AS position, type, occurred_at, user_id, session_id, jti, kid, not_before, expires_at,
+       reason
+FROM unnest({types}, {occurred}, {user_ids}, {session_ids}, {jtis}, {kids}, {not_befores}, {expires},
+            {reasons})
+     WITH ORDINALITY
+     AS b(type, occurred_at, user_id, session_id, jti, kid, not_before, expires_at, reason, n)"""
+
+# The open sessions the batch's events end (by session, or by user for a watermark), as they stand after the
+# batch's own session.started rows went in.
+_ENDED_OPEN = _open_sessions(
     "(SELECT DISTINCT session_id FROM batch WHERE type = 'session.revoked') AS k",
     "(SELECT DISTINCT user_id FROM batch WHERE type = 'user.revoked') AS k",
+    started_in="batch",
 )
 
-WRITE_TEMPLATE = f"""
-WITH recorded AS MATERIALIZED (SELECT clock_timestamp() AS at),
-batch AS MATERIALIZED (
-    SELECT {{base}} + n AS position, type, occurred_at, user_id, session_id, jti, kid, not_before, expires_at,
-           reason
-    FROM unnest({{types}}, {{occurred}}, {{user_ids}}, {{session_ids}}, {{jtis}}, {{kids}}, {{not_befores}},
-                {{expires}}, {{reasons}})
-         WITH ORDINALITY
-         AS b(type, occurred_at, user_id, session_id, jti, kid, not_before, expires_at, reason, n)),
-logged AS (
-    INSERT INTO event_log (position, event_id, type, occurred_at, user_id, session_id, jti, expires_at,
-                           schema_version, payload, recorded_at)
-    SELECT {{base}} + n, event_id, type, occurred_at, user_id, session_id, jti, expires_at, schema_version,
-           payload || jsonb_build_object('position', {{base}} + n, 'prev_position', {{base}} + n - 1),
-           (SELECT at FROM recorded)
-    FROM unnest({{event_ids}}, {{types}}, {{occurred}}, {{user_ids}}, {{session_ids}}, {{jtis}}, {{expires}},
-                {{versions}}, {{payloads}})
-         WITH ORDINALITY
-         AS x(event_id, type, occurred_at, user_id, session_id, jti, expires_at, schema_version, payload, n)),
+# projections.project's revocations and session ends, set-wise (REVOCATION_ROWS, session_ends). The
+# session ends are the statement itself (no result to fetch, so PL/pgSQL runs it as it is).
+_REVOKED = f"""
+WITH batch AS MATERIALIZED ({_BATCH}),
 revoked AS (
     INSERT INTO revocations (kind, subject, not_before, expires_at, position)
-    {{{{revocation_rows}}}}
+    {REVOCATION_ROWS.format(events="batch")}
     ON CONFLICT (kind, subject) DO UPDATE SET
         not_before = greatest(revocations.not_before, excluded.not_before),
         expires_at = greatest(revocations.expires_at, excluded.expires_at),
-        position = greatest(revocations.position, excluded.position)),
-ended AS (
-    UPDATE sessions SET revoked_at = x.revoked_at, revoked_reason = x.revoked_reason
-    FROM ({session_ends(_OPEN_SESSIONS, "batch", None)}) AS x
-    WHERE sessions.session_id = x.session_id)
-SELECT {{base}}::bigint, (SELECT at FROM recorded)
-""".replace("{{revocation_rows}}", REVOCATION_ROWS.format(events="batch"))
+        position = greatest(revocations.position, excluded.position))
+UPDATE sessions SET revoked_at = x.revoked_at, revoked_reason = x.revoked_reason
+FROM ({session_ends(_ENDED_OPEN, "batch", None)}) AS x
+WHERE sessions.session_id = x.session_id"""
 
+_ROTATED = "UPDATE refresh_tokens SET rotated_at = {rotated_at} WHERE token_hash = ANY({rotated})"
+
+_REFRESH_TOKENS = """
+INSERT INTO refresh_tokens (token_hash, session_id, generation, created_at, expires_at)
+SELECT * FROM unnest({rt_hashes}, {rt_sessions}, {rt_generations}, {rt_created}, {rt_expires})"""
+
+_SUCCESSORS = """
+INSERT INTO refresh_successors (token_hash, sealed, expires_at)
+SELECT h, s, {succ_until} FROM unnest({succ_hashes}, {succ_sealed}) AS x(h, s)"""
+
+# By primary key (= ANY), each user's last change in the batch winning, as one change after another would.
+_PASSWORDS = """
+UPDATE users SET (password_hash, password_changed_at) = (
+    SELECT x.h, x.at FROM unnest({pw_users}, {pw_hashes}, {pw_at}) WITH ORDINALITY AS x(u, h, at, n)
+    WHERE x.u = users.user_id ORDER BY x.n DESC LIMIT 1)
+WHERE users.user_id = ANY({pw_users})"""
+
+
+# A key revocation's successor becomes the active key (tokens/keys.py: a new key retires the others)...
+_NEW_KEYS = """
+WITH made AS (
+    INSERT INTO signing_keys (kid, alg, public_jwk, private_key_encrypted, created_at)
+    SELECT * FROM unnest({nk_kids}, {nk_algs}, {nk_jwks}, {nk_private}, {nk_created}))
+UPDATE signing_keys SET retired_at = {keys_at} WHERE retired_at IS NULL AND kid <> ALL({nk_kids})"""
+
+# ...and the key revoked leaves the JWKS at once (key.revoked covers its tokens).
+_REVOKED_KEYS = """
+UPDATE signing_keys SET revoked_at = {keys_at}, retired_at = coalesce(retired_at, {keys_at})
+WHERE kid = ANY({rk_kids})"""
+
+
+@dataclass(frozen=True)
+class Statement:
+    """One of the batch's writes: its text with named arguments, and the argument whose rows it writes (the
+    locked path skips it when that argument is empty)."""
+
+    template: str
+    rows: str
+
+    @property
+    def args(self) -> list[str]:
+        """Its arguments' names, in the order they first appear."""
+        names = [name for _, name, _, _ in string.Formatter().parse(self.template) if name]
+        return list(dict.fromkeys(names))
+
+    @property
+    def prepared(self) -> str:
+        """As a prepared statement: each argument by its number, with its type."""
+        return self.template.format(
+            **{name: f"${i}::{ARG_TYPES[name]}" for i, name in enumerate(self.args, 1)}
+        )
+
+
+# In order: each sees what the ones before wrote (sessions started before they can be ended).
+WRITES = (
+    Statement(_EVENTS, "types"),
+    Statement(_SESSIONS_STARTED, "types"),
+    Statement(_REFRESHED, "types"),
+    Statement(_REVOKED, "types"),
+    Statement(_ROTATED, "rotated"),
+    Statement(_REFRESH_TOKENS, "rt_hashes"),
+    Statement(_SUCCESSORS, "succ_hashes"),
+    Statement(_PASSWORDS, "pw_users"),
+    Statement(_NEW_KEYS, "nk_kids"),
+    Statement(_REVOKED_KEYS, "rk_kids"),
+)
 
 # The callers (each a request's access token, intents.Caller) that a revocation names, by their number in
 # the arrays (1 on): the rule of intents.revocation_reason in SQL (tests/integration/test_log_writer.py
 # holds the two equal). A watermark (user, global) revokes a token issued before it; any other row, the
 # token it names.
-CALLER_ARGS = (
-    ("jtis", "text[]"),
-    ("sids", "text[]"),
-    ("users", "text[]"),
-    ("kids", "text[]"),
-    ("iats", "bigint[]"),
-)
 REVOKED_CALLERS = f"""
 SELECT DISTINCT q.n
-FROM unnest({{jtis}}, {{sids}}, {{users}}, {{kids}}, {{iats}})
+FROM unnest({{c_jtis}}, {{c_sids}}, {{c_users}}, {{c_kids}}, {{c_iats}})
      WITH ORDINALITY AS q(jti, sid, usr, kid, iat, n)
 CROSS JOIN LATERAL (VALUES ('jti', q.jti), ('session', q.sid), ('user', q.usr), ('key', q.kid),
                            ('global', '{c.GLOBAL_SUBJECT}')) AS k(kind, subject)
 CROSS JOIN LATERAL (SELECT not_before FROM revocations
                     WHERE kind = k.kind AND subject = k.subject LIMIT 1) AS r
 WHERE k.kind NOT IN ('user', 'global') OR q.iat < extract(epoch FROM r.not_before)"""
+REVOKED = Statement(REVOKED_CALLERS, "c_jtis").prepared
 
 
-def numbered(template: str, args: tuple[tuple[str, str], ...]) -> str:
-    """A template as a prepared statement: each argument by its number, with its type."""
-    return template.format(**{name: f"${i}::{kind}" for i, (name, kind) in enumerate(args, 1)})
-
-
-WRITE = numbered(WRITE_TEMPLATE, ARGS)
-REVOKED = numbered(REVOKED_CALLERS, CALLER_ARGS)
-
-# The append function, one round trip for a batch whose decisions need no more than "these sessions are still
-# open" (logouts, RFC 7009, ending a session): run as one statement with no transaction around it, it is a
-# transaction of its own, so BEGIN, the lock, the write and COMMIT cost one round trip instead of four.
-# The decisions were made before it, on the guess that every session the batch ends is open and that no
-# caller's token is revoked; it takes the lock, checks the guess, and writes only if it held (no row back if
-# not: the writer decides again under the lock, where it finds out which). PL/pgSQL runs each statement of
-# a VOLATILE function in a snapshot of its own, taken when the statement starts (READ COMMITTED), so the
-# head is read after the lock is held, as store.py's protocol asks.
-# It lives in pg_temp, made on each of the writer's connections: the one definition of the write stays here.
-APPEND_FUNCTION = f"""
-CREATE FUNCTION pg_temp.tokenlife_append(
-    {", ".join(f"a_{name} {kind}" for name, kind in ARGS)}, a_lock_timeout_ms integer, a_open uuid[],
-    {", ".join(f"a_c_{name} {kind}" for name, kind in CALLER_ARGS)})
-RETURNS TABLE (appended_after bigint, committed_at timestamptz)
-LANGUAGE plpgsql VOLATILE AS $fn$
-BEGIN
-    PERFORM set_config('lock_timeout', a_lock_timeout_ms::text, true);
-    PERFORM pg_advisory_xact_lock({APPEND_LOCK_KEY});
-    IF (SELECT count(*) FROM sessions WHERE session_id = ANY(a_open) AND revoked_at IS NULL)
-       <> cardinality(a_open) THEN
-        RETURN;
-    END IF;
-    IF EXISTS ({REVOKED_CALLERS.format(**{name: f"a_c_{name}" for name, _ in CALLER_ARGS})}) THEN
-        RETURN;
-    END IF;
-    SELECT coalesce(max(position), 0) INTO a_base FROM event_log;
-    RETURN QUERY {WRITE_TEMPLATE.format(**{name: f"a_{name}" for name, _ in ARGS})};
-    IF cardinality(a_types) > 0 THEN  -- a batch of checks alone appends nothing: nothing to tell
-        PERFORM pg_notify('{NOTIFY_CHANNEL}', (a_base + cardinality(a_types))::text);
-    END IF;
-END
-$fn$
-"""
-APPEND = "SELECT * FROM pg_temp.tokenlife_append({})".format(
-    ", ".join(f"${i}" for i in range(1, len(ARGS) + len(CALLER_ARGS) + 3))
-)
-
-
-def columns(events: Sequence[c.Event]) -> list[Any]:
-    """The events as the write's arrays, `base` excluded (ARGS in order, from `types` on)."""
-    cols: list[list[Any]] = [[] for _ in range(len(ARGS) - 1)]
-    for e in events:
-        values = (
-            e.type.value,
-            e.occurred_at,
-            getattr(e, "user_id", None),
-            getattr(e, "session_id", None),
-            getattr(e, "jti", None),
-            getattr(e, "kid", None),
-            getattr(e, "not_before", None),
-            e.expires_at,
-            getattr(e, "reason", None),
-            e.event_id,
-            e.schema_version,
-            c.encode(e).decode(),
-        )
-        for col, value in zip(cols, values, strict=True):
-            col.append(value)
-    return cols
-
-
-def caller_columns(callers: Sequence[Caller]) -> list[list[Any]]:
-    """The callers as REVOKED_CALLERS's arrays (CALLER_ARGS in order)."""
-    return [
-        [x.jti for x in callers],
-        [x.session_id for x in callers],
-        [x.user_id for x in callers],
-        [x.kid for x in callers],
-        [x.iat for x in callers],
-    ]
+def numbered(template: str) -> str:
+    """Any of these templates as a prepared statement (for tests and plans): arguments by number, typed."""
+    return Statement(template, "").prepared

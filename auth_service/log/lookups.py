@@ -30,6 +30,27 @@ _UNREVOKED_SESSIONS = """
 SELECT session_id, expires_at FROM sessions WHERE user_id = $1 AND revoked_at IS NULL ORDER BY created_at
 """
 _SESSION = "SELECT user_id, revoked_at FROM sessions WHERE session_id = $1"
+# A user's latest watermark (theirs or the global one), each by primary key.
+_WATERMARK = f"""
+SELECT max(not_before) FROM revocations
+WHERE (kind = 'user' AND subject = $1) OR (kind = 'global' AND subject = '{c.GLOBAL_SUBJECT}')
+"""
+# What a refresh decides on before it is queued: the token, its session, its user and the user's watermark,
+# each probed by primary key (LATERAL with LIMIT: never a join over a whole table).
+_REFRESH_STATE = f"""
+SELECT t.session_id, t.generation, t.expires_at, t.rotated_at, s.user_id, s.client_id, s.revoked_at,
+       u.disabled, u.scopes,
+       (SELECT max(r.not_before) FROM revocations r
+        WHERE (r.kind = 'user' AND r.subject = s.user_id)
+           OR (r.kind = 'global' AND r.subject = '{c.GLOBAL_SUBJECT}')) AS watermark
+FROM (SELECT session_id, generation, expires_at, rotated_at FROM refresh_tokens
+      WHERE token_hash = $1 LIMIT 1) AS t
+CROSS JOIN LATERAL (SELECT user_id, client_id, revoked_at FROM sessions
+                    WHERE session_id = t.session_id LIMIT 1) AS s
+LEFT JOIN LATERAL (SELECT disabled, scopes FROM users WHERE user_id = s.user_id::uuid LIMIT 1) AS u ON true
+"""
+# The answer a rotation kept for a repeat within its grace window.
+_KEPT_ANSWER = "SELECT sealed FROM refresh_successors WHERE token_hash = $1 AND expires_at >= $2"
 _SESSION_OF_REFRESH_TOKEN = """
 SELECT s.session_id, s.user_id, s.revoked_at
 FROM refresh_tokens t JOIN sessions s ON s.session_id = t.session_id WHERE t.token_hash = $1
@@ -118,3 +139,23 @@ async def session_of_refresh_token(
     async with pg.acquire() as conn:
         row = await conn.fetchrow(_SESSION_OF_REFRESH_TOKEN, token_hash)
     return None if row is None else (row[0], row[1], row[2])
+
+
+async def watermark(pg: Any, user_id: str) -> datetime | None:
+    """The latest not-before watermark that applies to the user (theirs or the global one)."""
+    async with pg.acquire() as conn:
+        found: datetime | None = await conn.fetchval(_WATERMARK, user_id)
+    return found
+
+
+async def refresh_state(pg: Any, token_hash: bytes) -> Any | None:
+    """A refresh token with its session, user and the user's watermark (a record), or None if unknown."""
+    async with pg.acquire() as conn:
+        return await conn.fetchrow(_REFRESH_STATE, token_hash)
+
+
+async def kept_answer(pg: Any, token_hash: bytes, now: datetime) -> bytes | None:
+    """The sealed answer the rotation of this token kept, while its grace window lasts."""
+    async with pg.acquire() as conn:
+        sealed: bytes | None = await conn.fetchval(_KEPT_ANSWER, token_hash, now)
+    return sealed

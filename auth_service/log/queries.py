@@ -1,5 +1,5 @@
 """Read-only queries of the projections and the log that more than one caller needs: sessions, watermarks,
-refresh tokens, a session's timeline. No writes here: those go through log.appending(). A question the hot
+refresh tokens, a session's timeline. No writes here: those go through the log writer. A question the hot
 path also asks (a user's unrevoked sessions, a session's owner) is asked once, in lookups.py, on the pool."""
 
 from __future__ import annotations
@@ -8,27 +8,14 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select, tuple_
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from auth_service import contract as c
-from auth_service.db.tables import event_log, refresh_tokens, revocations, sessions
+from auth_service.db.tables import event_log, refresh_tokens, sessions
 from auth_service.log.projections import decode_row
 
 MAX_TIMELINE = 1000
-
-
-async def current_watermark(conn: AsyncConnection, user_id: str) -> datetime | None:
-    """The latest not-before watermark that applies to the user (theirs or the global one)."""
-    rows = await conn.execute(
-        select(revocations.c.not_before).where(
-            tuple_(revocations.c.kind, revocations.c.subject).in_(
-                [(c.RevocationKind.USER.value, user_id), (c.RevocationKind.GLOBAL.value, c.GLOBAL_SUBJECT)]
-            )
-        )
-    )
-    marks = [r.not_before for r in rows if r.not_before is not None]
-    return max(marks) if marks else None
 
 
 async def live_sessions(conn: AsyncConnection, user_id: str, now: datetime) -> list[Any]:

@@ -12,15 +12,16 @@ commit and continues from it. Positions are therefore dense and become visible i
 writes nothing and frees its positions for the next appender. The appending transaction must run in READ
 COMMITTED: under REPEATABLE READ its snapshot could predate the lock and it would read a stale head.
 
-`appending(conn, lock_timeout_ms=...)` is the only way to append: it takes the lock once, with the configured
-timeout (`lock_timeout` bounds the wait), and hands out an Appender that knows it holds it; an Appender used
-after its block ends refuses. The NOTIFY is delivered at commit, never for a rolled-back append.
+Every append of the service goes through the process's log writer (writer.py), which takes this lock for one
+batch's statements. `appending(conn, lock_timeout_ms=...)` is the lock for one transaction of the caller's:
+the projections' rebuild holds it (it appends nothing), and tests seed a log with `append()`. It takes the
+lock once, with the configured timeout (`lock_timeout` bounds the wait), and hands out an Appender that knows
+it holds it; an Appender used after its block ends refuses. The NOTIFY is delivered at commit, never for a
+rolled-back append.
 
-The lock order, the one rule for every appending transaction: take the append lock before any row lock. So do
-the validation that needs no database first, then enter `appending()`, then read and lock rows, decide, and
-append. Appends serialise on the lock anyway, so taking it first costs no throughput, and it makes the order
-the same everywhere: a refresh (row locks, then the log) could otherwise deadlock with a logout (the log, then
-the session row its projection updates).
+The lock order, the one rule for every appending transaction: take the append lock before any row lock. The
+writer's batches take it first and then read and write rows; the requests queued to it hold no row locks of
+their own, so nothing waits on them while they wait on the writer.
 """
 
 from __future__ import annotations

@@ -10,6 +10,11 @@ relay of the same process publishes them at once (relay/window.py), rather than 
 Before each batch it awaits `before_batch` (the relay's `keep_up`): a relay that trails its commits by more
 than a window holds the next batch back a moment, so the writes never outrun what the process can publish.
 
+Logins, refreshes and password changes are intents too (intents.py): what is slow about them (signing,
+sealing, argon2) is done before they are queued, so the lock is held only for the batch's statements. The
+writer records how long each batch held it (`lock_held`) and how many events it appended: the log's ceiling
+is 1 / (lock-held time per event), and `recent()` gives both over the last few seconds for the metrics.
+
 Each request awaits the commit of the batch that holds its intents. If the batch fails (lock timeout, lost
 connection, any database error) every request in it gets an AppendError (503, Retry-After) and nothing of
 any of them is committed: the failures that reach this point are the database's, not one request's (the
@@ -21,6 +26,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
@@ -28,18 +35,22 @@ from datetime import datetime
 from auth_service import contract as c
 from auth_service.errors import AppendError, InvalidToken
 from auth_service.log.batch import BatchCommitter
-from auth_service.log.intents import Caller, Intent
+from auth_service.log.intents import Caller, Decision, Intent, Verdict
 
 log = logging.getLogger("tokenlife.log")
 
 MAX_BATCH = 500
+# How often expired refresh-token successors are deleted (outside any batch: they are no part of the log).
+PRUNE_EVERY = 5.0
+# The window the recent lock-held and event figures cover.
+RECENT = 10.0
 
 
 class _Request:
     __slots__ = ("intents", "caller", "done")
 
     def __init__(
-        self, intents: Sequence[Intent], caller: Caller | None, done: asyncio.Future[list[c.Event]]
+        self, intents: Sequence[Intent], caller: Caller | None, done: asyncio.Future[Decision]
     ) -> None:
         self.intents = intents
         self.caller = caller
@@ -49,13 +60,23 @@ class _Request:
 class LogWriter:
     """The process's one group committer: `submit()` queues intents and returns their committed events."""
 
-    def __init__(self, dsn: str, *, lock_timeout_ms: int, access_token_ttl: int) -> None:
+    def __init__(
+        self, dsn: str, *, lock_timeout_ms: int, access_token_ttl: int, refresh_grace: float = 0.0
+    ) -> None:
         self._committer = BatchCommitter(
-            dsn, lock_timeout_ms=lock_timeout_ms, access_token_ttl=access_token_ttl
+            dsn,
+            lock_timeout_ms=lock_timeout_ms,
+            access_token_ttl=access_token_ttl,
+            refresh_grace=refresh_grace,
         )
         self._queue: asyncio.Queue[_Request] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
         self.batches = 0  # committed batches, for the benchmark's events-per-batch figure
+        self.events = 0  # events appended
+        self.lock_held = 0.0  # seconds the append lock was held, all batches together
+        # (when, events, lock held, lock wait) per batch, for the last RECENT seconds
+        self._recent: deque[tuple[float, int, float, float]] = deque()
+        self._pruned = 0.0
         # Told, right after each COMMIT and before the requests are answered, the events it appended and
         # their recorded_at: the relay of the same process publishes them at once (relay/window.py).
         self.on_commit: list[Callable[[list[c.Event], datetime], None]] = []
@@ -72,13 +93,33 @@ class LogWriter:
         """Batches the append function refused, decided again under the lock."""
         return self._committer.guesses_missed
 
+    def recent(self) -> tuple[int, int, float]:
+        """Over the last RECENT seconds: batches committed, events appended, seconds the lock was held."""
+        self._forget(time.monotonic())
+        return len(self._recent), sum(r[1] for r in self._recent), sum(r[2] for r in self._recent)
+
+    def recent_lock_wait(self, quantile: float) -> float:
+        """That quantile of the batches' waits for the append lock over the last RECENT seconds (0: none)."""
+        self._forget(time.monotonic())
+        waits = sorted(r[3] for r in self._recent)
+        return waits[min(len(waits) - 1, int(quantile * len(waits)))] if waits else 0.0
+
+    def _forget(self, now: float) -> None:
+        while self._recent and self._recent[0][0] < now - RECENT:
+            self._recent.popleft()
+
     @classmethod
     @asynccontextmanager
     async def running(
-        cls, dsn: str, *, lock_timeout_ms: int, access_token_ttl: int
+        cls, dsn: str, *, lock_timeout_ms: int, access_token_ttl: int, refresh_grace: float = 0.0
     ) -> AsyncIterator[LogWriter]:
         """A started writer, stopped (its connection closed) when the block ends."""
-        writer = cls(dsn, lock_timeout_ms=lock_timeout_ms, access_token_ttl=access_token_ttl)
+        writer = cls(
+            dsn,
+            lock_timeout_ms=lock_timeout_ms,
+            access_token_ttl=access_token_ttl,
+            refresh_grace=refresh_grace,
+        )
         writer.start()
         try:
             yield writer
@@ -107,9 +148,16 @@ class LogWriter:
 
         With a `caller`, its token is checked against the revocations under the lock, in the same round trip:
         InvalidToken, and nothing appended, if it is revoked by then."""
+        decision = await self.decide(intents, caller)
+        if decision.verdict is Verdict.CALLER_REVOKED:
+            raise InvalidToken("token has been revoked")
+        return decision.events
+
+    async def decide(self, intents: Sequence[Intent], caller: Caller | None = None) -> Decision:
+        """Queue intents for the next batch; returns how they were decided once that batch committed."""
         if self._task is None:
             raise AppendError("the log writer is not running")
-        done: asyncio.Future[list[c.Event]] = asyncio.get_running_loop().create_future()
+        done: asyncio.Future[Decision] = asyncio.get_running_loop().create_future()
         self._queue.put_nowait(_Request(intents, caller, done))
         return await done
 
@@ -140,18 +188,34 @@ class LogWriter:
                     if not r.done.done():
                         r.done.set_exception(error)
                 continue
-            self.batches += 1
-            self._hand_off([o for o in results if not isinstance(o, InvalidToken)], recorded)
+            self._count(results)
+            self._hand_off(results, recorded)
             for r, outcome in zip(live, results, strict=True):
-                if r.done.done():
-                    continue
-                if isinstance(outcome, InvalidToken):
-                    r.done.set_exception(outcome)
-                else:
+                if not r.done.done():
                     r.done.set_result(outcome)
+            await self._prune()
 
-    def _hand_off(self, results: list[list[c.Event]], recorded: datetime | None) -> None:
-        flat = [e for events in results for e in events]
+    def _count(self, results: list[Decision]) -> None:
+        events = sum(len(d.events) for d in results)
+        held = self._committer.lock_held
+        self.batches += 1
+        self.events += events
+        self.lock_held += held
+        now = time.monotonic()
+        self._recent.append((now, events, held, self._committer.lock_wait))
+        self._forget(now)
+
+    async def _prune(self) -> None:
+        if time.monotonic() - self._pruned < PRUNE_EVERY:
+            return
+        self._pruned = time.monotonic()
+        try:
+            await self._committer.prune_successors()
+        except Exception as exc:  # a later pass tries again; the batches do not depend on it
+            log.warning("log writer: pruning expired refresh-token successors failed: %r", exc)
+
+    def _hand_off(self, results: list[Decision], recorded: datetime | None) -> None:
+        flat = [e for d in results for e in d.events]
         if not flat or recorded is None:
             return
         for hook in self.on_commit:

@@ -27,6 +27,8 @@ from auth_service.tokens.keyring import ALGORITHM, KeyRing, SigningKey
 ACCESS_TOKEN_TYPE = "at+jwt"
 MAX_TOKEN_BYTES = 8192
 REFRESH_TOKEN_BYTES = 32  # 256 random bits
+# The longest refresh token accepted anywhere (ours are 43 characters): longer is malformed, not looked up.
+MAX_REFRESH_TOKEN = 512
 REQUIRED_CLAIMS = ["iss", "aud", "sub", "exp", "iat", "jti", "sid"]
 
 

@@ -1,27 +1,11 @@
-"""The token endpoint's pure decisions: what presenting a refresh token means, which scopes a token gets."""
+"""The token endpoint's pure decision of which scopes a token gets (what presenting a refresh token means is
+log/intents.decide_rotation, decided under the log's lock)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import datetime, timedelta
-from enum import Enum
 
 from auth_service.errors import InvalidScope
-
-
-class Rotation(Enum):
-    """What presenting a refresh token means, decided under its row lock."""
-
-    ROTATE = "rotate"  # the current token of its family: replace it
-    CONCURRENT = "concurrent"  # rotated moments ago (another tab): give this caller a sibling
-    REUSE = "reuse"  # rotated long ago: stolen or replayed, end the session
-
-
-def decide_rotation(rotated_at: datetime | None, now: datetime, grace: timedelta) -> Rotation:
-    """The refresh grace rule, for the token endpoint and introspection alike: usable unless REUSE."""
-    if rotated_at is None:
-        return Rotation.ROTATE
-    return Rotation.CONCURRENT if now - rotated_at <= grace else Rotation.REUSE
 
 
 def grant_scope(requested: str | None, held: str, allowed: Iterable[str]) -> str:

@@ -32,7 +32,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from auth_service import contract as c
 from auth_service.db.tables import signing_keys
 from auth_service.log import lifetimes
-from auth_service.log.store import appending
+from auth_service.log.intents import NewSigningKey, RevokeKey, Verdict
+from auth_service.log.writer import LogWriter
 from auth_service.tokens.keyring import ALGORITHM, KeyRing, SigningKey
 
 RSA_BITS = 2048
@@ -119,30 +120,26 @@ async def ensure_active_key(conn: AsyncConnection, key_encryption_key: str) -> s
 
 
 async def revoke(
-    conn: AsyncConnection, kid: str, key_encryption_key: str, reason: str, *, lock_timeout_ms: int
-) -> c.Event:
-    """Revoke a key: it leaves the JWKS and a key.revoked event covers every token it signed.
+    writer: LogWriter, conn: AsyncConnection, kid: str, key_encryption_key: str, reason: str
+) -> c.Event | None:
+    """Revoke a key: it leaves the JWKS and a key.revoked event covers every token it signed (None: it was
+    revoked already, nothing to tell).
 
-    Revoking the active key first rotates to a new one, so the service never stands without a signing key.
-    """
-    async with appending(conn, lock_timeout_ms=lock_timeout_ms) as log_:
-        row = (
-            await conn.execute(select(signing_keys).where(signing_keys.c.kid == kid).with_for_update())
-        ).one_or_none()
-        if row is None:
-            raise KeyError_(f"no signing key with kid {kid!r}")
-        if row.retired_at is None:
-            await rotate(conn, key_encryption_key)
-        now = datetime.now(UTC)
-        await conn.execute(
-            update(signing_keys)
-            .where(signing_keys.c.kid == kid)
-            .values(revoked_at=now, retired_at=row.retired_at or now)
-        )
-        # Not last_signed + ttl: whoever holds a compromised key can sign tokens with any exp, so the
-        # revocation must outlive every such token, and is never pruned.
-        [event] = await log_.append([c.KeyRevoked(kid=kid, expires_at=c.FOREVER, reason=reason)])
-    return event
+    Revoking the active key makes its successor first, outside the log's lock (RSA generation takes tens of
+    milliseconds), and the log writer makes it active in the same transaction as the revocation, so the
+    service never stands without a signing key and nothing slow runs while the lock is held."""
+    row = (await conn.execute(select(signing_keys).where(signing_keys.c.kid == kid))).one_or_none()
+    if row is None:
+        raise KeyError_(f"no signing key with kid {kid!r}")
+    replacement = None
+    if row.retired_at is None:
+        new_kid, jwk, encrypted = await asyncio.to_thread(_generate, key_encryption_key)
+        replacement = NewSigningKey(new_kid, ALGORITHM, jwk, encrypted, datetime.now(UTC))
+    decision = await writer.decide([RevokeKey(kid, reason, replacement)])
+    # A retired key never becomes active again, so a key seen retired needs no successor (no RESIGN).
+    if decision.verdict is not Verdict.DONE:
+        raise KeyError_(f"no signing key with kid {kid!r}")
+    return decision.events[0] if decision.events else None
 
 
 def _public_key(jwk: dict[str, Any]) -> rsa.RSAPublicKey:

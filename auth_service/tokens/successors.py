@@ -5,12 +5,16 @@ mint working siblings. So the rotation keeps its answer (access token, refresh t
 under a key derived from the key-encryption key, bound to the parent token's hash as associated data, and a
 repeat within the window gets exactly that answer back. Only hashes of refresh tokens are stored elsewhere;
 this row holds a live one, so it is encrypted and lives no longer than the grace window (expired rows are
-deleted on the next rotation).
+deleted by the log writer every few seconds).
+
+Sealing is done before the rotation is queued for the log writer, which stores the sealed answer in the batch
+that rotates the token (log/batch_sql.py), and a repeat is answered from it (`unseal`). Pure: no I/O here.
 """
 
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import os
 from dataclasses import dataclass
@@ -19,13 +23,10 @@ from datetime import UTC, datetime
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-from sqlalchemy import delete, insert, select
-from sqlalchemy.ext.asyncio import AsyncConnection
 
-from auth_service.db.tables import refresh_successors
 from auth_service.tokens.access import AccessToken
 
-__all__ = ["Successor", "load", "store"]
+__all__ = ["Successor", "seal", "unseal"]
 
 _INFO = b"tokenlife refresh successor v1"
 
@@ -38,6 +39,7 @@ class Successor:
     refresh_token: str
 
 
+@functools.lru_cache(maxsize=4)  # derived once per key, not once per refresh
 def _aead(key_encryption_key: str) -> AESGCM:
     raw = base64.urlsafe_b64decode(key_encryption_key + "=" * (-len(key_encryption_key) % 4))
     # A key of its own for this purpose: the signing keys' ciphertexts and these never share a key.
@@ -45,7 +47,8 @@ def _aead(key_encryption_key: str) -> AESGCM:
     return AESGCM(derived)
 
 
-def _seal(key_encryption_key: str, parent_hash: bytes, successor: Successor) -> bytes:
+def seal(key_encryption_key: str, parent_hash: bytes, successor: Successor) -> bytes:
+    """The answer, encrypted and bound to the parent token's hash."""
     a = successor.access
     plain = json.dumps(
         {
@@ -62,7 +65,8 @@ def _seal(key_encryption_key: str, parent_hash: bytes, successor: Successor) -> 
     return nonce + _aead(key_encryption_key).encrypt(nonce, plain, parent_hash)
 
 
-def _open(key_encryption_key: str, parent_hash: bytes, sealed: bytes) -> Successor:
+def unseal(key_encryption_key: str, parent_hash: bytes, sealed: bytes) -> Successor:
+    """The answer `seal` made for this parent (raises if it was made for another or altered)."""
     data = json.loads(_aead(key_encryption_key).decrypt(sealed[:12], sealed[12:], parent_hash))
     access = AccessToken(
         token=data["token"],
@@ -73,34 +77,3 @@ def _open(key_encryption_key: str, parent_hash: bytes, sealed: bytes) -> Success
         scope=data["scope"],
     )
     return Successor(access, data["refresh_token"])
-
-
-async def store(
-    conn: AsyncConnection,
-    key_encryption_key: str,
-    parent_hash: bytes,
-    successor: Successor,
-    until: datetime,
-    now: datetime,
-) -> None:
-    """Keep the rotation's answer for `parent_hash` until `until`; drop every expired one."""
-    await conn.execute(delete(refresh_successors).where(refresh_successors.c.expires_at < now))
-    await conn.execute(
-        insert(refresh_successors).values(
-            token_hash=parent_hash, sealed=_seal(key_encryption_key, parent_hash, successor), expires_at=until
-        )
-    )
-
-
-async def load(
-    conn: AsyncConnection, key_encryption_key: str, parent_hash: bytes, now: datetime
-) -> Successor | None:
-    """The answer the rotation of `parent_hash` gave, while its grace window lasts."""
-    row = (
-        await conn.execute(
-            select(refresh_successors.c.sealed).where(
-                refresh_successors.c.token_hash == parent_hash, refresh_successors.c.expires_at >= now
-            )
-        )
-    ).one_or_none()
-    return None if row is None else _open(key_encryption_key, parent_hash, row.sealed)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -14,8 +15,10 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from auth_service import contract as c
+from auth_service.db.engine import asyncpg_dsn
 from auth_service.db.tables import refresh_successors, sessions
 from auth_service.log.store import read_after, read_head
+from auth_service.log.writer import LogWriter
 from auth_service.settings import AuthSettings
 from auth_service.tokens import keys as keystore
 from tests.conftest import PASSWORD, SERVICE_CLIENT, add_user, serve_auth
@@ -446,17 +449,20 @@ async def test_an_instance_that_has_not_seen_a_rotation_still_revokes_and_logs_o
 async def test_revoking_the_active_key_rotates_first_and_is_never_pruned(
     auth_settings: AuthSettings, auth_client: httpx.AsyncClient, engine: AsyncEngine, user: str
 ) -> None:
-    async with engine.begin() as conn:
-        active = (await keystore.load(conn, auth_settings.key_encryption_key.get_secret_value(), 300)).active
+    kek = auth_settings.key_encryption_key.get_secret_value()
+    async with (
+        LogWriter.running(
+            asyncpg_dsn(auth_settings.database_url), lock_timeout_ms=5000, access_token_ttl=300
+        ) as writer,
+        engine.connect() as conn,
+    ):
+        active = (await keystore.load(conn, kek, 300)).active
         assert active is not None
-        event = await keystore.revoke(
-            conn,
-            active.kid,
-            auth_settings.key_encryption_key.get_secret_value(),
-            "test",
-            lock_timeout_ms=auth_settings.lock_timeout_ms,
-        )
-        ring = await keystore.load(conn, auth_settings.key_encryption_key.get_secret_value(), 300)
+        event = await keystore.revoke(writer, conn, active.kid, kek, "test")
+        again = await keystore.revoke(writer, conn, active.kid, kek, "test")
+        await conn.rollback()  # a new snapshot, to see the writer's commit
+        ring = await keystore.load(conn, kek, 300)
+    assert again is None  # revoked already: nothing more to append
     assert isinstance(event, c.KeyRevoked)
     assert event.expires_at == c.FOREVER  # a leaked key can sign tokens with any exp
     assert ring.active is not None
@@ -480,3 +486,43 @@ async def test_the_docs_authorize_button_logs_in_through_the_password_grant(
     assert password["properties"]["grant_type"]["enum"] == ["password"]
     assert refresh["required"] == ["grant_type", "refresh_token"]
     assert {"scope", "client_id"} <= set(password["properties"]) & set(refresh["properties"])
+
+
+async def _batches(client: httpx.AsyncClient) -> float:
+    """The log writer's committed batches, as /metrics serves them."""
+    text = (await client.get("/metrics")).text
+    return float(
+        next(line.split()[1] for line in text.splitlines() if line.startswith("tokenlife_log_batches"))
+    )
+
+
+async def test_bad_refresh_tokens_are_refused_before_the_log_writer_and_cost_no_batch(
+    auth_settings: AuthSettings, user: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    grants = {"type": "public", "grant_types": ["password", "refresh_token"]}
+    clients = {auth_settings.default_client_id: grants, "other": grants}
+    monkeypatch.setenv("TOKENLIFE_CLIENTS", json.dumps(clients))
+    async with serve_auth(AuthSettings()) as client:
+        tokens = await login(client)
+        before = await _batches(client)
+        answers = [
+            await refresh(client, "not a token of ours"),
+            await refresh(client, "x" * 600),  # longer than any refresh token: malformed
+            await client.post(
+                "/oauth/token",
+                data={
+                    "grant_type": "refresh_token",
+                    "refresh_token": tokens["refresh_token"],
+                    "client_id": "other",
+                },
+            ),
+        ]
+        assert [(a.status_code, a.json()["error"]) for a in answers] == [
+            (400, "invalid_grant"),
+            (400, "invalid_request"),
+            (400, "invalid_grant"),
+        ]
+        assert await _batches(client) == before  # no batch: the append lock was never asked for
+        # The same token from its own client still rotates (one batch more).
+        assert (await refresh(client, tokens["refresh_token"])).status_code == 200
+        assert await _batches(client) == before + 1

@@ -21,6 +21,8 @@ from joserfc.errors import BadSignatureError, InvalidKeyIdError
 from joserfc.jwk import KeySet, RSAKey
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from auth_service.db.engine import asyncpg_dsn
+from auth_service.log.writer import LogWriter
 from auth_service.settings import AuthSettings
 from auth_service.tokens import keys
 from tests.conftest import PASSWORD, SERVICE_CLIENT, add_user
@@ -179,15 +181,14 @@ async def test_revoked_key_leaves_the_jwks_and_is_logged(
     old_token = (await login(auth_client))["access_token"]
     old_kid = verify(old_token, await fetch_jwks(auth_client)).header["kid"]
 
+    kek = auth_settings.key_encryption_key.get_secret_value()
     async with engine.begin() as conn:
-        new_kid = await keys.rotate(conn, auth_settings.key_encryption_key.get_secret_value())
-        await keys.revoke(
-            conn,
-            old_kid,
-            auth_settings.key_encryption_key.get_secret_value(),
-            reason="compromised",
-            lock_timeout_ms=auth_settings.lock_timeout_ms,
-        )
+        new_kid = await keys.rotate(conn, kek)
+    async with (
+        LogWriter.running(asyncpg_dsn(database_url), lock_timeout_ms=5000, access_token_ttl=300) as writer,
+        engine.connect() as conn,
+    ):
+        await keys.revoke(writer, conn, old_kid, kek, "compromised")
     jwks = await jwks_when(auth_client, lambda published: old_kid not in published)
 
     assert kids(jwks) == {new_kid}

@@ -7,6 +7,8 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from auth_service.db.engine import asyncpg_dsn
+from auth_service.log.writer import LogWriter
 from auth_service.settings import AuthSettings
 from auth_service.tokens import keys
 
@@ -65,8 +67,13 @@ async def test_a_revoked_key_leaves_the_reloaded_ring(
     kek = auth_settings.key_encryption_key.get_secret_value()
     cache, [old_kid, new_kid] = await _cache_after_rotations(engine, kek, 2)
     assert set(cache.current().public_keys) == {old_kid, new_kid}
-    async with engine.begin() as conn:
-        await keys.revoke(conn, old_kid, kek, "compromised", lock_timeout_ms=auth_settings.lock_timeout_ms)
+    async with (
+        LogWriter.running(
+            asyncpg_dsn(auth_settings.database_url), lock_timeout_ms=5000, access_token_ttl=300
+        ) as writer,
+        engine.connect() as conn,
+    ):
+        await keys.revoke(writer, conn, old_kid, kek, "compromised")
     await _reload(engine, cache)
     assert set(cache.current().public_keys) == {new_kid}
     assert [jwk["kid"] for jwk in cache.current().jwks["keys"]] == [new_kid]

@@ -24,6 +24,8 @@ from auth_service.log.writer import LogWriter
 pytestmark = pytest.mark.integration
 
 TTL = 300
+# What the log writer reads and writes: the log, its projections and the credentials a grant changes.
+WRITER_TABLES = "event_log, sessions, revocations, refresh_tokens, refresh_successors, users"
 LOGOUTS = 200
 
 
@@ -259,7 +261,7 @@ async def test_without_the_temp_privilege_every_batch_takes_the_locked_path(
     async with engine.begin() as conn:
         await conn.execute(text("DROP ROLE IF EXISTS tokenlife_no_temp"))
         await conn.execute(text("CREATE ROLE tokenlife_no_temp LOGIN"))
-        await conn.execute(text("GRANT ALL ON event_log, sessions, revocations TO tokenlife_no_temp"))
+        await conn.execute(text(f"GRANT ALL ON {WRITER_TABLES} TO tokenlife_no_temp"))
         database = (await conn.execute(text("SELECT current_database()"))).scalar_one()
         await conn.execute(text(f'REVOKE TEMP ON DATABASE "{database}" FROM PUBLIC'))
     try:
@@ -274,7 +276,7 @@ async def test_without_the_temp_privilege_every_batch_takes_the_locked_path(
     finally:
         async with engine.begin() as conn:
             await conn.execute(text(f'GRANT TEMP ON DATABASE "{database}" TO PUBLIC'))
-            await conn.execute(text("REVOKE ALL ON event_log, sessions, revocations FROM tokenlife_no_temp"))
+            await conn.execute(text(f"REVOKE ALL ON {WRITER_TABLES} FROM tokenlife_no_temp"))
             await conn.execute(text("DROP ROLE tokenlife_no_temp"))
 
 

@@ -25,13 +25,13 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.sql import ClauseElement
 
 from auth_service.db.engine import asyncpg_dsn
-from auth_service.db.tables import login_failures, refresh_tokens, sessions, users
-from auth_service.log import batch_sql, lookups
+from auth_service.db.tables import login_failures, users
+from auth_service.log import batch_sql, lookups, one_trip
 
 pytestmark = pytest.mark.integration
 
 ROWS = 20_000
-TABLES_PROBED = {"revocations", "sessions", "refresh_tokens", "users", "login_failures"}
+TABLES_PROBED = {"revocations", "sessions", "refresh_tokens", "refresh_successors", "users", "login_failures"}
 
 
 @pytest.fixture
@@ -67,6 +67,13 @@ async def _fill(conn: asyncpg.Connection, rows: int) -> None:
         SELECT sha256(g::text::bytea), session_id, 1, now(), now() + interval '1 day'
         FROM (SELECT row_number() OVER () AS g, session_id FROM sessions) AS s
         """
+    )
+    await conn.execute(
+        """
+        INSERT INTO refresh_successors (token_hash, sealed, expires_at)
+        SELECT sha256(('s' || g)::bytea), 'x', now() + interval '1 minute' FROM generate_series(1, $1) AS g
+        """,
+        rows,
     )
     await conn.execute(
         """
@@ -132,23 +139,57 @@ def _caller_args(n: int) -> list[Any]:
     ]
 
 
-def _write_args(n: int) -> list[Any]:
+def _write_values(n: int) -> dict[str, Any]:
+    """Values for every argument of the batch's writes and checks, by name: n rows of each kind."""
     now = datetime.now(UTC)
-    return [
-        100,
-        ["session.revoked"] * n,
-        [now] * n,
-        [f"u{i}" for i in range(n)],
-        [uuid.uuid4() for _ in range(n)],
-        [None] * n,
-        [None] * n,
-        [None] * n,
-        [now + timedelta(hours=1)] * n,
-        ["logout"] * n,
-        [uuid.uuid4() for _ in range(n)],
-        [1] * n,
-        ["{}"] * n,
-    ]
+    sids = [uuid.uuid4() for _ in range(n)]
+    hashes = [uuid.uuid4().bytes * 2 for _ in range(n)]
+    return {
+        "base": 100,
+        "recorded": now,
+        "types": ["session.revoked"] * n,
+        "occurred": [now] * n,
+        "user_ids": [f"u{i}" for i in range(n)],
+        "session_ids": sids,
+        "jtis": [None] * n,
+        "kids": [None] * n,
+        "not_befores": [None] * n,
+        "expires": [now + timedelta(hours=1)] * n,
+        "reasons": ["logout"] * n,
+        "event_ids": [uuid.uuid4() for _ in range(n)],
+        "versions": [1] * n,
+        "payloads": ["{}"] * n,
+        "rt_hashes": hashes,
+        "rt_sessions": sids,
+        "rt_generations": [2] * n,
+        "rt_created": [now] * n,
+        "rt_expires": [now + timedelta(days=1)] * n,
+        "rotated": hashes,
+        "rotated_at": now,
+        "succ_hashes": hashes,
+        "succ_sealed": [b"x"] * n,
+        "succ_until": now,
+        "pw_users": [uuid.uuid4() for _ in range(n)],
+        "pw_hashes": ["h"] * n,
+        "pw_at": [now] * n,
+        "nk_kids": [f"new-{i}" for i in range(n)],
+        "nk_algs": ["RS256"] * n,
+        "nk_jwks": ["{}"] * n,
+        "nk_private": [b"x"] * n,
+        "nk_created": [now] * n,
+        "rk_kids": [f"old-{i}" for i in range(n)],
+        "keys_at": now,
+        "guess_open": sids,
+        "guess_unrotated": hashes,
+        "guess_users": [f"u{i}" for i in range(n)],
+        "guess_iats": [1_700_000_000] * n,
+    }
+
+
+def _statement(template: str) -> tuple[str, Callable[[], list[Any]]]:
+    """A template of batch_sql as a prepared statement, with values for its arguments."""
+    statement = batch_sql.Statement(template, "")
+    return statement.prepared, lambda: [_write_values(3)[name] for name in statement.args]
 
 
 STATEMENTS: dict[str, tuple[str, Callable[[], list[Any]]]] = {
@@ -158,10 +199,22 @@ STATEMENTS: dict[str, tuple[str, Callable[[], list[Any]]]] = {
         f"SELECT EXISTS ({batch_sql.REVOKED})",
         lambda: _caller_args(3),
     ),
-    "log writer: the batch's write": (batch_sql.WRITE, lambda: _write_args(3)),
+    **{
+        f"log writer: write {i} ({w.rows})": _statement(w.template) for i, w in enumerate(batch_sql.WRITES, 1)
+    },
+    "append function: the guess's open sessions": _statement(one_trip.GUESS_OPEN),
+    "append function: the guess's unrotated tokens": _statement(one_trip.GUESS_UNROTATED),
+    "append function: the guess's watermarks": _statement(f"SELECT EXISTS ({one_trip.GUESS_BORN_REVOKED})"),
     "log writer: locked state": (
         batch_sql.STATE,
-        lambda: [[uuid.uuid4() for _ in range(3)], ["u1", "u2"], "*"],
+        lambda: [
+            [uuid.uuid4() for _ in range(3)],
+            ["u1", "u2"],
+            ["u1", "u3"],
+            [b"\x00" * 32],
+            datetime.now(UTC),
+            ["k1"],
+        ],
     ),
     "revocation reads": (
         lookups.REVOCATION_ROWS_BATCH,
@@ -170,7 +223,13 @@ STATEMENTS: dict[str, tuple[str, Callable[[], list[Any]]]] = {
     "a refresh token's session": (lookups._SESSION_OF_REFRESH_TOKEN, lambda: [b"\x00" * 32]),
     "a user's unrevoked sessions": (lookups._UNREVOKED_SESSIONS, lambda: ["u1"]),
     "a session's owner": (lookups._SESSION, lambda: [uuid.uuid4()]),
-    # The login and refresh grants' reads (grants.py, throttle.py), in SQLAlchemy Core.
+    "refresh: the token, its session, user and watermark": (lookups._REFRESH_STATE, lambda: [b"\x00" * 32]),
+    "refresh: the answer kept for a repeat": (
+        lookups._KEPT_ANSWER,
+        lambda: [b"\x00" * 32, datetime.now(UTC)],
+    ),
+    "login: the user's watermark": (lookups._WATERMARK, lambda: ["u1"]),
+    # The login grant's reads (grants.py, throttle.py), in SQLAlchemy Core.
     "login: the user by email": (
         _compiled(select(users).where(users.c.email == "a@example.com")),
         lambda: ["a@example.com"],
@@ -178,14 +237,6 @@ STATEMENTS: dict[str, tuple[str, Callable[[], list[Any]]]] = {
     "login: the throttle's failures": (
         _compiled(select(login_failures).where(login_failures.c.key.in_(["k1", "k2"]))),
         lambda: ["k1", "k2"],
-    ),
-    "refresh: the token, locked": (
-        _compiled(select(refresh_tokens).where(refresh_tokens.c.token_hash == b"x").with_for_update()),
-        lambda: [b"\x00" * 32],
-    ),
-    "refresh: its session, locked": (
-        _compiled(select(sessions).where(sessions.c.session_id == uuid.uuid4()).with_for_update()),
-        lambda: [uuid.uuid4()],
     ),
 }
 

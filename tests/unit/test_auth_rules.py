@@ -8,10 +8,10 @@ import pytest
 
 from auth_service.accounts.backoff import BackoffRule, wait_seconds
 from auth_service.errors import InvalidScope
-from auth_service.log.intents import revocation_reason
+from auth_service.log.intents import Rotation, decide_rotation, revocation_reason
 from auth_service.log.lifetimes import whole_second_floor
 from auth_service.tokens.access import hash_refresh_token, new_refresh_token, unverified_kid
-from auth_service.tokens.grant_rules import Rotation, decide_rotation, grant_scope
+from auth_service.tokens.grant_rules import grant_scope
 
 NOW = datetime(2026, 11, 27, 12, 0, 0, 500000, tzinfo=UTC)
 GRACE = timedelta(seconds=5)
