@@ -13,7 +13,8 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
-from auth_service.db.engine import create_engine
+from auth_service.db.engine import asyncpg_dsn, create_engine
+from auth_service.log.writer import LogWriter
 from auth_service.settings import DEV_KEY_ENCRYPTION_KEY
 from auth_service.tokens import keys
 from resource_service.web.websocket import AUTH_MESSAGE_PROTOCOL, PROTOCOL
@@ -116,8 +117,13 @@ async def test_a_key_revocation_closes_every_socket_of_a_token_it_signed(
     ):
         engine = create_engine(database_url, pool_size=1)
         try:
-            async with engine.begin() as conn:
-                await keys.revoke(conn, kid, DEV_KEY_ENCRYPTION_KEY, "compromised", lock_timeout_ms=5000)
+            async with (
+                LogWriter.running(
+                    asyncpg_dsn(database_url), lock_timeout_ms=5000, access_token_ttl=300
+                ) as writer,
+                engine.connect() as conn,
+            ):
+                await keys.revoke(writer, conn, kid, DEV_KEY_ENCRYPTION_KEY, "compromised")
         finally:
             await engine.dispose()
         assert await closed(first) == REVOKED
