@@ -16,6 +16,8 @@ noisy machine. Each module adds rows, targets and latency samples to one Results
 - coldstart: a resource instance's time to ready with 100k live revocations among 1M events, against empty;
 - log_speed: logouts/s and p99 through the group committer against a bare-INSERT route, auth CPU per
   logout, and the set-based rebuild over 1M events against event by event;
+- grant_speed: refreshes/s and p99, logins/s, a mixed load and two auth processes through the log writer,
+  against the same bare-INSERT route, the append lock's hold per event, and logouts on stale statistics;
 - bound: the 2-second bound under faults, the fault suite (tests/fault/) run in a child process: per
   scenario the worst delay from a logout's 2xx until every instance refuses the token, logouts, probes and
   violations (about 2 minutes).
@@ -36,6 +38,7 @@ from bench import (
     bound,
     coldstart,
     fanout,
+    grant_speed,
     hotpath,
     introspection,
     jwt_algorithms,
@@ -68,6 +71,7 @@ def main() -> int:
     asyncio.run(fanout.run(results))
     asyncio.run(coldstart.run(results))
     _log_speed(results)
+    _grant_speed(results)
     bound.run(results)
     results.print()
     results.write(RESULTS)
@@ -120,6 +124,30 @@ def _log_speed(results: Results) -> None:
     for t in figures["targets"]:
         why = "" if t["met"] else _write_path_why(t["name"], figures)
         results.target(t["name"], t["value"], t["unit"], t["target"], t["met"], why)
+
+
+def _grant_speed(results: Results) -> None:
+    """Refreshes, logins, a mixed load, two processes, stale statistics (bench/grant_speed.py)."""
+    try:
+        figures = grant_speed.run()
+    except Exception as exc:  # a failed sub-benchmark is reported, never guessed
+        reason = " ".join(str(exc).split())[:200]
+        results.skipped("refreshes/s (through the log writer) against a bare-INSERT route", reason)
+        return
+    for row in figures["rows"]:
+        note = ", ".join(
+            f"{k} {row[k]:.2f}" for k in ("p50_ms", "p99_ms", "lock_held_us_per_event") if k in row
+        )
+        results.row(f"grants: {row['case']}", value=round(row["rate"], 1), unit="1/s", note=note)
+    for name, value in figures["baselines"].items():
+        results.row(f"grants baseline: {name}", value=round(value, 3), unit="", note="same run")
+    base = figures["baselines"]
+    why = (
+        f"this run: {base['refresh_cpu_ms']:.3f} ms of the auth process's CPU a refresh (relay included) against"
+        f" {base['bare_cpu_ms_per_request']:.3f} ms a bare-route request; {grant_speed.REFRESH_PROFILE}"
+    )
+    for t in figures["targets"]:
+        results.target(t["name"], t["value"], t["unit"], t["target"], t["met"], "" if t["met"] else why)
 
 
 def _write_path_why(name: str, figures: dict[str, Any]) -> str:

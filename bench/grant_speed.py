@@ -47,6 +47,8 @@ from bench.stack import (
 )
 
 ROUNDS = 2
+# Where a refresh's time goes, profiled apart from the run (py-spy, see the module's closing note).
+REFRESH_PROFILE = "not profiled yet"
 USERS = 500
 PER_CLOSED = 15_000  # refresh tokens a closed round may use (never one twice: a repeat is another path)
 OFFERED_RATE = 500
