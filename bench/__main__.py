@@ -144,7 +144,8 @@ def _grant_speed(results: Results) -> None:
     base = figures["baselines"]
     why = (
         f"this run: {base['refresh_cpu_ms']:.3f} ms of the auth process's CPU a refresh (relay included)"
-        f" against {base['bare_cpu_ms_per_request']:.3f} ms a bare-route request; {grant_speed.REFRESH_PROFILE}"
+        f" against {base['bare_cpu_ms_per_request']:.3f} ms a bare-route request; "
+        + grant_speed.REFRESH_PROFILE
     )
     for t in figures["targets"]:
         results.target(t["name"], t["value"], t["unit"], t["target"], t["met"], "" if t["met"] else why)
