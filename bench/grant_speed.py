@@ -71,7 +71,7 @@ logged AS (
     SELECT $3 + n, id, 'session.started', now() - interval '10 seconds', u, sid, now() + interval '1 day', 1,
            jsonb_build_object('schema_version', 1, 'type', 'session.started', 'event_id', id,
                'occurred_at', now() - interval '10 seconds', 'user_id', u, 'session_id', sid,
-               'client_id', 'web', 'expires_at', now() + interval '1 day', 'position', $3 + n,
+               'client_id', 'tokenlife-console', 'expires_at', now() + interval '1 day', 'position', $3 + n,
                'prev_position', $3 + n - 1)
     FROM (SELECT *, gen_random_uuid() AS id FROM s) AS e)
 INSERT INTO refresh_tokens (token_hash, session_id, generation, created_at, expires_at)

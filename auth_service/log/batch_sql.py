@@ -213,12 +213,14 @@ UPDATE users SET (password_hash, password_changed_at) = (
 WHERE users.user_id = ANY({pw_users})"""
 
 
-# A key revocation's successor becomes the active key (tokens/keys.py: a new key retires the others)...
+# A key revocation's successor becomes the active key (tokens/keys.py: a new key retires the others)... The
+# append function runs every write whatever its rows, so a write must do nothing when its arrays are empty.
 _NEW_KEYS = """
 WITH made AS (
     INSERT INTO signing_keys (kid, alg, public_jwk, private_key_encrypted, created_at)
     SELECT * FROM unnest({nk_kids}, {nk_algs}, {nk_jwks}, {nk_private}, {nk_created}))
-UPDATE signing_keys SET retired_at = {keys_at} WHERE retired_at IS NULL AND kid <> ALL({nk_kids})"""
+UPDATE signing_keys SET retired_at = {keys_at}
+WHERE cardinality({nk_kids}) > 0 AND retired_at IS NULL AND kid <> ALL({nk_kids})"""
 
 # ...and the key revoked leaves the JWKS at once (key.revoked covers its tokens).
 _REVOKED_KEYS = """

@@ -11,7 +11,7 @@ import httpx
 import pytest
 from fastapi import Depends, FastAPI
 from fastapi.security import OAuth2PasswordBearer
-from sqlalchemy import select
+from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from auth_service import contract as c
@@ -178,6 +178,11 @@ async def test_refresh_rotates_along_a_chain_and_each_token_works_once(
         assert (await auth_client.get("/v1/sessions", headers=bearer(response.json()))).status_code == 200
     assert len(set(chain)) == 4
     assert await event_types(engine) == ["session.started"] + ["token.issued"] * 4
+    async with engine.connect() as conn:  # the batches wrote credentials, and touched no signing key
+        active = (
+            await conn.execute(text("SELECT count(*) FROM signing_keys WHERE retired_at IS NULL"))
+        ).scalar()
+    assert active == 1
 
 
 async def test_concurrent_refreshes_within_the_grace_window_get_one_and_the_same_successor(
