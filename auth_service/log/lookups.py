@@ -31,7 +31,7 @@ SELECT session_id, expires_at FROM sessions WHERE user_id = $1 AND revoked_at IS
 """
 _SESSION = "SELECT user_id, revoked_at FROM sessions WHERE session_id = $1"
 _SESSION_OF_REFRESH_TOKEN = """
-SELECT s.session_id, s.user_id, s.revoked_at
+SELECT s.session_id, s.user_id, s.revoked_at, s.client_id
 FROM refresh_tokens t JOIN sessions s ON s.session_id = t.session_id WHERE t.token_hash = $1
 """
 
@@ -113,8 +113,8 @@ async def session_owner(pg: Any, session_id: uuid.UUID) -> tuple[str, datetime |
 
 async def session_of_refresh_token(
     pg: Any, token_hash: bytes
-) -> tuple[uuid.UUID, str, datetime | None] | None:
-    """The (session_id, user_id, revoked_at) a refresh token belongs to, or None."""
+) -> tuple[uuid.UUID, str, datetime | None, str] | None:
+    """The (session_id, user_id, revoked_at, client_id) a refresh token belongs to, or None."""
     async with pg.acquire() as conn:
         row = await conn.fetchrow(_SESSION_OF_REFRESH_TOKEN, token_hash)
-    return None if row is None else (row[0], row[1], row[2])
+    return None if row is None else (row[0], row[1], row[2], row[3])
