@@ -26,7 +26,7 @@ import pytest
 from tests.conftest import PASSWORD, add_user
 from tests.fault.conftest import SOAK, Suite
 from tests.fault.ledger import SUMMARIES
-from tests.fault.stack import Process, Stack
+from tests.fault.stack import BOUND, Process, Stack
 
 pytestmark = [pytest.mark.fault, pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
 
@@ -183,9 +183,10 @@ async def test_everything_crashed_and_restarted(suite: Suite) -> None:
     await scenario(suite, "crash everything and restart", fault, every_token=True)
 
 
-async def _signed_in(stack: Stack, email: str) -> str:
+async def _signed_in(stack: Stack, email: str, *, new_user: bool = True) -> str:
     """A live access token of a user of the scenario's own (no logout of the load ever revokes it)."""
-    await add_user(stack.database_url, email)
+    if new_user:
+        await add_user(stack.database_url, email)
     form = {"grant_type": "password", "username": email, "password": PASSWORD}
     async with httpx.AsyncClient(timeout=5.0) as http:
         response = await http.post(f"{stack.auth[1].base}/oauth/token", data=form)
@@ -247,8 +248,11 @@ async def test_hung_first_auth_url_is_left_for_the_next_and_the_instance_stays_f
     await watcher.ready(RECOVERY)
     hung = stack.auth[0]  # the first of every resource instance's auth URLs
     statuses: list[int] = []
+    revoked: list[tuple[float, int]] = []  # (sent, status) of a token signed out during the hang
+    logout_at = 0.0
 
     async def fault() -> None:
+        nonlocal logout_at
         async with httpx.AsyncClient(timeout=2.0) as http:
             for _ in range(20):  # accepted through the first URL before the fault
                 response = await _answer(http, watcher, token)
@@ -257,10 +261,28 @@ async def test_hung_first_auth_url_is_left_for_the_next_and_the_instance_stays_f
                 await asyncio.sleep(0.1)
             hung.pause()
             try:
-                end = time.monotonic() + HOLD
+                paused = time.monotonic()
+                end = paused + HOLD
+                other = await _signed_in(stack, "hung@fault.test", new_user=False)
                 while time.monotonic() < end:
-                    response = await _answer(http, watcher, token)
-                    statuses.append(-1 if response is None else response.status_code)
+                    if not logout_at and time.monotonic() > paused + HOLD * 3 / 4:
+                        # A sign-out on the healthy instance late in the hang, once any fail-over is long
+                        # over (a new event would end a long-poll's hold early, hiding a stale spell): every
+                        # instance must refuse it in time (the ledger's checks), the watcher too.
+                        bearer = {"Authorization": f"Bearer {other}"}
+                        ended = await http.post(f"{stack.auth[1].base}/v1/auth/logout", headers=bearer)
+                        assert ended.status_code == 200
+                        logout_at = time.monotonic()
+                        suite.ledger.revoke([other], logout_at)
+                        end = max(end, logout_at + BOUND + 0.5)
+                    sent = time.monotonic()
+                    answers = await asyncio.gather(
+                        _answer(http, watcher, token), _answer(http, watcher, other)
+                    )
+                    live, gone = (-1 if a is None else a.status_code for a in answers)
+                    statuses.append(live)
+                    if logout_at:
+                        revoked.append((sent, gone))
                     await asyncio.sleep(0.1)
             finally:
                 hung.resume()
@@ -269,6 +291,9 @@ async def test_hung_first_auth_url_is_left_for_the_next_and_the_instance_stays_f
         await scenario(suite, f"{hung.name} (every first auth URL) SIGSTOP", fault)
     finally:
         watcher.kill()
-    # The second auth instance was healthy all along: the instance never went stale, so never refused.
+    # The second auth instance was healthy all along: the instance never went stale, so never refused a live
+    # token, and it learnt of the sign-out through that instance, within the bound.
     assert statuses
     assert set(statuses) == {200}, f"answers while the first auth URL hung: {sorted(set(statuses))}"
+    assert revoked[-1][1] == 401
+    assert [status for sent, status in revoked if sent > logout_at + BOUND and status != 401] == []
