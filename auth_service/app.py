@@ -20,7 +20,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from auth_service.accounts import passwords
 from auth_service.accounts.backoff import BackoffRule
 from auth_service.accounts.throttle import LoginThrottle
-from auth_service.api import account, discovery, oauth, openapi, service, stream
+from auth_service.api import account, discovery, docs, oauth, openapi, service, stream
 from auth_service.api.deps import AppState, app_state, context
 from auth_service.api.middleware import Edge
 from auth_service.api.schemas import Health, Readiness
@@ -189,7 +189,10 @@ def create_app(settings: AuthSettings) -> FastAPI:
 
     state = AppState()
     loop_lag = LoopLag(state.registry)
-    app = FastAPI(title="tokenlife auth service", version="0.1.0", lifespan=lifespan)
+    # /docs and /redoc come from api/docs.py, with their assets served here rather than from a CDN.
+    app = FastAPI(
+        title="tokenlife auth service", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None
+    )
     app.state.tokenlife = state
     app.include_router(oauth.router)
     app.include_router(account.router)
@@ -200,6 +203,7 @@ def create_app(settings: AuthSettings) -> FastAPI:
     _health(app)
     _errors(app)
     openapi.install(app)
+    docs.install(app)
     app.add_middleware(Edge)
     return app
 

@@ -67,34 +67,37 @@ async def end_session(ctx: AuthContext, who: Principal, session_id: uuid.UUID) -
         await ctx.writer.submit([EndSessions(who.user_id, (session_id,), "ended_by_user")])
 
 
-async def revoke_token(ctx: AuthContext, token: str, hint: str | None) -> list[c.Event]:
-    """RFC 7009: revoke an access or refresh token; an unknown or invalid token is not an error."""
+async def revoke_token(ctx: AuthContext, token: str, hint: str | None, client_id: str) -> list[c.Event]:
+    """RFC 7009: revoke an access or refresh token issued to `client_id`; an unknown or invalid token, or one
+    issued to another client (§2.1: a client revokes only its own), revokes nothing and is not an error."""
     order = (
         ["access_token", "refresh_token"] if hint != "refresh_token" else ["refresh_token", "access_token"]
     )
     for kind in order:
         intent = await (
-            _revoke_refresh(ctx, token) if kind == "refresh_token" else _revoke_access(ctx, token)
+            _revoke_refresh(ctx, token, client_id)
+            if kind == "refresh_token"
+            else _revoke_access(ctx, token, client_id)
         )
         if intent is not None:
             return await ctx.writer.submit([intent]) if intent else []
     return []
 
 
-async def _revoke_refresh(ctx: AuthContext, token: str) -> Intent | Literal[False] | None:
+async def _revoke_refresh(ctx: AuthContext, token: str, client_id: str) -> Intent | Literal[False] | None:
     """The intent for a refresh token; None: not one of ours; False: ours, but nothing to do."""
     if len(token) > MAX_REFRESH_TOKEN:
         return None
     row = await lookups.session_of_refresh_token(ctx.pg, hash_refresh_token(token))
     if row is None:
         return None
-    session_id, user_id, revoked_at = row
-    if revoked_at is not None:
+    session_id, user_id, revoked_at, issued_to = row
+    if revoked_at is not None or issued_to != client_id:
         return False
     return EndSessions(user_id, (session_id,), "refresh_token_revoked")
 
 
-async def _revoke_access(ctx: AuthContext, token: str) -> Intent | Literal[False] | None:
+async def _revoke_access(ctx: AuthContext, token: str, client_id: str) -> Intent | Literal[False] | None:
     """The intent for an access token; None: not one of ours; False: ours, but nothing to do."""
     s = ctx.settings
     signed = await know_kid(ctx, token)
@@ -106,6 +109,8 @@ async def _revoke_access(ctx: AuthContext, token: str) -> Intent | Literal[False
         )
     except InvalidToken:
         return None
+    if claims.get("client_id") != client_id:
+        return False  # another client's token: not this one's to revoke (RFC 7009 §2.1)
     expires_at = datetime.fromtimestamp(int(claims["exp"]), UTC)
     if lifetimes.beyond_every_leeway(expires_at, datetime.now(UTC)):
         return False  # dead already: nothing to tell anyone

@@ -56,6 +56,9 @@ def _build(settings: ResourceSettings) -> Runtime:
         settings.service_client_id,
         settings.service_client_secret.get_secret_value(),
         timeout=settings.http_timeout,
+        # A hung auth instance is left this long after it should have answered: well inside the bound B, so
+        # the next URL's answer comes before the evidence of the last one runs out.
+        hedge_after=min(settings.http_timeout, settings.max_staleness / 8),
     )
     # An entry must outlive the verifier's leeway on exp, or a revoked token could be accepted again in it.
     state = RevocationState(leeway=settings.leeway + 30.0)

@@ -9,8 +9,11 @@ Error tree::
      │    ├── InvalidToken            401 invalid_token: bad signature, expired, wrong audience, ...
      │    │    └── TokenRevoked       401 invalid_token "token has been revoked" (reason kept for metrics)
      │    └── InsufficientScope       403 insufficient_scope, with the scope the request needs
-     └── StateStale                   503 + Retry-After: this instance cannot confirm its revocation state
-                                      is fresh, so it refuses to accept any token (fail closed)
+     └── Unavailable                  503 + Retry-After: this instance cannot judge the token right now
+          ├── StateStale              it cannot confirm its revocation state is fresh, so it refuses to
+          │                           accept any token (fail closed)
+          └── KeysUnavailable         the token's signing key is not held and the key set cannot be
+                                      fetched now: neither valid nor invalid, so asked to retry, not refused
 
 `error_headers()` and `error_body()` turn any of them into the response parts, so the FastAPI dependency and
 the ASGI middleware answer the same way.
@@ -26,9 +29,11 @@ __all__ = [
     "InvalidRequest",
     "InvalidToken",
     "MissingToken",
+    "KeysUnavailable",
     "ResourceError",
     "StateStale",
     "TokenRevoked",
+    "Unavailable",
     "error_body",
     "error_headers",
     "www_authenticate",
@@ -98,15 +103,31 @@ class InsufficientScope(AuthenticationError):
         self.scope = scope
 
 
-class StateStale(ResourceError):
-    """The revocation state may be behind the log for too long: refuse rather than risk a revoked token."""
+class Unavailable(ResourceError):
+    """The instance cannot judge the token right now; the client should retry after `retry_after` seconds."""
 
     status_code = 503
     body_code = "temporarily_unavailable"
 
-    def __init__(self, retry_after: int, description: str = "revocation state is not fresh") -> None:
+    def __init__(self, retry_after: int, description: str) -> None:
         super().__init__(description)
         self.retry_after = max(1, int(retry_after))
+
+
+class StateStale(Unavailable):
+    """The revocation state may be behind the log for too long: refuse rather than risk a revoked token."""
+
+    def __init__(self, retry_after: int, description: str = "revocation state is not fresh") -> None:
+        super().__init__(retry_after, description)
+
+
+class KeysUnavailable(Unavailable):
+    """The token names a key this instance does not hold, and the key set cannot be fetched right now."""
+
+    def __init__(
+        self, retry_after: int, description: str = "the signing keys cannot be fetched right now"
+    ) -> None:
+        super().__init__(retry_after, description)
 
 
 # RFC 6750 §3: error_description and scope allow only %x20-21 / %x23-5B / %x5D-7E (no '"', no '\').
@@ -138,11 +159,11 @@ def www_authenticate(err: AuthenticationError, realm: str) -> str:
 
 
 def error_headers(err: ResourceError, realm: str) -> dict[str, str]:
-    """The response headers for an error: the Bearer challenge, or Retry-After when stale."""
+    """The response headers for an error: the Bearer challenge, or Retry-After when unavailable."""
     headers = {"Cache-Control": "no-store"}
     if isinstance(err, AuthenticationError):
         headers["WWW-Authenticate"] = www_authenticate(err, realm)
-    if isinstance(err, StateStale):
+    if isinstance(err, Unavailable):
         headers["Retry-After"] = str(err.retry_after)
     return headers
 

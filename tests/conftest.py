@@ -6,7 +6,9 @@ RabbitMQ: TOKENLIFE_TEST_AMQP_URL when set, otherwise testcontainers when a Dock
 the tests that need it are skipped with the reason, except under CI, where a missing broker is an error.
 
 Every test that asks for `database_url` gets a database of its own, cloned from a migrated template that this
-run creates, and dropped after the test. Exchanges are named per test. Nothing is shared through fixed names.
+run creates, and dropped after the test. Exchanges are named per test and removed after it, with the
+dead-letter exchange and queue a resource service declares beside them; at the end of the run, a passive
+declare of every name handed out must fail (404), or the run fails. Nothing is shared through fixed names.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import aio_pika
+import aiormq
 import asyncpg
 import httpx
 import pytest
@@ -133,12 +137,60 @@ def postgres_server_url() -> Iterator[str]:
         shutil.rmtree(data_dir, ignore_errors=True)
 
 
+# Every exchange name this run handed out on the broker (exchange_name, the fault suite's stack).
+EXCHANGES: list[str] = []
+
+
+async def delete_broker_objects(amqp_url: str, exchange: str) -> None:
+    """Delete an exchange and what a resource service declares beside it (<exchange>.dlx, <exchange>.dead).
+
+    RabbitMQ deletes idempotently: a name never declared costs nothing."""
+    connection = await aio_pika.connect(amqp_url)
+    try:
+        channel = await connection.channel()
+        await channel.queue_delete(f"{exchange}.dead")
+        await channel.exchange_delete(f"{exchange}.dlx")
+        await channel.exchange_delete(exchange)
+    finally:
+        await connection.close()
+
+
+async def left_on_broker(amqp_url: str, exchanges: list[str]) -> list[str]:
+    """Which of these exchanges, their .dlx exchanges and .dead queues still exist (no management API: a
+    passive declare of each, which fails with 404 when it does not)."""
+    left: list[str] = []
+    connection = await aio_pika.connect(amqp_url)
+    try:
+        for exchange in exchanges:
+            for name, is_queue in ((exchange, False), (f"{exchange}.dlx", False), (f"{exchange}.dead", True)):
+                channel = await connection.channel()  # a failed passive declare closes its channel
+                try:
+                    if is_queue:
+                        await channel.get_queue(name, ensure=True)
+                    else:
+                        await channel.get_exchange(name, ensure=True)
+                except aiormq.exceptions.ChannelNotFoundEntity:
+                    continue
+                left.append(f"queue {name}" if is_queue else f"exchange {name}")
+                await channel.close()
+    finally:
+        await connection.close()
+    return left
+
+
+def _nothing_left(amqp_url: str) -> None:
+    left = asyncio.run(left_on_broker(amqp_url, EXCHANGES))
+    if left:
+        pytest.fail(f"the run left {len(left)} objects on the broker: {', '.join(left)}", pytrace=False)
+
+
 @pytest.fixture(scope="session")
 def amqp_url() -> Iterator[str]:
-    """An AMQP URL of a RabbitMQ broker."""
+    """An AMQP URL of a RabbitMQ broker; at the end of the run, nothing of the run's may be left on it."""
     url = os.environ.get("TOKENLIFE_TEST_AMQP_URL")
     if url:
         yield url
+        _nothing_left(url)
         return
     if not _docker_answers():
         _missing("RabbitMQ", "TOKENLIFE_TEST_AMQP_URL")
@@ -146,7 +198,9 @@ def amqp_url() -> Iterator[str]:
 
     with RabbitMqContainer("rabbitmq:3.13-alpine") as container:
         params = container.get_connection_params()
-        yield f"amqp://guest:guest@{params.host}:{params.port}/"
+        url = f"amqp://guest:guest@{params.host}:{params.port}/"
+        yield url
+        _nothing_left(url)
 
 
 @pytest.fixture(scope="session")
@@ -239,9 +293,15 @@ async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
 
 
 @pytest.fixture
-def exchange_name() -> str:
-    """An exchange name no other test or run uses."""
-    return f"tokenlife.test.{RUN_ID}.{uuid.uuid4().hex[:12]}"
+def exchange_name(request: pytest.FixtureRequest) -> Iterator[str]:
+    """An exchange name no other test or run uses; the test's broker objects of that name go after it."""
+    name = f"tokenlife.test.{RUN_ID}.{uuid.uuid4().hex[:12]}"
+    EXCHANGES.append(name)
+    yield name
+    # After the test's other fixtures (they asked for this one first, so end first): its processes are gone.
+    # A test that never asked for the broker (a long-poll variant) declared nothing.
+    if "amqp_url" in request.fixturenames:
+        asyncio.run(delete_broker_objects(request.getfixturevalue("amqp_url"), name))
 
 
 # --- the auth service -------------------------------------------------------------------------------------

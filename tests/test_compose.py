@@ -11,7 +11,9 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
-SCHEMA = ROOT.parent / "shared" / "schemas" / "compose-spec.json"
+# In the repository's own test data (with its licence note in tests/data/README.md): nothing outside the
+# checkout, so the test runs on a fresh clone.
+SCHEMA = ROOT / "tests" / "data" / "compose-spec.json"
 
 
 @pytest.fixture(scope="module")
@@ -19,9 +21,15 @@ def compose() -> Any:
     return yaml.safe_load((ROOT / "compose.yaml").read_text())
 
 
+def test_compose_schema_is_kept_in_the_repository_with_its_licence_note() -> None:
+    assert SCHEMA.is_relative_to(ROOT)
+    assert json.loads(SCHEMA.read_text())["title"]
+    note = (SCHEMA.parent / "README.md").read_text()
+    assert "compose-spec.json" in note
+    assert "Apache License 2.0" in note
+
+
 def test_compose_file_follows_the_compose_specification(compose: Any) -> None:
-    if not SCHEMA.exists():
-        pytest.skip(f"the Compose schema is not beside the checkout ({SCHEMA})")
     schema = json.loads(SCHEMA.read_text())
     # The schema names its draft by an id jsonschema does not map; it is draft 7.
     jsonschema.Draft7Validator(schema).validate(compose)

@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
-from auth_service.accounts.clients import GRANT_TYPES, MAX_CLIENT_ID, GrantType
+from auth_service.accounts.clients import GRANT_TYPES, MAX_CLIENT_ID, ClientSpec, GrantType
 from auth_service.api.deps import Context, ServiceClient, transaction
 from auth_service.api.forms import form, form_body, form_schema, required, text
 from auth_service.api.openapi import errors
@@ -22,15 +22,20 @@ router = APIRouter(tags=["oauth"])
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 
 
-def _client(request: Request, ctx: Context, fields: dict[str, str], grant_type: GrantType) -> Client:
-    """The registered public client the request names (or the configured default), allowed this grant."""
+def _public_client(ctx: Context, fields: dict[str, str]) -> tuple[str, ClientSpec]:
+    """The registered public client the request names (or the configured default)."""
     client_id = fields.get("client_id") or None
     if client_id is not None and len(client_id) > MAX_CLIENT_ID:
         raise InvalidRequest("client_id is too long")
     found = ctx.settings.client_registry.public_client(client_id)
     if found is None:
         raise InvalidClient("unknown client" if client_id else "client_id is required")
-    name, spec = found
+    return found
+
+
+def _client(request: Request, ctx: Context, fields: dict[str, str], grant_type: GrantType) -> Client:
+    """The registered public client the request names (or the configured default), allowed this grant."""
+    name, spec = _public_client(ctx, fields)
     if grant_type not in spec.grant_types:
         raise UnauthorizedClient(f"client {name!r} may not use the {grant_type} grant")
     supported = ctx.settings.scopes_supported
@@ -92,25 +97,38 @@ _TOKEN = form_schema(
     token=text(1, None, description="Any length up to the body limit; an invalid token is not an error."),
     token_type_hint=text(description="access_token or refresh_token orders the search; others are ignored."),
 )
+_REVOKE = form_schema(
+    ("token",),
+    token=text(1, None, description="Any length up to the body limit; an invalid token is not an error."),
+    token_type_hint=text(description="access_token or refresh_token orders the search; others are ignored."),
+    client_id=text(
+        max_length=MAX_CLIENT_ID,
+        description="The public client revoking; empty: the default one. Only its own tokens are revoked.",
+    ),
+)
 
 
 @router.post(
     "/oauth/revoke",
     summary="Revoke an access or refresh token (RFC 7009)",
-    openapi_extra=form_body(_TOKEN),
+    openapi_extra=form_body(_REVOKE),
     response_class=Response,  # the 200 has no body
     responses={
         200: {"description": "Revoked, or nothing to revoke (RFC 7009 §2.2)"},
-        **errors(400, 413, 503),
+        **errors(400, 401, 413, 503),
     },
 )
 async def revoke(request: Request, ctx: Context) -> Response:
-    """Always 200 for a well-formed request, whether or not the token was known (RFC 7009 §2.2)."""
+    """200 for a well-formed request from a known client, whether or not the token was known (RFC 7009 §2.2).
+
+    A client revokes only the tokens issued to it (§2.1): another client's token is left alone, and the
+    answer is the same 200, so a revocation request cannot tell a client whose tokens it was sent."""
     fields = await form(request, unbounded=("token",))
     # RFC 7009 §2.1: the hint only orders the search; an unknown one is ignored and every type searched.
     hint = fields.get("token_type_hint")
     token = required(fields, "token")
-    await revoke_token(ctx, token, hint)
+    client_id, _ = _public_client(ctx, fields)
+    await revoke_token(ctx, token, hint, client_id)
     return Response(status_code=200, headers=NO_STORE)
 
 

@@ -94,7 +94,8 @@ def build_router(settings: AuthSettings) -> APIRouter:
         async def serve() -> Response:
             return Response(body, media_type=kind, headers=headers | {"Cache-Control": "no-cache"})
 
-        router.add_api_route(f"/console/{name}", serve, methods=["GET"], include_in_schema=False)
+        # HEAD too: link checkers and uptime probes ask with it, and a page that is there says 200 to both.
+        router.add_api_route(f"/console/{name}", serve, methods=["GET", "HEAD"], include_in_schema=False)
 
     for name in FILES:
         page(name)

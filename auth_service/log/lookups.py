@@ -52,7 +52,7 @@ LEFT JOIN LATERAL (SELECT disabled, scopes FROM users WHERE user_id = s.user_id:
 # The answer a rotation kept for a repeat within its grace window.
 _KEPT_ANSWER = "SELECT sealed FROM refresh_successors WHERE token_hash = $1 AND expires_at >= $2"
 _SESSION_OF_REFRESH_TOKEN = """
-SELECT s.session_id, s.user_id, s.revoked_at
+SELECT s.session_id, s.user_id, s.revoked_at, s.client_id
 FROM refresh_tokens t JOIN sessions s ON s.session_id = t.session_id WHERE t.token_hash = $1
 """
 
@@ -134,11 +134,11 @@ async def session_owner(pg: Any, session_id: uuid.UUID) -> tuple[str, datetime |
 
 async def session_of_refresh_token(
     pg: Any, token_hash: bytes
-) -> tuple[uuid.UUID, str, datetime | None] | None:
-    """The (session_id, user_id, revoked_at) a refresh token belongs to, or None."""
+) -> tuple[uuid.UUID, str, datetime | None, str] | None:
+    """The (session_id, user_id, revoked_at, client_id) a refresh token belongs to, or None."""
     async with pg.acquire() as conn:
         row = await conn.fetchrow(_SESSION_OF_REFRESH_TOKEN, token_hash)
-    return None if row is None else (row[0], row[1], row[2])
+    return None if row is None else (row[0], row[1], row[2], row[3])
 
 
 async def watermark(pg: Any, user_id: str) -> datetime | None:

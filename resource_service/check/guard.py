@@ -14,6 +14,7 @@ from resource_service.check.verifier import Principal, TokenVerifier
 from resource_service.errors import (
     InsufficientScope,
     InvalidRequest,
+    KeysUnavailable,
     MissingToken,
     ResourceError,
     StateStale,
@@ -53,6 +54,8 @@ def _rejection_reason(err: ResourceError) -> str:
         return err.reason
     if isinstance(err, StateStale):
         return "state_stale"
+    if isinstance(err, KeysUnavailable):
+        return "keys_unavailable"
     return err.body_code
 
 

@@ -1,14 +1,22 @@
-"""Where a resource service gets public signing keys: a fixed set, or a JWKS document fetched on demand."""
+"""Where a resource service gets public signing keys: a fixed set, or a JWKS document fetched on demand.
+
+A source that cannot be read right now says so (KeysUnavailable, from refresh or get) instead of answering
+"no such key": a token whose key it does not hold is then neither valid nor invalid, and the instance asks
+the client to retry (503) rather than refuse it (401).
+"""
 
 from __future__ import annotations
 
 import asyncio
+import math
 import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol, TypeGuard
 
 import jwt
+
+from resource_service.errors import KeysUnavailable
 
 __all__ = ["JwksKeySource", "KeySource", "StaticKeySource", "parse_jwks", "valid_kid"]
 
@@ -26,11 +34,13 @@ class KeySource(Protocol):
     """Where public signing keys come from, by kid."""
 
     async def get(self, kid: str) -> jwt.PyJWK | None:
-        """The key with this kid, or None."""
+        """The key with this kid, or None; KeysUnavailable when the keys cannot be read at all now."""
         ...
 
     async def refresh(self) -> bool:
-        """Refetch the keys if allowed now; True when a fetch happened and succeeded."""
+        """Refetch the keys if allowed now; True when a fetch happened and succeeded.
+
+        KeysUnavailable when the last fetch failed and the keys cannot be read now."""
         ...
 
 
@@ -81,20 +91,34 @@ class StaticKeySource:
 
 
 class JwksKeySource:
-    """Keys from a JWKS document fetched by a callable, refetched at most once per `min_interval` seconds."""
+    """Keys from a JWKS document fetched by a callable.
+
+    After a fetch that worked, refetched at most once per `min_interval` seconds: tokens with made-up kids
+    are free to send, and without this limit each one would cost the auth service a JWKS request. After a
+    fetch that failed, the next one is allowed after a short backoff (`retry_min`, doubling up to
+    `retry_max`), never the full interval: the auth service may be back a moment later, and every valid
+    token signed by a key we lack waits for that fetch. Until it works, refresh() says KeysUnavailable.
+    """
 
     def __init__(
         self,
         fetch: Callable[[], Awaitable[Mapping[str, Any]]],
         *,
         min_interval: float = 10.0,
+        retry_min: float = 0.1,
+        retry_max: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._fetch = fetch
         self._min_interval = min_interval
+        self._retry_min = retry_min
+        self._retry_max = retry_max
         self._clock = clock
         self._keys: dict[str, jwt.PyJWK] = {}
-        self._last_attempt: float | None = None
+        self._last_success: float | None = None
+        # While the last fetch failed: when the next may start, and the backoff after that one fails too.
+        self._retry_at: float | None = None
+        self._backoff = retry_min
         self._lock = asyncio.Lock()
         self.fetches = 0
         self.failures = 0
@@ -102,26 +126,32 @@ class JwksKeySource:
 
     async def get(self, kid: str) -> jwt.PyJWK | None:
         """The key with this kid, or None; the first call loads the document."""
-        if self._last_attempt is None:
+        if self._last_success is None and kid not in self._keys:
             await self.refresh()
         return self._keys.get(kid)
 
     async def refresh(self) -> bool:
-        """Refetch unless a fetch was attempted less than `min_interval` ago; keep the old keys on failure."""
-        # Tokens with made-up kids are free to send; without this limit each one would cost the auth
-        # service a JWKS request. Concurrent callers wait for the one fetch in flight instead of stacking.
+        """Refetch unless rate-limited; keep the old keys on failure and raise KeysUnavailable."""
+        # Concurrent callers wait for the one fetch in flight instead of stacking.
         async with self._lock:
             now = self._clock()
-            if self._last_attempt is not None and now - self._last_attempt < self._min_interval:
+            if self._retry_at is not None:
+                if now < self._retry_at:
+                    raise KeysUnavailable(math.ceil(self._retry_at - now))
+            elif self._last_success is not None and now - self._last_success < self._min_interval:
                 return False
-            self._last_attempt = now
             self.fetches += 1
             try:
                 keys = parse_jwks(await self._fetch())
             except Exception as exc:  # any fetch or parse failure: keep serving with the keys we have
                 self.failures += 1
                 self.last_error = f"{type(exc).__name__}: {exc}"
-                return False
+                self._retry_at = self._clock() + self._backoff
+                self._backoff = min(self._backoff * 2, self._retry_max)
+                raise KeysUnavailable(math.ceil(self._retry_at - now)) from None
             self._keys = keys
+            self._last_success = self._clock()
+            self._retry_at = None
+            self._backoff = self._retry_min
             self.last_error = None
             return True

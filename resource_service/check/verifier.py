@@ -189,6 +189,8 @@ class TokenVerifier:
         except (ValueError, binascii.Error):  # JSONDecodeError and UnicodeDecodeError are ValueErrors
             raise InvalidToken("malformed token") from None
         kid = self._check_header(header)
+        # KeysUnavailable (503) from either call: a key we lack cannot be fetched now, so the token cannot
+        # be judged; refusing it 401 would tell a client holding a valid token to sign in again.
         key = await self._keys.get(kid)
         if key is None:
             await self._keys.refresh()

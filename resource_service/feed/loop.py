@@ -189,13 +189,15 @@ class Feed:
                 self.counters["snapshots"] += 1
             while True:
                 started = self.clock()
-                page = await self._client.events(self.state.applied_position, self.settings.page_size)
+                page, sent_after = await self._client.events(
+                    self.state.applied_position, self.settings.page_size
+                )
                 self.note_head(page.head)
                 for raw in page.events:
                     self._apply_logged(raw)
                 if self.state.applied_position >= page.head:
                     # Nothing newer than what we hold existed when the request left: at the head as of then.
-                    self.tracker.at_head(started)
+                    self.tracker.at_head(started + sent_after)
                     return
                 if not page.events:
                     raise LogUnreadable(
@@ -241,13 +243,19 @@ class Feed:
 
     async def _long_poll_loop(self) -> None:
         idle = min(self.settings.heartbeat_interval, self.settings.poll_interval) / 4
+        took_over = False
         while True:
             if self._broker_carries() or self.replay_pending:
+                took_over = True
                 await asyncio.sleep(idle)
                 continue
             self.counters["polls"] += 1
+            # The heartbeats just went silent, so the evidence they gave is already two intervals old: the
+            # first read answers at once, and the holds start from the head it confirms.
+            hold = 0.0 if took_over else self._hold()
+            took_over = False
             try:
-                await self.long_poll(self._hold())
+                await self.long_poll(hold)
             except (AuthServiceUnavailable, LogUnreadable) as exc:
                 self.counters["poll_failures"] += 1
                 log.debug("long-poll of the log failed: %s", exc)
@@ -260,9 +268,14 @@ class Feed:
             return
         # Not under the sync lock: a gap fill or a broker catch-up must not wait for a hold to end. The
         # state only moves forward, so what this page brings is either new or a duplicate.
-        sent = self.clock()
-        page = await self._client.events(self.state.applied_position, self.settings.page_size, wait=hold)
+        started = self.clock()
+        page, sent_after = await self._client.events(
+            self.state.applied_position, self.settings.page_size, wait=hold
+        )
         received = self.clock()
+        # A request sent to another auth URL (the current one failed or hung) left later, without a hold:
+        # its answer proves the head as of its own sending.
+        sent = min(received, started + sent_after)
         async with self._sync_lock:
             self.note_head(page.head)
             for raw in page.events:

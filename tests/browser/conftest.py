@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import pytest
 
 from tests.conftest import add_user, start_auth_server
-from tests.e2e.test_resource_e2e import ResourceProcess, _delete_broker_objects, wait_for
+from tests.e2e.test_resource_e2e import ResourceProcess, wait_for
 
 if TYPE_CHECKING:  # Playwright is an optional extra: imported for real only inside the fixture
     from playwright.sync_api import Browser
@@ -105,8 +105,6 @@ def stack_factory(database_url: str, amqp_url: str, exchange_name: str) -> Itera
         proc.wait(timeout=10)
         if proc.stderr:
             proc.stderr.close()
-    if started:
-        asyncio.run(_delete_broker_objects(amqp_url, exchange_name))
 
 
 def _ready(base: str) -> bool:

@@ -21,7 +21,6 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
-import aio_pika
 import httpx
 import jwt
 import pytest
@@ -142,19 +141,6 @@ def stack(
         auth_proc.wait(timeout=10)
         if auth_proc.stderr:
             auth_proc.stderr.close()
-        asyncio.run(_delete_broker_objects(amqp_url, exchange_name))
-
-
-async def _delete_broker_objects(amqp_url: str, exchange: str) -> None:
-    # The resource service declares a durable dead-letter pair next to the exchange: leave nothing behind.
-    connection = await aio_pika.connect(amqp_url)
-    try:
-        channel = await connection.channel()
-        await channel.queue_delete(f"{exchange}.dead")
-        await channel.exchange_delete(f"{exchange}.dlx")
-        await channel.exchange_delete(exchange)
-    finally:
-        await connection.close()
 
 
 def test_logout_is_refused_everywhere_and_survives_a_resource_kill(

@@ -21,7 +21,7 @@ import pytest
 import pytest_asyncio
 
 from auth_service.db.migrate import upgrade
-from tests.conftest import add_user
+from tests.conftest import EXCHANGES, RUN_ID, add_user, delete_broker_objects
 from tests.fault.ledger import SUMMARIES, Ledger, Load, Prober, table
 from tests.fault.stack import BOUND, Stack
 
@@ -44,7 +44,9 @@ class Suite:
 async def suite(amqp_url: str) -> AsyncIterator[Suite]:
     """The stack under a steady load and probes, for every scenario of the module."""
     workdir = Path(tempfile.mkdtemp(prefix="tokenlife-fault-"))
-    stack = Stack(workdir, amqp_url, f"tokenlife.fault.{uuid.uuid4().hex[:12]}")
+    exchange = f"tokenlife.fault.{RUN_ID}.{uuid.uuid4().hex[:12]}"
+    EXCHANGES.append(exchange)  # checked gone at the end of the run (tests/conftest.py)
+    stack = Stack(workdir, amqp_url, exchange)
     tasks: list[asyncio.Task[None]] = []
     load: Load | None = None
     prober: Prober | None = None
@@ -69,6 +71,7 @@ async def suite(amqp_url: str) -> AsyncIterator[Suite]:
             if closable is not None:
                 await closable.aclose()
         await stack.stop()
+        await delete_broker_objects(amqp_url, exchange)
         shutil.rmtree(workdir, ignore_errors=True)
 
 

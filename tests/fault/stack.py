@@ -118,6 +118,7 @@ class Stack:
     resource: list[Process] = field(default_factory=list)
     broker_proxies: list[TcpProxy] = field(default_factory=list)  # one per process
     auth_proxies: dict[str, list[TcpProxy]] = field(default_factory=dict)  # per resource: one per auth
+    extra: list[Process] = field(default_factory=list)  # resource processes a scenario added (not probed)
 
     def start_postgres(self) -> None:
         """Start (or restart) the private embedded PostgreSQL."""
@@ -154,32 +155,43 @@ class Stack:
         for process in self.auth:
             await process.ready()
         for j in range(resource_count):
-            proxies = []
-            for process in self.auth:
-                proxy = TcpProxy("127.0.0.1", process.port)
-                await proxy.start()
-                proxies.append(proxy)
-            name = f"resource{j}"
-            self.auth_proxies[name] = proxies
-            env = {k: v for k, v in os.environ.items() if not k.startswith("TOKENLIFE_")} | {
-                "TOKENLIFE_ENV": "dev",
-                "TOKENLIFE_AUTH_URLS": json.dumps([f"http://{p.host}:{p.port}" for p in proxies]),
-                "TOKENLIFE_ISSUER": ISSUER,
-                "TOKENLIFE_AMQP_URL": _through(self.broker_proxies[auth_count + j], self.amqp_url),
-                "TOKENLIFE_EXCHANGE": self.exchange,
-                "TOKENLIFE_SERVICE_CLIENT_ID": SERVICE_CLIENT[0],
-                "TOKENLIFE_SERVICE_CLIENT_SECRET": SERVICE_CLIENT[1],
-                "TOKENLIFE_POLL_INTERVAL": "0.2",
-                "TOKENLIFE_HTTP_TIMEOUT": "1",
-                "TOKENLIFE_JWKS_MIN_INTERVAL": "0",
-            }
-            self.resource.append(
-                Process(name, ["resource", "serve"], env, free_port(), self.workdir / f"{name}.log")
-            )
+            broker = _through(self.broker_proxies[auth_count + j], self.amqp_url)
+            self.resource.append(await self._resource(f"resource{j}", broker))
         for process in self.resource:
             process.start()
         for process in self.resource:
             await process.ready()
+
+    async def _resource(self, name: str, amqp_url: str, **extra: str) -> Process:
+        proxies = []
+        for process in self.auth:
+            proxy = TcpProxy("127.0.0.1", process.port)
+            await proxy.start()
+            proxies.append(proxy)
+        self.auth_proxies[name] = proxies
+        env = {k: v for k, v in os.environ.items() if not k.startswith("TOKENLIFE_")} | {
+            "TOKENLIFE_ENV": "dev",
+            "TOKENLIFE_AUTH_URLS": json.dumps([f"http://{p.host}:{p.port}" for p in proxies]),
+            "TOKENLIFE_ISSUER": ISSUER,
+            "TOKENLIFE_AMQP_URL": amqp_url,
+            "TOKENLIFE_EXCHANGE": self.exchange,
+            "TOKENLIFE_SERVICE_CLIENT_ID": SERVICE_CLIENT[0],
+            "TOKENLIFE_SERVICE_CLIENT_SECRET": SERVICE_CLIENT[1],
+            "TOKENLIFE_POLL_INTERVAL": "0.2",
+            "TOKENLIFE_HTTP_TIMEOUT": "1",
+            "TOKENLIFE_JWKS_MIN_INTERVAL": "0",
+        }
+        return Process(name, ["resource", "serve"], env | extra, free_port(), self.workdir / f"{name}.log")
+
+    async def extra_resource(self, name: str, **extra: str) -> Process:
+        """A further resource process (not started) with no broker: the auth URLs alone keep it fresh.
+
+        It has its own proxy to each auth process (auth_proxies[name]), `extra` overrides its environment,
+        and stop() ends it; the load's probes do not reach it.
+        """
+        process = await self._resource(name, "", **extra)
+        self.extra.append(process)
+        return process
 
     async def leader(self) -> Process | None:
         """The auth process whose relay holds the leader lock now (from its /metrics)."""
@@ -195,7 +207,7 @@ class Stack:
 
     async def stop(self) -> None:
         """Kill every process, close every proxy, stop PostgreSQL."""
-        for process in [*self.resource, *self.auth]:
+        for process in [*self.extra, *self.resource, *self.auth]:
             process.kill()
         for proxy in [*self.broker_proxies, *(p for ps in self.auth_proxies.values() for p in ps)]:
             await proxy.close()

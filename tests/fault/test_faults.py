@@ -5,7 +5,10 @@ every scope going on, and ends with the same checks (tests/fault/ledger.py): no 
 probe sent later than B = 2 s after its logout's 2xx, no 500, applied positions never going back, and no
 revocation missing from any instance once the fault is over. The table of every scenario is printed at the
 end of the run, and written as JSON to TOKENLIFE_FAULT_TABLE when it is set (the benchmark run reads it:
-bench/bound.py). TOKENLIFE_FAULT_SOAK=1 runs longer faults with more users; a real broker stop runs only with
+bench/bound.py). Two scenarios add a resource instance of their own without a broker, so that only its
+auth URLs keep it fresh: one starts it cut from the auth service (its keys cannot be fetched), one pauses the
+first auth URL.
+TOKENLIFE_FAULT_SOAK=1 runs longer faults with more users; a real broker stop runs only with
 TOKENLIFE_FAULT_BROKER_RESTART=1 (it stops the machine's RabbitMQ, which other test runs may share).
 """
 
@@ -17,10 +20,13 @@ import subprocess
 import time
 from collections.abc import Awaitable, Callable
 
+import httpx
 import pytest
 
+from tests.conftest import PASSWORD, add_user
 from tests.fault.conftest import SOAK, Suite
 from tests.fault.ledger import SUMMARIES
+from tests.fault.stack import BOUND, Process, Stack
 
 pytestmark = [pytest.mark.fault, pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
 
@@ -175,3 +181,119 @@ async def test_everything_crashed_and_restarted(suite: Suite) -> None:
 
     # The final check of the scenario is the point here: every revoked, unexpired token refused everywhere.
     await scenario(suite, "crash everything and restart", fault, every_token=True)
+
+
+async def _signed_in(stack: Stack, email: str, *, new_user: bool = True) -> str:
+    """A live access token of a user of the scenario's own (no logout of the load ever revokes it)."""
+    if new_user:
+        await add_user(stack.database_url, email)
+    form = {"grant_type": "password", "username": email, "password": PASSWORD}
+    async with httpx.AsyncClient(timeout=5.0) as http:
+        response = await http.post(f"{stack.auth[1].base}/oauth/token", data=form)
+    response.raise_for_status()
+    return str(response.json()["access_token"])
+
+
+async def _answer(http: httpx.AsyncClient, process: Process, token: str) -> httpx.Response | None:
+    try:
+        return await http.get(f"{process.base}/v1/whoami", headers={"Authorization": f"Bearer {token}"})
+    except httpx.HTTPError:
+        return None  # not listening yet
+
+
+async def test_valid_token_is_asked_to_retry_not_refused_while_its_key_cannot_be_fetched(
+    suite: Suite,
+) -> None:
+    stack = suite.stack
+    token = await _signed_in(stack, "keys@fault.test")
+    # The default interval between two fetches of the key set: a failed fetch must not hold the next one off.
+    instance = await stack.extra_resource("resource-keys", TOKENLIFE_JWKS_MIN_INTERVAL="10")
+    proxies = stack.auth_proxies[instance.name]
+    for proxy in proxies:
+        proxy.refuse()
+    instance.start()
+    cut: list[tuple[int, str | None]] = []
+    after: list[int] = []
+    async with httpx.AsyncClient(timeout=2.0) as http:
+        while len(cut) < 10:  # ten answers while the instance cannot reach the auth service at all
+            response = await _answer(http, instance, token)
+            if response is not None:
+                cut.append((response.status_code, response.headers.get("retry-after")))
+            await asyncio.sleep(0.1)
+        for proxy in proxies:
+            proxy.heal()
+        await instance.ready(RECOVERY)
+        # Once ready, asked again as a client told to retry would, until it is accepted.
+        for _ in range(100):
+            response = await _answer(http, instance, token)
+            assert response is not None
+            after.append(response.status_code)
+            if response.status_code == 200:
+                break
+            await asyncio.sleep(0.1)
+    instance.kill()
+    # Back in touch: the key set is fetched on the next request, not after the ten seconds' interval.
+    assert 401 not in after, f"answers once ready again: {after}"
+    assert after[-1] == 200
+    # Cut off, the instance could judge neither the key nor the state: every answer said retry, none invalid.
+    assert {status for status, _ in cut} == {503}
+    assert all(retry_after is not None and int(retry_after) >= 1 for _, retry_after in cut)
+
+
+async def test_hung_first_auth_url_is_left_for_the_next_and_the_instance_stays_fresh(suite: Suite) -> None:
+    stack = suite.stack
+    token = await _signed_in(stack, "hung@fault.test")
+    watcher = await stack.extra_resource("resource-longpoll")
+    watcher.start()
+    await watcher.ready(RECOVERY)
+    hung = stack.auth[0]  # the first of every resource instance's auth URLs
+    statuses: list[int] = []
+    revoked: list[tuple[float, int]] = []  # (sent, status) of a token signed out during the hang
+    logout_at = 0.0
+
+    async def fault() -> None:
+        nonlocal logout_at
+        async with httpx.AsyncClient(timeout=2.0) as http:
+            for _ in range(20):  # accepted through the first URL before the fault
+                response = await _answer(http, watcher, token)
+                if response is not None and response.status_code == 200:
+                    break
+                await asyncio.sleep(0.1)
+            hung.pause()
+            try:
+                paused = time.monotonic()
+                end = paused + HOLD
+                other = await _signed_in(stack, "hung@fault.test", new_user=False)
+                while time.monotonic() < end:
+                    if not logout_at and time.monotonic() > paused + HOLD * 3 / 4:
+                        # A sign-out on the healthy instance late in the hang, once any fail-over is long
+                        # over (a new event would end a long-poll's hold early, hiding a stale spell): every
+                        # instance must refuse it in time (the ledger's checks), the watcher too.
+                        bearer = {"Authorization": f"Bearer {other}"}
+                        ended = await http.post(f"{stack.auth[1].base}/v1/auth/logout", headers=bearer)
+                        assert ended.status_code == 200
+                        logout_at = time.monotonic()
+                        suite.ledger.revoke([other], logout_at)
+                        end = max(end, logout_at + BOUND + 0.5)
+                    sent = time.monotonic()
+                    answers = await asyncio.gather(
+                        _answer(http, watcher, token), _answer(http, watcher, other)
+                    )
+                    live, gone = (-1 if a is None else a.status_code for a in answers)
+                    statuses.append(live)
+                    if logout_at:
+                        revoked.append((sent, gone))
+                    await asyncio.sleep(0.1)
+            finally:
+                hung.resume()
+
+    try:
+        await scenario(suite, f"{hung.name} (every first auth URL) SIGSTOP", fault)
+    finally:
+        watcher.kill()
+    # The second auth instance was healthy all along: the instance never went stale, so never refused a live
+    # token, and it learnt of the sign-out through that instance, within the bound.
+    assert statuses
+    assert set(statuses) == {200}, f"answers while the first auth URL hung: {sorted(set(statuses))}"
+    assert revoked[-1][1] == 401
+    assert [status for sent, status in revoked if sent > logout_at + BOUND and status != 401] == []

@@ -168,6 +168,33 @@ async def test_a_client_uses_only_its_grant_types_and_its_own_refresh_tokens(
         assert other.json()["error"] == "invalid_grant"
 
 
+async def test_a_client_revokes_only_tokens_issued_to_it(auth_settings: AuthSettings, user: str) -> None:
+    clients = {"app": {"type": "public", "grant_types": ["password", "refresh_token"]}}
+    async with serve_auth(_settings(auth_settings, clients=clients)) as client:
+        tokens = (await client.post("/oauth/token", data=_password(client_id=CONSOLE))).json()
+        for name in ("refresh_token", "access_token"):
+            foreign = {"token": tokens[name], "token_type_hint": name, "client_id": "app"}
+            # The answer of any revocation (RFC 7009 §2.2): it does not tell "app" whose token it sent.
+            assert (await client.post("/oauth/revoke", data=foreign)).status_code == 200
+        # Nothing was revoked: the access token is still accepted and the refresh token still refreshes.
+        bearer = {"authorization": f"Bearer {tokens['access_token']}"}
+        assert (await client.get("/v1/sessions", headers=bearer)).status_code == 200
+        refresh = {"grant_type": "refresh_token", "client_id": CONSOLE}
+        renewed = await client.post(
+            "/oauth/token", data={**refresh, "refresh_token": tokens["refresh_token"]}
+        )
+        assert renewed.status_code == 200
+        # The client it was issued to revokes it; a client the registry does not know is refused.
+        successor = renewed.json()["refresh_token"]
+        own = {"token": successor, "token_type_hint": "refresh_token", "client_id": CONSOLE}
+        assert (await client.post("/oauth/revoke", data=own)).status_code == 200
+        ended = await client.post("/oauth/token", data={**refresh, "refresh_token": successor})
+        assert ended.json()["error"] == "invalid_grant"
+        unknown = await client.post("/oauth/revoke", data={**own, "client_id": "someone-else"})
+        assert unknown.status_code == 401
+        assert unknown.json()["error"] == "invalid_client"
+
+
 async def test_without_a_default_client_the_client_id_is_required(
     auth_settings: AuthSettings, user: str
 ) -> None:

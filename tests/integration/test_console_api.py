@@ -54,6 +54,17 @@ async def test_console_pages_forbid_inline_code_framing_and_sniffing(auth_client
     assert (await auth_client.get("/console/%2e%2e/settings.py")).status_code == 404
 
 
+async def test_console_pages_answer_head_like_get_without_a_body(auth_client: httpx.AsyncClient) -> None:
+    for path in PAGES:
+        got = await auth_client.get(path)
+        head = await auth_client.head(path)
+        assert head.status_code == 200, path
+        assert head.content == b""
+        assert head.headers["content-type"] == got.headers["content-type"]
+        assert head.headers["content-length"] == str(len(got.content))
+        assert head.headers["content-security-policy"] == got.headers["content-security-policy"]
+
+
 def test_without_a_resource_service_the_page_may_connect_only_to_its_own_origin() -> None:
     from auth_service.console.pages import security_headers
 

@@ -19,6 +19,11 @@ EXCLUDED = {
     ("GET", "/docs"),
     ("GET", "/docs/oauth2-redirect"),
     ("GET", "/redoc"),
+    # Their assets, served from the package (auth_service/api/docs.py), never from a CDN.
+    ("GET", "/docs/swagger-ui-bundle.js"),
+    ("GET", "/docs/swagger-ui.css"),
+    ("GET", "/docs/favicon.png"),
+    ("GET", "/redoc/redoc.standalone.js"),
     ("GET", "/metrics"),
     ("GET", "/console"),
     ("GET", "/console/"),

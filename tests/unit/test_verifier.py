@@ -17,7 +17,7 @@ from jwt.algorithms import RSAAlgorithm
 
 from resource_service.check.keys import JwksKeySource, StaticKeySource, parse_jwks
 from resource_service.check.verifier import TokenVerifier
-from resource_service.errors import InvalidToken
+from resource_service.errors import InvalidToken, KeysUnavailable
 
 ISS = "https://auth.example"
 AUD = "https://api.example"
@@ -376,7 +376,61 @@ async def test_failed_key_fetch_keeps_the_keys_already_known(key: rsa.RSAPrivate
     assert await source.get("k1") is not None
     endpoint.down = True
     monotonic.now = 20
-    assert not await source.refresh()
+    with pytest.raises(KeysUnavailable):
+        await source.refresh()
     assert source.failures == 1
     assert "unreachable" in (source.last_error or "")
     assert await source.get("k1") is not None
+
+
+async def test_token_whose_key_cannot_be_fetched_is_unavailable_not_invalid(
+    key: rsa.RSAPrivateKey, clock: Clock
+) -> None:
+    endpoint = Jwks(public_jwk(key, "k1"))
+    endpoint.down = True
+    verifier = TokenVerifier(ISS, AUD, JwksKeySource(endpoint, min_interval=10, clock=Clock(0)), clock=clock)
+    with pytest.raises(KeysUnavailable) as caught:
+        await verifier.verify(sign(key))
+    assert caught.value.status_code == 503
+    assert caught.value.retry_after >= 1
+
+
+async def test_failed_key_fetch_is_retried_on_demand_after_a_short_backoff_not_the_interval(
+    key: rsa.RSAPrivateKey, clock: Clock
+) -> None:
+    endpoint = Jwks(public_jwk(key, "k1"))
+    endpoint.down = True
+    monotonic = Clock(0)
+    source = JwksKeySource(endpoint, min_interval=10, retry_min=0.5, retry_max=2, clock=monotonic)
+    verifier = TokenVerifier(ISS, AUD, source, clock=clock)
+    with pytest.raises(KeysUnavailable):
+        await verifier.verify(sign(key))
+    calls = endpoint.calls
+    with pytest.raises(KeysUnavailable):  # within the backoff: no new fetch, still unavailable
+        await verifier.verify(sign(key, claims(jti="again")))
+    assert endpoint.calls == calls
+
+    endpoint.down = False
+    monotonic.now = 0.5  # the backoff, far short of min_interval
+    assert (await verifier.verify(sign(key))).kid == "k1"
+    assert endpoint.calls == calls + 1
+
+
+async def test_backoff_after_repeated_key_fetch_failures_doubles_up_to_its_cap(
+    key: rsa.RSAPrivateKey,
+) -> None:
+    endpoint = Jwks(public_jwk(key, "k1"))
+    endpoint.down = True
+    monotonic = Clock(0)
+    source = JwksKeySource(endpoint, min_interval=10, retry_min=0.5, retry_max=2, clock=monotonic)
+    fetched_at: list[float] = []
+    for step in range(40):  # 10 s in steps of 0.25 s
+        monotonic.now = step * 0.25
+        calls = endpoint.calls
+        with pytest.raises(KeysUnavailable):
+            await source.get("k1")
+        if endpoint.calls > calls:
+            fetched_at.append(monotonic.now)
+    gaps = [b - a for a, b in zip(fetched_at, fetched_at[1:], strict=False)]
+    assert gaps[:3] == [0.5, 1.0, 2.0]
+    assert set(gaps[3:]) == {2.0}

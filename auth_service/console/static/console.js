@@ -260,10 +260,16 @@
   function show(signedIn) {
     $("signin").hidden = signedIn;
     for (const id of ["who", "signout", "token", "sessions", "timeline"]) $(id).hidden = !signedIn;
-    // The resource card and the feed stay after a sign-out: they show the token being refused.
+    // The resource card and the feed stay after a sign-out: they show the token being refused. The call
+    // button and its last answer do not: a "200 OK" of the ended session beside the refusal contradicts it.
     const seen = signedIn || state.lastAccess !== null;
     $("resource").hidden = !seen || !state.config.resource_url;
     $("feed").hidden = !seen;
+    $("call").hidden = !signedIn;
+    if (!signedIn) {
+      $("call-result").className = "result line";
+      $("call-result").textContent = "";
+    }
   }
 
   function stopSession(message) {
@@ -546,7 +552,7 @@
           continue;
         }
         if (!response.ok || !response.body) throw new Problem(`HTTP ${response.status}`);
-        status.textContent = "Connected: events appear here as they are committed.";
+        status.textContent = "Connected: each event appears at the top of the list below as it is committed.";
         failures = 0;
         ended = await readStream(response.body.getReader());
       } catch {
@@ -557,13 +563,13 @@
         continue;
       }
       if (ended === "token_revoked") {
-        // The batch that ended this token was delivered above; the refresh grant says if the session lives.
+        // The batch that ended this token was delivered already; the refresh grant says if the session lives.
         if (state.signedIn) await refreshNow().catch(() => {});
       } else if (ended === "token_expired" && state.signedIn && Date.now() >= state.expiresAt - 1000) {
         await refreshNow().catch(() => {});
       }
     }
-    status.textContent = "Stopped: signed out. The events above stay for reference.";
+    status.textContent = "Stopped: signed out. The events below stay for reference.";
   }
 
   async function readStream(reader) {
