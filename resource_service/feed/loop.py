@@ -1,13 +1,10 @@
 """The feed: keeps a RevocationState at the head of the log, over the broker and over long-poll of the log.
 
-Two transports. Long-poll (`GET /v1/events?wait=S`): the auth service holds the request until an event
-commits or S passes, so a revocation arrives one round trip after its commit, and an idle answer still
-confirms freshness. The broker, when TOKENLIFE_AMQP_URL is set: pushed events and relay heartbeats; the
-long-poll then idles, and takes over the moment heartbeats stop (two intervals), so an outage costs a round
-trip, not a poll interval. Without a broker, long-poll alone carries everything.
-
-The broker session (catch-up, buffering, gap fills, dead letters) is broker.py; this module holds the
-state's shared side: reads of the log, applying, freshness, the long-poll and the supervision of tasks.
+Long-poll (`GET /v1/events?wait=S`): the auth service holds the request until an event commits or S passes,
+so a revocation arrives one round trip after its commit, and an idle answer still confirms freshness. The
+broker (queues: broker.py; stream: stream.py) pushes events and relay heartbeats; the long-poll then idles,
+and takes over the moment heartbeats stop (two intervals). Without a broker, long-poll alone carries all.
+This module holds the shared side: reads of the log, applying, freshness, the long-poll, supervision.
 
 Freshness is the time the feed last *knew* it was at the head: a heartbeat whose head it had applied, or an
 HTTP read that found nothing newer (freshness.read_as_of says as of when). Past max_staleness the feed says
