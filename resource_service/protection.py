@@ -42,13 +42,14 @@ from resource_service.web.dependency import (
     DEFAULT_REALM,
     PrincipalDependency,
     RevocationMiddleware,
+    error_responses,
     install_error_handler,
 )
 from resource_service.web.live import LiveConnections, watched_events
 from resource_service.web.metrics import build_registry
 from resource_service.web.websocket import WebSocketHandler, serve_websocket
 
-# Principal and ResourceSettings too, so that an app imports what it uses from one place.
+# Principal, ResourceSettings and error_responses too, so that an app imports what it uses from one place.
 __all__ = [
     "GateMissing",
     "Lifespan",
@@ -58,6 +59,7 @@ __all__ = [
     "ResourceSettings",
     "Runtime",
     "build_runtime",
+    "error_responses",
 ]
 
 Lifespan = Callable[[Any], AbstractAsyncContextManager[Any]]
