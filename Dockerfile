@@ -8,6 +8,6 @@ COPY tokenlife tokenlife
 COPY looplag looplag
 COPY amqpkit amqpkit
 COPY migrations migrations
-RUN pip install --no-cache-dir . && useradd --system tokenlife
+RUN pip install --no-cache-dir '.[server]' && useradd --system tokenlife
 USER tokenlife
 ENTRYPOINT ["tokenlife"]

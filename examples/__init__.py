@@ -1,0 +1,1 @@
+"""Services of one's own protected by tokenlife, as a team would write them (mypy and tests check them)."""
