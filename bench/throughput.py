@@ -24,7 +24,10 @@ from bench import wrk as load
 from bench.results import Results
 from bench.stack import free_port
 
-ROUNDS = 10
+ROUNDS = 16
+# The servers on one core and wrk on the other (taskset), so the load generator never takes the measured
+# server's core and each round measures the server alone on a core of its own.
+SERVER_CPU, LOAD_CPU = 0, 1
 SECONDS = 2.0
 ASGI_ROUNDS = 15
 ASGI_CALLS = 200
@@ -83,7 +86,8 @@ def _servers(env: dict[str, str]) -> Iterator[dict[str, int]]:
         for case in CASES:
             port = free_port()
             server = subprocess.Popen(
-                [sys.executable, "-m", "uvicorn", APPS[case], "--port", str(port), "--workers", "1"]
+                [*load.pinned(SERVER_CPU), sys.executable, "-m", "uvicorn", APPS[case], "--port", str(port)]
+                + ["--workers", "1"]
                 + ["--log-level", "warning", "--no-access-log"],
                 env=env,
             )
@@ -106,7 +110,12 @@ async def run(results: Results) -> None:
             return await _python_round(port, token)
         url = f"http://127.0.0.1:{port}{PATH}"
         done = await load.run(
-            wrk, url, seconds=SECONDS, connections=CONNECTIONS, headers={"Authorization": f"Bearer {token}"}
+            wrk,
+            url,
+            seconds=SECONDS,
+            connections=CONNECTIONS,
+            headers={"Authorization": f"Bearer {token}"},
+            cpu=LOAD_CPU,
         )
         if done["non_2xx"] or done["socket_errors"]:
             raise RuntimeError(
@@ -141,7 +150,8 @@ async def run(results: Results) -> None:
             value=statistics.median(rates[case]),
             unit="req/s",
             note=(
-                f"{what}; {CONNECTIONS} connections from {generator};"
+                f"{what}; {CONNECTIONS} connections from {generator}, the server pinned to CPU"
+                f" {SERVER_CPU} and the load to CPU {LOAD_CPU};"
                 f" {ROUNDS} interleaved rounds of {SECONDS:.0f} s"
             ),
         )

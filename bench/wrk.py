@@ -47,6 +47,13 @@ def available() -> str | None:
     return shutil.which("wrk")
 
 
+def pinned(cpu: int | None) -> list[str]:
+    """The prefix that runs a command on one CPU (`taskset`), when asked and when there is more than one."""
+    if cpu is None or (os.cpu_count() or 1) < 2 or shutil.which("taskset") is None:
+        return []
+    return ["taskset", "-c", str(cpu)]
+
+
 def parse(out: str) -> dict[str, Any]:
     """What a `wrk --latency` run printed: requests, seconds, non-2xx, socket errors, p50 and p99 in ms."""
     done = _REQUESTS.search(out)
@@ -78,9 +85,10 @@ async def run(
     method: str = "GET",
     tokens: list[str] | None = None,
     headers: dict[str, str] | None = None,
+    cpu: int | None = None,
 ) -> dict[str, Any]:
-    """One wrk run (one thread) against `url`; see `parse` for what it returns."""
-    args = [wrk, "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--latency"]
+    """One wrk run (one thread) against `url`, pinned to `cpu` if given; see `parse` for what it returns."""
+    args = [*pinned(cpu), wrk, "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--latency"]
     for name, value in (headers or {}).items():
         args += ["-H", f"{name}: {value}"]
     env = dict(os.environ)
