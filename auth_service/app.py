@@ -7,6 +7,7 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 import asyncpg
 from fastapi import FastAPI, Request
@@ -49,6 +50,12 @@ from auth_service.tokens import keys as keystore
 from auth_service.tokens.keyring import KeyRing
 from auth_service.tokens.keys import KeyCache
 from looplag import LoopLag
+from tracekit import TraceSettings, serving, untraced
+from tracekit import load as load_tracing
+
+if TYPE_CHECKING:
+    from auth_service.traces import RevocationTraces
+    from tracekit.tracing import Tracing
 
 log = logging.getLogger("tokenlife.auth")
 REALM = "tokenlife"
@@ -108,11 +115,29 @@ async def load_keys(settings: AuthSettings, engine: AsyncEngine) -> KeyRing:
     return ring
 
 
-def create_app(settings: AuthSettings) -> FastAPI:
-    """Build the auth service; nothing connects until the lifespan starts."""
+# Not traced: probes, scrapes, and the long-polls of the log (always held; their events are, from the commit).
+UNTRACED = ("/healthz$", "/readyz$", "/metrics$", "/v1/events$")
+
+
+def create_app(settings: AuthSettings, tracing: Tracing | None = None) -> FastAPI:
+    """Build the auth service; nothing connects until the lifespan starts. `tracing`: the process's
+    OpenTelemetry (tracekit.tracing); None: as the OTEL_* variables say (off unless they name an exporter)."""
+    owned = tracing is None
+    tracing = tracing or load_tracing(TraceSettings(), "tokenlife-auth")
+    traces: RevocationTraces | None = None
+    if tracing is not None:
+        from auth_service.traces import RevocationTraces  # OpenTelemetry: imported only when tracing is on
+
+        traces = RevocationTraces(tracing.tracer)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        with serving(tracing, owned=owned, asyncpg=True):  # the requests' queries, under their spans
+            async with _serving(app):
+                yield
+
+    @asynccontextmanager
+    async def _serving(app: FastAPI) -> AsyncIterator[None]:
         settings.announce()
         engine = create_engine(settings.database_url)
         tasks: list[asyncio.Task[None]] = []
@@ -127,12 +152,15 @@ def create_app(settings: AuthSettings) -> FastAPI:
             access_token_ttl=settings.access_token_ttl,
         )
         try:
-            await listener.start()
+            # Background loops start with library instrumentation off: each of their queries a root trace.
+            with untraced(tracing):
+                await listener.start()
             # Hot-path reads (lookups.py) on plain asyncpg; the group committer on a connection of its own.
             pg = await asyncpg.create_pool(
                 asyncpg_dsn(settings.database_url), min_size=1, max_size=10, reset=keep_session_state
             )
-            writer.start()
+            with untraced(tracing):
+                writer.start()
             kek = settings.key_encryption_key.get_secret_value()
             # Made now, in a thread, so the first login of an unknown user costs what every other one does.
             await asyncio.to_thread(passwords.dummy_hash)
@@ -142,7 +170,7 @@ def create_app(settings: AuthSettings) -> FastAPI:
                 BackoffRule(settings.login_max_failures, window, cap),
                 BackoffRule(settings.login_max_failures_per_address, window, cap),
             )
-            state.context = AuthContext(settings, engine, keys, throttle, pg, writer)
+            state.context = AuthContext(settings, engine, keys, throttle, pg, writer, traces=traces)
 
             async def reload_keys() -> None:
                 async with engine.connect() as conn:
@@ -158,15 +186,20 @@ def create_app(settings: AuthSettings) -> FastAPI:
                 ("prune", prune, PRUNE_EVERY),
             ):
                 # Named, so asyncio's debug mode and task dumps say which one ran long.
-                tasks.append(asyncio.create_task(_supervise(name, body, every), name=f"tokenlife-{name}"))
+                with untraced(tracing):
+                    tasks.append(asyncio.create_task(_supervise(name, body, every), name=f"tokenlife-{name}"))
             if settings.relay_enabled:
                 # On connections of its own, never the request pool (see docs/architecture.md, the relay).
-                relay = Relay.from_settings(settings, metrics=RelayMetrics(state.registry))
+                relay = Relay.from_settings(settings, metrics=RelayMetrics(state.registry), traces=traces)
                 # While it leads, what the writer commits is published before the requests are answered.
                 writer.on_commit.append(relay.committed)
                 writer.before_batch = relay.keep_up  # and the writes never outrun what it can publish
-                await relay.start()
+                with untraced(tracing):
+                    await relay.start()
             state.relay = relay
+            if traces is not None:
+                # First: the positions of traced events are known before the relay's hand-off publishes them.
+                writer.on_commit.insert(0, traces.committed)
             yield
         finally:
             if relay is not None:
@@ -194,7 +227,9 @@ def create_app(settings: AuthSettings) -> FastAPI:
     _health(app)
     _errors(app)
     openapi.install(app)
-    app.add_middleware(Edge)
+    app.add_middleware(Edge, current_trace=None if tracing is None else tracing.current_trace)
+    if tracing is not None:
+        tracing.instrument_app(app, UNTRACED)
     return app
 
 

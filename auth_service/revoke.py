@@ -6,6 +6,9 @@ validate outside the lock (token, session lookups on the asyncpg pool) and hand 
 process's group committer (`ctx.writer`, log/writer.py), which decides under the append lock. A password
 change writes a credential row too, so it keeps its own transaction inside `log.appending()` (the same lock,
 taken before any row lock but the users row; see below).
+
+With tracing on (`ctx.traces`), each append is a commit span under the request's, and its context is kept for
+the relay's publish and the events API (traces.py); off, `_submit` is the writer's submit and nothing more.
 """
 
 from __future__ import annotations
@@ -26,12 +29,23 @@ from auth_service.context import AuthContext
 from auth_service.db.tables import users
 from auth_service.errors import InvalidGrant, InvalidRequest, InvalidToken, NotFound
 from auth_service.log import lifetimes, lookups
-from auth_service.log.intents import EndSessions, Intent, RevokeToken, RevokeUser
+from auth_service.log.intents import Caller, EndSessions, Intent, RevokeToken, RevokeUser
 from auth_service.log.store import Appender, appending
 from auth_service.tokens.access import hash_refresh_token, verify_access_token
 
 LogoutScope = Literal["session", "others", "all"]
 MAX_REFRESH_TOKEN = 512
+
+
+async def _submit(ctx: AuthContext, intents: list[Intent], caller: Caller | None = None) -> list[c.Event]:
+    """The writer's submit, inside a commit span when tracing is on."""
+    traces = ctx.traces
+    if traces is None:
+        return await ctx.writer.submit(intents, caller)
+    with traces.appending(intents) as appended:
+        events = await ctx.writer.submit(intents, caller)
+        appended(events)
+        return events
 
 
 async def _end_sessions(
@@ -52,7 +66,7 @@ async def logout(ctx: AuthContext, who: Principal, scope: LogoutScope) -> list[c
     `who` was verified but not checked against the revocations (deps.signed_principal): the log writer checks
     it under the append lock in the round trip of the append, and refuses it (InvalidToken) if revoked."""
     if scope == "all":
-        return await ctx.writer.submit([RevokeUser(who.user_id, "logout_all")], who.caller)
+        return await _submit(ctx, [RevokeUser(who.user_id, "logout_all")], who.caller)
     if scope == "session":
         # The writer ends it if it is still open under the lock.
         targets = [who.session_id]
@@ -64,12 +78,12 @@ async def logout(ctx: AuthContext, who: Principal, scope: LogoutScope) -> list[c
     if not targets:
         await check_not_revoked(ctx, who)  # nothing to append: the check alone
         return []
-    return await ctx.writer.submit([EndSessions(who.user_id, tuple(targets), f"logout_{scope}")], who.caller)
+    return await _submit(ctx, [EndSessions(who.user_id, tuple(targets), f"logout_{scope}")], who.caller)
 
 
 async def revoke_user(ctx: AuthContext, user_id: str, reason: str) -> list[c.Event]:
     """Revoke every token of the user issued up to now, and every session started before."""
-    return await ctx.writer.submit([RevokeUser(user_id, reason)])
+    return await _submit(ctx, [RevokeUser(user_id, reason)])
 
 
 async def end_session(ctx: AuthContext, who: Principal, session_id: uuid.UUID) -> None:
@@ -78,7 +92,7 @@ async def end_session(ctx: AuthContext, who: Principal, session_id: uuid.UUID) -
     if row is None or row[0] != who.user_id:
         raise NotFound("no such session")
     if row[1] is None:
-        await ctx.writer.submit([EndSessions(who.user_id, (session_id,), "ended_by_user")])
+        await _submit(ctx, [EndSessions(who.user_id, (session_id,), "ended_by_user")])
 
 
 async def revoke_token(ctx: AuthContext, token: str, hint: str | None) -> list[c.Event]:
@@ -91,7 +105,7 @@ async def revoke_token(ctx: AuthContext, token: str, hint: str | None) -> list[c
             _revoke_refresh(ctx, token) if kind == "refresh_token" else _revoke_access(ctx, token)
         )
         if intent is not None:
-            return await ctx.writer.submit([intent]) if intent else []
+            return await _submit(ctx, [intent]) if intent else []
     return []
 
 
@@ -168,4 +182,10 @@ async def change_password(
             ctx.pg, who.user_id, datetime.now(UTC), ctx.settings.access_token_ttl
         )
         others = [sid for sid in live if sid != who.session_id]
-        return await _end_sessions(log_, ctx, who.user_id, others, "password_change")
+        if ctx.traces is None:
+            return await _end_sessions(log_, ctx, who.user_id, others, "password_change")
+        with ctx.traces.appending([]) as appended:
+            events = await _end_sessions(log_, ctx, who.user_id, others, "password_change")
+            appended(events)
+            ctx.traces.positioned(events)  # before the COMMIT: the relay reads them after its NOTIFY
+            return events

@@ -9,12 +9,13 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 from fastapi import Depends, FastAPI, Query, Request, WebSocket
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import choose_encoder
 from pydantic import BaseModel
 
 from looplag import LoopLag
@@ -31,10 +32,17 @@ from resource_service.web.dependency import error_responses, install_error_handl
 from resource_service.web.live import LiveConnections, watched_events
 from resource_service.web.metrics import build_registry
 from resource_service.web.websocket import serve_websocket
+from tracekit import TraceSettings, serving
+from tracekit import load as load_tracing
+
+if TYPE_CHECKING:
+    from tracekit.tracing import Tracing
 
 __all__ = ["ADMIN_SCOPE", "Runtime", "create_app"]
 
 ADMIN_SCOPE = "admin"
+# Not traced: probes and scrapes (every protected route is: its server span is what a refusal links to).
+UNTRACED = ("/healthz$", "/readyz$", "/metrics$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,7 +58,7 @@ class Runtime:
     live: LiveConnections
 
 
-def _build(settings: ResourceSettings) -> Runtime:
+def _build(settings: ResourceSettings, tracing: Tracing | None) -> Runtime:
     client = AuthClient(
         settings.auth_urls,
         settings.service_client_id,
@@ -64,6 +72,10 @@ def _build(settings: ResourceSettings) -> Runtime:
         settings.issuer, settings.audience, keys, algorithms=settings.algorithms, leeway=settings.leeway
     )
     feed = Feed(settings, state, client)
+    if tracing is not None:
+        from resource_service.feed.traces import FeedTraces
+
+        feed.traces = FeedTraces(tracing.tracer, settings.exchange)
     guard = Guard(
         verifier,
         state,
@@ -73,6 +85,7 @@ def _build(settings: ResourceSettings) -> Runtime:
         retry_after=max(1, math.ceil(settings.poll_interval)),
         fresh_until=feed.tracker,
         complete_since=lambda: feed.complete_since,
+        on_revoked=None if feed.traces is None else feed.traces.refused,
     )
     live = LiveConnections(guard, state, tick=min(0.25, settings.max_staleness / 8), fresh_until=feed.tracker)
     registry = build_registry(feed, guard, live)
@@ -136,19 +149,25 @@ async def _ticks(interval: float, principal: Principal) -> AsyncIterator[dict[st
 _INTERVAL = Query(ge=0.05, le=60.0, description="Seconds between two ticks.")
 
 
-def create_app(settings: ResourceSettings) -> FastAPI:
-    """The sample service; nothing connects until the lifespan starts the feed."""
+def create_app(settings: ResourceSettings, tracing: Tracing | None = None) -> FastAPI:
+    """The sample service; nothing connects until the lifespan starts the feed.
+
+    `tracing`: the process's OpenTelemetry (tracekit.tracing); None: as the OTEL_* variables say (off unless
+    they name an exporter or an endpoint). Off, nothing of it is on any request's path."""
+    owned = tracing is None
+    tracing = tracing or load_tracing(TraceSettings(), "tokenlife-resource")
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         settings.announce()
-        rt = _build(settings)
+        rt = _build(settings, tracing)
         app.state.runtime = rt
         rt.loop_lag.start()
         await rt.feed.start()
         rt.live.start()
         try:
-            yield
+            with serving(tracing, owned=owned):
+                yield
         finally:
             await rt.live.stop()
             await rt.feed.stop()
@@ -255,7 +274,10 @@ def create_app(settings: ResourceSettings) -> FastAPI:
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics(request: Request) -> Response:
-        """Prometheus text format."""
-        return Response(generate_latest(runtime(request).registry), media_type=CONTENT_TYPE_LATEST)
+        """Prometheus text format, or OpenMetrics when asked (it carries the delay histogram's exemplars)."""
+        encode, media_type = choose_encoder(request.headers.get("accept", ""))
+        return Response(encode(runtime(request).registry), media_type=media_type)
 
+    if tracing is not None:
+        tracing.instrument_app(app, UNTRACED)
     return app

@@ -18,7 +18,7 @@ from auth_service.db.engine import asyncpg_dsn
 from auth_service.log import store as event_log
 from auth_service.relay.leader import LeaderLock
 from auth_service.relay.metrics import RelayMetrics
-from auth_service.relay.publisher import BrokerLink, PublishFailure
+from auth_service.relay.publisher import BrokerLink, PublishFailure, PublishTraces
 from auth_service.relay.pump import Progress, Pump
 from auth_service.relay.reading import LogReader
 from auth_service.relay.wakeup import Waker
@@ -46,9 +46,11 @@ class Relay:
         settings: RelaySettings | None = None,
         metrics: RelayMetrics | None = None,
         stream: StreamSpec | None = None,
+        traces: PublishTraces | None = None,
     ) -> None:
         settings = settings or RelaySettings()
         self._stream = stream
+        self._traces = traces  # producer spans of the events this process committed traced
         self._database_url = database_url
         self._amqp_url = amqp_url
         self._exchange = exchange
@@ -84,6 +86,7 @@ class Relay:
         *,
         relay: RelaySettings | None = None,
         metrics: RelayMetrics | None = None,
+        traces: PublishTraces | None = None,
     ) -> Relay:
         """A relay configured by the service's settings (`relay` replaces their relay part, if given)."""
         return cls(
@@ -93,6 +96,7 @@ class Relay:
             settings=relay or settings.relay,
             metrics=metrics,
             stream=settings.stream,
+            traces=traces,
         )
 
     @property
@@ -210,6 +214,7 @@ class Relay:
                         self._exchange,
                         publish_timeout=self._publish_timeout,
                         stream=self._stream,
+                        traces=self._traces,
                     )
                     self._opened_links += 1
                     if self._opened_links > 1:

@@ -9,15 +9,23 @@ reads the same log, so a snapshot, a page of events, a long-poll or the JWKS fro
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import httpx
 from pydantic import ValidationError
 
 from auth_service.contract import EventPage
+from tracekit.page import HEADER as TRACE_HEADER
+from tracekit.page import parse_contexts
 
-__all__ = ["AuthClient", "AuthServiceUnavailable", "LogUnreadable"]
+__all__ = ["AuthClient", "AuthServiceUnavailable", "Carrier", "Delivery", "LogUnreadable"]
+
+# What an event came with that may carry its trace context: message headers, a stream message's application
+# properties, or the entry the events API's answer named for it.
+Carrier = Mapping[Any, Any]
+# How an event reached the feed, whatever the transport: its carrier, when (monotonic), and over what.
+Delivery = tuple[Carrier | None, float, str]
 
 
 class AuthServiceUnavailable(Exception):
@@ -93,6 +101,13 @@ class AuthClient:
 
         With `wait`, the auth service holds the request up to that many seconds while nothing is new.
         """
+        return (await self.page(after, limit, wait=wait))[0]
+
+    async def page(
+        self, after: int, limit: int, *, wait: float = 0.0
+    ) -> tuple[EventPage, dict[int, Carrier]]:
+        """`events()`, and the trace contexts the answer named for some of them, by position (tracekit.page;
+        none unless the auth service traces)."""
         params: dict[str, int | float] = {"after": after, "limit": limit}
         kwargs: dict[str, Any] = {}
         if wait > 0:
@@ -101,9 +116,11 @@ class AuthClient:
             kwargs["timeout"] = httpx.Timeout(self._timeout + wait, connect=self._timeout)
         response = await self._request("GET", "/v1/events", params=params, **kwargs)
         try:
-            return EventPage.model_validate_json(response.content)
+            page = EventPage.model_validate_json(response.content)
         except ValidationError as exc:
             raise AuthServiceUnavailable(f"unreadable events page: {exc.error_count()} errors") from None
+        traced = parse_contexts(response.headers.get(TRACE_HEADER))
+        return page, {position: {"traceparent": parent} for position, parent in traced.items()}
 
     async def jwks(self) -> dict[str, Any]:
         """The auth service's JWKS document."""
