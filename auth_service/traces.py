@@ -3,19 +3,21 @@ relay's publish (the trace context in the message's headers) or the events API's
 Imported only when tracing is on (tracekit.load); the use cases, the relay and the API hold None otherwise.
 
 How the context crosses the log writer without touching it. A revoking request's span is current in the
-request's task; the group committer (log/writer.py) runs in a task of its own and hands the events of each
-COMMIT to its `on_commit` hooks before it answers the requests, and the relay sends a hand-off at once. So the
-request cannot key its context by position (it learns its positions after the publish); instead:
+request's task; the group committer (log/writer.py) commits in a task of its own, and the relay publishes
+from its hand-off or, as often as not, from the NOTIFY and a read that overtake it: the request learns its
+positions only after the publish. So the request says what it is about to revoke instead:
 
 1. `appending()` (around `writer.submit`, in revoke.py) opens the commit span and registers the subjects its
-   intents end (a session id, a user id, a jti) -> that span's context, in `_pending` (as many entries as
-   requests in flight; each request removes its own when it returns);
-2. `committed()`, the writer's first on_commit hook (before the relay's), finds each event's subject there
-   and records position -> (event_id, context) in `_by_position`, bounded (the oldest go first);
-3. the relay's `publish()` and the events API's `contexts()` read it by position, and check the event id, so
-   a position a rolled-back transaction once held never lends its context to the event that took it later.
+   intents end (a session id, a user id, a jti) -> that span's context and the time, in `_pending` (as many
+   entries as requests in flight; each request removes its own when it returns);
+2. whoever meets the event first (the writer's `committed()` hook, the relay's `publish()` on the hand-off or
+   the read path, the events API's `page_header()`) finds its subject there, for an event that occurred
+   after the registration (a jti's: the very event the request made), and records position -> (event_id,
+   context) in `_by_position`, bounded (the oldest go first);
+3. later readers of the same position (a republish, another instance's long-poll) find it there, by position
+   and event id, so a position a rolled-back transaction once held never lends its context to another event.
 
-The map lives in this process: a trace goes on past the commit when the relay that publishes (or the auth
+The maps live in this process: a trace goes on past the commit when the relay that publishes (or the auth
 instance that answers the long-poll) is the one that committed. Another instance's relay publishes the same
 event without a context, and its trace ends at the commit (docs/notes/issue-29.md says what would carry it).
 """
@@ -23,8 +25,9 @@ event without a context, and its trace ends at the commit (docs/notes/issue-29.m
 from __future__ import annotations
 
 import contextlib
+import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -51,24 +54,31 @@ Subject = tuple[str, str]
 KEEP = 10_000
 
 
-def _intent_subjects(intent: Intent) -> list[Subject]:
+def _intent_subjects(intent: Intent) -> list[tuple[Subject, str | None]]:
+    """What an intent revokes, and the event id when the request made the event itself."""
     if isinstance(intent, EndSessions):
-        return [("session", str(sid)) for sid in intent.session_ids]
+        return [(("session", str(sid)), None) for sid in intent.session_ids]
     if isinstance(intent, RevokeUser):
-        return [("user", intent.user_id)]
+        return [(("user", intent.user_id), None)]
     if isinstance(intent, RevokeToken):
-        return [("token", intent.event.jti)]
+        return [(("token", intent.event.jti), str(intent.event.event_id))]
     return []
 
 
-def _event_subject(event: c.Event) -> Subject | None:
-    if isinstance(event, c.SessionRevoked):
-        return ("session", str(event.session_id))
-    if isinstance(event, c.UserRevoked):
-        return ("user", event.user_id)
-    if isinstance(event, c.TokenRevoked):
-        return ("token", event.jti)
-    return None
+_SUBJECT_FIELD = {"session.revoked": "session_id", "user.revoked": "user_id", "token.revoked": "jti"}
+
+
+def _payload_subject(payload: Mapping[str, Any]) -> Subject | None:
+    """What a logged event (its wire form) revokes, named as `_intent_subjects` names it."""
+    field = _SUBJECT_FIELD.get(str(payload.get("type")))
+    return None if field is None else (field.split("_")[0], str(payload.get(field)))
+
+
+def _occurred(payload: Mapping[str, Any]) -> float:
+    try:
+        return datetime.fromisoformat(str(payload.get("occurred_at"))).timestamp()
+    except ValueError:
+        return 0.0
 
 
 class RevocationTraces:
@@ -77,7 +87,8 @@ class RevocationTraces:
     def __init__(self, tracer: Tracer, *, keep: int = KEEP) -> None:
         self._tracer = tracer
         self._keep = keep
-        self._pending: dict[Subject, SpanContext] = {}
+        # subject -> (the commit span's context, when it was registered, the event id when known in advance)
+        self._pending: dict[Subject, tuple[SpanContext, float, str | None]] = {}
         self._by_position: OrderedDict[int, tuple[str, SpanContext]] = OrderedDict()
 
     @contextlib.contextmanager
@@ -86,27 +97,43 @@ class RevocationTraces:
         subjects registered for the writer's hand-off; call the yielded function with the events appended."""
         span = self._tracer.start_span("tokenlife.log.commit", kind=SpanKind.INTERNAL)
         context = span.get_span_context()
+        since = time.time()
         subjects = [subject for intent in intents for subject in _intent_subjects(intent)]
-        for subject in subjects:
-            self._pending[subject] = context
+        for subject, event_id in subjects:
+            self._pending[subject] = (context, since, event_id)
         try:
             with use_span(span, end_on_exit=True, record_exception=False):
                 yield lambda events: _describe(span, events)
         finally:
-            for subject in subjects:
-                if self._pending.get(subject) is context:
+            for subject, _ in subjects:
+                entry = self._pending.get(subject)
+                if entry is not None and entry[0] is context:
                     del self._pending[subject]
 
     def committed(self, events: Sequence[c.Event], recorded_at: datetime | None = None) -> None:
         """The log writer's on_commit hook: the position of every event a traced request is waiting for."""
-        pending = self._pending
-        if not pending:
-            return
-        for event in events:
-            subject = _event_subject(event)
-            context = pending.get(subject) if subject is not None else None
-            if context is not None and event.position is not None:
-                self._remember(event.position, str(event.event_id), context)
+        if self._pending:
+            for event in events:
+                if event.position is not None and event.type in _SUBJECT_FIELD:
+                    self.context_for(event.position, c.to_json_dict(event))
+
+    def context_for(self, position: int, payload: Mapping[str, Any]) -> SpanContext | None:
+        """The commit span's context of the event at this position (its wire form), if it was committed traced
+        here: by position once known, else by what it revokes while its request waits for it."""
+        event_id = str(payload.get("event_id"))
+        found = self._by_position.get(position)
+        if found is not None:
+            return found[1] if found[0] == event_id else None
+        subject = _payload_subject(payload) if self._pending else None
+        entry = self._pending.get(subject) if subject is not None else None
+        if entry is None:
+            return None
+        context, since, expected = entry
+        theirs = event_id == expected if expected is not None else _occurred(payload) >= since
+        if not theirs:
+            return None  # an earlier event of the same subject (a republish), not this request's
+        self._remember(position, event_id, context)
+        return context
 
     def positioned(self, events: Sequence[c.Event]) -> None:
         """Events appended in the current span's own transaction (not through the writer), before its COMMIT:
@@ -124,19 +151,15 @@ class RevocationTraces:
         while len(known) > self._keep:
             known.popitem(last=False)
 
-    def context_of(self, position: int, event_id: str) -> SpanContext | None:
-        """The commit span's context of the event at this position, if this process committed it traced."""
-        found = self._by_position.get(position)
-        return found[1] if found is not None and found[0] == event_id else None
-
     def publish(
-        self, position: int, event_id: str, exchange: str, routing_key: str
+        self, position: int, payload: Mapping[str, Any], exchange: str, routing_key: str
     ) -> tuple[dict[str, str], Callable[[BaseException | None], None]] | None:
         """A producer span for one message of a traced event: the headers that carry it, and the function that
         ends it when the broker confirms (or refuses) the message. None for an event nobody traced here."""
-        parent = self.context_of(position, event_id)
+        parent = self.context_for(position, payload)
         if parent is None:
             return None
+        event_id = str(payload.get("event_id"))
         span = self._tracer.start_span(
             f"publish {exchange}",
             context=remote(parent),
@@ -158,9 +181,9 @@ class RevocationTraces:
         """The events API's trace header for a page (tracekit.page): its newest traced events' contexts."""
         found: list[tuple[int, str]] = []
         for raw in reversed(events):
-            position, event_id = raw.get("position"), raw.get("event_id")
-            if isinstance(position, int) and isinstance(event_id, str):
-                context = self.context_of(position, event_id)
+            position = raw.get("position")
+            if isinstance(position, int):
+                context = self.context_for(position, raw)
                 if context is not None:
                     found.append((position, traceparent(context)))
                     if len(found) == MAX_ENTRIES:

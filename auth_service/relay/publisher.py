@@ -81,7 +81,7 @@ class PublishTraces(Protocol):
     """Producer spans for traced events (auth_service/traces.py, when tracing is on)."""
 
     def publish(
-        self, position: int, event_id: str, exchange: str, routing_key: str
+        self, position: int, payload: dict[str, Any], exchange: str, routing_key: str
     ) -> tuple[dict[str, str], EndSpan] | None:
         """The trace headers of the event's message and the end of its span; None for an untraced event."""
         ...
@@ -180,7 +180,7 @@ class BrokerLink:
             message_ids.append(str(payload["event_id"]))
             headers: dict[str, Any] = {"position": position, "prev_position": position - 1}
             if self._traces is not None:
-                span = self._traces.publish(position, message_ids[-1], self._exchange.name, kind)
+                span = self._traces.publish(position, payload, self._exchange.name, kind)
                 if span is not None:
                     headers |= span[0]
                     traced.append((index, span[1]))
