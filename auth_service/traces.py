@@ -65,13 +65,18 @@ def _intent_subjects(intent: Intent) -> list[tuple[Subject, str | None]]:
     return []
 
 
-_SUBJECT_FIELD = {"session.revoked": "session_id", "user.revoked": "user_id", "token.revoked": "jti"}
+# Event type -> (the kind `_intent_subjects` names, the field that holds the subject).
+_SUBJECT_FIELD = {
+    "session.revoked": ("session", "session_id"),
+    "user.revoked": ("user", "user_id"),
+    "token.revoked": ("token", "jti"),
+}
 
 
 def _payload_subject(payload: Mapping[str, Any]) -> Subject | None:
     """What a logged event (its wire form) revokes, named as `_intent_subjects` names it."""
-    field = _SUBJECT_FIELD.get(str(payload.get("type")))
-    return None if field is None else (field.split("_")[0], str(payload.get(field)))
+    found = _SUBJECT_FIELD.get(str(payload.get("type")))
+    return None if found is None else (found[0], str(payload.get(found[1])))
 
 
 def _occurred(payload: Mapping[str, Any]) -> float:

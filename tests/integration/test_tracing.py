@@ -29,7 +29,7 @@ from auth_service.settings import AuthSettings
 from resource_service.app import Runtime
 from resource_service.app import create_app as create_resource_app
 from resource_service.settings import ResourceSettings
-from tests.conftest import add_user, auth_env, free_port
+from tests.conftest import PASSWORD, add_user, auth_env, free_port
 from tests.integration.test_feed import eventually, login, resource_settings, whoami
 from tracekit.tracing import Tracing
 
@@ -271,3 +271,110 @@ def _service() -> httpx.BasicAuth:
     from tests.conftest import SERVICE_CLIENT
 
     return httpx.BasicAuth(*SERVICE_CLIENT)
+
+
+FORGED = {
+    "not a traceparent": "garbage",
+    "all-zero ids": f"00-{'0' * 32}-{'0' * 16}-01",
+    "version ff": f"ff-{'a' * 32}-{'b' * 16}-01",
+    "upper case": f"00-{'A' * 32}-{'B' * 16}-01",
+    "short trace id": f"00-{'a' * 31}-{'b' * 16}-01",
+    "8 kB": f"00-{'a' * 32}-{'b' * 16}-01-{'x' * 8000}",
+    "not ASCII": "00-\u00e9t\u00e9",
+}
+
+
+@asynccontextmanager
+async def traced_auth(auth_settings: AuthSettings, spans: Spans) -> AsyncIterator[httpx.AsyncClient]:
+    """The auth service in-process with its lifespan running, traced; a client."""
+    app = create_auth_app(auth_settings, spans.tracing)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app, client=("203.0.113.7", 50000))
+        async with httpx.AsyncClient(transport=transport, base_url="http://auth.test") as client:
+            yield client
+
+
+async def _token(client: httpx.AsyncClient) -> str:
+    form = {"grant_type": "password", "username": "ada@example.com", "password": PASSWORD}
+    answer = await client.post("/oauth/token", data=form)
+    assert answer.status_code == 200, answer.text
+    token: str = answer.json()["access_token"]
+    return token
+
+
+@pytest.mark.parametrize("forged", list(FORGED.values()), ids=list(FORGED))
+async def test_a_malformed_traceparent_starts_a_trace_of_its_own_and_changes_nothing_else(
+    forged: str, auth_settings: AuthSettings, database_url: str, spans: Spans
+) -> None:
+    await add_user(database_url, "ada@example.com")
+    async with traced_auth(auth_settings, spans) as client:
+        bearer = {"Authorization": f"Bearer {await _token(client)}"}
+        plain = await client.get("/v1/sessions", headers=bearer)
+        spans.exporter.clear()
+        raw = forged.encode()  # as the bytes a client may send, not only ASCII
+        headers = {k.encode(): v.encode() for k, v in bearer.items()} | {
+            b"traceparent": raw,
+            b"tracestate": raw,
+        }
+        answer = await client.get("/v1/sessions", headers=headers)
+        logout = await client.post("/v1/auth/logout", headers=headers)
+    assert (answer.status_code, answer.json()) == (plain.status_code, plain.json())
+    assert logout.status_code == 200, logout.text
+    servers = [s for s in spans.finished() if s.kind is SpanKind.SERVER]
+    assert [s.name for s in servers] == ["GET /v1/sessions", "POST /v1/auth/logout"]
+    for server in servers:
+        assert server.parent is None  # a root: the forged value named no parent
+        assert server.context is not None
+        assert _hex(server.context.trace_id) not in forged
+    # The logout's revocation is traced all the same, in the trace the request started.
+    (commit,) = spans.named("tokenlife.log.commit")
+    assert commit.context is not None
+    assert servers[1].context is not None
+    assert commit.context.trace_id == servers[1].context.trace_id
+
+
+async def test_a_well_formed_traceparent_is_continued_per_the_spec(
+    auth_settings: AuthSettings, database_url: str, spans: Spans
+) -> None:
+    caller_trace, caller_span = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+    await add_user(database_url, "ada@example.com")
+    async with traced_auth(auth_settings, spans) as client:
+        bearer = {"Authorization": f"Bearer {await _token(client)}"}
+        plain = await client.get("/v1/sessions", headers=bearer)
+        spans.exporter.clear()
+        parent = {"traceparent": f"00-{caller_trace}-{caller_span}-01"}
+        answer = await client.get("/v1/sessions", headers=bearer | parent)
+    assert (answer.status_code, answer.json()) == (plain.status_code, plain.json())
+    (server,) = [s for s in spans.finished() if s.kind is SpanKind.SERVER]
+    assert server.context is not None
+    assert server.parent is not None
+    assert (_hex(server.context.trace_id), f"{server.parent.span_id:016x}") == (caller_trace, caller_span)
+    assert answer.headers["traceresponse"].split("-")[1] == caller_trace
+
+
+async def test_a_client_traceparent_on_a_refused_request_is_only_linked_from_the_revocation_trace(
+    request: pytest.FixtureRequest, database_url: str, exchange_name: str, spans: Spans
+) -> None:
+    client_trace = "0af7651916cd43dd8448eb211c80319c"
+    async with traced_stack(request, database_url, exchange_name, spans, "long_poll") as stack:
+        await add_user(database_url, "ada@example.com")
+        token = await login(stack.auth_url, "ada@example.com")
+        async with resource(stack.resource_settings(), spans.tracing) as (client, _rt):
+            await eventually(functools.partial(_ok, client, token), "the instance accepts the token")
+            async with httpx.AsyncClient(base_url=stack.auth_url) as http:
+                answer = await http.post("/v1/auth/logout", headers={"Authorization": f"Bearer {token}"})
+            assert answer.status_code == 200, answer.text
+            await eventually(functools.partial(_applied, client), "the instance applied the logout")
+            headers = {"Authorization": f"Bearer {token}", "traceparent": f"00-{client_trace}-{'1' * 16}-01"}
+            assert (await client.get("/v1/whoami", headers=headers)).status_code == 401
+    (refusal,) = spans.named("tokenlife.first_refusal")
+    assert refusal.context is not None
+    # In the logout's trace, not the client's: a client cannot pull a revocation into a trace of its own.
+    assert _hex(refusal.context.trace_id) == answer.headers["traceresponse"].split("-")[1]
+    (link,) = refusal.links
+    assert _hex(link.context.trace_id) == client_trace  # the refused request continued the client's trace
+
+
+async def _applied(client: httpx.AsyncClient) -> bool:
+    body = (await client.get("/readyz")).json()
+    return bool(body["applied_position"] >= 3)
