@@ -227,7 +227,7 @@ def create_app(settings: AuthSettings, tracing: Tracing | None = None) -> FastAP
     _health(app)
     _errors(app)
     openapi.install(app)
-    app.add_middleware(Edge, current_trace=None if tracing is None else tracing.current_trace)
+    app.add_middleware(Edge, tracing=tracing)
     if tracing is not None:
         tracing.instrument_app(app, UNTRACED)
     return app

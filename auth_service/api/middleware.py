@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
-from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+if TYPE_CHECKING:
+    from tracekit.tracing import Tracing
 
 access_log = logging.getLogger("tokenlife.access")
 
@@ -22,20 +26,15 @@ class Edge:
     - a body size limit: 413 for a body over `max_bytes`, whether announced by Content-Length or streamed;
     - one JSON access-log line per request: method, path (never the query string), status, duration, client,
       and with tracing on the request's trace id, which the answer names too (a `traceresponse` header, W3C
-      Trace Context level 2: the console shows it beside a sign-out's figures).
-
-    `current_trace` (tracing on) gives the current span's (trace id, traceparent), or None outside a trace.
+      Trace Context level 2: the console shows it beside a sign-out's figures); a request outside any trace
+      (the probes, the scrapes and the long-polls the instrumentation leaves out) runs with library
+      instrumentation off, so its queries do not each make a root trace.
     """
 
-    def __init__(
-        self,
-        app: ASGIApp,
-        max_bytes: int = 64 * 1024,
-        current_trace: Callable[[], tuple[str, str] | None] | None = None,
-    ) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int = 64 * 1024, tracing: Tracing | None = None) -> None:
         self.app = app
         self.max_bytes = max_bytes
-        self.current_trace = current_trace
+        self.tracing = tracing
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -43,7 +42,9 @@ class Edge:
             return
         start = time.perf_counter()
         status = 500
-        traced = self.current_trace() if self.current_trace is not None else None
+        tracing = self.tracing
+        traced = tracing.current_trace() if tracing is not None else None
+        quiet = tracing.quiet() if tracing is not None and traced is None else contextlib.nullcontext()
         try:
             for name, value in scope["headers"]:
                 if name == b"content-length" and (not value.isdigit() or int(value) > self.max_bytes):
@@ -73,7 +74,8 @@ class Edge:
                 await send(message)
 
             try:
-                await self.app(scope, limited_receive, tracking_send)
+                with quiet:
+                    await self.app(scope, limited_receive, tracking_send)
             except BodyTooLarge:
                 if not started:
                     status = 413
@@ -87,7 +89,7 @@ class Edge:
                 "ms": round((time.perf_counter() - start) * 1000, 2),
                 "client": client[0] if client else None,
             }
-            if self.current_trace is not None:
+            if tracing is not None:
                 line["trace_id"] = traced[0] if traced is not None else None
             access_log.info(json.dumps(line))
 

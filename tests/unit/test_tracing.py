@@ -122,7 +122,7 @@ async def main():
         assert rt.feed.traces is None and rt.guard._on_revoked is None
 asyncio.run(main())
 edge = auth.user_middleware[0]
-assert edge.kwargs["current_trace"] is None, edge
+assert edge.kwargs["tracing"] is None, edge
 loaded = sorted(m for m in sys.modules if m.startswith(("opentelemetry.sdk", "opentelemetry.instr")))
 print(loaded)
 """
@@ -290,10 +290,10 @@ async def _ok(scope: Scope, receive: Receive, send: Send) -> None:
 
 
 async def _through_edge(
-    current: Any, caplog: pytest.LogCaptureFixture
+    tracing: Tracing | None, caplog: pytest.LogCaptureFixture, app: Any = _ok
 ) -> tuple[httpx.Response, dict[str, Any]]:
     caplog.set_level(logging.INFO, logger="tokenlife.access")
-    transport = httpx.ASGITransport(app=Edge(_ok, current_trace=current))
+    transport = httpx.ASGITransport(app=Edge(app, tracing=tracing))
     async with httpx.AsyncClient(transport=transport, base_url="http://edge") as client:
         answer = await client.get("/v1/sessions")
     (line,) = [json.loads(r.getMessage()) for r in caplog.records if r.name == "tokenlife.access"]
@@ -301,11 +301,30 @@ async def _through_edge(
 
 
 async def test_the_access_log_and_the_answer_name_the_trace_when_tracing_is_on(
-    caplog: pytest.LogCaptureFixture,
+    caplog: pytest.LogCaptureFixture, memory: tuple[Tracing, InMemorySpanExporter]
 ) -> None:
-    answer, line = await _through_edge(lambda: (TRACE, VALID), caplog)
-    assert line["trace_id"] == TRACE
-    assert answer.headers["traceresponse"] == VALID
+    tracing, _ = memory
+    with tracing.tracer.start_as_current_span("GET /v1/sessions") as span:  # as the instrumentation does
+        answer, line = await _through_edge(tracing, caplog)
+    assert line["trace_id"] == f"{span.get_span_context().trace_id:032x}"
+    assert answer.headers["traceresponse"] == traceparent(span.get_span_context())
+
+
+async def test_a_request_outside_any_trace_runs_with_library_instrumentation_off(
+    caplog: pytest.LogCaptureFixture, memory: tuple[Tracing, InMemorySpanExporter]
+) -> None:
+    from opentelemetry.instrumentation.utils import is_instrumentation_enabled
+
+    seen: list[bool] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        seen.append(is_instrumentation_enabled())
+        await _ok(scope, receive, send)
+
+    _, line = await _through_edge(memory[0], caplog, app)
+    assert seen == [False]  # a long-poll's queries would each be a root trace
+    assert line["trace_id"] is None
+    assert is_instrumentation_enabled()  # and only for that request
 
 
 async def test_off_the_access_log_and_the_answer_are_as_before(caplog: pytest.LogCaptureFixture) -> None:
