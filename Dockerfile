@@ -7,6 +7,7 @@ COPY resource_service resource_service
 COPY tokenlife tokenlife
 COPY looplag looplag
 COPY amqpkit amqpkit
+COPY tracekit tracekit
 COPY migrations migrations
 RUN pip install --no-cache-dir '.[server]' && useradd --system tokenlife
 USER tokenlife

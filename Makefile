@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev,test,bench]'
+	$(PY) -m pip install --quiet -e '.[dev,test,bench,otel]'
 	touch $@
 
 setup: $(VENV)/.installed

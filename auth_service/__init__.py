@@ -7,7 +7,7 @@ From the bottom up (each package's docstring says what it owns and what it may i
     tokens/    access and refresh tokens, signing keys and the JWKS, rotation decisions
     accounts/  passwords, the login throttle, the client registry
     (top)      settings, context, the use cases (grants, revoke, introspection, authn), maintenance,
-               commands, app
+               commands, app, and traces (a revocation's spans, imported only when tracing is on)
     api/       the HTTP routes          relay/    the log to RabbitMQ          console/  the web console
 
 `contract/` (the event contract, standard library and pydantic only) and `errors.py` (the error tree) are

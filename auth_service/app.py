@@ -7,23 +7,21 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 import asyncpg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from auth_service.accounts import passwords
 from auth_service.accounts.backoff import BackoffRule
 from auth_service.accounts.throttle import LoginThrottle
-from auth_service.api import account, discovery, docs, oauth, openapi, service, stream
-from auth_service.api.deps import AppState, app_state, context
+from auth_service.api import account, discovery, docs, health, oauth, openapi, service, stream
+from auth_service.api.deps import AppState
 from auth_service.api.middleware import Edge
-from auth_service.api.schemas import Health, Readiness
 from auth_service.console.pages import build_router as console_router
 from auth_service.context import AuthContext
 from auth_service.db import errors as db_errors
@@ -51,6 +49,12 @@ from auth_service.tokens import keys as keystore
 from auth_service.tokens.keyring import KeyRing
 from auth_service.tokens.keys import KeyCache
 from looplag import LoopLag
+from tracekit import TraceSettings, serving, untraced
+from tracekit import load as load_tracing
+
+if TYPE_CHECKING:
+    from auth_service.traces import RevocationTraces
+    from tracekit.tracing import Tracing
 
 log = logging.getLogger("tokenlife.auth")
 REALM = "tokenlife"
@@ -110,11 +114,29 @@ async def load_keys(settings: AuthSettings, engine: AsyncEngine) -> KeyRing:
     return ring
 
 
-def create_app(settings: AuthSettings) -> FastAPI:
-    """Build the auth service; nothing connects until the lifespan starts."""
+# Not traced: probes, scrapes, and the long-polls of the log (always held; their events are, from the commit).
+UNTRACED = ("/healthz$", "/readyz$", "/metrics$", "/v1/events$")
+
+
+def create_app(settings: AuthSettings, tracing: Tracing | None = None) -> FastAPI:
+    """Build the auth service; nothing connects until the lifespan starts. `tracing`: the process's
+    OpenTelemetry (tracekit.tracing); None: as the OTEL_* variables say (off unless they name an exporter)."""
+    owned = tracing is None
+    tracing = tracing or load_tracing(TraceSettings(), "tokenlife-auth")
+    traces: RevocationTraces | None = None
+    if tracing is not None:
+        from auth_service.traces import RevocationTraces  # OpenTelemetry: imported only when tracing is on
+
+        traces = RevocationTraces(tracing.tracer)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        with serving(tracing, owned=owned, asyncpg=True):  # the requests' queries, under their spans
+            async with _serving(app):
+                yield
+
+    @asynccontextmanager
+    async def _serving(app: FastAPI) -> AsyncIterator[None]:
         settings.announce()
         engine = create_engine(settings.database_url)
         tasks: list[asyncio.Task[None]] = []
@@ -132,12 +154,15 @@ def create_app(settings: AuthSettings) -> FastAPI:
         writer_metrics = WriterCollector(writer)
         state.registry.register(writer_metrics)
         try:
-            await listener.start()
+            # Background loops start with library instrumentation off: each of their queries a root trace.
+            with untraced(tracing):
+                await listener.start()
             # Hot-path reads (lookups.py) on plain asyncpg; the group committer on a connection of its own.
             pg = await asyncpg.create_pool(
                 asyncpg_dsn(settings.database_url), min_size=1, max_size=10, reset=keep_session_state
             )
-            writer.start()
+            with untraced(tracing):
+                writer.start()
             kek = settings.key_encryption_key.get_secret_value()
             # Made now, in a thread, so the first login of an unknown user costs what every other one does.
             await asyncio.to_thread(passwords.dummy_hash)
@@ -147,7 +172,7 @@ def create_app(settings: AuthSettings) -> FastAPI:
                 BackoffRule(settings.login_max_failures, window, cap),
                 BackoffRule(settings.login_max_failures_per_address, window, cap),
             )
-            state.context = AuthContext(settings, engine, keys, throttle, pg, writer)
+            state.context = AuthContext(settings, engine, keys, throttle, pg, writer, traces=traces)
 
             async def reload_keys() -> None:
                 async with engine.connect() as conn:
@@ -163,15 +188,20 @@ def create_app(settings: AuthSettings) -> FastAPI:
                 ("prune", prune, PRUNE_EVERY),
             ):
                 # Named, so asyncio's debug mode and task dumps say which one ran long.
-                tasks.append(asyncio.create_task(_supervise(name, body, every), name=f"tokenlife-{name}"))
+                with untraced(tracing):
+                    tasks.append(asyncio.create_task(_supervise(name, body, every), name=f"tokenlife-{name}"))
             if settings.relay_enabled:
                 # On connections of its own, never the request pool (see docs/architecture.md, the relay).
-                relay = Relay.from_settings(settings, metrics=RelayMetrics(state.registry))
+                relay = Relay.from_settings(settings, metrics=RelayMetrics(state.registry), traces=traces)
                 # While it leads, what the writer commits is published before the requests are answered.
                 writer.on_commit.append(relay.committed)
                 writer.before_batch = relay.keep_up  # and the writes never outrun what it can publish
-                await relay.start()
+                with untraced(tracing):
+                    await relay.start()
             state.relay = relay
+            if traces is not None:
+                # First: the positions of traced events are known before the relay's hand-off publishes them.
+                writer.on_commit.insert(0, traces.committed)
             yield
         finally:
             if relay is not None:
@@ -200,44 +230,14 @@ def create_app(settings: AuthSettings) -> FastAPI:
     app.include_router(service.router)
     app.include_router(stream.router)
     app.include_router(console_router(settings))
-    _health(app)
+    app.include_router(health.router)
     _errors(app)
     openapi.install(app)
     docs.install(app)
-    app.add_middleware(Edge)
+    app.add_middleware(Edge, tracing=tracing)
+    if tracing is not None:
+        tracing.instrument_app(app, UNTRACED)
     return app
-
-
-def _health(app: FastAPI) -> None:
-    @app.get("/healthz", tags=["health"], responses={200: {"model": Health}})
-    async def healthz() -> Response:
-        return JSONResponse({"status": "ok"})
-
-    @app.get(
-        "/readyz",
-        tags=["health"],
-        responses={
-            200: {"model": Readiness},
-            503: {"model": Readiness, "description": "Not ready: the reason says what is missing."},
-        },
-    )
-    async def readyz(request: Request) -> Response:
-        ctx = context(request)
-        try:
-            async with ctx.engine.connect() as conn:
-                await conn.execute(text("SELECT 1"))
-        except Exception as exc:
-            return JSONResponse({"status": "unavailable", "reason": f"database: {type(exc).__name__}"}, 503)
-        if ctx.keys.current().active is None:
-            return JSONResponse({"status": "unavailable", "reason": "no active signing key"}, 503)
-        relay = app_state(request.app).relay
-        if relay is not None and not relay.ready:
-            return JSONResponse({"status": "unavailable", "reason": "the relay loop is not running"}, 503)
-        return JSONResponse({"status": "ready"})
-
-    @app.get("/metrics", tags=["health"], include_in_schema=False)
-    async def metrics(request: Request) -> Response:
-        return Response(generate_latest(app_state(request.app).registry), media_type=CONTENT_TYPE_LATEST)
 
 
 def _errors(app: FastAPI) -> None:

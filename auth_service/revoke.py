@@ -6,6 +6,9 @@ validate outside the lock (token, session lookups on the asyncpg pool) and hand 
 process's group committer (`ctx.writer`, log/writer.py), which decides under the append lock. So does a
 password change: argon2 runs before it is queued, and the writer stores the new hash and ends the user's
 other sessions in one batch's transaction.
+
+With tracing on (`ctx.traces`), each append is a commit span under the request's, and its context is kept for
+the relay's publish and the events API (traces.py); off, `_submit` is the writer's submit and nothing more.
 """
 
 from __future__ import annotations
@@ -26,10 +29,21 @@ from auth_service.context import AuthContext
 from auth_service.db.tables import users
 from auth_service.errors import InvalidGrant, InvalidRequest, InvalidToken, NotFound
 from auth_service.log import lifetimes, lookups
-from auth_service.log.intents import ChangePassword, EndSessions, Intent, RevokeToken, RevokeUser
+from auth_service.log.intents import Caller, ChangePassword, EndSessions, Intent, RevokeToken, RevokeUser
 from auth_service.tokens.access import MAX_REFRESH_TOKEN, hash_refresh_token, verify_access_token
 
 LogoutScope = Literal["session", "others", "all"]
+
+
+async def _submit(ctx: AuthContext, intents: list[Intent], caller: Caller | None = None) -> list[c.Event]:
+    """The writer's submit, inside a commit span when tracing is on."""
+    traces = ctx.traces
+    if traces is None:
+        return await ctx.writer.submit(intents, caller)
+    with traces.appending(intents) as appended:
+        events = await ctx.writer.submit(intents, caller)
+        appended(events)
+        return events
 
 
 async def logout(ctx: AuthContext, who: Principal, scope: LogoutScope) -> list[c.Event]:
@@ -38,7 +52,7 @@ async def logout(ctx: AuthContext, who: Principal, scope: LogoutScope) -> list[c
     `who` was verified but not checked against the revocations (deps.signed_principal): the log writer checks
     it under the append lock in the round trip of the append, and refuses it (InvalidToken) if revoked."""
     if scope == "all":
-        return await ctx.writer.submit([RevokeUser(who.user_id, "logout_all")], who.caller)
+        return await _submit(ctx, [RevokeUser(who.user_id, "logout_all")], who.caller)
     if scope == "session":
         # The writer ends it if it is still open under the lock.
         targets = [who.session_id]
@@ -50,12 +64,12 @@ async def logout(ctx: AuthContext, who: Principal, scope: LogoutScope) -> list[c
     if not targets:
         await check_not_revoked(ctx, who)  # nothing to append: the check alone
         return []
-    return await ctx.writer.submit([EndSessions(who.user_id, tuple(targets), f"logout_{scope}")], who.caller)
+    return await _submit(ctx, [EndSessions(who.user_id, tuple(targets), f"logout_{scope}")], who.caller)
 
 
 async def revoke_user(ctx: AuthContext, user_id: str, reason: str) -> list[c.Event]:
     """Revoke every token of the user issued up to now, and every session started before."""
-    return await ctx.writer.submit([RevokeUser(user_id, reason)])
+    return await _submit(ctx, [RevokeUser(user_id, reason)])
 
 
 async def end_session(ctx: AuthContext, who: Principal, session_id: uuid.UUID) -> None:
@@ -64,7 +78,7 @@ async def end_session(ctx: AuthContext, who: Principal, session_id: uuid.UUID) -
     if row is None or row[0] != who.user_id:
         raise NotFound("no such session")
     if row[1] is None:
-        await ctx.writer.submit([EndSessions(who.user_id, (session_id,), "ended_by_user")])
+        await _submit(ctx, [EndSessions(who.user_id, (session_id,), "ended_by_user")])
 
 
 async def revoke_token(ctx: AuthContext, token: str, hint: str | None, client_id: str) -> list[c.Event]:
@@ -80,7 +94,7 @@ async def revoke_token(ctx: AuthContext, token: str, hint: str | None, client_id
             else _revoke_access(ctx, token, client_id)
         )
         if intent is not None:
-            return await ctx.writer.submit([intent]) if intent else []
+            return await _submit(ctx, [intent]) if intent else []
     return []
 
 
@@ -146,4 +160,4 @@ async def change_password(
     # The caller's token is checked under the lock too: a password change by a token revoked meanwhile
     # changes nothing. Two changes at once both stand, in the order the writer takes them.
     change = ChangePassword(who.user_id, new_hash, who.session_id, datetime.now(UTC))
-    return await ctx.writer.submit([change], who.caller)
+    return await _submit(ctx, [change], who.caller)

@@ -7,6 +7,8 @@ noisy machine. Each module adds rows, targets and latency samples to one Results
 - memory: bytes per live revocation at 1M entries, process growth after a 100k snapshot, its size and time;
 - live_connections: the watch index of open WebSockets and event streams: bytes per watched connection, the
   cost of applying one event with 10,000 watched against none;
+- tracing: a protected request of the sample app with tracing off against OpenTelemetry not installed, and
+  with tracing on;
 - throughput: requests per second through uvicorn, the tokenlife dependency against a header-only one;
 - jwt_algorithms: sign and verify per algorithm (the basis of RS256);
 - on a real stack (bench/stack.py): introspection per request and propagation from logout to 401 (broker,
@@ -49,6 +51,7 @@ from bench import (
     picture,
     propagation,
     throughput,
+    tracing,
 )
 from bench.results import Results
 from bench.stack import StackUnavailable, running_stack
@@ -64,6 +67,7 @@ def main() -> int:
     asyncio.run(hotpath.run(results))
     memory.run(results)
     live_connections.run(results)
+    tracing.run(results)
     asyncio.run(throughput.run(results))
     for row in jwt_algorithms.run():
         results.rows.append(_legacy(row))

@@ -68,7 +68,7 @@ def _resource(host: str, port: int) -> None:
             runtime: Runtime = served.state.runtime
             state = runtime.feed.state
             # Called right after the state changed, before the message is acknowledged.
-            runtime.feed.on_applied.append(lambda _delay: report(state.applied_position))
+            runtime.feed.on_applied.append(lambda _delay, _exemplar: report(state.applied_position))
             yield
 
     app.router.lifespan_context = lifespan

@@ -9,7 +9,7 @@ import json
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 from fastapi import Depends, FastAPI, Query, Request, WebSocket
 from fastapi.responses import StreamingResponse
@@ -19,10 +19,17 @@ from resource_service.check.verifier import Principal
 from resource_service.protection import Protection, Runtime
 from resource_service.settings import ResourceSettings
 from resource_service.web.dependency import error_responses
+from tracekit import TraceSettings
+from tracekit import load as load_tracing
+
+if TYPE_CHECKING:
+    from tracekit.tracing import Tracing
 
 __all__ = ["ADMIN_SCOPE", "Runtime", "create_app", "runtime"]
 
 ADMIN_SCOPE = "admin"
+# Not traced: probes and scrapes (every protected route is: its server span is what a refusal links to).
+UNTRACED = ("/healthz$", "/readyz$", "/metrics$")
 
 
 def runtime(request: Request | WebSocket) -> Runtime:
@@ -72,9 +79,14 @@ async def _ticks(interval: float, principal: Principal) -> AsyncIterator[dict[st
 _INTERVAL = Query(ge=0.05, le=60.0, description="Seconds between two ticks.")
 
 
-def create_app(settings: ResourceSettings) -> FastAPI:
-    """The sample service; nothing connects until the lifespan starts the feed."""
-    tokenlife = Protection(settings)
+def create_app(settings: ResourceSettings, tracing: "Tracing | None" = None) -> FastAPI:
+    """The sample service; nothing connects until the lifespan starts the feed.
+
+    `tracing`: the process's OpenTelemetry (tracekit.tracing); None: as the OTEL_* variables say (off unless
+    they name an exporter or an endpoint). Off, nothing of it is on any request's path."""
+    owned = tracing is None
+    tracing = tracing or load_tracing(TraceSettings(), "tokenlife-resource")
+    tokenlife = Protection(settings, tracing=tracing, owns_tracing=owned)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -145,4 +157,6 @@ def create_app(settings: ResourceSettings) -> FastAPI:
 
     app.add_api_route("/readyz", tokenlife.readiness, include_in_schema=False)
     app.add_api_route("/metrics", tokenlife.metrics, include_in_schema=False)
+    if tracing is not None:
+        tracing.instrument_app(app, UNTRACED)
     return app

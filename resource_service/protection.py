@@ -18,26 +18,20 @@ from __future__ import annotations
 import math
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Request, WebSocket
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.exposition import choose_encoder
 from starlette.applications import Starlette
 from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp
 
-from looplag import LoopLag
 from resource_service.check.guard import Guard
-from resource_service.check.keys import JwksKeySource
-from resource_service.check.state import RevocationState
-from resource_service.check.verifier import Principal, TokenVerifier
-from resource_service.feed.auth_client import AuthClient
-from resource_service.feed.loop import Feed
+from resource_service.check.verifier import Principal
+from resource_service.runtime import Runtime, build_runtime
 from resource_service.settings import ResourceSettings
 from resource_service.web.answer_gate import GATE_KEY, AnswerGate
-from resource_service.web.auth_metrics import AuthLinkCollector
 from resource_service.web.dependency import (
     DEFAULT_REALM,
     PrincipalDependency,
@@ -45,9 +39,12 @@ from resource_service.web.dependency import (
     error_responses,
     install_error_handler,
 )
-from resource_service.web.live import LiveConnections, watched_events
-from resource_service.web.metrics import build_registry
+from resource_service.web.live import watched_events
 from resource_service.web.websocket import WebSocketHandler, serve_websocket
+from tracekit import serving
+
+if TYPE_CHECKING:
+    from tracekit.tracing import Tracing
 
 # Principal, ResourceSettings and error_responses too, so that an app imports what it uses from one place.
 __all__ = [
@@ -71,53 +68,6 @@ class NotRunning(RuntimeError):
 
 class GateMissing(RuntimeError):
     """A `require` dependency ran in a request the answer gate did not see (the app was not `install`ed)."""
-
-
-@dataclass(frozen=True, slots=True)
-class Runtime:
-    """What a running Protection holds: the feed, the guard and what serves metrics and open connections."""
-
-    settings: ResourceSettings
-    client: AuthClient
-    feed: Feed
-    guard: Guard
-    registry: CollectorRegistry
-    loop_lag: LoopLag
-    live: LiveConnections
-
-
-def build_runtime(settings: ResourceSettings) -> Runtime:
-    """Everything a resource service runs, built and not started (nothing connects)."""
-    client = AuthClient(
-        settings.auth_urls,
-        settings.service_client_id,
-        settings.service_client_secret.get_secret_value(),
-        timeout=settings.http_timeout,
-        # A hung auth instance is left this long after it should have answered: well inside the bound B, so
-        # the next URL's answer comes before the evidence of the last one runs out.
-        hedge_after=min(settings.http_timeout, settings.max_staleness / 8),
-    )
-    # An entry must outlive the verifier's leeway on exp, or a revoked token could be accepted again in it.
-    state = RevocationState(leeway=settings.leeway + 30.0)
-    keys = JwksKeySource(client.jwks, min_interval=settings.jwks_min_interval)
-    verifier = TokenVerifier(
-        settings.issuer, settings.audience, keys, algorithms=settings.algorithms, leeway=settings.leeway
-    )
-    feed = Feed(settings, state, client)
-    guard = Guard(
-        verifier,
-        state,
-        feed.freshness,
-        policy=settings.stale_policy,
-        introspect=client.introspect,
-        retry_after=_retry_after(settings),
-        fresh_until=feed.tracker,
-        complete_since=lambda: feed.complete_since,
-    )
-    live = LiveConnections(guard, state, tick=min(0.25, settings.max_staleness / 8), fresh_until=feed.tracker)
-    registry = build_registry(feed, guard, live)
-    registry.register(AuthLinkCollector(client))
-    return Runtime(settings, client, feed, guard, registry, LoopLag(registry), live)
 
 
 def _retry_after(settings: ResourceSettings) -> int:
@@ -158,13 +108,22 @@ class Protection:
     """A resource service's protection by tokenlife: lifespan, dependencies, gate, readiness and metrics."""
 
     def __init__(
-        self, settings: ResourceSettings | None = None, /, *, realm: str = DEFAULT_REALM, **options: Any
+        self,
+        settings: ResourceSettings | None = None,
+        /,
+        *,
+        realm: str = DEFAULT_REALM,
+        tracing: Tracing | None = None,
+        owns_tracing: bool = False,
+        **options: Any,
     ) -> None:
         if settings is not None and options:
             raise TypeError("pass either ResourceSettings or settings as keyword arguments, not both")
         # Keyword arguments win over TOKENLIFE_* variables, which fill in the rest (pydantic-settings).
         self.settings = settings if settings is not None else ResourceSettings(**options)
         self.realm = realm
+        # OpenTelemetry (tracekit), or None: off. Owned: shut down (its spans flushed) when tokenlife stops.
+        self._tracing, self._owns_tracing = tracing, owns_tracing
         self._runtime: Runtime | None = None
 
     @property
@@ -183,8 +142,9 @@ class Protection:
         if self._runtime is not None:
             raise RuntimeError("tokenlife is already running: install it or use its lifespan, not both")
         self.settings.announce()
-        rt = build_runtime(self.settings)
+        rt = build_runtime(self.settings, self._tracing)
         async with AsyncExitStack() as stack:
+            stack.enter_context(serving(self._tracing, owned=self._owns_tracing))
             stack.push_async_callback(rt.client.aclose)
             rt.loop_lag.start()
             stack.push_async_callback(rt.loop_lag.stop)
@@ -276,8 +236,10 @@ class Protection:
         return JSONResponse(body, status_code=200 if ready else 503, headers=headers)
 
     async def metrics(self, request: Request) -> Response:
-        """An endpoint: the Prometheus text format of this instance's metrics."""
-        return Response(generate_latest(self.runtime.registry), media_type=CONTENT_TYPE_LATEST)
+        """An endpoint: this instance's metrics, Prometheus text or OpenMetrics when asked (it carries the
+        delay histogram's exemplars, which link to traces)."""
+        encode, media_type = choose_encoder(request.headers.get("accept", ""))
+        return Response(encode(self.runtime.registry), media_type=media_type)
 
     def _not_ready(self) -> dict[str, str]:
         return {"Cache-Control": "no-store", "Retry-After": str(_retry_after(self.settings))}

@@ -17,6 +17,7 @@ from auth_service.errors import InvalidRequest
 from auth_service.log.listener import LogListener
 from auth_service.log.snapshots import columnar_snapshot_json, snapshot_json
 from auth_service.log.store import MAX_PAGE, read_page
+from tracekit.page import HEADER as PAGE_HEADER
 
 router = APIRouter(tags=["service"])
 
@@ -53,7 +54,12 @@ async def events(
     else:
         page, held = await _read(ctx, after, limit), 0.0
     answer = page.model_copy(update={"server_time": utcnow(), "held": round(held, 6)})
-    return Response(answer.model_dump_json(), media_type="application/json")
+    headers = None
+    if ctx.traces is not None and answer.events:
+        # The trace contexts of the events this process committed traced (tracekit.page), beside the body.
+        contexts = ctx.traces.page_header(answer.events)
+        headers = {PAGE_HEADER: contexts} if contexts else None
+    return Response(answer.model_dump_json(), media_type="application/json", headers=headers)
 
 
 async def _read(ctx: AuthContext, after: int, limit: int) -> EventPage:

@@ -19,7 +19,7 @@ from auth_service.db.engine import asyncpg_dsn
 from auth_service.log import store as event_log
 from auth_service.relay.leader import LeaderLock
 from auth_service.relay.metrics import RelayMetrics
-from auth_service.relay.publisher import BrokerLink, PublishFailure
+from auth_service.relay.publisher import BrokerLink, PublishFailure, PublishTraces
 from auth_service.relay.pump import Progress, Pump
 from auth_service.relay.reading import LogReader
 from auth_service.relay.wakeup import Waker
@@ -47,9 +47,11 @@ class Relay:
         settings: RelaySettings | None = None,
         metrics: RelayMetrics | None = None,
         stream: StreamSpec | None = None,
+        traces: PublishTraces | None = None,
     ) -> None:
         settings = settings or RelaySettings()
         self._stream = stream
+        self._traces = traces  # producer spans of the events this process committed traced
         self._database_url = database_url
         self._amqp_url = amqp_url
         self._exchange = exchange
@@ -85,6 +87,7 @@ class Relay:
         *,
         relay: RelaySettings | None = None,
         metrics: RelayMetrics | None = None,
+        traces: PublishTraces | None = None,
     ) -> Relay:
         """A relay configured by the service's settings (`relay` replaces their relay part, if given)."""
         return cls(
@@ -94,6 +97,7 @@ class Relay:
             settings=relay or settings.relay,
             metrics=metrics,
             stream=settings.stream,
+            traces=traces,
         )
 
     @property
@@ -211,6 +215,7 @@ class Relay:
                         self._exchange,
                         publish_timeout=self._publish_timeout,
                         stream=self._stream,
+                        traces=self._traces,
                     )
                     self._opened_links += 1
                     if self._opened_links > 1:

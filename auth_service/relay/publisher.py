@@ -28,9 +28,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import partial
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 import aio_pika
 import aiormq
@@ -73,6 +73,26 @@ def failure(exc: BaseException) -> PublishFailure:
 
 _PERSISTENT = aio_pika.DeliveryMode.PERSISTENT.value
 
+# Ends a message's producer span: None when the broker confirmed it, else why not.
+EndSpan = Callable[[BaseException | None], None]
+
+
+class PublishTraces(Protocol):
+    """Producer spans for traced events (auth_service/traces.py, when tracing is on)."""
+
+    def publish(
+        self, position: int, payload: dict[str, Any], exchange: str, routing_key: str
+    ) -> tuple[dict[str, str], EndSpan] | None:
+        """The trace headers of the event's message and the end of its span; None for an untraced event."""
+        ...
+
+
+def _end_span(end: EndSpan, confirmation: asyncio.Future[Any]) -> None:
+    if confirmation.cancelled():
+        end(PublishFailure("connection", "the publish was cancelled"))
+    else:
+        end(confirmation.exception())
+
 
 def _forget(message_ids: dict[str, int], key: str, _: asyncio.Future[Any]) -> None:
     message_ids.pop(key, None)
@@ -92,21 +112,31 @@ class BrokerLink:
         exchange: AbstractExchange,
         underlay: aiormq.Channel,
         publish_timeout: float,
+        traces: PublishTraces | None = None,
     ) -> None:
         self._connection = connection
         self._channel = channel
         self._underlay = underlay
         self._exchange = exchange
         self._timeout = publish_timeout
+        self._traces = traces
 
     @classmethod
     async def open(
-        cls, amqp_url: str, exchange: str, *, publish_timeout: float, stream: StreamSpec | None = None
+        cls,
+        amqp_url: str,
+        exchange: str,
+        *,
+        publish_timeout: float,
+        stream: StreamSpec | None = None,
+        traces: PublishTraces | None = None,
     ) -> BrokerLink:
         """Connect, open a confirm channel that raises on returns, and declare the durable topic exchange
         (and, with `stream`, the stream bound to it, so nothing is published before it can hold it).
 
         `publish_timeout` bounds the connect and every later publish: a silent broker never hangs the relay.
+        With `traces`, a traced event's message carries its trace context in its headers (W3C traceparent, as
+        the messaging conventions have it) and its producer span ends with the broker's confirm.
         """
         timeout = publish_timeout
         connection: AbstractConnection | None = None
@@ -121,7 +151,7 @@ class BrokerLink:
                         channel, exchange, max_age=stream.max_age, max_bytes=stream.max_bytes
                     )
                 underlay = cast(aiormq.Channel, await channel.get_underlay_channel())
-            return cls(connection, channel, declared, underlay, publish_timeout)
+            return cls(connection, channel, declared, underlay, publish_timeout, traces)
         except _BROKER_ERRORS as exc:
             if connection is not None:
                 await close_connection(connection)
@@ -139,22 +169,38 @@ class BrokerLink:
         None, and nothing queued, when the channel cannot take them at once: closed, or the connection's write
         queue is full (`drained` waits for room).
         """
+        channel = self._underlay
+        if channel.is_closed or channel.write_queue.full():
+            return None  # before any span starts: the caller sends these again once there is room
         frames: list[Any] = []
         message_ids = []
-        for position, payload in events:
+        traced: list[tuple[int, EndSpan]] = []
+        for index, (position, payload) in enumerate(events):
             kind = str(payload.get("type", ""))
             message_ids.append(str(payload["event_id"]))
+            headers: dict[str, Any] = {"position": position, "prev_position": position - 1}
+            if self._traces is not None:
+                span = self._traces.publish(position, payload, self._exchange.name, kind)
+                if span is not None:
+                    headers |= span[0]
+                    traced.append((index, span[1]))
             properties = spec.Basic.Properties(
                 content_type="application/json",
                 delivery_mode=_PERSISTENT,
                 message_id=message_ids[-1],
                 message_type=kind,
-                headers={"position": position, "prev_position": position - 1},
+                headers=headers,
             )
             # The payload is already the contract's wire form, position and prev_position included.
             body = json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
             frames += self._frames(body, kind, properties, mandatory=True)
-        return self._queue(frames, message_ids)
+        confirmations = self._queue(frames, message_ids)
+        for index, end in traced:
+            if confirmations is None:
+                end(PublishFailure("connection", "not sent: the channel closed"))
+            else:
+                confirmations[index].add_done_callback(partial(_end_span, end))
+        return confirmations
 
     def send_heartbeat(self, head: int) -> asyncio.Future[Any] | None:
         """Queue a heartbeat with the head of the log: transient, not mandatory, confirmed (see `send`)."""

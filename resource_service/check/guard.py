@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import Literal, Protocol
 
 from auth_service.contract.bearer import MAX_HEADER_BYTES, MalformedBearer, parse_bearer
-from resource_service.check.state import RevocationState
+from resource_service.check.state import RevocationReason, RevocationState
 from resource_service.check.verifier import Principal, TokenVerifier
 from resource_service.errors import (
     InsufficientScope,
@@ -30,6 +30,8 @@ Freshness = Literal["fresh", "stale", "unsynced"]
 Policy = Literal["fail_closed", "fail_open", "introspect"]
 # Asks the auth service (RFC 7662) whether the token is still active; True means active.
 Introspect = Callable[[str], Awaitable[bool]]
+# Told of each token refused as revoked, before the refusal is raised (a first refusal's span, if traced).
+OnRevoked = Callable[[Principal, RevocationReason], None]
 
 
 class FreshUntil(Protocol):
@@ -75,6 +77,7 @@ class Guard:
         fresh_until: FreshUntil | None = None,
         clock: Callable[[], float] = time.monotonic,
         complete_since: Callable[[], float] | None = None,
+        on_revoked: OnRevoked | None = None,
     ) -> None:
         if policy not in ("fail_closed", "fail_open", "introspect"):
             raise ValueError(f"unknown staleness policy {policy!r}")
@@ -94,6 +97,8 @@ class Guard:
         # nothing older); a token issued before it is refused as stale, never judged on what is missing.
         self._complete_since = complete_since
         self._warned_stale = False
+        # Only on a refusal, never on the accepting path: None costs a refused request one test.
+        self._on_revoked = on_revoked
         # The warm path's map: header value -> (Principal, wall-clock time its token expires), at most as
         # many entries as the verifier caches.
         self._warm: dict[str, tuple[Principal, float]] = {}
@@ -129,6 +134,8 @@ class Guard:
         reason = self._state.is_revoked(principal.facts)
         if reason is not None:
             self.rejections[reason.value] += 1
+            if self._on_revoked is not None:
+                self._on_revoked(principal, reason)
             raise TokenRevoked(reason.value)
         if required_scopes:
             scopes = principal.scopes
@@ -194,6 +201,8 @@ class Guard:
         # Never cached: a revocation must take effect on the very next request.
         reason = self._state.is_revoked(principal.facts)
         if reason is not None:
+            if self._on_revoked is not None:
+                self._on_revoked(principal, reason)
             raise TokenRevoked(reason.value)
         if self._complete_since is not None and principal.facts.iat < self._complete_since():
             raise StateStale(

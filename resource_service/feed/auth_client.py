@@ -17,15 +17,23 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
 import httpx
 from pydantic import ValidationError
 
 from auth_service.contract import EventPage
+from tracekit.page import HEADER as TRACE_HEADER
+from tracekit.page import parse_contexts
 
-__all__ = ["AuthClient", "AuthServiceUnavailable", "EventsRead", "LogUnreadable"]
+__all__ = ["AuthClient", "AuthServiceUnavailable", "Carrier", "Delivery", "EventsRead", "LogUnreadable"]
+
+# What an event came with that may carry its trace context: message headers, a stream message's application
+# properties, or the entry the events API's answer named for it.
+Carrier = Mapping[Any, Any]
+# How an event reached the feed, whatever the transport: its carrier, when (monotonic), and over what.
+Delivery = tuple[Carrier | None, float, str]
 
 
 class AuthServiceUnavailable(Exception):
@@ -173,12 +181,24 @@ class AuthClient:
 
         With `wait`, the auth service holds the request up to that many seconds while nothing is new.
         """
+        return (await self.page(after, limit, wait=wait))[0]
+
+    async def page(
+        self, after: int, limit: int, *, wait: float = 0.0
+    ) -> tuple[EventsRead, dict[int, Carrier]]:
+        """`events()`, and the trace contexts the answer named for some of them, by position (tracekit.page;
+        none unless the auth service traces)."""
         params: dict[str, int | float] = {"after": after, "limit": limit}
         response, sent_after = await self._request("GET", "/v1/events", params=params, hold=wait)
         try:
-            return EventsRead(EventPage.model_validate_json(response.content), sent_after)
+            page = EventPage.model_validate_json(response.content)
         except ValidationError as exc:
             raise AuthServiceUnavailable(f"unreadable events page: {exc.error_count()} errors") from None
+        traced = parse_contexts(response.headers.get(TRACE_HEADER))
+        carriers: dict[int, Carrier] = {
+            position: {"traceparent": parent} for position, parent in traced.items()
+        }
+        return EventsRead(page, sent_after), carriers
 
     async def jwks(self) -> dict[str, Any]:
         """The auth service's JWKS document."""

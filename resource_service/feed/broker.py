@@ -25,7 +25,7 @@ from amqpkit import close_connection
 from auth_service.contract import HEARTBEAT_TYPE, ContractError, Event, UnknownEvent, decode, decode_heartbeat
 from resource_service.check.freshness import FreshnessTracker
 from resource_service.check.state import ApplyResult, RevocationState
-from resource_service.feed.auth_client import AuthServiceUnavailable, LogUnreadable
+from resource_service.feed.auth_client import AuthServiceUnavailable, Delivery, LogUnreadable
 from resource_service.feed.topology import subscribe
 from resource_service.settings import ResourceSettings
 
@@ -51,7 +51,9 @@ class Feed(Protocol):
     wall_clock: Callable[[], float]
 
     def note_head(self, position: int) -> None: ...
-    def applied(self, event: Event | UnknownEvent, result: ApplyResult) -> None: ...
+    def applied(
+        self, event: Event | UnknownEvent, result: ApplyResult, delivery: Delivery | None = None
+    ) -> None: ...
     async def fill_gap(self, why: str) -> None: ...
     async def sync_from_log(self, *, snapshot: bool = False) -> None: ...
 
@@ -144,7 +146,8 @@ class BrokerTransport:
         if result is ApplyResult.GAP:
             await feed.fill_gap(f"event {event.position} after {feed.state.applied_position}")
             result = feed.state.apply(event)
-        feed.applied(event, result)
+        # The headers carry the revocation's trace context, when it has one (feed/traces.py).
+        feed.applied(event, result, (message.headers, received, "queues"))
         await message.ack()
 
     async def _heartbeat(self, received: float, message: AbstractIncomingMessage) -> None:

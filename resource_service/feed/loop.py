@@ -19,18 +19,23 @@ import math
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from typing import Any
+from functools import partial
+from typing import TYPE_CHECKING, Any
 
 from auth_service.contract import ContractError, Event, UnknownEvent, decode
-from resource_service.check.freshness import FreshnessTracker, loop_lag, read_as_of
+from resource_service.check.freshness import FreshnessTracker, read_as_of
 from resource_service.check.guard import Freshness
 from resource_service.check.state import ApplyResult, RevocationState, SnapshotLoader
-from resource_service.feed.auth_client import AuthClient, AuthServiceUnavailable, LogUnreadable
+from resource_service.feed import housekeeping
+from resource_service.feed.auth_client import AuthClient, AuthServiceUnavailable, Delivery, LogUnreadable
 from resource_service.feed.broker import BrokerTransport
 from resource_service.feed.snapshot_loading import load_snapshot
 from resource_service.feed.stream import StreamTransport
 from resource_service.feed.stream_client import StreamUnavailable, check_stream
 from resource_service.settings import ResourceSettings
+
+if TYPE_CHECKING:
+    from resource_service.feed.traces import FeedTraces
 
 __all__ = ["Feed", "LogUnreadable"]
 
@@ -73,8 +78,9 @@ class Feed:
         self.counters: Counter[str] = Counter()
         self.crashes: Counter[str] = Counter()
         # Hooks told, for each event that changed the state, the seconds from its occurred_at to its apply
-        # here (metrics add a histogram's observe).
-        self.on_applied: list[Callable[[float], None]] = []
+        # here, and the exemplar of its trace when traced (metrics add a histogram's observe).
+        self.on_applied: list[Callable[[float, dict[str, str] | None], None]] = []
+        self.traces: FeedTraces | None = None  # the apply spans, when tracing is on (traces.py)
 
     # --- freshness ---------------------------------------------------------------------------------------
 
@@ -128,8 +134,8 @@ class Feed:
                 self.broker, self.transport = False, "long_poll"
         runs: list[tuple[str, Callable[[], Awaitable[None]]]] = [
             ("long-poll", self._long_poll_loop),
-            ("pruner", self._prune_loop),
-            ("stall-watch", self._stall_watch_loop),
+            ("pruner", partial(housekeeping.prune_loop, self)),
+            ("stall-watch", partial(housekeeping.stall_watch_loop, self)),
         ]
         if self.transport == "stream":
             # Until its first session decides between a replay and a snapshot (or ends).
@@ -186,12 +192,13 @@ class Feed:
                 self.counters["snapshots"] += 1
             while True:
                 started = self.clock()
-                page, sent_after = await self._client.events(
+                (page, sent_after), traced = await self._client.page(
                     self.state.applied_position, self.settings.page_size
                 )
                 self.note_head(page.head)
+                received = self.clock()
                 for raw in page.events:
-                    self._apply_logged(raw)
+                    self._apply_logged(raw, traced, received)
                 if self.state.applied_position >= page.head:
                     # Nothing newer than what we hold existed when the request left: at the head as of then.
                     self.tracker.at_head(started + sent_after)
@@ -201,7 +208,7 @@ class Feed:
                         f"empty page after {self.state.applied_position} below head {page.head}"
                     )
 
-    def _apply_logged(self, raw: dict[str, Any]) -> None:
+    def _apply_logged(self, raw: dict[str, Any], traced: dict[int, Any], received: float) -> None:
         try:
             event = decode(raw)
         except ContractError as exc:
@@ -211,16 +218,19 @@ class Feed:
         result = self.state.apply(event)
         if result is ApplyResult.GAP:
             raise LogUnreadable(f"event {event.position} does not follow {self.state.applied_position}")
-        self.applied(event, result)
+        self.applied(event, result, (traced.get(event.position or 0), received, "long_poll"))
 
-    def applied(self, event: Event | UnknownEvent, result: ApplyResult) -> None:
-        """Account for an event just applied: the head it proves, and its delay when it changed the state."""
+    def applied(self, event: Event | UnknownEvent, result: ApplyResult, via: Delivery | None = None) -> None:
+        """Account for an applied event: the head it proves; its delay and span when it changed the state."""
         if event.position is not None:
             self.note_head(event.position)
         if result in (ApplyResult.CHANGED, ApplyResult.ADVANCED):
+            exemplar = None
+            if self.traces is not None and via is not None:
+                exemplar = self.traces.processed(event, result, via, self.clock())
             delay = max(0.0, self.wall_clock() - event.occurred_at.timestamp())
             for hook in self.on_applied:
-                hook(delay)
+                hook(delay, exemplar)
 
     async def fill_gap(self, why: str) -> None:
         """Read the log up to its head; a failure is logged (the long-poll and the next heartbeat retry)."""
@@ -266,7 +276,7 @@ class Feed:
         # Not under the sync lock: a gap fill or a broker catch-up must not wait for a hold to end. The
         # state only moves forward, so what this page brings is either new or a duplicate.
         started = self.clock()
-        page, sent_after = await self._client.events(
+        (page, sent_after), traced = await self._client.page(
             self.state.applied_position, self.settings.page_size, wait=hold
         )
         received = self.clock()
@@ -276,25 +286,7 @@ class Feed:
         async with self._sync_lock:
             self.note_head(page.head)
             for raw in page.events:
-                self._apply_logged(raw)
+                self._apply_logged(raw, traced, received)
             self.counters["long_poll_events"] += len(page.events)
             if self.state.applied_position >= page.head:
                 self.tracker.at_head(read_as_of(sent, received, page.held))
-
-    async def _stall_watch_loop(self) -> None:
-        # A tick that wakes late measures the loop's own stall; past the bound it voids older evidence.
-        tick = self.settings.max_staleness / 8
-        previous = self.clock()
-        while True:
-            await asyncio.sleep(tick)
-            now = self.clock()
-            lag = loop_lag(previous, now, tick)
-            previous = now
-            if self.tracker.loop_stalled(lag, now):
-                self.counters["loop_stalls"] += 1
-                log.warning("event loop stalled %.2f s: refusing until the head is confirmed again", lag)
-
-    async def _prune_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.settings.prune_interval)
-            self.counters["pruned"] += self.state.prune(self.wall_clock())

@@ -36,7 +36,7 @@ from amqpkit.streams import stream_name
 from auth_service.contract import HEARTBEAT_TYPE, ContractError, Event, UnknownEvent, decode, decode_heartbeat
 from resource_service.check.freshness import FreshnessTracker
 from resource_service.check.state import ApplyResult, RevocationState
-from resource_service.feed.auth_client import AuthServiceUnavailable, LogUnreadable
+from resource_service.feed.auth_client import AuthServiceUnavailable, Delivery, LogUnreadable
 from resource_service.feed.stream_client import STREAM_ERRORS, first_timestamp
 from resource_service.feed.stream_client import consumer as stream_consumer
 from resource_service.settings import ResourceSettings
@@ -64,7 +64,9 @@ class Feed(Protocol):
     @property
     def state_built(self) -> bool: ...
     def note_head(self, position: int) -> None: ...
-    def applied(self, event: Event | UnknownEvent, result: ApplyResult) -> None: ...
+    def applied(
+        self, event: Event | UnknownEvent, result: ApplyResult, delivery: Delivery | None = None
+    ) -> None: ...
     def start_replay(self, base: int, since: float) -> bool: ...
     async def fill_gap(self, why: str) -> None: ...
     async def sync_from_log(self, *, snapshot: bool = False) -> None: ...
@@ -216,7 +218,8 @@ class StreamTransport:
         if result is ApplyResult.GAP:
             await feed.fill_gap(f"event {event.position} after {feed.state.applied_position}")
             result = feed.state.apply(event)
-        feed.applied(event, result)
+        # The relay's AMQP headers are the message's application properties here (with the trace context).
+        feed.applied(event, result, (properties, received, "stream"))
 
     async def _heartbeat(self, received: float, body: bytes) -> None:
         feed = self._feed

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-PACKAGES = ("auth_service", "resource_service", "tokenlife", "looplag", "amqpkit", "bench")
+PACKAGES = ("auth_service", "resource_service", "tokenlife", "looplag", "amqpkit", "tracekit", "bench")
 IO_LIBRARIES = {
     "sqlalchemy",
     "asyncpg",
@@ -99,6 +99,7 @@ def test_resource_service_imports_only_the_contract_from_auth_service() -> None:
         ("resource_service", ("tokenlife",)),
         ("looplag", ("auth_service", "resource_service", "tokenlife")),
         ("amqpkit", ("auth_service", "resource_service", "tokenlife", "looplag")),
+        ("tracekit", ("auth_service", "resource_service", "tokenlife", "looplag", "amqpkit")),
     ],
 )
 def test_a_service_imports_neither_the_other_nor_the_command_line(

@@ -31,8 +31,8 @@ def _largest_resource_leeway() -> int:
 
 
 def _resource_state_margin() -> float:
-    """X in `RevocationState(leeway=settings.leeway + X)`, as resource_service/protection.py builds it."""
-    tree = ast.parse((ROOT / "resource_service" / "protection.py").read_text())
+    """X in `RevocationState(leeway=settings.leeway + X)`, as resource_service/runtime.py builds it."""
+    tree = ast.parse((ROOT / "resource_service" / "runtime.py").read_text())
     for node in ast.walk(tree):
         if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "RevocationState":
             for keyword in node.keywords:
@@ -47,7 +47,7 @@ def _resource_state_margin() -> float:
                 ):
                     return float(value.right.value)
     raise AssertionError(
-        "resource_service/protection.py no longer builds RevocationState(leeway=settings.leeway + X)"
+        "resource_service/runtime.py no longer builds RevocationState(leeway=settings.leeway + X)"
     )
 
 

@@ -299,6 +299,7 @@
     }
     const result = await response.json();
     const committed = performance.now();
+    const traceId = traceOf(response);
     if (scope === "others") {
       $("sessions-status").textContent = `Signed out ${result.revoked} other session${result.revoked === 1 ? "" : "s"}.`;
       loadSessions();
@@ -313,7 +314,14 @@
         : "You signed out of this device.",
     );
     $("password").focus(); // the button pressed is gone: keep keyboard users in the form, email kept
-    watchRefusal(token, committed, `after the auth service confirmed the sign-out (${Math.round(committed - t0)} ms round trip)`);
+    watchRefusal(token, committed, `after the auth service confirmed the sign-out (${Math.round(committed - t0)} ms round trip)`, traceId);
+  }
+
+  // With tracing on, the auth service names the request's trace (W3C traceresponse): the sign-out's trace
+  // holds the commit, the publish and each resource instance's apply and first refusal.
+  function traceOf(response) {
+    const match = /^00-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}$/.exec(response.headers.get("traceresponse") || "");
+    return match ? match[1] : null;
   }
 
   function endedElsewhere() {
@@ -375,7 +383,7 @@
     }
   }
 
-  async function watchRefusal(token, since, label) {
+  async function watchRefusal(token, since, label, traceId = null) {
     const out = $("refusal");
     if (!state.config.resource_url || !token) return;
     out.className = "result line";
@@ -388,6 +396,10 @@
           out.className = "result line refused";
           out.dataset.delayMs = String(ms);
           out.textContent = `The resource service refused the token ${ms} ms ${label}.`;
+          if (traceId) {
+            out.dataset.traceId = traceId;
+            out.textContent += ` Trace ${traceId}.`;
+          }
           return;
         }
       } catch {
