@@ -1,0 +1,240 @@
+"""The database fails over: the primary killed, its synchronous standby promoted, nothing committed lost.
+
+A private primary and streaming standby (tests/fault/replication.py), 2 auth and 3 resource processes on the
+two-host URL (`target_session_attrs=read-write`), logins, refreshes and logouts flowing, long-polls held on
+every auth process. Then the primary is stopped in immediate mode and, a moment later (the time a failover
+manager takes to decide), the standby is promoted. No process is restarted. The checks:
+- every logout that got a 2xx (before, during or after) is in the new primary's log and refused by every
+  resource instance at the end; no revoked token got a 200 past B, nothing answered a 500;
+- the auth processes answer 2xx again, the relay publishes from its cursor on the new primary (the cursor
+  passes the head written after the promotion), every long-poll in flight got an answer (no hang);
+- the time from the primary's death to the first 2xx logout, and to every resource instance fresh again at
+  a position written on the new primary, is printed (measured, not asserted: timings belong in benchmarks).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import shutil
+import tempfile
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import asyncpg
+import httpx
+import pytest
+
+from auth_service.db.engine import asyncpg_dsn
+from auth_service.db.migrate import upgrade
+from tests.conftest import PASSWORD, SERVICE_CLIENT, add_user
+from tests.fault import replication
+from tests.fault.ledger import NOTES, SUMMARIES, Ledger, Load, Prober
+from tests.fault.stack import Process, Stack
+
+T = TypeVar("T")
+
+pytestmark = [pytest.mark.fault, pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
+
+WARM = 2.0  # load before the fault
+DECIDE = 1.0  # between the primary's death and the promotion, as a failover manager would take
+WAIT = 8.0  # each long-poll's wait
+DEADLINE = 60.0  # the most any recovery step may take before the test gives up
+
+
+def _claims(token: str) -> dict[str, Any]:
+    payload = token.split(".")[1]
+    return dict(json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4))))
+
+
+# A revocation that covers the token: its jti, its session, or its user from before it was issued.
+_COVERED = """
+SELECT EXISTS (
+  SELECT 1 FROM event_log
+  WHERE (type = 'token.revoked' AND jti = $1)
+     OR (type = 'session.revoked' AND session_id = $2::uuid)
+     OR (type = 'user.revoked' AND user_id = $3 AND occurred_at >= to_timestamp($4))
+)
+"""
+
+
+class LongPolls:
+    """Long-polls one after another on an auth process, as a resource instance holds them; answers kept."""
+
+    def __init__(self) -> None:
+        self.answers: list[tuple[str, float, float, int]] = []  # process, sent, answered, status (-1: none)
+        self._http = httpx.AsyncClient(auth=httpx.BasicAuth(*SERVICE_CLIENT), timeout=WAIT + 5.0)
+
+    async def run(self, process: Process) -> None:
+        after = 0
+        while True:
+            sent = time.monotonic()
+            try:
+                response = await self._http.get(
+                    f"{process.base}/v1/events", params={"after": after, "wait": WAIT, "limit": 1000}
+                )
+                status = response.status_code
+                if status == 200:
+                    after = int(response.json()["head"])
+            except httpx.HTTPError:
+                status = -1
+            self.answers.append((process.name, sent, time.monotonic(), status))
+            if status != 200:
+                await asyncio.sleep(0.2)
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+
+async def _until(what: str, check: Callable[[], Awaitable[T | None]]) -> T:
+    end = time.monotonic() + DEADLINE
+    while (found := await check()) is None:
+        assert time.monotonic() < end, f"not within {DEADLINE} s: {what}"
+        await asyncio.sleep(0.05)
+    return found
+
+
+async def test_primary_killed_and_synchronous_standby_promoted_loses_no_revocation(amqp_url: str) -> None:
+    if (why := replication.available()) is not None:
+        pytest.skip(why)
+    # The servers run as the postgres user, in a directory below this one: it must be able to enter it.
+    workdir = Path(await asyncio.to_thread(tempfile.mkdtemp, prefix="tokenlife-failover-"))
+    await asyncio.to_thread(os.chmod, workdir, 0o755)
+    pair = replication.Pair(workdir / "pg", synchronous=True)
+    stack = Stack(workdir, amqp_url, f"tokenlife.fault.{uuid.uuid4().hex[:12]}")
+    ledger = Ledger()
+    load = prober = None
+    polls = LongPolls()
+    tasks: list[asyncio.Task[None]] = []
+    try:
+        await asyncio.to_thread(pair.start)
+        stack.database_url = pair.url()
+        await asyncio.to_thread(upgrade, stack.database_url)
+        users = [f"user{i}@failover.test" for i in range(3)]
+        for email in [*users, "timer@failover.test"]:
+            await add_user(stack.database_url, email)
+        await stack.start()
+        load, prober = Load(stack, ledger, users), Prober(stack, ledger)
+        tasks = [asyncio.create_task(load.run(email)) for email in users]
+        tasks += [asyncio.create_task(prober.run_instance(p)) for p in stack.resource]
+        tasks += [asyncio.create_task(polls.run(p)) for p in stack.auth for _ in range(2)]
+        since = time.monotonic()
+        await _until("a logout before the fault", lambda: _first_after(ledger.logouts, since))
+        await asyncio.sleep(WARM)
+        before = len(ledger.logouts)
+        # A session of the test's own, logged out the moment the service can: the load's cycles take seconds.
+        timer = await _login(stack.auth[0], "timer@failover.test")
+
+        died = time.monotonic()
+        await asyncio.to_thread(pair.kill_primary)
+        await asyncio.sleep(DECIDE)
+        await asyncio.to_thread(pair.promote)
+        promoted = time.monotonic()
+
+        first = await _until("a logout answered 2xx", lambda: _logout(stack.auth, timer, ledger))
+        new_primary = await asyncpg.connect(asyncpg_dsn(pair.node_url(pair.primary)))
+        try:
+            head = int(await new_primary.fetchval("SELECT coalesce(max(position), 0) FROM event_log"))
+            times = await asyncio.gather(*(_fresh_at(p, head) for p in stack.resource))
+            fresh = {p.name: t - died for p, t in zip(stack.resource, times, strict=True)}
+            await _until("the relay's cursor at the new head", lambda: _cursor(new_primary, head))
+            await asyncio.sleep(1.0)  # load goes on after the fault too
+            missing = await prober.every_revocation_refused(DEADLINE)
+            summary = ledger.summarize("primary killed, sync standby promoted", since)
+            summary.violations += missing
+            summary.lost = len(missing)
+            SUMMARIES.append(summary)
+            not_in_log = [
+                token
+                for token in ledger.revoked
+                if not await new_primary.fetchval(
+                    _COVERED,
+                    (c := _claims(token))["jti"],
+                    c["sid"],
+                    c["sub"],
+                    float(c["iat"]),
+                )
+            ]
+        finally:
+            await new_primary.close()
+        in_flight = [a for a in polls.answers if a[1] < died < a[2]]
+        hung = [a for a in polls.answers if a[3] == -1]
+        NOTES.append(
+            f"database failover: primary killed, standby promoted {promoted - died:.2f} s later;"
+            f" first 2xx logout {first - died:.2f} s after the death;"
+            f" every resource instance fresh at the new primary's head {max(fresh.values()):.2f} s after"
+            f" ({', '.join(f'{n} {t:.2f} s' for n, t in fresh.items())});"
+            f" {before} logouts before, {len(ledger.logouts)} in all; {len(in_flight)} long-polls in flight"
+        )
+        assert summary.violations == []
+        assert before > 0
+        assert len(ledger.logouts) > before
+        assert not_in_log == [], f"{len(not_in_log)} logouts answered 2xx are not in the new primary's log"
+        assert hung == [], f"long-polls left without an answer: {hung}"
+        assert {a[3] for a in polls.answers if a[1] > promoted + 5.0} == {200}
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for closable in (load, prober, polls):
+            if closable is not None:
+                await closable.aclose()
+        await stack.stop()
+        await asyncio.to_thread(pair.stop)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+async def _login(process: Process, email: str) -> str:
+    form = {"grant_type": "password", "username": email, "password": PASSWORD}
+    async with httpx.AsyncClient(timeout=3.0) as http:
+        response = await http.post(f"{process.base}/oauth/token", data=form)
+    response.raise_for_status()
+    return str(response.json()["access_token"])
+
+
+async def _logout(auth: list[Process], token: str, ledger: Ledger) -> float | None:
+    """One logout attempt on each auth process; when one answers 2xx, the time (and the ledger knows)."""
+    async with httpx.AsyncClient(timeout=1.0) as http:
+        for process in auth:
+            try:
+                response = await http.post(
+                    f"{process.base}/v1/auth/logout",
+                    data={"scope": "session"},
+                    headers={"Authorization": f"Bearer {token}"},
+                )
+            except httpx.HTTPError:
+                continue
+            if response.status_code == 200:
+                at = time.monotonic()
+                ledger.revoke([token], at)
+                return at
+            assert response.status_code == 503, f"{process.name} logout: {response.status_code}"
+    return None
+
+
+async def _first_after(times: list[float], after: float) -> float | None:
+    return next((t for t in times if t > after), None)
+
+
+async def _cursor(conn: Any, head: int) -> bool | None:
+    position = int(await conn.fetchval("SELECT position FROM relay_cursor WHERE id = 1"))
+    return True if position >= head else None
+
+
+async def _fresh_at(process: Process, head: int) -> float:
+    """When the instance first reported itself fresh with every event up to `head` applied."""
+    async with httpx.AsyncClient(timeout=1.0) as http:
+
+        async def check() -> float | None:
+            try:
+                body = (await http.get(f"{process.base}/readyz")).json()
+            except (httpx.HTTPError, ValueError):
+                return None
+            return time.monotonic() if body["fresh"] and body["applied_position"] >= head else None
+
+        return await _until(f"{process.name} fresh at position {head}", check)
