@@ -32,7 +32,7 @@ import pytest
 
 from auth_service.db.engine import asyncpg_dsn
 from auth_service.db.migrate import upgrade
-from tests.conftest import PASSWORD, SERVICE_CLIENT, add_user
+from tests.conftest import PASSWORD, SERVICE_CLIENT, add_user, auth_env, free_port
 from tests.fault import replication
 from tests.fault.ledger import NOTES, SUMMARIES, Ledger, Load, Prober
 from tests.fault.stack import Process, Stack
@@ -238,3 +238,76 @@ async def _fresh_at(process: Process, head: int) -> float:
             return time.monotonic() if body["fresh"] and body["applied_position"] >= head else None
 
         return await _until(f"{process.name} fresh at position {head}", check)
+
+
+_CUT = (
+    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+    " WHERE pid <> pg_backend_pid() AND datname IS NOT NULL"
+)
+
+
+async def _fence(admin: Any, on: bool) -> None:
+    """Every new session of the server read-only (or not): no longer a server for read-write."""
+    await admin.execute(f"ALTER SYSTEM SET default_transaction_read_only = {'on' if on else 'off'}")
+    await admin.execute("SELECT pg_reload_conf()")
+
+
+async def test_no_writable_server_answers_503_and_recovers_by_itself(amqp_url: str) -> None:
+    # Both servers up and neither takes writes (a switchover fences the old primary before it promotes the
+    # standby): every new connection is refused by the client library itself, for want of a writable server.
+    if (why := replication.available()) is not None:
+        pytest.skip(why)
+    workdir = Path(await asyncio.to_thread(tempfile.mkdtemp, prefix="tokenlife-fenced-"))
+    await asyncio.to_thread(os.chmod, workdir, 0o755)
+    pair = replication.Pair(workdir / "pg", synchronous=False)
+    auth: Process | None = None
+    try:
+        await asyncio.to_thread(pair.start)
+        await asyncio.to_thread(upgrade, pair.url())
+        await add_user(pair.url(), "fenced@failover.test")
+        env = {k: v for k, v in os.environ.items() if not k.startswith("TOKENLIFE_")}
+        env |= auth_env(pair.url(), TOKENLIFE_ISSUER="http://tokenlife.fault")
+        auth = Process("auth", ["auth", "serve"], env, free_port(), workdir / "auth.log")
+        auth.start()
+        await auth.ready()
+        admin = await asyncpg.connect(asyncpg_dsn(pair.node_url(pair.primary)))
+        try:
+            async with httpx.AsyncClient(base_url=auth.base, timeout=5.0) as http:
+                tokens = (await http.post("/oauth/token", data=_password("fenced@failover.test"))).json()
+                await _fence(admin, True)
+                await admin.fetch(_CUT)
+                fenced = await _calls(http, tokens["refresh_token"])
+                await _fence(admin, False)
+                tokens = await _until("a login once a server takes writes", lambda: _tokens(http))
+                revoked = await http.post(
+                    "/v1/auth/logout", headers={"Authorization": f"Bearer {tokens['access_token']}"}
+                )
+        finally:
+            await admin.close()
+        assert [r.status_code for r in fenced] == [503] * len(fenced)
+        assert all(r.headers.get("Retry-After") for r in fenced)
+        assert revoked.status_code == 200
+    finally:
+        if auth is not None:
+            auth.kill()
+        await asyncio.to_thread(pair.stop)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _password(email: str) -> dict[str, str]:
+    return {"grant_type": "password", "username": email, "password": PASSWORD}
+
+
+async def _calls(http: httpx.AsyncClient, refresh: str) -> list[httpx.Response]:
+    """A read through the engine, a refresh through the request pool and the writer, a login."""
+    service = httpx.BasicAuth(*SERVICE_CLIENT)
+    return [
+        await http.get("/v1/events", params={"after": 0}, auth=service),
+        await http.post("/oauth/token", data={"grant_type": "refresh_token", "refresh_token": refresh}),
+        await http.post("/oauth/token", data=_password("fenced@failover.test")),
+    ]
+
+
+async def _tokens(http: httpx.AsyncClient) -> dict[str, str] | None:
+    response = await http.post("/oauth/token", data=_password("fenced@failover.test"))
+    return dict(response.json()) if response.status_code == 200 else None
