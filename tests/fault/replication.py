@@ -1,8 +1,8 @@
 """A private PostgreSQL primary and streaming standby on loopback, for the database failover scenario.
 
-The machine's PostgreSQL 15 binaries (initdb, pg_basebackup, pg_ctl), two data directories and two ports of
-the test's own; never the machine's shared server. PostgreSQL refuses to run as root, so as root every
-command runs as the `postgres` system user (runuser), in directories it owns.
+The machine's PostgreSQL binaries (initdb, pg_basebackup, pg_ctl; TOKENLIFE_PG_BIN to choose), two data
+directories and two ports of the test's own; never the machine's shared server. PostgreSQL refuses to run
+as root, so as root every command runs as the `postgres` system user (runuser), in directories it owns.
 
 `synchronous=True` names the standby in `synchronous_standby_names` with `synchronous_commit = on`: a COMMIT
 returns only once the standby has flushed its WAL, so whatever a client saw committed survives the primary's
@@ -20,7 +20,16 @@ from pathlib import Path
 
 from tests.conftest import free_port
 
-BIN = Path(os.environ.get("TOKENLIFE_PG_BIN", "/usr/lib/postgresql/15/bin"))
+
+def _bin() -> Path:
+    # The machine's own server's binaries (Debian's layout), the newest major version when several are there.
+    if found := os.environ.get("TOKENLIFE_PG_BIN"):
+        return Path(found)
+    versions = sorted(Path("/usr/lib/postgresql").glob("*/bin"), key=lambda p: int(p.parent.name or 0))
+    return versions[-1] if versions else Path("/usr/lib/postgresql/15/bin")
+
+
+BIN = _bin()
 STANDBY_NAME = "tokenlife_standby"
 
 
