@@ -145,6 +145,28 @@ class Pair:
         self._ctl(self.standby, "promote")
         self.nodes.reverse()
 
+    def rebuild_standby(self) -> None:
+        """Make the lost primary a standby of the promoted one: a fresh base backup, then streaming."""
+        lost, primary = self.standby, self.primary
+        shutil.rmtree(lost.data)
+        self._run(
+            "pg_basebackup",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(primary.port),
+            "-U",
+            "postgres",
+            "-D",
+            str(lost.data),
+        )
+        self._follow(lost, primary)
+        self._ctl(lost, "start")
+        if self.synchronous:
+            # The promoted server was cloned before the first primary named a synchronous standby.
+            self._psql(primary, f"ALTER SYSTEM SET synchronous_standby_names = '{STANDBY_NAME}'")
+            self._psql(primary, "SELECT pg_reload_conf()")
+
     def stop(self) -> None:
         """Stop both servers, whatever state they are in."""
         for node in self.nodes:

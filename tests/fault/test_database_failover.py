@@ -130,60 +130,10 @@ async def test_primary_killed_and_synchronous_standby_promoted_loses_no_revocati
         tasks = [asyncio.create_task(load.run(email)) for email in users]
         tasks += [asyncio.create_task(prober.run_instance(p)) for p in stack.resource]
         tasks += [asyncio.create_task(polls.run(p)) for p in stack.auth for _ in range(2)]
-        since = time.monotonic()
-        await _until("a logout before the fault", lambda: _first_after(ledger.logouts, since))
-        await asyncio.sleep(WARM)
-        before = len(ledger.logouts)
-        # A session of the test's own, logged out the moment the service can: the load's cycles take seconds.
-        timer = await _login(stack.auth[0], "timer@failover.test")
-
-        died = time.monotonic()
-        await asyncio.to_thread(pair.kill_primary)
-        await asyncio.sleep(DECIDE)
-        await asyncio.to_thread(pair.promote)
-        promoted = time.monotonic()
-
-        first = await _until("a logout answered 2xx", lambda: _logout(stack.auth, timer, ledger))
-        new_primary = await asyncpg.connect(asyncpg_dsn(pair.node_url(pair.primary)))
-        try:
-            head = int(await new_primary.fetchval("SELECT coalesce(max(position), 0) FROM event_log"))
-            times = await asyncio.gather(*(_fresh_at(p, head) for p in stack.resource))
-            fresh = {p.name: t - died for p, t in zip(stack.resource, times, strict=True)}
-            await _until("the relay's cursor at the new head", lambda: _cursor(new_primary, head))
-            await asyncio.sleep(1.0)  # load goes on after the fault too
-            missing = await prober.every_revocation_refused(DEADLINE)
-            summary = ledger.summarize("primary killed, sync standby promoted", since)
-            summary.violations += missing
-            summary.lost = len(missing)
-            SUMMARIES.append(summary)
-            not_in_log = [
-                token
-                for token in list(ledger.revoked)  # the load goes on meanwhile
-                if not await new_primary.fetchval(
-                    _COVERED,
-                    (c := _claims(token))["jti"],
-                    c["sid"],
-                    c["sub"],
-                    float(c["iat"]),
-                )
-            ]
-        finally:
-            await new_primary.close()
-        in_flight = [a for a in polls.answers if a[1] < died < a[2]]
-        hung = [a for a in polls.answers if a[3] == -1]
-        NOTES.append(
-            f"database failover: primary killed, standby promoted {promoted - died:.2f} s later;"
-            f" first 2xx logout {first - died:.2f} s after the death;"
-            f" every resource instance fresh at the new primary's head {max(fresh.values()):.2f} s after"
-            f" ({', '.join(f'{n} {t:.2f} s' for n, t in fresh.items())});"
-            f" {before} logouts before, {len(ledger.logouts)} in all; {len(in_flight)} long-polls in flight"
-        )
-        assert summary.violations == []
-        assert before > 0
-        assert len(ledger.logouts) > before
-        assert not_in_log == [], f"{len(not_in_log)} logouts answered 2xx are not in the new primary's log"
-        assert hung == [], f"long-polls left without an answer: {hung}"
-        assert {a[3] for a in polls.answers if a[1] > promoted + 5.0} == {200}
+        await _fail_over(pair, stack, ledger, prober, polls, "primary killed, sync standby promoted")
+        # The lost primary rebuilt as the new primary's synchronous standby; then the same fault again.
+        await asyncio.to_thread(pair.rebuild_standby)
+        await _fail_over(pair, stack, ledger, prober, polls, "failover back to the rebuilt server")
     finally:
         for task in tasks:
             task.cancel()
@@ -194,6 +144,76 @@ async def test_primary_killed_and_synchronous_standby_promoted_loses_no_revocati
         await stack.stop()
         await asyncio.to_thread(pair.stop)
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+async def _fail_over(
+    pair: replication.Pair, stack: Stack, ledger: Ledger, prober: Prober, polls: LongPolls, name: str
+) -> None:
+    """Kill the primary under load, promote its standby, and check the promise; the figures go to NOTES."""
+    await _until("the standby streaming synchronously", lambda: _synchronous(pair))
+    since = time.monotonic()
+    await _until("a logout before the fault", lambda: _first_after(ledger.logouts, since))
+    await asyncio.sleep(WARM)
+    before = len(ledger.logouts)
+    assert before > 0
+    # A session of the test's own, logged out the moment the service can: the load's cycles take seconds.
+    timer = await _login(stack.auth[0], "timer@failover.test")
+
+    died = time.monotonic()
+    await asyncio.to_thread(pair.kill_primary)
+    await asyncio.sleep(DECIDE)
+    await asyncio.to_thread(pair.promote)
+    promoted = time.monotonic()
+
+    first = await _until("a logout answered 2xx", lambda: _logout(stack.auth, timer, ledger))
+    new_primary = await asyncpg.connect(asyncpg_dsn(pair.node_url(pair.primary)))
+    try:
+        head = int(await new_primary.fetchval("SELECT coalesce(max(position), 0) FROM event_log"))
+        times = await asyncio.gather(*(_fresh_at(p, head) for p in stack.resource))
+        fresh = {p.name: t - died for p, t in zip(stack.resource, times, strict=True)}
+        await _until("the relay's cursor at the new head", lambda: _cursor(new_primary, head))
+        await asyncio.sleep(1.0)  # load goes on after the fault too
+        missing = await prober.every_revocation_refused(DEADLINE)
+        summary = ledger.summarize(name, since)
+        summary.violations += missing
+        summary.lost = len(missing)
+        SUMMARIES.append(summary)
+        not_in_log = [
+            token
+            for token in list(ledger.revoked)  # the load goes on meanwhile
+            if not await new_primary.fetchval(
+                _COVERED,
+                (c := _claims(token))["jti"],
+                c["sid"],
+                c["sub"],
+                float(c["iat"]),
+            )
+        ]
+    finally:
+        await new_primary.close()
+    in_flight = [a for a in polls.answers if a[1] < died < a[2]]
+    hung = [a for a in polls.answers if a[3] == -1]
+    NOTES.append(
+        f"{name}: standby promoted {promoted - died:.2f} s after the primary died;"
+        f" first 2xx logout {first - died:.2f} s after the death;"
+        f" every resource instance fresh at the new primary's head {max(fresh.values()):.2f} s after"
+        f" ({', '.join(f'{n} {t:.2f} s' for n, t in fresh.items())});"
+        f" {len(ledger.logouts) - before} logouts since; {len(in_flight)} long-polls in flight"
+    )
+    assert summary.violations == []
+    assert len(ledger.logouts) > before
+    assert not_in_log == [], f"{len(not_in_log)} logouts answered 2xx are not in the new primary's log"
+    assert hung == [], f"long-polls left without an answer: {hung}"
+    assert {a[3] for a in list(polls.answers) if a[1] > promoted + 5.0} == {200}
+
+
+async def _synchronous(pair: replication.Pair) -> bool | None:
+    conn = await asyncpg.connect(asyncpg_dsn(pair.node_url(pair.primary)))
+    try:
+        state = await conn.fetchval("SELECT sync_state FROM pg_stat_replication WHERE state = 'streaming'")
+    finally:
+        await conn.close()
+    return True if state == "sync" else None
 
 
 async def _login(process: Process, email: str) -> str:
