@@ -16,6 +16,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from amqpkit.streams import needed_window
 from auth_service.accounts.clients import GRANT_TYPES, MAX_CLIENT_ID, ClientRegistry, ClientSpec, secret_hash
 from auth_service.broker import RelaySettings, StreamSpec
+from auth_service.db.engine import hosts_in_query
 
 log = logging.getLogger("tokenlife")
 
@@ -129,9 +130,9 @@ class AuthSettings(BaseSettings):
         """The usual PostgreSQL spellings (postgres://, postgresql://) name the same server, via asyncpg."""
         scheme, separator, rest = value.partition("://")
         if not value or scheme.lower() == "postgresql+asyncpg":
-            return value
+            return hosts_in_query(value)
         if separator and scheme.lower() in ("postgres", "postgresql"):
-            return f"postgresql+asyncpg://{rest}"
+            return hosts_in_query(f"postgresql+asyncpg://{rest}")
         # Not the value in the message: it may hold a password.
         raise ValueError(
             "not a PostgreSQL URL: write postgresql://user:password@host:5432/database "

@@ -23,6 +23,7 @@ THIRD_PARTY: tuple[type[Exception], ...] = (
     asyncpg.CannotConnectNowError,
     asyncpg.AdminShutdownError,
     asyncpg.InterfaceError,
+    asyncpg.TargetServerAttributeNotMatched,  # a multi-host URL, and no server of it takes writes yet
     OSError,
 )
 
@@ -31,6 +32,7 @@ _DRIVER_OUTAGES = (
     asyncpg.CannotConnectNowError,
     asyncpg.AdminShutdownError,
     asyncpg.InterfaceError,
+    asyncpg.TargetServerAttributeNotMatched,  # a multi-host URL, and no server of it takes writes yet
     OSError,
 )
 

@@ -29,7 +29,14 @@ __all__ = ["LogListener"]
 
 log = logging.getLogger("tokenlife.listener")
 
-_DB_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
+# TargetServerAttributeNotMatched: each server of a multi-host URL answered, none takes writes (mid-failover).
+_DB_ERRORS = (
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg.TargetServerAttributeNotMatched,
+    OSError,
+    TimeoutError,
+)
 _MAX_BACKOFF = 1.0
 
 

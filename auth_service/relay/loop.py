@@ -27,7 +27,15 @@ from auth_service.settings import AuthSettings
 
 log = logging.getLogger("tokenlife.relay")
 
-_DB_ERRORS = (SQLAlchemyError, asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
+# TargetServerAttributeNotMatched: each server of a multi-host URL answered, none takes writes (mid-failover).
+_DB_ERRORS = (
+    SQLAlchemyError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg.TargetServerAttributeNotMatched,
+    OSError,
+    TimeoutError,
+)
 _MIN_BACKOFF = 0.05
 
 

@@ -23,7 +23,14 @@ from auth_service.log.store import NOTIFY_CHANNEL
 
 log = logging.getLogger("tokenlife.relay")
 
-_DB_ERRORS = (SQLAlchemyError, asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
+_DB_ERRORS = (
+    SQLAlchemyError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg.TargetServerAttributeNotMatched,  # no server of the list takes writes yet (mid-failover)
+    OSError,
+    TimeoutError,
+)
 
 
 class Waker:

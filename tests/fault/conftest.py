@@ -22,7 +22,7 @@ import pytest_asyncio
 
 from auth_service.db.migrate import upgrade
 from tests.conftest import EXCHANGES, RUN_ID, add_user, delete_broker_objects
-from tests.fault.ledger import SUMMARIES, Ledger, Load, Prober, table
+from tests.fault.ledger import NOTES, SUMMARIES, Ledger, Load, Prober, table
 from tests.fault.stack import BOUND, Stack
 
 SOAK = os.environ.get("TOKENLIFE_FAULT_SOAK") == "1"
@@ -80,7 +80,7 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     if not SUMMARIES:
         return
     terminalreporter.section("fault suite (bound B = 2.0 s)")
-    for line in table():
+    for line in [*table(), *NOTES]:
         terminalreporter.write_line(line)
 
 

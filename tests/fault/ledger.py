@@ -44,6 +44,8 @@ class Summary:
 
 # Every scenario's summary, in the order they ran; tests/fault/conftest.py prints them at the end.
 SUMMARIES: list[Summary] = []
+# Figures a scenario measured (not asserted: timings belong in benchmarks), printed after the table.
+NOTES: list[str] = []
 
 
 def table() -> list[str]:
