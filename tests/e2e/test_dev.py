@@ -428,12 +428,15 @@ def test_a_start_after_a_killed_owner_stops_the_database_at_its_end(data_dir: Pa
 
 
 def test_make_run_passes_its_args_to_tokenlife_dev() -> None:
+    # Run under `make test` (as CI does), a nested make would print "Leaving directory" last: not here.
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}
     dry = subprocess.run(
-        ["make", "-n", "run", "ARGS=--auth-port 18000 --resource-port 18001"],
+        ["make", "--no-print-directory", "-n", "run", "ARGS=--auth-port 18000 --resource-port 18001"],
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=30,
         check=True,
+        env=env,
     )
     assert dry.stdout.splitlines()[-1].endswith("/bin/tokenlife dev --auth-port 18000 --resource-port 18001")
