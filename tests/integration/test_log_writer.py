@@ -24,8 +24,8 @@ from auth_service.log.writer import LogWriter
 pytestmark = pytest.mark.integration
 
 TTL = 300
-# What the log writer reads and writes: the log, its projections and the credentials a grant changes.
-WRITER_TABLES = "event_log, sessions, revocations, refresh_tokens, refresh_successors, users"
+# What the log writer reads and writes: the log, its projections, the credentials and keys it changes.
+WRITER_TABLES = "event_log, sessions, revocations, refresh_tokens, refresh_successors, users, signing_keys"
 LOGOUTS = 200
 
 
