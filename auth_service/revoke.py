@@ -137,7 +137,8 @@ async def _revoke_access(ctx: AuthContext, token: str) -> Intent | Literal[False
 async def change_password(
     conn: AsyncConnection, ctx: AuthContext, who: Principal, current: str, new: str, address: str | None
 ) -> list[c.Event]:
-    """Change the caller's password and end every other session of theirs; guesses share login's backoff."""
+    """Change the caller's password (a credential.changed event) and end every other session of theirs (the
+    session.revoked events it returns); guesses share login's backoff."""
     try:
         check_new_password(new)
     except ValueError as exc:
@@ -168,4 +169,6 @@ async def change_password(
             ctx.pg, who.user_id, datetime.now(UTC), ctx.settings.access_token_ttl
         )
         others = [sid for sid in live if sid != who.session_id]
+        # Logged first, so a Shared Signals receiver hears of the new credential before the sessions it ends.
+        await log_.append([c.CredentialChanged(user_id=who.user_id, reason="password_change")])
         return await _end_sessions(log_, ctx, who.user_id, others, "password_change")
