@@ -20,7 +20,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from auth_service.accounts import passwords
 from auth_service.accounts.backoff import BackoffRule
 from auth_service.accounts.throttle import LoginThrottle
-from auth_service.api import account, discovery, oauth, openapi, service, stream
+from auth_service.api import account, discovery, oauth, openapi, service, ssf, stream
 from auth_service.api.deps import AppState, app_state, context
 from auth_service.api.middleware import Edge
 from auth_service.api.schemas import Health, Readiness
@@ -33,6 +33,7 @@ from auth_service.errors import (
     AuthServiceError,
     BearerError,
     DatabaseUnavailable,
+    InsufficientScope,
     InvalidClient,
     OAuthError,
     TooManyAttempts,
@@ -45,6 +46,7 @@ from auth_service.log.writer import LogWriter
 from auth_service.relay import Relay
 from auth_service.relay.metrics import RelayMetrics
 from auth_service.settings import AuthSettings
+from auth_service.ssf.deliverer import Deliverer
 from auth_service.tokens import keys as keystore
 from auth_service.tokens.keyring import KeyRing
 from auth_service.tokens.keys import KeyCache
@@ -72,6 +74,8 @@ def error_response(err: AuthServiceError) -> JSONResponse:
         params = [f'realm="{REALM}"']
         if err.error:
             params += [f'error="{err.error}"', f'error_description="{_quote(err.description)}"']
+        if isinstance(err, InsufficientScope):
+            params.append(f'scope="{_quote(err.scope)}"')
         headers["WWW-Authenticate"] = "Bearer " + ", ".join(params)
     elif isinstance(err, InvalidClient):
         headers["WWW-Authenticate"] = f'Basic realm="{REALM}"'
@@ -117,6 +121,7 @@ def create_app(settings: AuthSettings) -> FastAPI:
         engine = create_engine(settings.database_url)
         tasks: list[asyncio.Task[None]] = []
         relay: Relay | None = None
+        deliverer: Deliverer | None = None
         listener = LogListener(settings.database_url, max_waiters=settings.long_poll_max_waiters)
         state.log_listener = listener
         loop_lag.start()
@@ -167,8 +172,25 @@ def create_app(settings: AuthSettings) -> FastAPI:
                 writer.before_batch = relay.keep_up  # and the writes never outrun what it can publish
                 await relay.start()
             state.relay = relay
+            if settings.ssf_enabled:
+                # The Shared Signals push streams, on the one instance that leads their delivery (ssf/).
+                deliverer = Deliverer(
+                    settings.database_url,
+                    settings.issuer.rstrip("/"),
+                    lambda: keys.current().active,
+                    listener.changed,
+                    push_timeout=settings.ssf_push_timeout,
+                    max_backoff=settings.ssf_push_max_backoff,
+                    retention=settings.ssf_retention,
+                    leader_retry_interval=settings.relay_leader_retry_interval,
+                    lease_timeout=settings.relay_lease_timeout,
+                )
+                await deliverer.start()
+            state.ssf = deliverer
             yield
         finally:
+            if deliverer is not None:
+                await deliverer.stop()
             if relay is not None:
                 await relay.stop()
             for task in reversed(tasks):
@@ -190,6 +212,7 @@ def create_app(settings: AuthSettings) -> FastAPI:
     app.include_router(discovery.router)
     app.include_router(service.router)
     app.include_router(stream.router)
+    app.include_router(ssf.router)
     app.include_router(console_router(settings))
     _health(app)
     _errors(app)
