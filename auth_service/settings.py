@@ -217,7 +217,8 @@ class AuthSettings(BaseSettings):
         if (
             dev
             and not self.service_clients
-            and not any(c.type == "confidential" for c in self.clients.values())
+            # A Shared Signals receiver (client_credentials) is no service: dev still registers its own.
+            and not any(c.type == "confidential" and not c.grant_types for c in self.clients.values())
         ):
             object.__setattr__(self, "service_clients", {DEV_SERVICE_CLIENT: SecretStr(DEV_SERVICE_SECRET)})
         if dev and DEV_PUBLIC_CLIENT not in self.clients:
