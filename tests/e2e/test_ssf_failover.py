@@ -54,6 +54,7 @@ async def test_a_killed_deliverer_is_replaced_and_its_stream_resumes_from_the_cu
         "TOKENLIFE_ISSUER": ISSUER,
         "TOKENLIFE_CLIENTS": clients_json(),
         "TOKENLIFE_SSF_PUSH_MAX_BACKOFF": "0.2",
+        "TOKENLIFE_SSF_ENABLED": "true",
     }
     first, first_url = start_auth_server(database_url, **env)  # leads the deliverer: it started first
     second, second_url = start_auth_server(database_url, **env)

@@ -36,7 +36,9 @@ async def test_the_readme_push_receiver_verifies_and_prints_a_logout(
     (tmp_path / "receiver.js").write_text(source)
     await add_user(database_url, EMAIL)
     port = free_port()
-    with running_auth_server(database_url, TOKENLIFE_CLIENTS=clients_json()) as base:
+    with running_auth_server(
+        database_url, TOKENLIFE_CLIENTS=clients_json(), TOKENLIFE_SSF_ENABLED="true"
+    ) as base:
         env = os.environ | {"ISSUER": base, "AUDIENCE": RECEIVER_A[0], "PORT": str(port)}
         receiver = _start(node, tmp_path, env)
         try:

@@ -45,6 +45,7 @@ def push_settings(database_url: str, monkeypatch: pytest.MonkeyPatch) -> AuthSet
         TOKENLIFE_CLIENTS=clients_json(),
         TOKENLIFE_SSF_PUSH_TIMEOUT="0.5",
         TOKENLIFE_SSF_PUSH_MAX_BACKOFF="0.2",
+        TOKENLIFE_SSF_ENABLED="true",
     )
     for name, value in env.items():
         monkeypatch.setenv(name, value)
