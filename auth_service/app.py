@@ -10,32 +10,21 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 import asyncpg
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncEngine
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from auth_service.accounts import passwords
 from auth_service.accounts.backoff import BackoffRule
 from auth_service.accounts.throttle import LoginThrottle
-from auth_service.api import account, discovery, docs, health, oauth, openapi, service, stream
+from auth_service.api import account, discovery, docs, health, oauth, openapi, service, ssf, stream
 from auth_service.api.deps import AppState
+from auth_service.api.errors import install_error_handlers
 from auth_service.api.middleware import Edge
 from auth_service.console.pages import build_router as console_router
 from auth_service.context import AuthContext
-from auth_service.db import errors as db_errors
 from auth_service.db.engine import asyncpg_dsn, create_engine
 from auth_service.errors import (
-    AppendError,
-    AuthServiceError,
-    BearerError,
-    DatabaseUnavailable,
-    InvalidClient,
     NoSigningKey,
-    OAuthError,
-    TooManyAttempts,
-    TooManyWaiters,
 )
 from auth_service.log import projections
 from auth_service.log.listener import LogListener
@@ -45,6 +34,7 @@ from auth_service.metrics import WriterCollector
 from auth_service.relay import Relay
 from auth_service.relay.metrics import RelayMetrics
 from auth_service.settings import AuthSettings
+from auth_service.ssf.deliverer import Deliverer
 from auth_service.tokens import keys as keystore
 from auth_service.tokens.keyring import KeyRing
 from auth_service.tokens.keys import KeyCache
@@ -57,37 +47,7 @@ if TYPE_CHECKING:
     from tracekit.tracing import Tracing
 
 log = logging.getLogger("tokenlife.auth")
-REALM = "tokenlife"
 PRUNE_EVERY = 60.0
-
-
-def _quote(value: str) -> str:
-    cleaned = "".join(ch for ch in value if 0x20 <= ord(ch) < 0x7F)
-    return cleaned.replace("\\", "\\\\").replace('"', '\\"')
-
-
-def error_response(err: AuthServiceError) -> JSONResponse:
-    """The HTTP answer for one of our errors (RFC 6749 §5.2 body; RFC 6750 header for bearer errors)."""
-    error = getattr(err, "error", None)
-    description = getattr(err, "public_description", err.description)
-    body = {"error": getattr(err, "body_error", error), "error_description": description}
-    headers = {"Cache-Control": "no-store"}
-    if isinstance(err, OAuthError):
-        headers["Pragma"] = "no-cache"
-    if isinstance(err, BearerError):
-        params = [f'realm="{REALM}"']
-        if err.error:
-            params += [f'error="{err.error}"', f'error_description="{_quote(err.description)}"']
-        headers["WWW-Authenticate"] = "Bearer " + ", ".join(params)
-    elif isinstance(err, InvalidClient):
-        headers["WWW-Authenticate"] = f'Basic realm="{REALM}"'
-    elif isinstance(err, TooManyAttempts):
-        headers["Retry-After"] = str(err.retry_after)
-    elif isinstance(err, AppendError):
-        headers["Retry-After"] = "1"
-    elif isinstance(err, (TooManyWaiters, DatabaseUnavailable)):
-        headers["Retry-After"] = str(err.retry_after)
-    return JSONResponse(body, status_code=err.status, headers=headers)
 
 
 async def _supervise(name: str, body: Callable[[], Awaitable[None]], every: float) -> None:
@@ -141,6 +101,7 @@ def create_app(settings: AuthSettings, tracing: Tracing | None = None) -> FastAP
         engine = create_engine(settings.database_url)
         tasks: list[asyncio.Task[None]] = []
         relay: Relay | None = None
+        deliverer: Deliverer | None = None
         listener = LogListener(settings.database_url, max_waiters=settings.long_poll_max_waiters)
         state.log_listener = listener
         loop_lag.start()
@@ -202,8 +163,25 @@ def create_app(settings: AuthSettings, tracing: Tracing | None = None) -> FastAP
             if traces is not None:
                 # First: the positions of traced events are known before the relay's hand-off publishes them.
                 writer.on_commit.insert(0, traces.committed)
+            if settings.ssf_enabled:
+                # The Shared Signals push streams, on the one instance that leads their delivery (ssf/).
+                deliverer = Deliverer(
+                    settings.database_url,
+                    settings.issuer.rstrip("/"),
+                    lambda: keys.current().active,
+                    listener.changed,
+                    push_timeout=settings.ssf_push_timeout,
+                    max_backoff=settings.ssf_push_max_backoff,
+                    retention=settings.ssf_retention,
+                    leader_retry_interval=settings.relay_leader_retry_interval,
+                    lease_timeout=settings.relay_lease_timeout,
+                )
+                await deliverer.start()
+            state.ssf = deliverer
             yield
         finally:
+            if deliverer is not None:
+                await deliverer.stop()
             if relay is not None:
                 await relay.stop()
             for task in reversed(tasks):
@@ -229,50 +207,13 @@ def create_app(settings: AuthSettings, tracing: Tracing | None = None) -> FastAP
     app.include_router(discovery.router)
     app.include_router(service.router)
     app.include_router(stream.router)
+    app.include_router(ssf.router)
     app.include_router(console_router(settings))
     app.include_router(health.router)
-    _errors(app)
+    install_error_handlers(app)
     openapi.install(app)
     docs.install(app)
     app.add_middleware(Edge, tracing=tracing)
     if tracing is not None:
         tracing.instrument_app(app, UNTRACED)
     return app
-
-
-def _errors(app: FastAPI) -> None:
-    @app.exception_handler(AuthServiceError)
-    async def ours(request: Request, exc: AuthServiceError) -> Response:
-        if isinstance(exc, AppendError):
-            # An append that failed because the database is down says so, not "the log is busy".
-            outage = db_errors.translate(exc.__cause__) if exc.__cause__ is not None else None
-            log.warning("append failed%s: %s", " (database unavailable)" if outage else "", exc)
-            if outage is not None:
-                return error_response(outage)
-        return error_response(exc)
-
-    async def database_down(request: Request, exc: Exception) -> Response:
-        err = db_errors.translate(exc)
-        if err is None:
-            raise exc  # not an outage: a bug, and it shows as one
-        log.warning("database unavailable on %s: %s: %s", request.url.path, type(exc).__name__, exc)
-        return error_response(err)
-
-    for kind in db_errors.THIRD_PARTY:
-        app.add_exception_handler(kind, database_down)
-
-    @app.exception_handler(RequestValidationError)
-    async def invalid(request: Request, exc: RequestValidationError) -> Response:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
-        return JSONResponse({"error": "invalid_request", "error_description": problems[:500]}, 400)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def http(request: Request, exc: StarletteHTTPException) -> Response:
-        return JSONResponse(
-            {
-                "error": "not_found" if exc.status_code == 404 else "invalid_request",
-                "error_description": str(exc.detail),
-            },
-            exc.status_code,
-            headers=exc.headers,
-        )

@@ -1,4 +1,4 @@
-"""The auth service's errors, mapped to HTTP in one place (app.py's exception handlers).
+"""The auth service's errors, mapped to HTTP in one place (api/errors.py).
 
 AuthServiceError
 ├── OAuthError                 RFC 6749 §5.2 body {"error", "error_description"}, status 400 or 401
@@ -11,7 +11,8 @@ AuthServiceError
 │   └── UnsupportedGrantType   unsupported_grant_type
 ├── BearerError                RFC 6750 §3: WWW-Authenticate; invalid_request (400): malformed header
 │   ├── MissingToken           401, no error code in the challenge; body error "missing_token"
-│   └── InvalidToken           401 invalid_token: bad, expired or revoked access token
+│   ├── InvalidToken           401 invalid_token: bad, expired or revoked access token
+│   └── InsufficientScope      403 insufficient_scope: the token lacks the scope the route needs (SSF)
 ├── TooManyAttempts            429 + Retry-After, error "temporarily_unavailable": login/password backoff
 ├── NoSigningKey               503: no active signing key to sign with
 ├── AppendError                503 + Retry-After: the log's append lock was not free in time (one whose
@@ -86,6 +87,15 @@ class MissingToken(BearerError):
 class InvalidToken(BearerError):
     status = 401
     error = "invalid_token"
+
+
+class InsufficientScope(BearerError):
+    status = 403
+    error = "insufficient_scope"
+
+    def __init__(self, description: str, scope: str) -> None:
+        super().__init__(description)
+        self.scope = scope  # RFC 6750 §3: the scope the challenge names
 
 
 class TooManyAttempts(AuthServiceError):

@@ -142,7 +142,8 @@ async def _revoke_access(ctx: AuthContext, token: str, client_id: str) -> Intent
 async def change_password(
     conn: AsyncConnection, ctx: AuthContext, who: Principal, current: str, new: str, address: str | None
 ) -> list[c.Event]:
-    """Change the caller's password and end every other session of theirs; guesses share login's backoff."""
+    """Change the caller's password (a credential.changed event) and end every other session of theirs (the
+    session.revoked events it returns); guesses share login's backoff."""
     try:
         check_new_password(new)
     except ValueError as exc:

@@ -14,7 +14,13 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from amqpkit.streams import needed_window
-from auth_service.accounts.clients import GRANT_TYPES, MAX_CLIENT_ID, ClientRegistry, ClientSpec, secret_hash
+from auth_service.accounts.clients import (
+    MAX_CLIENT_ID,
+    PUBLIC_GRANT_TYPES,
+    ClientRegistry,
+    ClientSpec,
+    secret_hash,
+)
 from auth_service.broker import RelaySettings, StreamSpec
 from auth_service.db.engine import hosts_in_query
 
@@ -113,6 +119,17 @@ class AuthSettings(BaseSettings):
     long_poll_max_waiters: int = Field(
         default=500, ge=1, description="Long-polls one instance holds at once; past it, 503 + Retry-After."
     )
+
+    # Shared Signals transmitter (ssf/)
+    ssf_enabled: bool = Field(
+        default=True, description="Run the SSF push deliverer in `tokenlife auth serve`."
+    )
+    ssf_retention: float = Field(
+        default=7 * 86400.0, gt=0, description="Seconds of the log a stream that fell behind is still sent."
+    )
+    ssf_push_timeout: float = Field(default=5.0, gt=0, description="Seconds one push may take.")
+    ssf_push_max_backoff: float = Field(default=30.0, gt=0, description="Longest wait between retries.")
+    ssf_poll_max_wait: float = Field(default=25.0, gt=0, le=120, description="Longest hold of a long-poll.")
 
     # Relay
     relay_enabled: bool = Field(default=True, description="Run the relay inside `tokenlife auth serve`.")
@@ -222,11 +239,12 @@ class AuthSettings(BaseSettings):
         if (
             dev
             and not self.service_clients
-            and not any(c.type == "confidential" for c in self.clients.values())
+            # A Shared Signals receiver (client_credentials) is no service: dev still registers its own.
+            and not any(c.type == "confidential" and not c.grant_types for c in self.clients.values())
         ):
             object.__setattr__(self, "service_clients", {DEV_SERVICE_CLIENT: SecretStr(DEV_SERVICE_SECRET)})
         if dev and DEV_PUBLIC_CLIENT not in self.clients:
-            console = ClientSpec(type="public", grant_types=GRANT_TYPES)
+            console = ClientSpec(type="public", grant_types=PUBLIC_GRANT_TYPES)
             object.__setattr__(self, "clients", {**self.clients, DEV_PUBLIC_CLIENT: console})
         if dev and not self.default_client_id:
             object.__setattr__(self, "default_client_id", DEV_PUBLIC_CLIENT)
@@ -247,7 +265,7 @@ class AuthSettings(BaseSettings):
             problems.append(f"client ids longer than {MAX_CLIENT_ID} characters: {too_long}")
         offered = set(self.scopes.split())
         for name, spec in self.clients.items():
-            if spec.scopes is not None and not set(spec.scopes) <= offered:
+            if spec.type == "public" and spec.scopes is not None and not set(spec.scopes) <= offered:
                 problems.append(f"client {name!r} may get scopes outside TOKENLIFE_SCOPES")
         if self.default_client_id and self.client_registry.public_client(None) is None:
             problems.append(

@@ -15,6 +15,8 @@ noisy machine. Each module adds rows, targets and latency samples to one Results
   broker unreachable, and long-poll alone with no broker: longpoll.py);
 - fanout: logout -> refused on all 3 resource instances against aio-pika publish -> 3 consumers, on a stack
   of its own;
+- ssf_delivery: Shared Signals push, a revocation's commit -> its SET at a push receiver (1 receiver at
+  100/s), and 100 receivers with one dead against none dead;
 - coldstart: a resource instance's time to ready with 100k live revocations among 1M events, against empty;
 - log_speed: logouts/s and p99 through the group committer against a bare-INSERT route, auth CPU per
   logout, and the set-based rebuild over 1M events against event by event;
@@ -50,6 +52,7 @@ from bench import (
     memory,
     picture,
     propagation,
+    ssf_delivery,
     throughput,
     tracing,
 )
@@ -73,6 +76,7 @@ def main() -> int:
         results.rows.append(_legacy(row))
     asyncio.run(_on_stack(results))
     asyncio.run(fanout.run(results))
+    asyncio.run(ssf_delivery.run(results))
     asyncio.run(coldstart.run(results))
     _log_speed(results)
     _grant_speed(results)

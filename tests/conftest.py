@@ -317,6 +317,8 @@ def auth_env(database_url: str, amqp_url: str = "", **extra: str) -> dict[str, s
         "TOKENLIFE_DATABASE_URL": database_url,
         "TOKENLIFE_SERVICE_CLIENTS": json.dumps({SERVICE_CLIENT[0]: SERVICE_CLIENT[1]}),
         "TOKENLIFE_RELAY_ENABLED": "false",
+        # The Shared Signals push deliverer (its own leader lock and connections) only where a test wants it.
+        "TOKENLIFE_SSF_ENABLED": "false",
     }
     if amqp_url:
         # Heartbeats as often as the tests' resource services expect them (their heartbeat_interval).

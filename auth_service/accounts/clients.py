@@ -5,9 +5,10 @@ resource services). Two kinds:
 
 - public clients (a browser console, a CLI) hold no secret (RFC 6749 §2.1); they identify themselves with
   `client_id` at the token endpoint and may use the grants they are registered for;
-- confidential clients (resource services) authenticate with HTTP Basic (client_secret_basic) and may read
-  the log and the revocation snapshot and introspect tokens. No grant here needs a confidential client, so
-  they are registered for none.
+- confidential clients authenticate with HTTP Basic (client_secret_basic). Resource services (no grant, no
+  scopes) read the log and the revocation snapshot and introspect tokens. Shared Signals receivers (ssf/)
+  are registered for the `client_credentials` grant and the SSF scopes (`ssf.read`, `ssf.manage`, named by
+  the CAEP Interoperability Profile), and only they may get those scopes.
 
 Secrets are kept as SHA-256 digests, not argon2: a client secret is machine-generated with high entropy
 (`tokenlife clients secret` makes 256 bits), so a fast hash cannot be reversed by guessing, and resource
@@ -26,8 +27,12 @@ from typing import Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-GrantType = Literal["password", "refresh_token"]
-GRANT_TYPES: tuple[GrantType, ...] = ("password", "refresh_token")
+GrantType = Literal["password", "refresh_token", "client_credentials"]
+GRANT_TYPES: tuple[GrantType, ...] = ("password", "refresh_token", "client_credentials")
+PUBLIC_GRANT_TYPES: tuple[GrantType, ...] = ("password", "refresh_token")
+# Scopes of the Shared Signals management API (CAEP Interoperability Profile, "OAuth Scopes"): never a
+# user's, only a confidential receiver's, through client_credentials.
+SSF_SCOPES = ("ssf.read", "ssf.manage")
 MAX_CLIENT_ID = 128
 _UNKNOWN = "sha256:" + "0" * 64  # compared against for an unknown client, so both cost the same
 
@@ -60,8 +65,12 @@ class ClientSpec(BaseModel):
             raise ValueError("a public client has no secret_hash")
         if self.type == "confidential" and self.secret_hash is None:
             raise ValueError("a confidential client needs a secret_hash")
-        if self.type == "confidential" and self.grant_types:
-            raise ValueError("confidential clients (services) get no grants here")
+        if self.type == "public" and "client_credentials" in self.grant_types:
+            raise ValueError("a public client cannot use client_credentials (it has no secret)")
+        if self.type == "confidential" and set(self.grant_types) - {"client_credentials"}:
+            raise ValueError("confidential clients may use client_credentials alone")
+        if self.type == "confidential" and self.scopes and set(self.scopes) - set(SSF_SCOPES):
+            raise ValueError(f"a confidential client may get the scopes {list(SSF_SCOPES)} only")
         return self
 
 
@@ -79,6 +88,13 @@ class ClientRegistry:
         if spec is None or spec.type != "public":
             return None
         return name, spec
+
+    def receiver(self, client_id: str) -> ClientSpec | None:
+        """The confidential client registered for client_credentials with this id (an SSF receiver)."""
+        spec = self.clients.get(client_id)
+        if spec is None or spec.type != "confidential" or "client_credentials" not in spec.grant_types:
+            return None
+        return spec
 
     def authenticate(self, client_id: str, secret: str) -> bool:
         """Whether the confidential client's secret is right, in constant time whether or not it exists."""

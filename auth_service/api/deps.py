@@ -30,6 +30,7 @@ from auth_service.errors import AuthServiceError, BearerError, InvalidClient, Mi
 if TYPE_CHECKING:
     from auth_service.log.listener import LogListener
     from auth_service.relay import Relay
+    from auth_service.ssf.deliverer import Deliverer
 
 
 @dataclass
@@ -39,6 +40,7 @@ class AppState:
     registry: CollectorRegistry = field(default_factory=CollectorRegistry)
     context: AuthContext | None = None  # set by the lifespan once the engine and keys are up
     relay: Relay | None = None
+    ssf: Deliverer | None = None  # the Shared Signals push deliverer, when enabled
     log_listener: LogListener | None = None  # long-poll waiters share its one LISTEN connection
 
 

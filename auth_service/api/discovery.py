@@ -42,8 +42,9 @@ def server_metadata(settings: AuthSettings) -> dict[str, Any]:
         # RFC 8414 §2 requires the member; there is no authorization endpoint, so no response type at all.
         "response_types_supported": [],
         "grant_types_supported": list(GRANT_TYPES),
-        # Public clients at the token and revocation endpoints; services (confidential) introspect with Basic.
-        "token_endpoint_auth_methods_supported": ["none"],
+        # Public clients at the token and revocation endpoints; confidential ones (SSF receivers at the token
+        # endpoint, services at introspection) with Basic.
+        "token_endpoint_auth_methods_supported": ["none", "client_secret_basic"],
         "revocation_endpoint_auth_methods_supported": ["none"],
         "introspection_endpoint_auth_methods_supported": ["client_secret_basic"],
     }

@@ -8,10 +8,11 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from auth_service.accounts.clients import GRANT_TYPES, MAX_CLIENT_ID, ClientSpec, GrantType
-from auth_service.api.deps import Context, ServiceClient, transaction
+from auth_service.api.deps import Context, ServiceClient, basic_scheme, transaction
 from auth_service.api.forms import form, form_body, form_schema, required, text
 from auth_service.api.openapi import errors
 from auth_service.api.schemas import IntrospectionResponse, TokenResponse
+from auth_service.client_grant import issue_client_token
 from auth_service.errors import InvalidClient, InvalidRequest, UnauthorizedClient, UnsupportedGrantType
 from auth_service.grants import Client, password_grant, refresh_grant
 from auth_service.introspection import introspect_token
@@ -80,6 +81,9 @@ async def token(request: Request, ctx: Context) -> Response:
     grant_type = required(fields, "grant_type")
     if grant_type not in GRANT_TYPES:
         raise UnsupportedGrantType(f"grant_type {grant_type[:64]!r} is not supported")
+    if grant_type == "client_credentials":  # a confidential client, with HTTP Basic (client_grant.py)
+        body = issue_client_token(ctx, await basic_scheme(request), fields.get("scope"))
+        return JSONResponse(body, headers=NO_STORE)
     client = _client(request, ctx, fields, grant_type)
     scope = fields.get("scope")
     if grant_type == "password":

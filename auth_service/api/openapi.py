@@ -42,6 +42,10 @@ _ERRORS: dict[int, tuple[str, dict[str, Any]]] = {
         "Authentication failed: missing or bad credentials.",
         {"WWW-Authenticate": {"required": True, "schema": {"type": "string"}}},
     ),
+    403: (
+        "The token lacks the scope this operation needs (insufficient_scope).",
+        {"WWW-Authenticate": {"required": True, "schema": {"type": "string"}}},
+    ),
     404: ("No such resource of the caller's.", {}),
     413: ("The request body is over 64 KiB.", {}),
     429: (

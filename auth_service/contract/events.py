@@ -28,6 +28,8 @@ class EventType(StrEnum):
     USER_REVOKED = "user.revoked"
     KEY_REVOKED = "key.revoked"
     GLOBAL_REVOKED = "global.revoked"
+    CREDENTIAL_CHANGED = "credential.changed"
+    SSF_VERIFICATION = "ssf.verification"
 
 
 HEARTBEAT_TYPE: Final = "relay.heartbeat"
@@ -127,8 +129,43 @@ class GlobalRevoked(_EventBase):
     reason: str
 
 
+class CredentialChanged(_EventBase):
+    """A user's credential changed (a password change); it revokes nothing by itself (the sessions it ends
+    are session.revoked events of their own), but Shared Signals receivers are told (ssf/)."""
+
+    type: Literal[EventType.CREDENTIAL_CHANGED] = EventType.CREDENTIAL_CHANGED
+    user_id: str
+    credential_type: Literal["password"] = "password"
+    change_type: Literal["create", "revoke", "update", "delete"] = "update"
+    expires_at: AwareDatetime = Field(
+        default_factory=utcnow, description="Nothing to revoke: when it happened (resource services skip it)."
+    )
+    reason: str
+
+
+class SsfVerification(_EventBase):
+    """A Shared Signals receiver asked for a verification event on its stream (ssf/); logged so that it
+    reaches the receiver in log order, after every event committed before the request."""
+
+    type: Literal[EventType.SSF_VERIFICATION] = EventType.SSF_VERIFICATION
+    stream_id: str
+    state: str | None = Field(default=None, max_length=256)
+    expires_at: AwareDatetime = Field(
+        default_factory=utcnow,
+        description="Nothing to revoke: when it was asked (resource services skip it).",
+    )
+
+
 Event = Annotated[
-    SessionStarted | TokenIssued | TokenRevoked | SessionRevoked | UserRevoked | KeyRevoked | GlobalRevoked,
+    SessionStarted
+    | TokenIssued
+    | TokenRevoked
+    | SessionRevoked
+    | UserRevoked
+    | KeyRevoked
+    | GlobalRevoked
+    | CredentialChanged
+    | SsfVerification,
     Field(discriminator="type"),
 ]
 KNOWN_TYPES = frozenset(t.value for t in EventType)

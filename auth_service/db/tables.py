@@ -8,6 +8,9 @@
 - signing_keys: the asymmetric keys; private halves encrypted at rest.
 - login_failures: failed logins per account and per address, for the backoff every instance shares.
 - relay_cursor: one row, the last position the broker confirmed, and the relay leader's lease.
+- ssf_streams, ssf_subjects, ssf_acks, ssf_leader: the Shared Signals transmitter (ssf/): each receiver's
+  stream with its cursor on the log, the subjects it took out, poll acknowledgements ahead of a cursor, and
+  the push deliverer's leader lease.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from sqlalchemy import (
     CheckConstraint,
     Column,
     DateTime,
+    ForeignKey,
     Index,
     Integer,
     LargeBinary,
@@ -147,4 +151,52 @@ relay_cursor = Table(
     Column("leader_pid", Integer, nullable=True),
     Column("lease_renewed_at", DateTime(timezone=True), nullable=True),
     CheckConstraint("id = 1", name="relay_cursor_single_row"),
+)
+
+
+ssf_streams = Table(
+    "ssf_streams",
+    metadata,
+    Column("stream_id", Text, primary_key=True),
+    Column("client_id", Text, nullable=False),  # the receiver: owner of the stream and `aud` of its SETs
+    Column("delivery_method", Text, nullable=False),
+    Column("endpoint_url", Text),
+    Column("authorization_header", Text),  # what push presents to the receiver; never read back out
+    Column("events_requested", JSONB, nullable=False),
+    Column("description", Text),
+    Column("status", Text, nullable=False, server_default="enabled"),
+    Column("status_reason", Text),
+    Column(
+        "cursor", BigInteger, nullable=False
+    ),  # every event up to here was delivered (push) or acked (poll)
+    Column("verified_at", DateTime(timezone=True)),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    CheckConstraint("status IN ('enabled', 'paused', 'disabled')", name="ssf_streams_status"),
+    Index("ix_ssf_streams_client_id", "client_id"),
+)
+
+ssf_subjects = Table(
+    "ssf_subjects",
+    metadata,
+    Column("stream_id", Text, ForeignKey("ssf_streams.stream_id", ondelete="CASCADE"), primary_key=True),
+    Column("user_id", Text, primary_key=True),
+    Column("included", Boolean, nullable=False),
+)
+
+ssf_acks = Table(
+    "ssf_acks",
+    metadata,
+    Column("stream_id", Text, ForeignKey("ssf_streams.stream_id", ondelete="CASCADE"), primary_key=True),
+    Column("position", BigInteger, primary_key=True),
+    Column("idx", Integer, primary_key=True),
+)
+
+ssf_leader = Table(
+    "ssf_leader",
+    metadata,
+    Column("id", SmallInteger, primary_key=True),
+    Column("leader_pid", Integer, nullable=True),
+    Column("lease_renewed_at", DateTime(timezone=True), nullable=True),
+    CheckConstraint("id = 1", name="ssf_leader_single_row"),
 )

@@ -117,7 +117,10 @@ class _Batch:
             and sid != intent.keep_session
             and lifetimes.may_hold_live_access_token(o.expires_at, self.now, self.ttl)
         )
-        events: list[c.Event] = []
+        # Logged first, so a Shared Signals receiver hears of the new credential before the sessions it ends.
+        events: list[c.Event] = [
+            c.CredentialChanged(user_id=user, reason="password_change", occurred_at=self.now)
+        ]
         for _, sid in others:
             del self.open[sid]
             events.append(self._session_revoked(sid, user, "password_change"))

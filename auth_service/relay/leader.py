@@ -42,16 +42,15 @@ RELAY_LOCK_KEY = 0x746F6B72656C6179
 
 
 _CLAIM_LEASE = (
-    "UPDATE relay_cursor SET leader_pid = pg_backend_pid(), lease_renewed_at = clock_timestamp() WHERE id = 1"
+    "UPDATE {table} SET leader_pid = pg_backend_pid(), lease_renewed_at = clock_timestamp() WHERE id = 1"
 )
 _RENEW_LEASE = (
-    "UPDATE relay_cursor SET lease_renewed_at = clock_timestamp()"
-    " WHERE id = 1 AND leader_pid = pg_backend_pid()"
+    "UPDATE {table} SET lease_renewed_at = clock_timestamp() WHERE id = 1 AND leader_pid = pg_backend_pid()"
 )
 # The lease's pid, when its lease lapsed and that backend holds the relay lock in this very database
 # (advisory locks are per database; a bigint key shows as classid = high half, objid = low half).
 _LAPSED_LEADER = """
-SELECT c.leader_pid FROM relay_cursor c
+SELECT c.leader_pid FROM {table} c
 WHERE c.id = 1
   AND c.lease_renewed_at < clock_timestamp() - make_interval(secs => $1)
   AND EXISTS (
@@ -65,7 +64,11 @@ _TERMINATE_WAIT_MS = 2000
 
 
 class LeaderLock:
-    """The relay's leader lock and cursor, on one dedicated connection."""
+    """The relay's leader lock and cursor, on one dedicated connection.
+
+    Another job that needs one leader among the instances (the SSF push deliverer) takes a lock of its own:
+    its `lock_key` and a single-row `lease_table` shaped like relay_cursor's lease columns (id = 1,
+    leader_pid, lease_renewed_at); the cursor methods are the relay's alone."""
 
     def __init__(
         self,
@@ -74,8 +77,14 @@ class LeaderLock:
         check_interval: float = 0.25,
         check_timeout: float = 5.0,
         lease_timeout: float = 1.5,
+        lock_key: int = RELAY_LOCK_KEY,
+        lease_table: str = "relay_cursor",
     ) -> None:
         self._dsn = asyncpg_dsn(database_url)
+        self._key = lock_key
+        # A fixed identifier from our own code, never from input: formatted into the lease statements.
+        self._claim, self._renew = (sql.format(table=lease_table) for sql in (_CLAIM_LEASE, _RENEW_LEASE))
+        self._lapsed = _LAPSED_LEADER.format(table=lease_table)
         self._check_interval = check_interval  # also the lease's renewal period
         self._check_timeout = check_timeout
         self._lease_timeout = lease_timeout
@@ -99,11 +108,11 @@ class LeaderLock:
             self._conn = None
             self._conn = await asyncio.wait_for(asyncpg.connect(self._dsn), self._check_timeout)
         async with self._use:
-            got = await self._conn.fetchval("SELECT pg_try_advisory_lock($1)", RELAY_LOCK_KEY)
+            got = await self._conn.fetchval("SELECT pg_try_advisory_lock($1)", self._key)
             if not got and await self._end_lapsed_leader():
-                got = await self._conn.fetchval("SELECT pg_try_advisory_lock($1)", RELAY_LOCK_KEY)
+                got = await self._conn.fetchval("SELECT pg_try_advisory_lock($1)", self._key)
             if got:
-                await self._conn.execute(_CLAIM_LEASE)
+                await self._conn.execute(self._claim)
         if got:
             self._lost = asyncio.Event()
             self._held = True
@@ -122,7 +131,7 @@ class LeaderLock:
             try:
                 # The renewal is the connection's check too: a session that stopped answering renews nothing.
                 async with asyncio.timeout(self._check_timeout), self._use:
-                    status = await self._conn.execute(_RENEW_LEASE)
+                    status = await self._conn.execute(self._renew)
             except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                 log.warning("relay lock connection failed its check (%r): leadership lost", exc)
                 self._lost.set()
@@ -135,7 +144,7 @@ class LeaderLock:
     async def _end_lapsed_leader(self) -> bool:
         # Called with the lock taken by someone else: if its lease lapsed, end that session.
         pid = await self._conn.fetchval(
-            _LAPSED_LEADER, self._lease_timeout, RELAY_LOCK_KEY >> 32, RELAY_LOCK_KEY & 0xFFFFFFFF
+            self._lapsed, self._lease_timeout, self._key >> 32, self._key & 0xFFFFFFFF
         )
         if pid is None:
             return False

@@ -151,7 +151,7 @@ async def test_the_backoff_is_shared_by_every_auth_instance(auth_settings: AuthS
     ("data", "error"),
     [
         ({}, "invalid_request"),
-        ({"grant_type": "client_credentials"}, "unsupported_grant_type"),
+        ({"grant_type": "authorization_code"}, "unsupported_grant_type"),
         ({"grant_type": "password", "username": EMAIL}, "invalid_request"),
         ({"grant_type": "refresh_token"}, "invalid_request"),
         ({"grant_type": "refresh_token", "refresh_token": "not-a-token"}, "invalid_grant"),

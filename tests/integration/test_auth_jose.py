@@ -150,7 +150,7 @@ async def test_discovery_document_names_endpoints_grants_and_algorithm(
     assert meta["token_endpoint"] == f"{issuer}/oauth/token"
     assert meta["revocation_endpoint"] == f"{issuer}/oauth/revoke"
     assert meta["introspection_endpoint"] == f"{issuer}/oauth/introspect"
-    assert meta["grant_types_supported"] == ["password", "refresh_token"]
+    assert meta["grant_types_supported"] == ["password", "refresh_token", "client_credentials"]
     # No ID tokens and no authorization endpoint, so no OpenID configuration that could not be true.
     assert (await auth_client.get("/.well-known/openid-configuration")).status_code == 404
 

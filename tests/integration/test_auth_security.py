@@ -19,6 +19,7 @@ PUBLIC = {
     ("POST", "/oauth/revoke"),
     ("GET", "/.well-known/jwks.json"),
     ("GET", "/.well-known/oauth-authorization-server"),
+    ("GET", "/.well-known/ssf-configuration"),
     ("GET", "/healthz"),
     ("GET", "/readyz"),
     ("GET", "/metrics"),
@@ -40,6 +41,7 @@ PUBLIC = {
     ("GET", "/console/favicon.svg"),
 }
 FORM = {"content-type": "application/x-www-form-urlencoded"}
+BEARER_SCHEMES = {"OAuth2PasswordBearer", "SSFReceiver"}  # a user's token; a Shared Signals receiver's
 BAD_BASIC = "Basic " + base64.b64encode(b"nobody:wrong").decode()
 
 
@@ -87,14 +89,14 @@ async def test_every_declared_scheme_is_enforced_and_only_known_routes_are_publi
             for (method, path), schemes in sorted(protected.items()):
                 assert len(schemes) == 1, (method, path, schemes)
                 [scheme] = schemes
-                bad = "Bearer not-a-token" if scheme == "OAuth2PasswordBearer" else BAD_BASIC
+                bad = "Bearer not-a-token" if scheme in BEARER_SCHEMES else BAD_BASIC
                 for headers in ({}, {"authorization": bad}):
                     response = await client.request(
                         method, _url(path), headers={**FORM, **headers}, content=b""
                     )
                     assert response.status_code == 401, (method, path, headers, response.text)
                     challenge = response.headers["www-authenticate"]
-                    assert challenge.startswith("Bearer" if scheme == "OAuth2PasswordBearer" else "Basic"), (
+                    assert challenge.startswith("Bearer" if scheme in BEARER_SCHEMES else "Basic"), (
                         method,
                         path,
                     )

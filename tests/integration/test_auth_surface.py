@@ -79,10 +79,10 @@ async def test_metadata_lists_exactly_what_exists(
     meta = (await auth_client.get("/.well-known/oauth-authorization-server")).json()
     assert meta["issuer"] == auth_settings.issuer.rstrip("/")
     assert meta["scopes_supported"] == ["read", "write", "admin"]  # TOKENLIFE_SCOPES' default
-    assert meta["grant_types_supported"] == ["password", "refresh_token"]
+    assert meta["grant_types_supported"] == ["password", "refresh_token", "client_credentials"]
     assert meta["response_types_supported"] == []  # no authorization endpoint
     assert "authorization_endpoint" not in meta
-    assert meta["token_endpoint_auth_methods_supported"] == ["none"]
+    assert meta["token_endpoint_auth_methods_supported"] == ["none", "client_secret_basic"]
     assert meta["introspection_endpoint_auth_methods_supported"] == ["client_secret_basic"]
     assert (await auth_client.get("/.well-known/openid-configuration")).status_code == 404
 

@@ -61,6 +61,10 @@ def test_migrate_twice_in_a_row_is_a_no_op(database_url: str) -> None:
         "revocations",
         "sessions",
         "signing_keys",
+        "ssf_acks",
+        "ssf_leader",
+        "ssf_streams",
+        "ssf_subjects",
         "users",
     ]
 

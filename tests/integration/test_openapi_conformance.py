@@ -25,6 +25,7 @@ from schemathesis.specs.openapi import schemas as _openapi_schemas  # noqa: F401
 
 from tests.conftest import PASSWORD, SERVICE_CLIENT, add_user, running_auth_server
 from tests.e2e.test_resource_e2e import ResourceProcess, wait_for
+from tests.ssf_receiver import RECEIVER_A, clients_json
 
 pytestmark = pytest.mark.integration
 
@@ -45,7 +46,7 @@ LAST = ("POST /v1/auth/password", "POST /v1/auth/logout")
 @pytest.fixture
 def auth_process(database_url: str) -> Iterator[str]:
     asyncio.run(add_user(database_url, EMAIL, scopes="read write"))
-    with running_auth_server(database_url) as base:
+    with running_auth_server(database_url, TOKENLIFE_CLIENTS=clients_json()) as base:
         yield base
 
 
@@ -54,9 +55,11 @@ def _credentials(base: str) -> dict[str, dict[str, str]]:
         f"{base}/oauth/token", data={"grant_type": "password", "username": EMAIL, "password": PASSWORD}
     ).json()
     basic = base64.b64encode(f"{SERVICE_CLIENT[0]}:{SERVICE_CLIENT[1]}".encode()).decode()
+    receiver = httpx.post(f"{base}/oauth/token", data={"grant_type": "client_credentials"}, auth=RECEIVER_A)
     return {
         "OAuth2PasswordBearer": {"Authorization": f"Bearer {tokens['access_token']}"},
         "HTTPBasic": {"Authorization": f"Basic {basic}"},
+        "SSFReceiver": {"Authorization": f"Bearer {receiver.json()['access_token']}"},
     }
 
 

@@ -38,6 +38,8 @@ EXAMPLES: list[c.Event] = [
     c.UserRevoked(user_id="u1", not_before=T0, expires_at=T0, reason="logout_all"),
     c.KeyRevoked(kid="k1", expires_at=T0, reason="compromised"),
     c.GlobalRevoked(not_before=T0, expires_at=T0, reason="incident"),
+    c.CredentialChanged(user_id="u1", reason="password_change"),
+    c.SsfVerification(stream_id="s1", state="abc"),
 ]
 
 
