@@ -14,6 +14,10 @@ noisy machine. Each module adds rows, targets and latency samples to one Results
 - fanout: logout -> refused on all 3 resource instances against aio-pika publish -> 3 consumers, on a stack
   of its own;
 - coldstart: a resource instance's time to ready with 100k live revocations among 1M events, against empty;
+- scale: N resource instances (10, 100, 300, 1,000 as the machine holds them) at 100 revocations/s on the
+  exchange's stream against per-instance queues, on a private RabbitMQ node: broker CPU per 1,000
+  deliveries, broker memory per instance, commit -> applied at the last of N, and a restart storm (time to
+  all ready, snapshots the auth service served);
 - log_speed: logouts/s and p99 through the group committer against a bare-INSERT route, auth CPU per
   logout, and the set-based rebuild over 1M events against event by event;
 - bound: the 2-second bound under faults, the fault suite (tests/fault/) run in a child process: per
@@ -45,6 +49,7 @@ from bench import (
     memory,
     picture,
     propagation,
+    scale,
     throughput,
 )
 from bench.results import Results
@@ -67,6 +72,7 @@ def main() -> int:
     asyncio.run(_on_stack(results))
     asyncio.run(fanout.run(results))
     asyncio.run(coldstart.run(results))
+    asyncio.run(scale.run(results))
     _log_speed(results)
     bound.run(results)
     results.print()
