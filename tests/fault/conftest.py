@@ -20,8 +20,9 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
+from amqpkit.streams import stream_name
 from auth_service.db.migrate import upgrade
-from tests.conftest import add_user
+from tests.conftest import _delete_queue, add_user
 from tests.fault.ledger import SUMMARIES, Ledger, Load, Prober, table
 from tests.fault.stack import BOUND, Stack
 
@@ -39,12 +40,22 @@ class Suite:
     ledger: Ledger
     prober: Prober
 
+    @property
+    def transport(self) -> str:
+        """What carries revocations to the resource instances: queues or stream."""
+        return self.stack.transport
+
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def suite(amqp_url: str) -> AsyncIterator[Suite]:
-    """The stack under a steady load and probes, for every scenario of the module."""
+async def suite(request: pytest.FixtureRequest, amqp_url: str) -> AsyncIterator[Suite]:
+    """The stack under a steady load and probes, for every scenario of the module; on the transport the
+    module names in TRANSPORT (queues when it names none)."""
+    transport = getattr(request.module, "TRANSPORT", "queues")
+    exchange = f"tokenlife.fault.{uuid.uuid4().hex[:12]}"
     workdir = Path(tempfile.mkdtemp(prefix="tokenlife-fault-"))
-    stack = Stack(workdir, amqp_url, f"tokenlife.fault.{uuid.uuid4().hex[:12]}")
+    stack = Stack(workdir, amqp_url, exchange, transport=transport)
+    if transport == "stream":
+        stack.stream_port = request.getfixturevalue("stream_port")
     tasks: list[asyncio.Task[None]] = []
     load: Load | None = None
     prober: Prober | None = None
@@ -69,6 +80,8 @@ async def suite(amqp_url: str) -> AsyncIterator[Suite]:
             if closable is not None:
                 await closable.aclose()
         await stack.stop()
+        if transport == "stream":
+            await _delete_queue(amqp_url, stream_name(exchange))  # a stream keeps its disk until deleted
         shutil.rmtree(workdir, ignore_errors=True)
 
 
