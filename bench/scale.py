@@ -87,7 +87,7 @@ async def measure(results: Results, sizes: tuple[int, ...], big: int | None) -> 
     report_to = await reports.open()
     nodes: list[rabbit_nodes.RabbitNode] = []
     try:
-        nodes = await asyncio.to_thread(rabbit_nodes.start_cluster, home, f"tl-scale-{os.getpid()}", 1)
+        await asyncio.to_thread(rabbit_nodes.start_cluster, home, f"tl-scale-{os.getpid()}", 1, nodes)
         node = nodes[0]
         server_url = os.environ.get("TOKENLIFE_BENCH_DATABASE_URL", DEFAULT_DATABASE_URL)
         async with AsyncExitStack() as stack:

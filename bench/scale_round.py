@@ -167,6 +167,7 @@ class Round:
     storm_snapshots: float = math.nan
     storm_counters: dict[str, int] = field(default_factory=dict)
     failed: str = ""  # why the round ended early
+    gap_fills: int = 0  # reads of the events API the instances made over the round (a heartbeat ahead, a gap)
 
     @property
     def cpu_per_1000(self) -> float:
@@ -234,6 +235,7 @@ class Round:
         self.workers_cpu_s = self.workers.cpu_seconds() - workers
         now = await self.workers.counters()
         self.deliveries = sum(now.get(k, 0) - counted.get(k, 0) for k in ("events", "heartbeats"))
+        self.gap_fills = now.get("gap_fills", 0) - counted.get("gap_fills", 0)
         last = self._last_applied(commits)
         self.missing = len(commits) - len(last)
         self.latencies_ms = [(last[p] - commits[p]) / 1e6 for p in sorted(last)]

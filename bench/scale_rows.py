@@ -55,16 +55,19 @@ def progress(r: Round) -> str:
         f" CPU {r.cpu_s:.2f} s / {r.deliveries} deliveries = {r.cpu_per_1000 * 1000:.1f} ms per 1,000,"
         f" above idle {r.cpu_per_1000_above_idle * 1000:.1f} ms, instances' CPU {r.workers_cpu_s:.1f} s over"
         f" {r.window_s:.1f} s, {r.rate:.0f} revocations/s,"
-        f" p50 {p50:.1f} ms p99 {p99:.1f} ms, missing {r.missing}; storm {r.storm_s:.1f} s,"
+        f" p50 {p50:.1f} ms p99 {p99:.1f} ms, missing {r.missing}, gap fills {r.gap_fills};"
+        f" storm {r.storm_s:.1f} s,"
         f" {r.storm_snapshots:.0f} snapshots served"
     )
 
 
+HEARTBEATS = 2.0  # a second: the relay's default heartbeat interval is 0.5 s
+
+
 def instances_per_core(r: Round) -> float:
-    """Instances one broker core carries at the round's rate: 1 / (CPU per delivery x deliveries per
-    instance per second)."""
-    per_instance_per_s = r.deliveries / r.n / r.window_s
-    return 1.0 / (r.cpu_per_1000 / 1000 * per_instance_per_s)
+    """Instances one broker core carries at 100 revocations/s: 1 / (the round's broker CPU per delivery x
+    the messages an instance receives a second at that rate, heartbeats included)."""
+    return 1.0 / (r.cpu_per_1000 / 1000 * (RATE + HEARTBEATS))
 
 
 def record(results: Results, rounds: list[Round]) -> None:
@@ -100,7 +103,8 @@ def record(results: Results, rounds: list[Round]) -> None:
             f"{case}: commit -> applied at the last of N",
             [ms * 1000 for ms in r.latencies_ms],
             note=f"{len(r.latencies_ms)} revocations at {r.rate:.0f}/s; {r.missing} not applied everywhere"
-            f" within the drain; first start of the N took {r.start_s:.1f} s",
+            f" within the drain; {r.gap_fills} gap fills over HTTP ({r.gap_fills / r.n / r.window_s:.2f} a"
+            f" second an instance); first start of the N took {r.start_s:.1f} s",
         )
         c = r.storm_counters
         if r.failed:

@@ -186,8 +186,14 @@ class RabbitNode:
             self.kill()
 
 
-def start_cluster(home: Path, prefix: str, count: int) -> list[RabbitNode]:
-    """`count` private nodes (started together); the second and later join the first. Stopped on failure."""
+def start_cluster(
+    home: Path, prefix: str, count: int, into: list[RabbitNode] | None = None
+) -> list[RabbitNode]:
+    """`count` private nodes (started together); the second and later join the first. Stopped on failure.
+
+    `into`, when given, receives the nodes before they start: a caller that gives up waiting (its thread
+    cannot be cancelled) can still stop them.
+    """
     home.mkdir(parents=True, exist_ok=True)
     cookie = home / ".erlang.cookie"
     if not cookie.exists():
@@ -199,6 +205,8 @@ def start_cluster(home: Path, prefix: str, count: int) -> list[RabbitNode]:
         RabbitNode(f"{prefix}-{i}", home, _free_port(taken), _free_port(taken), _free_port(taken))
         for i in range(1, count + 1)
     ]
+    if into is not None:
+        into.extend(nodes)
     try:
         for node in nodes:
             node.start()
