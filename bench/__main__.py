@@ -22,7 +22,7 @@ noisy machine. Each module adds rows, targets and latency samples to one Results
   logout, and the set-based rebuild over 1M events against event by event;
 - bound: the 2-second bound under faults, the fault suite (tests/fault/) run in a child process: per
   scenario the worst delay from a logout's 2xx until every instance refuses the token, logouts, probes and
-  violations (about 2 minutes).
+  violations (about 5 minutes, the stream transport's scenarios included).
 
 Services: TOKENLIFE_BENCH_REDIS_URL (default redis://127.0.0.1:6379/15), TOKENLIFE_BENCH_DATABASE_URL
 (default postgresql://postgres@127.0.0.1:5432/postgres) and TOKENLIFE_BENCH_AMQP_URL (default
