@@ -18,13 +18,17 @@ noisy machine. Each module adds rows, targets and latency samples to one Results
 - ssf_delivery: Shared Signals push, a revocation's commit -> its SET at a push receiver (1 receiver at
   100/s), and 100 receivers with one dead against none dead;
 - coldstart: a resource instance's time to ready with 100k live revocations among 1M events, against empty;
+- scale: N resource instances (10, 100, 300, 1,000 as the machine holds them) at 100 revocations/s on the
+  exchange's stream against per-instance queues, on a private RabbitMQ node: broker CPU per 1,000
+  deliveries, broker memory per instance, commit -> applied at the last of N, and a restart storm (time to
+  all ready, snapshots the auth service served);
 - log_speed: logouts/s and p99 through the group committer against a bare-INSERT route, auth CPU per
   logout, and the set-based rebuild over 1M events against event by event;
 - grant_speed: refreshes/s and p99, logins/s, a mixed load and two auth processes through the log writer,
   against the same bare-INSERT route, the append lock's hold per event, and logouts on stale statistics;
 - bound: the 2-second bound under faults, the fault suite (tests/fault/) run in a child process: per
   scenario the worst delay from a logout's 2xx until every instance refuses the token, logouts, probes and
-  violations (about 2 minutes).
+  violations (about 5 minutes, the stream transport's scenarios included).
 
 Services: TOKENLIFE_BENCH_REDIS_URL (default redis://127.0.0.1:6379/15), TOKENLIFE_BENCH_DATABASE_URL
 (default postgresql://postgres@127.0.0.1:5432/postgres) and TOKENLIFE_BENCH_AMQP_URL (default
@@ -52,6 +56,7 @@ from bench import (
     memory,
     picture,
     propagation,
+    scale,
     ssf_delivery,
     throughput,
     tracing,
@@ -78,6 +83,7 @@ def main() -> int:
     asyncio.run(fanout.run(results))
     asyncio.run(ssf_delivery.run(results))
     asyncio.run(coldstart.run(results))
+    asyncio.run(scale.run(results))
     _log_speed(results)
     _grant_speed(results)
     bound.run(results)

@@ -48,6 +48,11 @@ class ResourceSettings(BaseSettings):
         description="With a broker: a queue per instance, or the exchange's stream (large fan-outs).",
     )
     stream_port: int = Field(default=5552, ge=1, le=65535, description="RabbitMQ's stream protocol port.")
+    stream_load_balancer: bool = Field(
+        default=False,
+        description="Reach every stream node through the URL's host and stream_port (a load balancer or a "
+        "proxy in front of the cluster), not at the host and port each node advertises.",
+    )
     access_token_ttl: int = Field(
         default=300, ge=10, le=86400, description="The longest access-token lifetime issued (replay reach)."
     )

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Annotated
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.security import HTTPBasic, OAuth2PasswordBearer
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, Counter
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from auth_service.authn import Principal, authenticate, verify
@@ -42,6 +42,15 @@ class AppState:
     relay: Relay | None = None
     ssf: Deliverer | None = None  # the Shared Signals push deliverer, when enabled
     log_listener: LogListener | None = None  # long-poll waiters share its one LISTEN connection
+    # Snapshots served to resource instances: a restart storm on per-instance queues shows here, one each.
+    snapshots_served: Counter = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.snapshots_served = Counter(
+            "tokenlife_snapshots_served",
+            "Revocation snapshots served to resource instances (GET /v1/revocations).",
+            registry=self.registry,
+        )
 
 
 def app_state(app: FastAPI) -> AppState:

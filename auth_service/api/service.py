@@ -110,6 +110,7 @@ async def _disconnected(request: Request) -> None:
     responses={200: {"model": RevocationSnapshot | ColumnarSnapshot}, **errors(400, 401)},
 )
 async def revocations(
+    request: Request,
     ctx: Context,
     _client: ServiceClient,
     form: Literal["objects", "columns"] = Query(
@@ -117,6 +118,7 @@ async def revocations(
     ),
 ) -> Response:
     """A RevocationSnapshot (or a ColumnarSnapshot): apply it, then the events after its position."""
+    app_state(request.app).snapshots_served.inc()
     # Both forms are written by PostgreSQL: the handler passes the text through, whatever the size.
     body = await columnar_snapshot_json(ctx.engine) if form == "columns" else await snapshot_json(ctx.engine)
     return Response(body, media_type="application/json")

@@ -62,6 +62,10 @@ def consumer(settings: ResourceSettings, on_close: Callable[[Any], None] | None 
         password=a.password,
         connection_name="tokenlife-resource",
         on_close_handler=on_close,
+        # The data connection goes to the node that holds a replica, at the host the node advertises
+        # (stream.advertised_host); behind a load balancer or a proxy that host is unreachable or bypasses
+        # it, so rstream connects through the configured address until the node it wants answers there.
+        load_balancer_mode=settings.stream_load_balancer,
     )
 
 

@@ -20,8 +20,9 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
+from amqpkit.streams import stream_name
 from auth_service.db.migrate import upgrade
-from tests.conftest import EXCHANGES, RUN_ID, add_user, delete_broker_objects
+from tests.conftest import EXCHANGES, RUN_ID, _delete_queue, add_user, delete_broker_objects
 from tests.fault.ledger import NOTES, SUMMARIES, Ledger, Load, Prober, table
 from tests.fault.stack import BOUND, Stack
 
@@ -39,14 +40,23 @@ class Suite:
     ledger: Ledger
     prober: Prober
 
+    @property
+    def transport(self) -> str:
+        """What carries revocations to the resource instances: queues or stream."""
+        return self.stack.transport
+
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def suite(amqp_url: str) -> AsyncIterator[Suite]:
-    """The stack under a steady load and probes, for every scenario of the module."""
+async def suite(request: pytest.FixtureRequest, amqp_url: str) -> AsyncIterator[Suite]:
+    """The stack under a steady load and probes, for every scenario of the module; on the transport the
+    module names in TRANSPORT (queues when it names none)."""
+    transport = getattr(request.module, "TRANSPORT", "queues")
     workdir = Path(tempfile.mkdtemp(prefix="tokenlife-fault-"))
     exchange = f"tokenlife.fault.{RUN_ID}.{uuid.uuid4().hex[:12]}"
     EXCHANGES.append(exchange)  # checked gone at the end of the run (tests/conftest.py)
-    stack = Stack(workdir, amqp_url, exchange)
+    stack = Stack(workdir, amqp_url, exchange, transport=transport)
+    if transport == "stream":
+        stack.stream_port = request.getfixturevalue("stream_port")
     tasks: list[asyncio.Task[None]] = []
     load: Load | None = None
     prober: Prober | None = None
@@ -71,6 +81,8 @@ async def suite(amqp_url: str) -> AsyncIterator[Suite]:
             if closable is not None:
                 await closable.aclose()
         await stack.stop()
+        if transport == "stream":
+            await _delete_queue(amqp_url, stream_name(exchange))  # a stream keeps its disk until deleted
         await delete_broker_objects(amqp_url, exchange)
         shutil.rmtree(workdir, ignore_errors=True)
 

@@ -8,6 +8,7 @@ suite's own. Client traffic (logins, logouts, probes) goes straight to the proce
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -87,6 +88,24 @@ class Process:
         assert self.proc is not None
         self.proc.send_signal(signal.SIGCONT)
 
+    def remote_ports(self) -> set[int]:
+        """The loopback ports this process's established TCP connections go to (its sockets' inodes in
+        /proc/<pid>/fd, looked up in /proc/net/tcp)."""
+        assert self.proc is not None
+        fds = Path(f"/proc/{self.proc.pid}/fd")
+        inodes = set()
+        for fd in fds.iterdir():
+            with contextlib.suppress(OSError):
+                target = os.readlink(fd)
+                if target.startswith("socket:["):
+                    inodes.add(target[8:-1])
+        ports = set()
+        for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "01" and fields[9] in inodes:  # 01: ESTABLISHED
+                ports.add(int(fields[2].split(":")[1], 16))
+        return ports
+
     async def ready(self, within: float = 60.0) -> None:
         """Wait until /readyz answers 200."""
         loop = asyncio.get_running_loop()
@@ -112,6 +131,11 @@ class Stack:
     workdir: Path
     amqp_url: str
     exchange: str
+    # queues, or stream: the relays also declare the exchange's stream and the resource instances read it over
+    # the stream protocol, each through its own proxy to stream_port in rstream's load-balancer mode (the
+    # host the broker advertises would bypass the proxy).
+    transport: str = "queues"
+    stream_port: int = 5552
     postgres: embedded_db.EmbeddedPostgres | None = None
     database_url: str = ""
     auth: list[Process] = field(default_factory=list)
@@ -134,8 +158,11 @@ class Stack:
     async def start(self, auth_count: int = 2, resource_count: int = 3) -> None:
         """Proxies first, then the auth processes, then the resource processes; all ready."""
         target = urlsplit(self.amqp_url)
-        for _ in range(auth_count + resource_count):
-            proxy = TcpProxy(target.hostname or "127.0.0.1", target.port or 5672)
+        host = target.hostname or "127.0.0.1"
+        for i in range(auth_count + resource_count):
+            # A resource instance on the stream reaches the broker by the stream protocol alone.
+            port = self.stream_port if self.transport == "stream" and i >= auth_count else target.port or 5672
+            proxy = TcpProxy(host, port)
             await proxy.start()
             self.broker_proxies.append(proxy)
         for i in range(auth_count):
@@ -146,6 +173,7 @@ class Stack:
                 TOKENLIFE_ISSUER=ISSUER,
                 TOKENLIFE_EXCHANGE=self.exchange,
                 TOKENLIFE_HEARTBEAT_INTERVAL="0.5",
+                TOKENLIFE_TRANSPORT=self.transport,
             )
             self.auth.append(
                 Process(f"auth{i}", ["auth", "serve"], env, free_port(), self.workdir / f"auth{i}.log")
@@ -156,7 +184,13 @@ class Stack:
             await process.ready()
         for j in range(resource_count):
             broker = _through(self.broker_proxies[auth_count + j], self.amqp_url)
-            self.resource.append(await self._resource(f"resource{j}", broker))
+            extra = {"TOKENLIFE_TRANSPORT": self.transport}
+            if self.transport == "stream":
+                extra |= {
+                    "TOKENLIFE_STREAM_PORT": str(self.broker_proxies[auth_count + j].port),
+                    "TOKENLIFE_STREAM_LOAD_BALANCER": "true",
+                }
+            self.resource.append(await self._resource(f"resource{j}", broker, **extra))
         for process in self.resource:
             process.start()
         for process in self.resource:

@@ -39,6 +39,8 @@ async def scenario(
     suite: Suite, name: str, fault: Callable[[], Awaitable[None]], *, every_token: bool = False
 ) -> None:
     """Load, the fault, then the checks; the summary goes to the table."""
+    if suite.transport != "queues":
+        name = f"{name} [{suite.transport}]"
     since = time.monotonic()
     await asyncio.sleep(WARM)
     await fault()

@@ -136,6 +136,8 @@ async def test_a_restarted_instance_replays_the_stream_instead_of_asking_for_a_s
             assert rt.feed.counters["replay_refused"] == 1
             assert rt.feed.counters["snapshots"] == 1
             assert rt.feed.counters["replays"] == 0
+        served = await snapshots_served(auth_url)
+        assert served == 1  # the first start's, as the auth service counts them
         old = await login(auth_url, "ida@example.com")
         await logout(auth_url, old)
         await asyncio.sleep(settings.replay_window + 1)  # the stream now reaches back a whole window
@@ -144,7 +146,8 @@ async def test_a_restarted_instance_replays_the_stream_instead_of_asking_for_a_s
         async with resource_app(settings) as (client, rt):
             await eventually(lambda: _ready(client), "ready after the replay")
             assert rt.feed.counters["replays"] == 1
-            assert rt.feed.counters["snapshots"] == 0  # the auth service was not asked for one
+            assert rt.feed.counters["snapshots"] == 0
+            assert await snapshots_served(auth_url) == served  # the auth service was not asked for one
             assert (await whoami(client, revoked)).status_code == 401
             assert (await whoami(client, alive)).status_code == 200
             # Logged out before the window: its revocation is not in the replayed state, so the token is
@@ -155,6 +158,16 @@ async def test_a_restarted_instance_replays_the_stream_instead_of_asking_for_a_s
             assert _sid(revoked) in held
             assert _sid(old) not in held  # before the window: not replayed
             assert _sid(old) in {r.subject for r in await live_revocations(auth_url)}
+
+
+async def snapshots_served(auth_url: str) -> float:
+    """The auth service's own count of the snapshots it served (tokenlife_snapshots_served_total)."""
+    async with httpx.AsyncClient(base_url=auth_url) as http:
+        text = (await http.get("/metrics")).text
+    return float(next(line.split()[1] for line in text.splitlines() if line.startswith(SERVED + " ")))
+
+
+SERVED = "tokenlife_snapshots_served_total"
 
 
 def _sid(token: str) -> str:
