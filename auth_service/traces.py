@@ -19,7 +19,7 @@ positions only after the publish. So the request says what it is about to revoke
 
 The maps live in this process: a trace goes on past the commit when the relay that publishes (or the auth
 instance that answers the long-poll) is the one that committed. Another instance's relay publishes the same
-event without a context, and its trace ends at the commit (docs/notes/issue-29.md says what would carry it).
+event without a context, and its trace ends at the commit (docs/design/tracing.md says what would carry it).
 """
 
 from __future__ import annotations
