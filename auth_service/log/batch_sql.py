@@ -235,6 +235,13 @@ class Statement:
 
     template: str
     rows: str
+    # When the append function runs it (over its `a_` arguments); by default: its rows are not empty.
+    when: str = ""
+
+    @property
+    def guard(self) -> str:
+        """The condition under which it has anything to do."""
+        return self.when or f"cardinality({{{self.rows}}}) > 0"
 
     @property
     def args(self) -> list[str]:
@@ -253,9 +260,14 @@ class Statement:
 # In order: each sees what the ones before wrote (sessions started before they can be ended).
 WRITES = (
     Statement(_EVENTS, "types"),
-    Statement(_SESSIONS_STARTED, "types"),
-    Statement(_REFRESHED, "types"),
-    Statement(_REVOKED, "types"),
+    Statement(_SESSIONS_STARTED, "types", "'session.started' = ANY({types})"),
+    Statement(_REFRESHED, "types", "'token.issued' = ANY({types})"),
+    Statement(
+        _REVOKED,
+        "types",
+        "{types} && ARRAY['token.revoked', 'session.revoked', 'user.revoked', 'key.revoked',"
+        " 'global.revoked']::text[]",
+    ),
     Statement(_ROTATED, "rotated"),
     Statement(_REFRESH_TOKENS, "rt_hashes"),
     Statement(_SUCCESSORS, "succ_hashes"),
