@@ -132,7 +132,7 @@ def _bearer(lines: list[str]) -> list[str]:
 async def _metrics(url: str) -> dict[str, float]:
     async with httpx.AsyncClient(timeout=5) as client:
         text = (await client.get(url + "/metrics")).text
-    found = re.findall(r"^(tokenlife_log_[a-z_]+?)(?:_total)? ([0-9.e+-]+)$", text, re.MULTILINE)
+    found = re.findall(r"^(tokenlife_log_[a-z0-9_]+?)(?:_total)? ([0-9.e+-]+)$", text, re.MULTILINE)
     return {name: float(value) for name, value in found}
 
 
