@@ -22,7 +22,7 @@ from auth_service.accounts.clients import (
     secret_hash,
 )
 from auth_service.broker import RelaySettings, StreamSpec
-from auth_service.db.engine import hosts_in_query
+from auth_service.db.urls import hosts_in_query
 
 log = logging.getLogger("tokenlife")
 

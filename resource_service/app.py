@@ -129,7 +129,19 @@ def create_app(settings: ResourceSettings, tracing: "Tracing | None" = None) -> 
         responses={
             200: {
                 "description": "`tick` events until the token ends; then one `end` event saying why.",
-                "content": {"text/event-stream": {"schema": {"type": "string"}}},
+                # One server-sent event, as a client's parser gives it: its name and its data (JSON text).
+                "content": {
+                    "text/event-stream": {
+                        "schema": {
+                            "type": "object",
+                            "properties": {
+                                "event": {"type": "string", "enum": ["tick", "end"]},
+                                "data": {"type": "string"},
+                            },
+                            "required": ["data"],
+                        }
+                    }
+                },
             },
             **error_responses(),
         },

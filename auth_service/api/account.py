@@ -9,6 +9,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
+from auth_service import contract as c
 from auth_service.accounts.passwords import MAX_LENGTH, MIN_LENGTH
 from auth_service.api.deps import (
     BEARER_SECURITY,
@@ -138,4 +139,7 @@ async def password(request: Request, ctx: Context, who: CurrentPrincipal) -> Res
     async with transaction(ctx) as conn:
         address = request.client.host if request.client else None
         events = await change_password(conn, ctx, who, current, new, address)
-    return JSONResponse({"sessions_ended": len(events)})
+    ended = sum(
+        1 for e in events if isinstance(e, c.SessionRevoked)
+    )  # not the credential.changed before them
+    return JSONResponse({"sessions_ended": ended})

@@ -9,8 +9,6 @@ last value: `asyncpg_dsn` writes the list so, or every dedicated connection woul
 
 from __future__ import annotations
 
-from urllib.parse import urlsplit, urlunsplit
-
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
@@ -33,14 +31,3 @@ def asyncpg_dsn(database_url: str) -> str:
     if isinstance(hosts, tuple):
         url = url.update_query_dict({"host": ",".join(hosts)})
     return url.render_as_string(hide_password=False)
-
-
-def hosts_in_query(database_url: str) -> str:
-    """libpq's list of servers in the authority (`user@a:5432,b:5432/db`) as SQLAlchemy reads one:
-    `user@/db?host=a:5432&host=b:5432`; any other URL is returned as it is."""
-    parts = urlsplit(database_url)
-    credentials, at, hosts = parts.netloc.rpartition("@")
-    if "," not in hosts:
-        return database_url
-    query = "&".join([*(f"host={h}" for h in hosts.split(",") if h), *([parts.query] if parts.query else [])])
-    return urlunsplit(parts._replace(netloc=f"{credentials}{at}", query=query))

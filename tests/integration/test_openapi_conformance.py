@@ -145,7 +145,9 @@ def test_every_answer_of_the_resource_service_matches_its_document(database_url:
         resource.start()
         try:
             wait_for(lambda: httpx.get(f"{resource.base}/readyz").status_code == 200, "the resource is ready")
-            token = _credentials(auth)["OAuth2PasswordBearer"]
+            login = {"grant_type": "password", "username": EMAIL, "password": PASSWORD}
+            tokens = httpx.post(f"{auth}/oauth/token", data=login).json()
+            token = {"Authorization": f"Bearer {tokens['access_token']}"}  # no receiver on this server
             schema = schemathesis.openapi.from_url(
                 f"{resource.base}/openapi.json",
                 config=schemathesis.Config.from_dict(
@@ -159,6 +161,9 @@ def test_every_answer_of_the_resource_service_matches_its_document(database_url:
             for result in schema.get_all_operations():
                 assert isinstance(result, Ok), result
                 operation = result.ok()
+                if operation.path.startswith("/v1/ticks"):
+                    # Streams that last as long as the token: tests/integration/test_live_connections.py.
+                    continue
                 for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
                     seen.setdefault(operation.label, set()).update(
                         _exercise(operation, mode, resource.base, token)

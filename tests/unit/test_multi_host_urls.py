@@ -6,7 +6,8 @@ from asyncpg.connect_utils import _parse_connect_dsn_and_args
 from sqlalchemy.dialects.postgresql.asyncpg import dialect
 from sqlalchemy.engine import make_url
 
-from auth_service.db.engine import asyncpg_dsn, hosts_in_query
+from auth_service.db.engine import asyncpg_dsn
+from auth_service.db.urls import hosts_in_query
 from auth_service.settings import AuthSettings
 
 TWO_HOSTS = "postgresql+asyncpg://u:pw@/db?host=a:5432&host=b:5433&target_session_attrs=read-write"
