@@ -21,19 +21,14 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
-import secrets
-import subprocess
 import sys
-import tempfile
 import uuid
 from contextlib import AsyncExitStack
 from typing import Any
 
 import asyncpg
-import httpx
 
-from bench import log_load
+from bench import grant_setup, log_load
 from bench import wrk as load
 from bench.log_speed import _cpu_seconds, _mint_tokens, _relay_caught_up, _target
 from bench.stack import (
@@ -42,7 +37,6 @@ from bench.stack import (
     _asyncpg_url,
     _database,
     _serve,
-    free_port,
     ready,
 )
 
@@ -57,139 +51,12 @@ REFRESH_PROFILE = (
     "cost over small batches; a PyJWT signature took 350 us with RS256 against 56 us with ES256 on this "
     "machine that day (bench/jwt_algorithms.py measures both)"
 )
-USERS = 500
 PER_CLOSED = 15_000  # refresh tokens a closed round may use (never one twice: a repeat is another path)
 OFFERED_RATE = 500
 OFFERED_SECONDS = 4
 STALE_REVOCATIONS = 100_000
 LOGOUTS = 12_000
 TOKEN = "/oauth/token"
-PASSWORD = "bench-password"
-# The benchmark's users only: argon2id at its cheapest, so a login measures the write path. The service
-# verifies whatever parameters a hash names; it never makes such a hash (passwords.py uses the defaults).
-
-# Sessions with a refresh token each, for the given users, as the log and its projections would have them:
-# session.started in the log (projected by the rebuild), the token's hash in refresh_tokens.
-_SESSIONS = """
-WITH s AS (SELECT gen_random_uuid() AS sid, u, h, row_number() OVER () AS n
-           FROM unnest($1::text[], $2::bytea[]) AS x(u, h)),
-logged AS (
-    INSERT INTO event_log (position, event_id, type, occurred_at, user_id, session_id, expires_at,
-                           schema_version, payload)
-    SELECT $3 + n, id, 'session.started', now() - interval '10 seconds', u, sid, now() + interval '1 day', 1,
-           jsonb_build_object('schema_version', 1, 'type', 'session.started', 'event_id', id,
-               'occurred_at', now() - interval '10 seconds', 'user_id', u, 'session_id', sid,
-               'client_id', 'tokenlife-console', 'expires_at', now() + interval '1 day', 'position', $3 + n,
-               'prev_position', $3 + n - 1)
-    FROM (SELECT *, gen_random_uuid() AS id FROM s) AS e)
-INSERT INTO refresh_tokens (token_hash, session_id, generation, created_at, expires_at)
-SELECT h, sid, 1, now(), now() + interval '1 day' FROM s
-"""
-
-
-def _cheap_hash() -> str:
-    from argon2 import PasswordHasher
-
-    return PasswordHasher(time_cost=1, memory_cost=8, parallelism=1).hash(PASSWORD)
-
-
-async def _prepare(dsn: str, database_url: str, kek: str, refreshes: int) -> dict[str, list[str]]:
-    """Users and refresh tokens in the database; the request lines (bench/wrk.py) that use them."""
-    from auth_service.maintenance import rebuild_projections
-    from auth_service.settings import AuthSettings
-    from auth_service.tokens.access import hash_refresh_token
-
-    conn = await asyncpg.connect(dsn)
-    try:
-        cheap = await asyncio.to_thread(_cheap_hash)
-        users = [str(uuid.uuid4()) for _ in range(USERS)]
-        await conn.execute(
-            "INSERT INTO users (user_id, email, password_hash)"
-            " SELECT u::uuid, 'u' || n || '@bench.example', $2"
-            " FROM unnest($1::text[]) WITH ORDINALITY AS x(u, n)",
-            users,
-            cheap,
-        )
-        tokens = [secrets.token_urlsafe(32) for _ in range(refreshes)]
-        owners = [users[i % USERS] for i in range(refreshes)]
-        head = await conn.fetchval("SELECT coalesce(max(position), 0) FROM event_log")
-        await conn.execute(_SESSIONS, owners, [hash_refresh_token(t) for t in tokens], head)
-    finally:
-        await conn.close()
-    await rebuild_projections(AuthSettings(database_url=database_url, key_encryption_key=kek, env="dev"))
-    logins = [
-        f"form:grant_type=password&username=u{n}%40bench.example&password={PASSWORD}&client_id="
-        for n in range(1, USERS + 1)
-    ]
-    return {"refresh": [f"form:grant_type=refresh_token&refresh_token={t}" for t in tokens], "login": logins}
-
-
-def _bearer(lines: list[str]) -> list[str]:
-    """The same number of requests for the bare route: its body is the line, as a bearer token."""
-    return ["bearer:" + line.split("=", 2)[-1] for line in lines]
-
-
-async def _metrics(url: str) -> dict[str, float]:
-    async with httpx.AsyncClient(timeout=5) as client:
-        text = (await client.get(url + "/metrics")).text
-    found = re.findall(r"^(tokenlife_log_[a-z0-9_]+?)(?:_total)? ([0-9.e+-]+)$", text, re.MULTILINE)
-    return {name: float(value) for name, value in found}
-
-
-class _Servers:
-    """The run's processes: auth services (one relay leads), the bare-INSERT route."""
-
-    def __init__(
-        self, stack: AsyncExitStack, url: str, dsn: str, amqp_url: str, exchange: str, kek: str
-    ) -> None:
-        self.stack, self.url, self.dsn = stack, url, dsn
-        self.env = {
-            "TOKENLIFE_ENV": "dev",
-            "TOKENLIFE_DATABASE_URL": url,
-            "TOKENLIFE_AMQP_URL": amqp_url,
-            "TOKENLIFE_EXCHANGE": exchange,
-            "TOKENLIFE_KEY_ENCRYPTION_KEY": kek,
-            "TOKENLIFE_RELAY_ENABLED": "true",
-        }
-
-    async def auth(self) -> tuple[str, int]:
-        url, proc, log = _serve(self.stack, "auth", self.env)
-        await ready(url, proc, log, "auth service")
-        return url, proc.pid
-
-    async def bare(self) -> tuple[str, int]:
-        port = free_port()
-        log = self.stack.enter_context(tempfile.TemporaryFile())
-        proc = subprocess.Popen(  # noqa: ASYNC220 - started once, before anything is timed
-            [sys.executable, "-m", "bench.log_load", "--bare", str(port), self.dsn], stderr=log
-        )
-        self.stack.callback(proc.wait, 10)
-        self.stack.callback(proc.kill)
-        url = f"http://127.0.0.1:{port}"
-        await ready(url, proc, log, "bare-INSERT route")
-        return url, proc.pid
-
-
-async def _closed(
-    wrk: str | None, url: str, path: str, lines: list[str], connections: int = 64
-) -> dict[str, Any]:
-    if wrk is None:
-        return await log_load.load(url, path, lines, 0)
-    done = await load.run(
-        wrk, url + path, seconds=log_load.CLOSED_SECONDS, connections=connections, method="POST", tokens=lines
-    )
-    return {**done, "statuses": {"2xx": done["requests"] - done["non_2xx"], "non-2xx": done["non_2xx"]}}
-
-
-async def _bare_table(dsn: str) -> None:
-    conn = await asyncpg.connect(dsn)
-    try:
-        await conn.execute(
-            "CREATE TABLE IF NOT EXISTS bench_bare"
-            " (id bigserial PRIMARY KEY, at timestamptz DEFAULT now(), body text)"
-        )
-    finally:
-        await conn.close()
 
 
 async def _grants(server_url: str, amqp_url: str) -> dict[str, Any]:
@@ -204,7 +71,6 @@ async def _grants(server_url: str, amqp_url: str) -> dict[str, Any]:
     async with AsyncExitStack() as stack:
         url = await _database(stack, server_url, f"tokenlife_bench_grants_{run_id}", None)
         dsn = _asyncpg_url(server_url, url.rsplit("/", 1)[1])
-        await _bare_table(dsn)
         broker = await aio_pika.connect(amqp_url)
         stack.push_async_callback(broker.close)
         channel = await broker.channel()
@@ -213,21 +79,21 @@ async def _grants(server_url: str, amqp_url: str) -> dict[str, Any]:
         await queue.bind(ex, "#")
         stack.push_async_callback(channel.exchange_delete, exchange)
         stack.push_async_callback(channel.queue_delete, f"{exchange}.q")
-        servers = _Servers(stack, url, dsn, amqp_url, exchange, kek)
+        servers = grant_setup.Servers(stack, url, dsn, amqp_url, exchange, kek)
         (auth, auth_pid), (second, _), (bare, bare_pid) = (
             await servers.auth(),
             await servers.auth(),
-            await servers.bare(),
+            await log_load.serve_bare(stack, dsn),
         )
         # Sessions for the logouts first (they are numbered from the log's start), then the refresh tokens.
         logouts = [f"bearer:{t}" for t in await _mint_tokens(url, kek, auth, LOGOUTS)]
-        lines = await _prepare(dsn, url, kek, per_round * ROUNDS + 2000)
+        lines = await grant_setup.prepare(dsn, url, kek, per_round * ROUNDS + 2000)
         wrk = load.available()
         refresh = lines["refresh"]
         warm, refresh = refresh[:2000], refresh[2000:]
-        await _closed(wrk, auth, TOKEN, warm[:1000], 64)
-        await _closed(wrk, second, TOKEN, warm[1000:], 64)
-        await _closed(wrk, bare, log_load.BARE, _bearer(warm), 64)
+        await log_load.closed_round(wrk, auth, TOKEN, warm[:1000])
+        await log_load.closed_round(wrk, second, TOKEN, warm[1000:])
+        await log_load.closed_round(wrk, bare, log_load.BARE, grant_setup.bearer(warm))
         out: dict[str, list[dict[str, Any]]] = {}
         cpu = {"refresh": [0.0, 0], "bare": [0.0, 0]}
 
@@ -244,38 +110,40 @@ async def _grants(server_url: str, amqp_url: str) -> dict[str, Any]:
                 mine[2 * PER_CLOSED : 3 * PER_CLOSED],
                 mine[3 * PER_CLOSED :],
             )
-            before, cpu0 = await _metrics(auth), _cpu_seconds(auth_pid)
-            result = await _closed(wrk, auth, TOKEN, closed)
-            after = await _metrics(auth)
+            before, cpu0 = await grant_setup.metrics(auth), _cpu_seconds(auth_pid)
+            result = await log_load.closed_round(wrk, auth, TOKEN, closed)
+            after = await grant_setup.metrics(auth)
             result |= await _relay_caught_up(dsn)
             cpu["refresh"][0] += _cpu_seconds(auth_pid) - cpu0
-            cpu["refresh"][1] += result["statuses"].get("2xx", result["statuses"].get("200", 0))
+            cpu["refresh"][1] += result["statuses"].get("200", 0)
             events = after["tokenlife_log_events_appended"] - before["tokenlife_log_events_appended"]
             held = after["tokenlife_log_lock_held_seconds"] - before["tokenlife_log_lock_held_seconds"]
             result["lock_held_us_per_event"] = 1e6 * held / max(1.0, events)
             keep("refresh", result)
             cpu0 = _cpu_seconds(bare_pid)
-            result = await _closed(wrk, bare, log_load.BARE, _bearer(closed))
+            result = await log_load.closed_round(wrk, bare, log_load.BARE, grant_setup.bearer(closed))
             cpu["bare"][0] += _cpu_seconds(bare_pid) - cpu0
-            cpu["bare"][1] += result["statuses"].get("2xx", result["statuses"].get("200", 0))
+            cpu["bare"][1] += result["statuses"].get("200", 0)
             keep("bare", result)
-            keep("login", await _closed(wrk, auth, TOKEN, lines["login"]))
-            mixed = [
-                (mixed_r[i] if i % 10 < 7 else lines["login"][i % USERS] if i % 10 < 9 else logouts.pop())
+            keep("login", await log_load.closed_round(wrk, auth, TOKEN, lines["login"]))
+            logins = lines["login"]
+            mixed = [  # of every 10 requests: 7 refreshes, 2 logins, 1 logout
+                mixed_r[i] if i % 10 < 7 else logins[i % len(logins)] if i % 10 < 9 else logouts.pop()
                 for i in range(min(len(mixed_r), 10 * len(logouts) // 2))
             ]
-            keep("mixed", await _closed(wrk, auth, "/v1/auth/logout", mixed))
+            keep("mixed", await log_load.closed_round(wrk, auth, "/v1/auth/logout", mixed))
             half = len(two) // 2
             one_of_two, other_of_two = await asyncio.gather(
-                _closed(wrk, auth, TOKEN, two[:half], 32), _closed(wrk, second, TOKEN, two[half:], 32)
+                log_load.closed_round(wrk, auth, TOKEN, two[:half], connections=32),
+                log_load.closed_round(wrk, second, TOKEN, two[half:], connections=32),
             )
             keep(
                 "two processes",
                 {"rate": one_of_two["rate"] + other_of_two["rate"], "parts": [one_of_two, other_of_two]},
             )
             keep("refresh@", await log_load.load(auth, TOKEN, offered, OFFERED_RATE))
-            keep("bare@", await log_load.load(bare, log_load.BARE, _bearer(offered), OFFERED_RATE))
-        waits = await _metrics(auth), await _metrics(second)
+            keep("bare@", await log_load.load(bare, log_load.BARE, grant_setup.bearer(offered), OFFERED_RATE))
+        waits = await grant_setup.metrics(auth), await grant_setup.metrics(second)
         return {
             "results": out,
             "cpu_ms": {k: 1000 * v[0] / max(1, v[1]) for k, v in cpu.items()},
@@ -317,11 +185,12 @@ async def _stale(server_url: str, amqp_url: str) -> dict[str, list[float]]:
             tokens[name] = await _mint_tokens(url, kek, auth, ROUNDS * per_round + 1000)
         wrk = load.available()
         for name in rates:  # warm-up, not counted
-            await _closed(wrk, urls[name], "/v1/auth/logout", tokens[name][-1000:])
+            await log_load.closed_round(wrk, urls[name], "/v1/auth/logout", tokens[name][-1000:])
         for r in range(ROUNDS):
             for name in rates:
                 mine = tokens[name][r * per_round : (r + 1) * per_round]
-                rates[name].append((await _closed(wrk, urls[name], "/v1/auth/logout", mine))["rate"])
+                done = await log_load.closed_round(wrk, urls[name], "/v1/auth/logout", mine)
+                rates[name].append(done["rate"])
     return rates
 
 

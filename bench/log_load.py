@@ -14,12 +14,14 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import AsyncExitStack
 from typing import Any
 
 import asyncpg
 from starlette.requests import Request
 
 from bench import wrk as wrk_load
+from bench.stack import free_port, ready
 
 CONNECTIONS = 64
 CLOSED_SECONDS = 3
@@ -43,17 +45,45 @@ async def load(url: str, path: str, tokens: list[str], rate: float) -> dict[str,
 
 
 async def closed_round(
-    wrk: str | None, url: str, path: str, tokens: list[str], seconds: float = CLOSED_SECONDS
+    wrk: str | None,
+    url: str,
+    path: str,
+    tokens: list[str],
+    seconds: float = CLOSED_SECONDS,
+    connections: int = CONNECTIONS,
 ) -> dict[str, Any]:
     """A closed-loop round: wrk for `seconds` when it is installed, else the asyncio client over every token
     (which shares the cores with the server, so it caps the rate it can measure)."""
     if wrk is None:
         return await load(url, path, tokens, 0)
     done = await wrk_load.run(
-        wrk, url + path, seconds=seconds, connections=CONNECTIONS, method="POST", tokens=tokens
+        wrk, url + path, seconds=seconds, connections=connections, method="POST", tokens=tokens
     )
     ok = done["requests"] - done["non_2xx"]
     return {**done, "statuses": {"200": ok, "non-2xx": done["non_2xx"]}, "generator": "wrk"}
+
+
+async def serve_bare(stack: AsyncExitStack, dsn: str) -> tuple[str, int]:
+    """Create the bare route's table on `dsn` and serve the route from a process of its own (stopped when
+    `stack` closes); its base URL and pid."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(
+            "CREATE TABLE IF NOT EXISTS bench_bare"
+            " (id bigserial PRIMARY KEY, at timestamptz DEFAULT now(), body text)"
+        )
+    finally:
+        await conn.close()
+    port = free_port()
+    log = stack.enter_context(tempfile.TemporaryFile())
+    proc = subprocess.Popen(  # noqa: ASYNC220 - started once, before anything is timed
+        [sys.executable, "-m", "bench.log_load", "--bare", str(port), dsn], stderr=log
+    )
+    stack.callback(proc.wait, 10)
+    stack.callback(proc.kill)
+    url = f"http://127.0.0.1:{port}"
+    await ready(url, proc, log, "bare-INSERT route")
+    return url, proc.pid
 
 
 def _request(host: str, path: str, line: str) -> bytes:

@@ -22,9 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import subprocess
-import sys
-import tempfile
 import time
 import uuid
 from contextlib import AsyncExitStack
@@ -41,7 +38,6 @@ from bench.stack import (
     _asyncpg_url,
     _database,
     _serve,
-    free_port,
     ready,
 )
 
@@ -154,11 +150,6 @@ async def _write_path(server_url: str, amqp_url: str) -> dict[str, Any]:
     async with AsyncExitStack() as stack:
         url = await _database(stack, server_url, f"tokenlife_bench_logspeed_{run_id}", None)
         dsn = _asyncpg_url(server_url, url.rsplit("/", 1)[1])
-        conn = await asyncpg.connect(dsn)
-        await conn.execute(
-            "CREATE TABLE bench_bare (id bigserial PRIMARY KEY, at timestamptz DEFAULT now(), body text)"
-        )
-        await conn.close()
         broker = await aio_pika.connect(amqp_url)
         stack.push_async_callback(broker.close)
         channel = await broker.channel()
@@ -181,15 +172,7 @@ async def _write_path(server_url: str, amqp_url: str) -> dict[str, Any]:
             },
         )
         await ready(auth_url, auth_proc, auth_log, "auth service")
-        bare_port = free_port()
-        bare_log = stack.enter_context(tempfile.TemporaryFile())
-        bare_proc = subprocess.Popen(  # noqa: ASYNC220 - started once, before anything is timed
-            [sys.executable, "-m", "bench.log_load", "--bare", str(bare_port), dsn], stderr=bare_log
-        )
-        stack.callback(bare_proc.wait, 10)
-        stack.callback(bare_proc.kill)
-        bare_url = f"http://127.0.0.1:{bare_port}"
-        await ready(bare_url, bare_proc, bare_log, "bare-INSERT route")
+        bare_url, bare_pid = await log_load.serve_bare(stack, dsn)
 
         wrk = load.available()
         per_round = CLOSED_REQUESTS + OFFERED_RATE * OFFERED_SECONDS
@@ -206,7 +189,7 @@ async def _write_path(server_url: str, amqp_url: str) -> dict[str, Any]:
             closed, offered = batch[:CLOSED_REQUESTS], batch[CLOSED_REQUESTS:]
             for name, base, path, pid in (
                 ("logout", auth_url, LOGOUT, auth_proc.pid),
-                ("bare", bare_url, BARE, bare_proc.pid),
+                ("bare", bare_url, BARE, bare_pid),
             ):
                 before = _cpu_seconds(pid)
                 result = await log_load.closed_round(wrk, base, path, closed)
