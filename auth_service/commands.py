@@ -118,9 +118,9 @@ async def _user_revoke(settings: AuthSettings, email: str) -> int:
     from auth_service.db.engine import asyncpg_dsn, create_engine
     from auth_service.db.tables import users
     from auth_service.log.writer import LogWriter
-    from auth_service.revoke import revoke_user
     from auth_service.tokens.keyring import KeyRing
     from auth_service.tokens.keys import KeyCache
+    from auth_service.use_cases.revoke import revoke_user
 
     engine = create_engine(settings.database_url, pool_size=1)
     dsn = asyncpg_dsn(settings.database_url)

@@ -24,7 +24,7 @@ from auth_service.api.openapi import errors
 from auth_service.api.schemas import LogoutResponse, PasswordChanged, SessionList, SessionTimeline
 from auth_service.errors import InvalidRequest, NotFound
 from auth_service.log import queries
-from auth_service.revoke import change_password, end_session, logout
+from auth_service.use_cases.revoke import change_password, end_session, logout
 
 router = APIRouter(tags=["account"])
 SCOPES = ("session", "others", "all")

@@ -22,10 +22,10 @@ from fastapi.security import HTTPBasic, OAuth2PasswordBearer
 from prometheus_client import CollectorRegistry, Counter
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from auth_service.authn import Principal, authenticate, verify
 from auth_service.context import AuthContext
 from auth_service.contract.bearer import MAX_HEADER_BYTES, MalformedBearer, parse_bearer
 from auth_service.errors import AuthServiceError, BearerError, InvalidClient, MissingToken
+from auth_service.use_cases.authn import Principal, authenticate, verify
 
 if TYPE_CHECKING:
     from auth_service.log.listener import LogListener

@@ -12,12 +12,12 @@ from auth_service.api.deps import Context, ServiceClient, basic_scheme, transact
 from auth_service.api.forms import form, form_body, form_schema, required, text
 from auth_service.api.openapi import errors
 from auth_service.api.schemas import IntrospectionResponse, TokenResponse
-from auth_service.client_grant import issue_client_token
 from auth_service.errors import InvalidClient, InvalidRequest, UnauthorizedClient, UnsupportedGrantType
-from auth_service.grants import Client, password_grant, refresh_grant
-from auth_service.introspection import introspect_token
-from auth_service.revoke import revoke_token
 from auth_service.tokens.access import MAX_REFRESH_TOKEN
+from auth_service.use_cases.client_grant import issue_client_token
+from auth_service.use_cases.grants import Client, password_grant, refresh_grant
+from auth_service.use_cases.introspection import introspect_token
+from auth_service.use_cases.revoke import revoke_token
 
 router = APIRouter(tags=["oauth"])
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}

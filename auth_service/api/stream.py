@@ -31,7 +31,6 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from auth_service import contract as c
 from auth_service.api.deps import Context, CurrentPrincipal, app_state, bearer_token
 from auth_service.api.openapi import errors
-from auth_service.authn import Principal, authenticate
 from auth_service.context import AuthContext
 from auth_service.db.errors import translate
 from auth_service.db.tables import event_log
@@ -39,6 +38,7 @@ from auth_service.errors import BearerError
 from auth_service.log.listener import LogListener
 from auth_service.log.projections import decode_row
 from auth_service.log.store import read_head
+from auth_service.use_cases.authn import Principal, authenticate
 
 router = APIRouter(tags=["account"])
 

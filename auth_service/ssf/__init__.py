@@ -5,7 +5,7 @@ Owns: the map from log events to SETs (events, pure), signing them (sets), the s
 their checks (config, pure), the streams, subjects and cursors in PostgreSQL (streams), reading the log as
 SETs (source), poll delivery (poll), push delivery with one deliverer per stream on one leader among the
 instances (push, deliverer), and who a receiver is (receivers). Its HTTP routes are auth_service/api/ssf.py;
-receivers get their tokens through the client_credentials grant (auth_service/client_grant.py).
+receivers get their tokens through the client_credentials grant (auth_service/use_cases/client_grant.py).
 
 The log is the outbox: a stream is a cursor (a log position) in ssf_streams, nothing is queued anywhere
 else, and every path that revokes appends to the log, so every path reaches receivers, in log order, at

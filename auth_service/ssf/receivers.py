@@ -13,10 +13,10 @@ from dataclasses import dataclass
 import jwt
 
 from auth_service.accounts.clients import ClientRegistry
-from auth_service.client_grant import client_token_audience
 from auth_service.errors import InsufficientScope, InvalidToken
 from auth_service.tokens.access import ACCESS_TOKEN_TYPE, parse_token
 from auth_service.tokens.keyring import ALGORITHM, KeyRing
+from auth_service.use_cases.client_grant import client_token_audience
 
 READ, MANAGE = "ssf.read", "ssf.manage"
 

@@ -14,9 +14,9 @@ import pytest
 from auth_service.api.deps import app_state
 from auth_service.api.stream import _stream
 from auth_service.app import create_app as create_auth_app
-from auth_service.authn import authenticate
 from auth_service.log.store import read_head
 from auth_service.settings import AuthSettings
+from auth_service.use_cases.authn import authenticate
 from resource_service.app import create_app as create_resource_app
 from resource_service.settings import ResourceSettings, UnsafeResourceSettings
 from tests.conftest import PASSWORD, add_user, start_auth_server

@@ -19,8 +19,8 @@ from fastapi import FastAPI
 
 from auth_service.app import create_app
 from auth_service.context import AuthContext
-from auth_service.revoke import revoke_user
 from auth_service.settings import AuthSettings
+from auth_service.use_cases.revoke import revoke_user
 from tests.conftest import PASSWORD, add_user, auth_env
 from tests.ssf_receiver import (
     CREDENTIAL_CHANGE,

@@ -8,12 +8,12 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from auth_service.authn import authenticate
 from auth_service.context import AuthContext
 from auth_service.errors import InvalidToken
 from auth_service.log.intents import Rotation, decide_rotation
 from auth_service.log.queries import refresh_token_with_session
 from auth_service.tokens.access import MAX_REFRESH_TOKEN, hash_refresh_token
+from auth_service.use_cases.authn import authenticate
 
 INACTIVE: dict[str, Any] = {"active": False}
 

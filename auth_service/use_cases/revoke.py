@@ -24,13 +24,13 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from auth_service import contract as c
 from auth_service.accounts.passwords import check_new_password, hash_password, verify_password
 from auth_service.accounts.throttle import password_keys
-from auth_service.authn import Principal, check_not_revoked, know_kid
 from auth_service.context import AuthContext
 from auth_service.db.tables import users
 from auth_service.errors import InvalidGrant, InvalidRequest, InvalidToken, NotFound
 from auth_service.log import lifetimes, lookups
 from auth_service.log.intents import Caller, ChangePassword, EndSessions, Intent, RevokeToken, RevokeUser
 from auth_service.tokens.access import MAX_REFRESH_TOKEN, hash_refresh_token, verify_access_token
+from auth_service.use_cases.authn import Principal, check_not_revoked, know_kid
 
 LogoutScope = Literal["session", "others", "all"]
 
