@@ -66,9 +66,19 @@ async def load_keys(settings: AuthSettings, engine: AsyncEngine) -> KeyRing:
     """Load the key ring, creating a first key in dev mode; outside dev a missing key is an error."""
     kek = settings.key_encryption_key.get_secret_value()
     async with engine.begin() as conn:
-        if settings.env == "dev" and await keystore.ensure_active_key(conn, kek):
-            log.warning("DEV MODE: generated a signing key; run `tokenlife keys rotate` in production")
+        wanted = settings.signing_algorithm
+        if settings.env == "dev" and await keystore.ensure_active_key(conn, kek, wanted):
+            log.warning(
+                "DEV MODE: generated a %s signing key; run `tokenlife keys rotate` in production", wanted
+            )
         ring = await keystore.load(conn, kek, settings.access_token_ttl)
+    if ring.active is not None and ring.active.alg != wanted:
+        log.warning(
+            "the active signing key signs %s, TOKENLIFE_SIGNING_ALGORITHM asks for %s: it applies from the"
+            " next `tokenlife keys rotate`",
+            ring.active.alg,
+            wanted,
+        )
     if ring.active is None:
         raise NoSigningKey("no active signing key: run `tokenlife keys rotate` once before serving")
     return ring

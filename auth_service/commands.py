@@ -168,7 +168,8 @@ async def _keys(settings: AuthSettings, action: str, kid: str | None) -> int:
     try:
         async with engine.begin() as conn:
             if action == "rotate":
-                _say(f"new active signing key {await keystore.rotate(conn, kek)}")
+                new_kid = await keystore.rotate(conn, kek, settings.signing_algorithm)
+                _say(f"new active signing key {new_kid} ({settings.signing_algorithm})")
             elif action == "revoke":
                 assert kid is not None
                 # Through a log writer of its own, as every append is (log/writer.py).
@@ -178,7 +179,9 @@ async def _keys(settings: AuthSettings, action: str, kid: str | None) -> int:
                     access_token_ttl=settings.access_token_ttl,
                 ) as writer:
                     try:
-                        event = await keystore.revoke(writer, conn, kid, kek, "operator")
+                        event = await keystore.revoke(
+                            writer, conn, kid, kek, "operator", settings.signing_algorithm
+                        )
                     except keystore.KeyError_ as exc:
                         _say(f"tokenlife: {exc}")
                         return 1

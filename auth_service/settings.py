@@ -1,6 +1,9 @@
 """Settings of the auth service and the tools around it, read from TOKENLIFE_* environment variables.
 
 Unsafe defaults are refused unless TOKENLIFE_ENV=dev: the error names each setting and says why.
+
+Long because it is one class: every TOKENLIFE_* variable of the auth service beside its description and the
+checks that tie them together; split, the variables would have no single page.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from auth_service.accounts.clients import (
 )
 from auth_service.broker import RelaySettings, StreamSpec
 from auth_service.db.urls import hosts_in_query
+from auth_service.tokens.keyring import DEFAULT_ALGORITHM, Algorithm
 
 log = logging.getLogger("tokenlife")
 
@@ -94,6 +98,10 @@ class AuthSettings(BaseSettings):
     )
     key_refresh_seconds: float = Field(
         default=10.0, gt=0, description="How often instances reload signing keys."
+    )
+    signing_algorithm: Algorithm = Field(
+        default=DEFAULT_ALGORITHM,
+        description="What new signing keys sign with (ES256, EdDSA, RS256); applies from the next rotation.",
     )
 
     # The client registry: JSON {"client_id": {"type": "public" | "confidential", "secret_hash": "sha256:...",

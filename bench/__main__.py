@@ -10,7 +10,7 @@ noisy machine. Each module adds rows, targets and latency samples to one Results
 - tracing: a protected request of the sample app with tracing off against OpenTelemetry not installed, and
   with tracing on;
 - throughput: requests per second through uvicorn, the tokenlife dependency against a header-only one;
-- jwt_algorithms: sign and verify per algorithm (the basis of RS256);
+- jwt_algorithms: sign and verify per algorithm (the basis of the ES256 default);
 - on a real stack (bench/stack.py): introspection per request and propagation from logout to 401 (broker,
   broker unreachable, and long-poll alone with no broker: longpoll.py);
 - fanout: logout -> refused on all 3 resource instances against aio-pika publish -> 3 consumers, on a stack

@@ -9,8 +9,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 import jwt
-from cryptography.hazmat.primitives.asymmetric import rsa
-from jwt.algorithms import RSAAlgorithm
+from cryptography.hazmat.primitives.asymmetric import ec
+from jwt.algorithms import ECAlgorithm
 
 from auth_service import contract as c
 from resource_service.check.freshness import FreshnessTracker
@@ -22,22 +22,23 @@ from resource_service.check.verifier import TokenVerifier
 ISSUER = "https://auth.bench.example"
 AUDIENCE = "https://api.bench.example"
 KID = "bench-1"
+ALGORITHM = "ES256"  # what the auth service signs with by default
 LIVE = 100_000
 # The one route of each app of the hot-path load benchmark (loadapp.py serves it, throughput.py loads it).
 ROUTE = "/r"
 
 
-def private_key() -> rsa.RSAPrivateKey:
-    """A fresh RS256 signing key."""
-    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+def private_key() -> ec.EllipticCurvePrivateKey:
+    """A fresh signing key of the auth service's default algorithm (ES256)."""
+    return ec.generate_private_key(ec.SECP256R1())
 
 
-def public_jwk(key: rsa.RSAPrivateKey) -> dict[str, Any]:
+def public_jwk(key: ec.EllipticCurvePrivateKey) -> dict[str, Any]:
     """The JWKS entry of the key."""
-    return {**RSAAlgorithm.to_jwk(key.public_key(), as_dict=True), "kid": KID, "alg": "RS256", "use": "sig"}
+    return {**ECAlgorithm.to_jwk(key.public_key(), as_dict=True), "kid": KID, "alg": ALGORITHM, "use": "sig"}
 
 
-def token(key: rsa.RSAPrivateKey, *, scope: str = "read") -> str:
+def token(key: ec.EllipticCurvePrivateKey, *, scope: str = "read") -> str:
     """An access token as the auth service issues them (RFC 9068 claims, uuid jti and sid)."""
     now = int(time.time())
     claims = {
@@ -51,7 +52,7 @@ def token(key: rsa.RSAPrivateKey, *, scope: str = "read") -> str:
         "client_id": "web",
         "scope": scope,
     }
-    return jwt.encode(claims, key, algorithm="RS256", headers={"kid": KID, "typ": "at+jwt"})
+    return jwt.encode(claims, key, algorithm=ALGORITHM, headers={"kid": KID, "typ": "at+jwt"})
 
 
 def live_snapshot(count: int, *, position: int | None = None) -> c.ColumnarSnapshot:
@@ -97,11 +98,11 @@ class Checked:
     guard: Guard
     verifier: TokenVerifier
     state: RevocationState
-    key: rsa.RSAPrivateKey
+    key: ec.EllipticCurvePrivateKey
     jwk: dict[str, Any]
 
 
-def checked(key: rsa.RSAPrivateKey | None = None) -> Checked:
+def checked(key: ec.EllipticCurvePrivateKey | None = None) -> Checked:
     """A Guard as the sample service builds it, over LIVE live revocations, always fresh."""
     key = key or private_key()
     jwk = public_jwk(key)

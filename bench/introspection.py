@@ -53,7 +53,7 @@ async def _introspect(stack: Stack, token: str) -> dict[str, object]:
     return summarise(
         INTROSPECT_CASE,
         samples,
-        "alternative, per request: HTTP Basic client check, RS256 verify (uncached), "
+        "alternative, per request: HTTP Basic client check, ES256 verify (uncached), "
         "revocation query in PostgreSQL, one transaction",
     )
 

@@ -1,4 +1,4 @@
-"""Sign and verify cost of the asymmetric JWT algorithms with PyJWT: the basis of the RS256 choice."""
+"""Sign and verify cost of the asymmetric JWT algorithms with PyJWT: the basis of the ES256 default."""
 
 from __future__ import annotations
 

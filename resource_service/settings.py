@@ -66,7 +66,7 @@ class ResourceSettings(BaseSettings):
     service_client_secret: SecretStr = Field(default=SecretStr(""))
     issuer: str = Field(default="", description="The iss tokens must carry; defaults to auth_url.")
     audience: str = Field(default="tokenlife", min_length=1)
-    algorithms: tuple[str, ...] = Field(default=("RS256",), min_length=1)
+    algorithms: tuple[str, ...] = Field(default=("ES256", "EdDSA", "RS256"), min_length=1)
     leeway: int = Field(default=5, ge=0, le=60, description="Clock skew allowed on exp, iat, nbf (seconds).")
 
     # Freshness

@@ -61,11 +61,13 @@ def bearer(token: str) -> dict[str, str]:
 
 def verify_set(value: str, jwks: dict[str, Any], issuer: str, audience: str) -> dict[str, Any]:
     """The SET's claims, after the checks a careful receiver makes: signature (joserfc, the JWKS), header
-    (RS256, secevent+jwt, a kid), and the claims SSF 1.0 and the CAEP Interoperability Profile require."""
-    token = jwt.decode(value, KeySet.import_key_set(jwks), algorithms=["RS256"])  # type: ignore[arg-type]
+    (its key's own algorithm, secevent+jwt, a kid), and the claims SSF 1.0 and the CAEP Interoperability
+    Profile require."""
+    allowed = ["ES256", "EdDSA", "RS256"]
+    token = jwt.decode(value, KeySet.import_key_set(jwks), algorithms=allowed)  # type: ignore[arg-type]
     assert token.header["typ"] == "secevent+jwt"
-    assert token.header["alg"] == "RS256"
-    assert token.header["kid"] in {k["kid"] for k in jwks["keys"]}
+    key = next(k for k in jwks["keys"] if k["kid"] == token.header["kid"])
+    assert token.header["alg"] == key["alg"]
     claims: dict[str, Any] = token.claims
     assert claims["iss"] == issuer
     assert claims["aud"] == audience

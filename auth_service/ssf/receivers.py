@@ -1,9 +1,9 @@
 """Who is calling the SSF API: a receiver, from a client_credentials access token (client_grant.py).
 
-The token must verify against the key ring (RS256, the kid's key, `typ` at+jwt), be issued by us for us
-(`iss` and `aud` the issuer), unexpired, and name a client that is still registered for client_credentials;
-its scopes count only as far as the registry still gives them. A failure is InvalidToken (401, RFC 6750);
-a token without the scope a route needs is InsufficientScope (403).
+The token must verify against the key ring (with the algorithm of the kid's key, `typ` at+jwt), be issued
+by us for us (`iss` and `aud` the issuer), unexpired, and name a client that is still registered for
+client_credentials; its scopes count only as far as the registry still gives them. A failure is
+InvalidToken (401, RFC 6750); a token without the scope a route needs is InsufficientScope (403).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import jwt
 from auth_service.accounts.clients import ClientRegistry
 from auth_service.errors import InsufficientScope, InvalidToken
 from auth_service.tokens.access import ACCESS_TOKEN_TYPE, parse_token
-from auth_service.tokens.keyring import ALGORITHM, KeyRing
+from auth_service.tokens.keyring import KeyRing
 from auth_service.use_cases.client_grant import client_token_audience
 
 READ, MANAGE = "ssf.read", "ssf.manage"
@@ -40,15 +40,16 @@ def authenticate_receiver(token: str, ring: KeyRing, registry: ClientRegistry, i
     if signed is None:
         raise InvalidToken("malformed access token")
     kid = signed.kid
-    if kid is None or kid not in ring.public_keys:
+    key = ring.public_keys.get(kid) if kid is not None else None
+    if key is None:
         raise InvalidToken("unknown signing key")
     if str(signed.header.get("typ", "")).lower() != ACCESS_TOKEN_TYPE:
         raise InvalidToken("not an access token")
     try:
         claims = jwt.decode(
             token,
-            ring.public_keys[kid],
-            algorithms=[ALGORITHM],
+            key.key,
+            algorithms=[key.alg],
             audience=client_token_audience(issuer),
             issuer=issuer,
             leeway=5,

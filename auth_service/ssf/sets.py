@@ -1,5 +1,6 @@
 """Signing a Security Event Token (RFC 8417) for one stream: the claims SSF 1.0 and the CAEP
-Interoperability Profile ask for, signed RS256 with the service's active key, `typ` secevent+jwt."""
+Interoperability Profile ask for, signed with the service's active key (ES256 by default), `typ`
+secevent+jwt."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Any
 import jwt
 
 from auth_service.ssf.events import SetBody
-from auth_service.tokens.keyring import ALGORITHM, SigningKey
+from auth_service.tokens.keyring import SigningKey
 
 SET_TYPE = "secevent+jwt"
 
@@ -31,4 +32,4 @@ def set_claims(
 
 def sign_set(key: SigningKey, claims: dict[str, Any]) -> str:
     """The compact JWS of a SET."""
-    return jwt.encode(claims, key.private_key, algorithm=ALGORITHM, headers={"kid": key.kid, "typ": SET_TYPE})
+    return jwt.encode(claims, key.private_key, algorithm=key.alg, headers={"kid": key.kid, "typ": SET_TYPE})

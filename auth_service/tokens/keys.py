@@ -1,13 +1,13 @@
 """Signing keys: generation, encryption at rest, rotation, revocation, and the JWKS.
 
-RS256 is the signing algorithm because verification is what every resource service pays on every request,
-and RSA verification is the cheapest of the asymmetric choices with PyJWT (see docs/architecture.md for the
-measurement); signing, paid once per token, is the slow side of RSA and happens only here.
+Each key is made for one algorithm (keyring.py: ES256 by default; EdDSA or RS256 by
+TOKENLIFE_SIGNING_ALGORITHM) and keeps it for life; a change of the setting takes effect at the next rotation,
+which `ensure_active_key` makes at a dev start and `tokenlife keys rotate` makes in production.
 
 The active key signs; a retired key stays in the JWKS until every token it signed has expired; a revoked key
 leaves the JWKS at once and a `key.revoked` event tells resource services to refuse its tokens.
 
-The CPU-heavy steps (RSA key generation, decrypting and parsing a private key: tens of milliseconds each)
+The CPU-heavy steps (RSA key generation, decrypting and parsing a private key: up to tens of milliseconds)
 run in a worker thread, never on the event loop, and a reload opens only the keys it has not seen before:
 a kid names one key for good (the kid is the ciphertext's associated data), so what was opened stays valid.
 """
@@ -24,7 +24,7 @@ from typing import Any
 
 import jwt
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from sqlalchemy import select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -34,7 +34,17 @@ from auth_service.db.tables import signing_keys
 from auth_service.log import lifetimes
 from auth_service.log.intents import NewSigningKey, RevokeKey, Verdict
 from auth_service.log.writer import LogWriter
-from auth_service.tokens.keyring import ALGORITHM, KeyRing, SigningKey
+from auth_service.tokens.keyring import (
+    ALGORITHMS,
+    DEFAULT_ALGORITHM,
+    Algorithm,
+    KeyRing,
+    PrivateKey,
+    PublicKey,
+    SigningKey,
+    VerifyingKey,
+    algorithm_of,
+)
 
 RSA_BITS = 2048
 
@@ -60,26 +70,43 @@ def _encrypt(kek: AESGCM, kid: str, pem: bytes) -> bytes:
     return nonce + kek.encrypt(nonce, pem, kid.encode())  # the kid is bound as associated data
 
 
-def _decrypt(kek: AESGCM, kid: str, blob: bytes) -> rsa.RSAPrivateKey:
+def _decrypt(kek: AESGCM, kid: str, blob: bytes) -> PrivateKey:
     pem = kek.decrypt(blob[:12], blob[12:], kid.encode())
     # The RSA consistency check (about 100 ms here) holds the GIL throughout, so it would stall the event loop
     # even from a worker thread. It guards against a malformed key; this one is authenticated: AES-GCM proves
     # it is the very key `_generate` made and encrypted under our key-encryption key.
     key = serialization.load_pem_private_key(pem, password=None, unsafe_skip_rsa_key_validation=True)
-    if not isinstance(key, rsa.RSAPrivateKey):
-        raise KeyError_(f"key {kid} is not an RSA key")
+    if not isinstance(key, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey):
+        raise KeyError_(f"key {kid} is of a type that does not sign here")
+    algorithm_of(key)  # an EC key off P-256 is refused here, not at its first signature
     return key
 
 
-def public_jwk(kid: str, public_key: rsa.RSAPublicKey) -> dict[str, Any]:
+def public_jwk(kid: str, public_key: PublicKey) -> dict[str, Any]:
     """The public half as a JWK with kid, use and alg."""
-    jwk: dict[str, Any] = jwt.algorithms.RSAAlgorithm.to_jwk(public_key, as_dict=True)
-    return {**jwk, "kid": kid, "use": "sig", "alg": ALGORITHM}
+    alg = algorithm_of(public_key)
+    encoder: Any = {
+        "RS256": jwt.algorithms.RSAAlgorithm,
+        "ES256": jwt.algorithms.ECAlgorithm,
+        "EdDSA": jwt.algorithms.OKPAlgorithm,
+    }[alg]
+    jwk: dict[str, Any] = encoder.to_jwk(public_key, as_dict=True)
+    return {**jwk, "kid": kid, "use": "sig", "alg": alg}
 
 
-def _generate(key_encryption_key: str) -> tuple[str, dict[str, Any], bytes]:
+def _new_private_key(algorithm: Algorithm) -> PrivateKey:
+    if algorithm == "RS256":
+        return rsa.generate_private_key(public_exponent=65537, key_size=RSA_BITS)
+    if algorithm == "EdDSA":
+        return ed25519.Ed25519PrivateKey.generate()
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+def _generate(key_encryption_key: str, algorithm: Algorithm) -> tuple[str, dict[str, Any], bytes]:
     """A new key: its kid, public JWK and encrypted private half (CPU-bound: run in a thread)."""
-    private = rsa.generate_private_key(public_exponent=65537, key_size=RSA_BITS)
+    if algorithm not in ALGORITHMS:
+        raise KeyError_(f"unknown signing algorithm {algorithm!r} (one of {', '.join(ALGORITHMS)})")
+    private = _new_private_key(algorithm)
     kid = uuid.uuid4().hex[:16]
     pem = private.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
@@ -87,9 +114,11 @@ def _generate(key_encryption_key: str) -> tuple[str, dict[str, Any], bytes]:
     return kid, public_jwk(kid, private.public_key()), _encrypt(_kek(key_encryption_key), kid, pem)
 
 
-async def rotate(conn: AsyncConnection, key_encryption_key: str) -> str:
-    """Generate a new active key and retire the current one; returns the new kid."""
-    kid, jwk, encrypted = await asyncio.to_thread(_generate, key_encryption_key)
+async def rotate(
+    conn: AsyncConnection, key_encryption_key: str, algorithm: Algorithm = DEFAULT_ALGORITHM
+) -> str:
+    """Generate a new active key for `algorithm` and retire the current one; returns the new kid."""
+    kid, jwk, encrypted = await asyncio.to_thread(_generate, key_encryption_key, algorithm)
     # Serialise rotations so that two instances starting at once cannot both create an active key.
     await conn.execute(text("LOCK TABLE signing_keys IN SHARE ROW EXCLUSIVE MODE"))
     now = datetime.now(UTC)
@@ -97,7 +126,7 @@ async def rotate(conn: AsyncConnection, key_encryption_key: str) -> str:
     await conn.execute(
         signing_keys.insert().values(
             kid=kid,
-            alg=ALGORITHM,
+            alg=algorithm,
             public_jwk=jwk,
             private_key_encrypted=encrypted,
             created_at=now,
@@ -106,35 +135,51 @@ async def rotate(conn: AsyncConnection, key_encryption_key: str) -> str:
     return kid
 
 
-async def ensure_active_key(conn: AsyncConnection, key_encryption_key: str) -> str | None:
-    """Create a first key when there is none at all (dev start-up); returns the new kid, if any."""
-    await conn.execute(text("LOCK TABLE signing_keys IN SHARE ROW EXCLUSIVE MODE"))
-    active = await conn.execute(
-        select(signing_keys.c.kid).where(
-            signing_keys.c.retired_at.is_(None), signing_keys.c.revoked_at.is_(None)
+async def active_algorithm(conn: AsyncConnection) -> str | None:
+    """The algorithm of the active key (None: there is none)."""
+    return (
+        await conn.execute(
+            select(signing_keys.c.alg).where(
+                signing_keys.c.retired_at.is_(None), signing_keys.c.revoked_at.is_(None)
+            )
         )
-    )
-    if active.first() is not None:
+    ).scalar_one_or_none()
+
+
+async def ensure_active_key(
+    conn: AsyncConnection, key_encryption_key: str, algorithm: Algorithm = DEFAULT_ALGORITHM
+) -> str | None:
+    """Make an active key for `algorithm` when there is none, or when the active one signs with another
+    algorithm (dev start-up: the setting changed); returns the new kid, if any. The replaced key is retired,
+    not revoked: tokens it signed stay valid until they expire."""
+    await conn.execute(text("LOCK TABLE signing_keys IN SHARE ROW EXCLUSIVE MODE"))
+    if await active_algorithm(conn) == algorithm:
         return None
-    return await rotate(conn, key_encryption_key)
+    return await rotate(conn, key_encryption_key, algorithm)
 
 
 async def revoke(
-    writer: LogWriter, conn: AsyncConnection, kid: str, key_encryption_key: str, reason: str
+    writer: LogWriter,
+    conn: AsyncConnection,
+    kid: str,
+    key_encryption_key: str,
+    reason: str,
+    algorithm: Algorithm = DEFAULT_ALGORITHM,
 ) -> c.Event | None:
     """Revoke a key: it leaves the JWKS and a key.revoked event covers every token it signed (None: it was
     revoked already, nothing to tell).
 
     Revoking the active key makes its successor first, outside the log's lock (RSA generation takes tens of
     milliseconds), and the log writer makes it active in the same transaction as the revocation, so the
-    service never stands without a signing key and nothing slow runs while the lock is held."""
+    service never stands without a signing key and nothing slow runs while the lock is held. The successor
+    signs with `algorithm`."""
     row = (await conn.execute(select(signing_keys).where(signing_keys.c.kid == kid))).one_or_none()
     if row is None:
         raise KeyError_(f"no signing key with kid {kid!r}")
     replacement = None
     if row.retired_at is None:
-        new_kid, jwk, encrypted = await asyncio.to_thread(_generate, key_encryption_key)
-        replacement = NewSigningKey(new_kid, ALGORITHM, jwk, encrypted, datetime.now(UTC))
+        new_kid, jwk, encrypted = await asyncio.to_thread(_generate, key_encryption_key, algorithm)
+        replacement = NewSigningKey(new_kid, algorithm, jwk, encrypted, datetime.now(UTC))
     decision = await writer.decide([RevokeKey(kid, reason, replacement)])
     # A retired key never becomes active again, so a key seen retired needs no successor (no RESIGN).
     if decision.verdict is not Verdict.DONE:
@@ -142,16 +187,23 @@ async def revoke(
     return decision.events[0] if decision.events else None
 
 
-def _public_key(jwk: dict[str, Any]) -> rsa.RSAPublicKey:
-    public = jwt.algorithms.RSAAlgorithm.from_jwk(jwk)
-    if not isinstance(public, rsa.RSAPublicKey):
-        raise KeyError_(f"key {jwk.get('kid')} is not an RSA key")
-    return public
+def _public_key(jwk: dict[str, Any]) -> VerifyingKey:
+    """The JWK's public key bound to its algorithm (the `alg` it was published with must be the key's)."""
+    decoder: Any = {"RSA": jwt.algorithms.RSAAlgorithm, "EC": jwt.algorithms.ECAlgorithm}.get(
+        jwk.get("kty", ""), jwt.algorithms.OKPAlgorithm
+    )
+    public = decoder.from_jwk(jwk)
+    if not isinstance(public, rsa.RSAPublicKey | ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey):
+        raise KeyError_(f"key {jwk.get('kid')} is not a public signing key")
+    alg = algorithm_of(public)
+    if jwk.get("alg", alg) != alg:
+        raise KeyError_(f"key {jwk.get('kid')} is published for {jwk.get('alg')}, not {alg}")
+    return VerifyingKey(alg, public)
 
 
 def _open(
     key_encryption_key: str, jwks: dict[str, dict[str, Any]], private: tuple[str, bytes] | None
-) -> tuple[dict[str, rsa.RSAPublicKey], SigningKey | None]:
+) -> tuple[dict[str, VerifyingKey], SigningKey | None]:
     """Parse public JWKs and decrypt one private key (CPU-bound: run in a thread)."""
     publics = {kid: _public_key(jwk) for kid, jwk in jwks.items()}
     if private is None:
@@ -186,7 +238,7 @@ async def load(
         else:
             to_decrypt = (active_row.kid, active_row.private_key_encrypted)
     new_jwks = {row.kid: dict(row.public_jwk) for row in rows if row.kid not in known}
-    opened: dict[str, rsa.RSAPublicKey] = {}
+    opened: dict[str, VerifyingKey] = {}
     if new_jwks or to_decrypt is not None:
         opened, decrypted = await asyncio.to_thread(_open, key_encryption_key, new_jwks, to_decrypt)
         active = active or decrypted

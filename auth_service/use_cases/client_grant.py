@@ -19,7 +19,6 @@ import jwt
 from auth_service.context import AuthContext
 from auth_service.errors import InvalidScope, NoSigningKey, UnauthorizedClient
 from auth_service.tokens.access import ACCESS_TOKEN_TYPE
-from auth_service.tokens.keyring import ALGORITHM
 
 MAX_LIFETIME = 3600  # the CAEP Interoperability Profile's example of a short-lived token: an hour at most
 
@@ -65,6 +64,6 @@ def issue_client_token(ctx: AuthContext, client_id: str, scope: str | None) -> d
         "scope": " ".join(scopes),
     }
     token = jwt.encode(
-        claims, key.private_key, algorithm=ALGORITHM, headers={"kid": key.kid, "typ": ACCESS_TOKEN_TYPE}
+        claims, key.private_key, algorithm=key.alg, headers={"kid": key.kid, "typ": ACCESS_TOKEN_TYPE}
     )
     return {"access_token": token, "token_type": "Bearer", "expires_in": lifetime, "scope": claims["scope"]}

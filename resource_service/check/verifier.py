@@ -116,7 +116,7 @@ class TokenVerifier:
         audience: str,
         key_source: KeySource,
         *,
-        algorithms: Iterable[str] = ("RS256",),
+        algorithms: Iterable[str] = ("ES256", "EdDSA", "RS256"),
         leeway: int = 5,
         cache_size: int = 10_000,
         max_token_bytes: int = 8192,

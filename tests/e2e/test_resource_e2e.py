@@ -174,7 +174,7 @@ def test_logout_is_refused_everywhere_and_survives_a_resource_kill(
     assert whoami(resource.base, login(auth_url, "hal@example.com")).status_code == 200
 
 
-def _signing_key(database_url: str) -> tuple[str, Any]:
+def _signing_key(database_url: str) -> tuple[str, Any, str]:
     async def ring() -> KeyRing:
         engine = create_engine(database_url, pool_size=1)
         try:
@@ -185,7 +185,7 @@ def _signing_key(database_url: str) -> tuple[str, Any]:
 
     active = asyncio.run(ring()).active
     assert active is not None
-    return active.kid, active.private_key
+    return active.kid, active.private_key, active.alg
 
 
 def _claims(auth_url: str, **overrides: Any) -> dict[str, Any]:
@@ -212,13 +212,13 @@ def test_forged_expired_and_foreign_tokens_get_rfc6750_challenges(
 ) -> None:
     _auth_proc, auth_url, resource = stack
     wait_for(lambda: _answers(f"{resource.base}/readyz"), "the resource service is ready")
-    kid, key = _signing_key(database_url)
+    kid, key, alg = _signing_key(database_url)
     headers = {"kid": kid, "typ": "at+jwt"}
     now = int(time.time())
     unsigned = f"{_b64({'alg': 'none', 'typ': 'at+jwt', 'kid': kid})}.{_b64(_claims(auth_url))}.AAAA"
-    expired = jwt.encode(_claims(auth_url, iat=now - 900, exp=now - 600), key, "RS256", headers)
-    foreign = jwt.encode(_claims(auth_url, aud="another-api"), key, "RS256", headers)
-    good = jwt.encode(_claims(auth_url), key, "RS256", headers)
+    expired = jwt.encode(_claims(auth_url, iat=now - 900, exp=now - 600), key, alg, headers)
+    foreign = jwt.encode(_claims(auth_url, aud="another-api"), key, alg, headers)
+    good = jwt.encode(_claims(auth_url), key, alg, headers)
     assert whoami(resource.base, good).status_code == 200  # the forging itself is sound
     for token, why in ((unsigned, "algorithm"), (expired, "expired"), (foreign, "audience")):
         response = whoami(resource.base, token)

@@ -18,13 +18,14 @@ import httpx
 import pytest
 from joserfc import jwt
 from joserfc.errors import BadSignatureError, InvalidKeyIdError
-from joserfc.jwk import KeySet, RSAKey
+from joserfc.jwk import ECKey, KeySet, OKPKey, RSAKey
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from auth_service.db.engine import asyncpg_dsn
 from auth_service.log.writer import LogWriter
 from auth_service.settings import AuthSettings
 from auth_service.tokens import keys
+from auth_service.tokens.keyring import ALGORITHMS
 from tests.conftest import PASSWORD, SERVICE_CLIENT, add_user
 
 pytestmark = pytest.mark.integration
@@ -71,9 +72,21 @@ async def jwks_when(client: httpx.AsyncClient, condition: Callable[[set[str]], b
         await asyncio.sleep(0.05)
 
 
+# What a published key may be: its kty, crv, alg and use, per algorithm we sign with.
+KEY_TYPES = {
+    ("EC", "P-256", "ES256", "sig"),
+    ("OKP", "Ed25519", "EdDSA", "sig"),
+    ("RSA", None, "RS256", "sig"),
+}
+
+
 def verify(token: str, jwks: dict[str, Any]) -> jwt.Token:
-    """Verify a token's signature with joserfc against a published JWKS (only RS256 allowed)."""
-    return jwt.decode(token, KeySet.import_key_set(jwks), algorithms=["RS256"])  # type: ignore[arg-type]
+    """Verify a token's signature with joserfc against a published JWKS (the algorithms we sign with)."""
+    keyset = KeySet.import_key_set(jwks)  # type: ignore[arg-type]
+    decoded = jwt.decode(token, keyset, algorithms=list(ALGORITHMS))
+    jwk = next(k for k in jwks["keys"] if k["kid"] == decoded.header["kid"])
+    assert decoded.header["alg"] == jwk["alg"], "a token must name its key's own algorithm"
+    return decoded
 
 
 def claims_registry(settings: AuthSettings, user_id: str) -> jwt.JWTClaimsRegistry:
@@ -104,7 +117,7 @@ async def test_access_token_verifies_with_joserfc_against_the_jwks(
 
     token = verify(response["access_token"], jwks)
 
-    assert token.header["alg"] == "RS256"
+    assert token.header["alg"] == auth_settings.signing_algorithm == "ES256"  # the default
     assert token.header["typ"] == "at+jwt"
     assert token.header["kid"] in kids(jwks)
     claims_registry(auth_settings, user_id).validate(token.claims)
@@ -113,7 +126,7 @@ async def test_access_token_verifies_with_joserfc_against_the_jwks(
     assert token.claims["exp"] - token.claims["iat"] == response["expires_in"]
     assert response["token_type"] == "Bearer"
     for jwk in jwks["keys"]:
-        assert (jwk["kty"], jwk["alg"], jwk["use"]) == ("RSA", "RS256", "sig")
+        assert (jwk["kty"], jwk.get("crv"), jwk["alg"], jwk["use"]) in KEY_TYPES, jwk
         assert not {"d", "p", "q", "dp", "dq", "qi"} & set(jwk), "the JWKS publishes private key material"
 
 
@@ -123,9 +136,16 @@ async def test_token_signed_by_another_key_is_rejected(
 ) -> None:
     user_id = await add_user(database_url, EMAIL)
     genuine = verify((await login(auth_client))["access_token"], await fetch_jwks(auth_client))
-    stranger = RSAKey.generate_key(2048)
+    alg = genuine.header["alg"]
+    stranger: ECKey | RSAKey | OKPKey
+    if alg == "ES256":
+        stranger = ECKey.generate_key("P-256")
+    elif alg == "RS256":
+        stranger = RSAKey.generate_key(2048)
+    else:
+        stranger = OKPKey.generate_key("Ed25519")
     kid = genuine.header["kid"] if claimed_kid == "ours" else uuid.uuid4().hex[:16]
-    forged = jwt.encode({"alg": "RS256", "typ": "at+jwt", "kid": kid}, genuine.claims, stranger)
+    forged = jwt.encode({"alg": alg, "typ": "at+jwt", "kid": kid}, genuine.claims, stranger)
 
     expected = BadSignatureError if claimed_kid == "ours" else InvalidKeyIdError
     with pytest.raises(expected):

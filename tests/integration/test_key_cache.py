@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import uuid
+from datetime import UTC, datetime
+
 import pytest
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import padding
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from auth_service.db.engine import asyncpg_dsn
 from auth_service.log.writer import LogWriter
 from auth_service.settings import AuthSettings
 from auth_service.tokens import keys
+from auth_service.tokens.access import sign_access_token, verify_access_token
+from auth_service.tokens.keyring import ALGORITHMS, Algorithm
 
 pytestmark = pytest.mark.integration
 TTL = 300
@@ -31,8 +34,9 @@ async def _reload(engine: AsyncEngine, cache: keys.KeyCache) -> None:
         await cache.reload(conn)
 
 
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
 async def test_reload_reuses_opened_keys_and_opens_only_new_ones(
-    engine: AsyncEngine, auth_settings: AuthSettings
+    engine: AsyncEngine, auth_settings: AuthSettings, algorithm: Algorithm
 ) -> None:
     kek = auth_settings.key_encryption_key.get_secret_value()
     cache, [first_kid] = await _cache_after_rotations(engine, kek, 1)
@@ -47,7 +51,7 @@ async def test_reload_reuses_opened_keys_and_opens_only_new_ones(
     assert unchanged.public_keys[first_kid] is first.public_keys[first_kid]
 
     async with engine.begin() as conn:
-        second_kid = await keys.rotate(conn, kek)
+        second_kid = await keys.rotate(conn, kek, algorithm)
     await _reload(engine, cache)
     rotated = cache.current()
     assert rotated.active is not None
@@ -55,10 +59,23 @@ async def test_reload_reuses_opened_keys_and_opens_only_new_ones(
     assert rotated.public_keys[first_kid] is first.public_keys[first_kid]  # the retired key, still published
     assert set(rotated.public_keys) == {first_kid, second_kid}
     assert {jwk["kid"] for jwk in rotated.jwks["keys"]} == {first_kid, second_kid}
-    # The decrypted key signs what its published half verifies.
-    message = b"tokenlife"
-    signature = rotated.active.private_key.sign(message, padding.PKCS1v15(), hashes.SHA256())
-    rotated.public_keys[second_kid].verify(signature, message, padding.PKCS1v15(), hashes.SHA256())
+    # The decrypted key signs, with the algorithm it was made for, what its published half verifies; a
+    # token signed by the first key (ES256 by default) still verifies after the change of algorithm.
+    assert rotated.active.alg == algorithm == rotated.public_keys[second_kid].alg
+    assert rotated.jwks["keys"][0]["alg"] == algorithm
+    for signer in (rotated.active, first.active):
+        token = sign_access_token(
+            signer,
+            issuer="i",
+            audience="a",
+            subject="s",
+            session_id=uuid.uuid4(),
+            client_id="c",
+            scope="",
+            ttl=TTL,
+            now=datetime.now(UTC),
+        )
+        assert verify_access_token(token.token, rotated, issuer="i", audience="a")[0] == signer.kid
 
 
 async def test_a_revoked_key_leaves_the_reloaded_ring(

@@ -5,16 +5,25 @@ from __future__ import annotations
 import base64
 import json
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
 import jwt
 import pytest
-from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from auth_service.errors import InvalidToken
 from auth_service.tokens.access import parse_token, sign_access_token, unverified_kid, verify_access_token
-from auth_service.tokens.keyring import KeyRing, SigningKey
+from auth_service.tokens.keyring import (
+    ALGORITHMS,
+    Algorithm,
+    KeyRing,
+    PrivateKey,
+    SigningKey,
+    VerifyingKey,
+    algorithm_of,
+)
 
 ISS = "https://auth.example"
 AUD = "tokenlife"
@@ -28,7 +37,12 @@ def key() -> rsa.RSAPrivateKey:
 
 @pytest.fixture(scope="module")
 def ring(key: rsa.RSAPrivateKey) -> KeyRing:
-    return KeyRing(SigningKey("k1", key), {"keys": []}, {"k1": key.public_key()}, datetime.now(UTC))
+    return KeyRing(
+        SigningKey("k1", key),
+        {"keys": []},
+        {"k1": VerifyingKey("RS256", key.public_key())},
+        datetime.now(UTC),
+    )
 
 
 def claims(**changes: Any) -> dict[str, Any]:
@@ -124,3 +138,61 @@ def test_malformed_tokens_are_refused_before_any_key_is_looked_up(ring: KeyRing,
     assert signed is None or signed.kid is None
     with pytest.raises(InvalidToken):
         verify(ring, token)
+
+
+PRIVATE_KEYS: dict[str, Callable[[], PrivateKey]] = {
+    "ES256": lambda: ec.generate_private_key(ec.SECP256R1()),
+    "EdDSA": ed25519.Ed25519PrivateKey.generate,
+    "RS256": lambda: rsa.generate_private_key(public_exponent=65537, key_size=2048),
+}
+
+
+@pytest.mark.parametrize("alg", ALGORITHMS)
+def test_each_algorithm_signs_what_its_key_verifies_and_nothing_else(alg: Algorithm) -> None:
+    private = PRIVATE_KEYS[alg]()
+    signer = SigningKey("k1", private)
+    assert signer.alg == alg
+    mine = KeyRing(signer, {"keys": []}, {"k1": VerifyingKey(alg, private.public_key())}, datetime.now(UTC))
+    issued = sign_access_token(
+        signer,
+        issuer=ISS,
+        audience=AUD,
+        subject="alice",
+        session_id=uuid.uuid4(),
+        client_id="web",
+        scope="read",
+        ttl=300,
+        now=datetime.fromtimestamp(NOW, UTC),
+    )
+    assert jwt.get_unverified_header(issued.token)["alg"] == alg
+    assert verify(mine, issued.token)["sub"] == "alice"
+    # PyJWT, a second implementation, agrees the signature is the algorithm's own (RFC 7518 encodings).
+    assert jwt.decode(
+        issued.token,
+        private.public_key(),
+        algorithms=[alg],
+        audience=AUD,
+        options={"verify_exp": False, "verify_iat": False},
+    )
+    # Another key of the same kind, this key under another algorithm's name, a cut signature: refused.
+    with pytest.raises(InvalidToken, match="signature"):
+        verify(
+            mine,
+            jwt.encode(claims(), PRIVATE_KEYS[alg](), algorithm=alg, headers={"kid": "k1", "typ": "at+jwt"}),
+        )
+    other_alg = next(a for a in ALGORITHMS if a != alg)
+    header, payload, signature = issued.token.split(".")
+    renamed = (
+        base64.urlsafe_b64encode(json.dumps({"alg": other_alg, "kid": "k1", "typ": "at+jwt"}).encode())
+        .rstrip(b"=")
+        .decode()
+    )
+    with pytest.raises(InvalidToken, match="algorithm"):
+        verify(mine, f"{renamed}.{payload}.{signature}")
+    with pytest.raises(InvalidToken, match="signature"):
+        verify(mine, f"{header}.{payload}.{signature[:-8]}")
+
+
+def test_an_ec_key_off_p256_has_no_algorithm_here() -> None:
+    with pytest.raises(ValueError, match="P-256"):
+        algorithm_of(ec.generate_private_key(ec.SECP384R1()))
