@@ -31,7 +31,7 @@ noisy machine. Each module adds rows, targets and latency samples to one Results
   against the same bare-INSERT route, the append lock's hold per event, and logouts on stale statistics;
 - bound: the 2-second bound under faults, the fault suite (tests/fault/) run in a child process: per
   scenario the worst delay from a logout's 2xx until every instance refuses the token, logouts, probes and
-  violations (about 5 minutes, the stream transport's scenarios included).
+  violations (about 6 minutes, the stream transport's scenarios and open WebSockets included).
 
 Services: TOKENLIFE_BENCH_REDIS_URL (default redis://127.0.0.1:6379/15), TOKENLIFE_BENCH_DATABASE_URL
 (default postgresql://postgres@127.0.0.1:5432/postgres) and TOKENLIFE_BENCH_AMQP_URL (default
