@@ -5,7 +5,9 @@ serve` under uvicorn), client processes (bench/live_sockets_client.py) open SOCK
 ticking feed (`/v1/ticks`, a tick a minute so that the ticks cost nothing), spread over SESSIONS logins of
 their own. Measured:
 - the resource process's memory per open socket: VmRSS (/proc/<pid>/status) after opening them against
-  before, divided by the count (the socket, its tasks, buffers and its watch);
+  before, divided by the count (the socket, its tasks, buffers and its watch); beside it, the same count of
+  sockets to the same route without tokenlife (bench/live_sockets_serve.py, a uvicorn of its own, opened
+  first), so the difference is what the check and the watch add;
 - logout -> close received: one more login opens one socket, its session is logged out, and the time from
   the logout's 2xx until that client has the close (1008 "token revoked") is one sample; interleaved with it,
   round by round, the request path's propagation (bench/propagation.py's sample: logout's 2xx -> the same
@@ -21,27 +23,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
-import sys
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
 
 import httpx
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from bench import propagation
-from bench.live_sockets_client import raise_fd_limit
+from bench.live_sockets_client import BenchFailed, Holders, raise_fd_limit, vm_rss
 from bench.results import Results, median_p99
-from bench.stack import Stack, StackUnavailable, login, running_stack
+from bench.stack import Stack, StackUnavailable, free_port, login, ready, running_stack, spawn
 
 SOCKETS = int(os.environ.get("TOKENLIFE_BENCH_SOCKETS", "10000"))
 ROUNDS = int(os.environ.get("TOKENLIFE_BENCH_SOCKET_ROUNDS", "50"))
 SESSIONS = 50  # logins the held sockets are spread over (each login costs an argon2 hash)
-PER_HOLDER = 2500  # sockets a client process holds, at most 4 processes
 TICK = 60.0  # seconds between ticks: the held sockets stay quiet
 GIVE_UP = 15.0
 SETTLE = 1.0  # seconds between the last socket opened and the memory read
@@ -59,82 +56,11 @@ class Figures:
     open_s: float = 0.0
     rss_before: int = 0
     rss_after: int = 0
+    bare: tuple[int, int, int] = (0, 0, 0)  # the route without tokenlife: VmRSS before, after, sockets opened
     watched: float | None = None  # the instance's tokenlife_watched_connections once they are open
     close_us: list[float] = field(default_factory=list)
     request_us: list[float] = field(default_factory=list)
     wrong: dict[str, int] = field(default_factory=dict)  # held sockets the server closed, by code and reason
-
-
-class BenchFailed(Exception):
-    """A sample could not be taken (an unexpected answer or close, or nothing within GIVE_UP)."""
-
-
-def vm_rss(pid: int) -> int:
-    """The process's resident memory, bytes (VmRSS of /proc/<pid>/status)."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise BenchFailed(f"no VmRSS for process {pid}")
-
-
-@dataclass
-class Holders:
-    """The client processes holding the sockets."""
-
-    procs: list[asyncio.subprocess.Process] = field(default_factory=list)
-
-    async def start(self, url: str, count: int, tokens: list[str], figures: Figures) -> None:
-        """Open `count` sockets over the processes; how many opened and failed go to `figures`."""
-        shares = [PER_HOLDER] * (count // PER_HOLDER) + ([count % PER_HOLDER] if count % PER_HOLDER else [])
-        for share in shares:
-            proc = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "bench.live_sockets_client",
-                url,
-                str(share),
-                stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE,
-            )
-            self.procs.append(proc)
-            assert proc.stdin is not None
-            proc.stdin.write((json.dumps(tokens) + "\n").encode())
-        answers = [await self._line(proc, 120.0) for proc in self.procs]
-        figures.opened = sum(int(a["opened"]) for a in answers)
-        figures.failed = sum(int(a["failed"]) for a in answers)
-        figures.error = ", ".join(str(a["error"]) for a in answers if a["error"])
-
-    async def closes(self) -> dict[str, int]:
-        """How the server closed any of the held sockets so far, by code and reason."""
-        codes: dict[str, int] = {}
-        for proc in self.procs:
-            assert proc.stdin is not None
-            proc.stdin.write(b"closes\n")
-            for code, n in dict((await self._line(proc, 10.0))["codes"]).items():
-                codes[code] = codes.get(code, 0) + n
-        return codes
-
-    async def _line(self, proc: asyncio.subprocess.Process, within: float) -> dict[str, Any]:
-        assert proc.stdout is not None
-        line = await asyncio.wait_for(proc.stdout.readline(), within)
-        if not line:
-            raise BenchFailed(f"a client process exited ({await proc.wait()})")
-        answer: dict[str, Any] = json.loads(line)
-        return answer
-
-    async def stop(self) -> None:
-        """Tell every process to close its sockets and exit; kill what does not."""
-        for proc in self.procs:
-            if proc.stdin is not None and proc.returncode is None:
-                with contextlib.suppress(ConnectionError):
-                    proc.stdin.write(b"exit\n")
-                    await proc.stdin.drain()
-        for proc in self.procs:
-            try:
-                await asyncio.wait_for(proc.wait(), 30)
-            except TimeoutError:
-                proc.kill()
-                await proc.wait()
 
 
 async def close_sample(auth: httpx.AsyncClient, stack: Stack, ws_url: str) -> float:
@@ -179,6 +105,26 @@ async def _watched(resource_url: str) -> float | None:
     return None
 
 
+async def bare_growth(sockets: int, tokens: list[str]) -> tuple[int, int, int]:
+    """The same sockets to the route without tokenlife (bench/live_sockets_serve.py) in a uvicorn of its own:
+    its VmRSS before and after opening them, and how many opened."""
+    port = free_port()
+    args = ["bench.live_sockets_serve:app", "--host", "127.0.0.1", "--port", str(port), "--no-access-log"]
+    async with contextlib.AsyncExitStack() as stack:
+        proc, log = spawn(stack, args, {}, module="uvicorn")
+        await ready(f"http://127.0.0.1:{port}", proc, log, "the bare WebSocket route")
+        holders = Holders()
+        before = vm_rss(proc.pid)
+        try:
+            opened, _, _ = await holders.start(
+                f"ws://127.0.0.1:{port}/v1/ticks?interval={TICK:g}", sockets, tokens
+            )
+            await asyncio.sleep(SETTLE)
+            return before, vm_rss(proc.pid), opened
+        finally:
+            await holders.stop()
+
+
 async def measure(stack: Stack, sockets: int = SOCKETS, rounds: int = ROUNDS) -> Figures:
     """Open the sockets, then the interleaved rounds; every figure of the run."""
     ws_url = stack.resource_url.replace("http://", "ws://") + f"/v1/ticks?interval={TICK:g}"
@@ -191,10 +137,11 @@ async def measure(stack: Stack, sockets: int = SOCKETS, rounds: int = ROUNDS) ->
         await close_sample(auth, stack, ws_url)  # warm both paths before the memory baseline
         await propagation.sample(auth, resource, stack, 0.0)
         tokens = [(await login(auth, stack))[0] for _ in range(min(SESSIONS, sockets))]
+        figures.bare = await bare_growth(sockets, tokens)
         figures.rss_before = vm_rss(stack.resource_pid)
         began = time.monotonic()
         try:
-            await holders.start(ws_url, sockets, tokens, figures)
+            figures.opened, figures.failed, figures.error = await holders.start(ws_url, sockets, tokens)
             figures.open_s = time.monotonic() - began
             await asyncio.sleep(SETTLE)
             figures.rss_after = vm_rss(stack.resource_pid)
@@ -224,6 +171,14 @@ def add_rows(results: Results, f: Figures) -> None:
         value=(f.rss_after - f.rss_before) / max(f.opened, 1),
         unit="B",
         note=f"VmRSS {f.rss_before / 2**20:.1f} -> {f.rss_after / 2**20:.1f} MiB; {opening}",
+    )
+    before, after, opened = f.bare
+    results.row(
+        f"bare FastAPI WebSocket route, memory per open socket ({f.sockets:,})",
+        value=(after - before) / max(opened, 1),
+        unit="B",
+        note=f"the baseline: no token, no watch (bench/live_sockets_serve.py); {opened:,} opened;"
+        f" VmRSS {before / 2**20:.1f} -> {after / 2**20:.1f} MiB",
     )
     results.row(
         f"logout -> close received, 1 of {f.sockets + 1:,} open WebSockets",
