@@ -58,6 +58,7 @@ class Figures:
     rss_after: int = 0
     bare: tuple[int, int, int] = (0, 0, 0)  # the route without tokenlife: VmRSS before, after, sockets opened
     watched: float | None = None  # the instance's tokenlife_watched_connections once they are open
+    late_ticks: tuple[float, float] = (0.0, 0.0)  # loop-lag ticks > 100 ms late: while opening; in the rounds
     close_us: list[float] = field(default_factory=list)
     request_us: list[float] = field(default_factory=list)
     wrong: dict[str, int] = field(default_factory=dict)  # held sockets the server closed, by code and reason
@@ -96,13 +97,20 @@ async def close_sample(auth: httpx.AsyncClient, stack: Stack, ws_url: str) -> fl
         return (closed_at - started) / 1000
 
 
-async def _watched(resource_url: str) -> float | None:
+LAG = 'tokenlife_event_loop_lag_seconds_bucket{le="0.1"} '
+
+
+async def _metrics(resource_url: str) -> tuple[float | None, float]:
+    """The instance's watched connections, and how many of its loop-lag ticks ran more than 100 ms late."""
     async with httpx.AsyncClient(timeout=5) as http:
         text = (await http.get(f"{resource_url}/metrics")).text
+    found: dict[str, float] = {}
     for line in text.splitlines():
-        if line.startswith("tokenlife_watched_connections "):
-            return float(line.split()[1])
-    return None
+        for name in ("tokenlife_watched_connections ", "tokenlife_event_loop_lag_seconds_count ", LAG):
+            if line.startswith(name):
+                found[name] = float(line.rsplit(" ", 1)[1])
+    late = found.get("tokenlife_event_loop_lag_seconds_count ", 0.0) - found.get(LAG, 0.0)
+    return found.get("tokenlife_watched_connections "), late
 
 
 async def bare_growth(sockets: int, tokens: list[str]) -> tuple[int, int, int]:
@@ -139,13 +147,14 @@ async def measure(stack: Stack, sockets: int = SOCKETS, rounds: int = ROUNDS) ->
         tokens = [(await login(auth, stack))[0] for _ in range(min(SESSIONS, sockets))]
         figures.bare = await bare_growth(sockets, tokens)
         figures.rss_before = vm_rss(stack.resource_pid)
+        _, late = await _metrics(stack.resource_url)
         began = time.monotonic()
         try:
             figures.opened, figures.failed, figures.error = await holders.start(ws_url, sockets, tokens)
             figures.open_s = time.monotonic() - began
             await asyncio.sleep(SETTLE)
             figures.rss_after = vm_rss(stack.resource_pid)
-            figures.watched = await _watched(stack.resource_url)
+            figures.watched, opened_late = await _metrics(stack.resource_url)
             for r in range(rounds):
                 for kind in ("close", "request") if r % 2 == 0 else ("request", "close"):
                     if kind == "close":
@@ -155,6 +164,7 @@ async def measure(stack: Stack, sockets: int = SOCKETS, rounds: int = ROUNDS) ->
                 figures.wrong = await holders.closes()
                 if figures.wrong:
                     break
+            figures.late_ticks = (opened_late - late, (await _metrics(stack.resource_url))[1] - opened_late)
         finally:
             await holders.stop()
     return figures
@@ -188,7 +198,8 @@ def add_rows(results: Results, f: Figures) -> None:
     results.row(
         f"logout -> 401 at the same instance (request path), {f.sockets:,} WebSockets open",
         f.request_us,
-        note="bench/propagation.py's sample: GET /v1/whoami until 401",
+        note="bench/propagation.py's sample: GET /v1/whoami until 401; the instance's loop ticks (10/s) over"
+        f" 100 ms late: {f.late_ticks[0]:.0f} while the sockets opened, {f.late_ticks[1]:.0f} in the rounds",
     )
     complete = not f.wrong and f.opened == f.sockets
     results.target(
