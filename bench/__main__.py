@@ -7,6 +7,9 @@ noisy machine. Each module adds rows, targets and latency samples to one Results
 - memory: bytes per live revocation at 1M entries, process growth after a 100k snapshot, its size and time;
 - live_connections: the watch index of open WebSockets and event streams: bytes per watched connection, the
   cost of applying one event with 10,000 watched against none;
+- live_sockets: 10,000 real WebSockets on one resource instance (held by client processes): the process's
+  memory per open socket, and logout -> close received for one user's socket against logout -> 401 on the
+  request path, interleaved, with a count of the other sockets closed (none may be);
 - tracing: a protected request of the sample app with tracing off against OpenTelemetry not installed, and
   with tracing on;
 - throughput: requests per second through uvicorn, the tokenlife dependency against a header-only one;
@@ -28,7 +31,7 @@ noisy machine. Each module adds rows, targets and latency samples to one Results
   against the same bare-INSERT route, the append lock's hold per event, and logouts on stale statistics;
 - bound: the 2-second bound under faults, the fault suite (tests/fault/) run in a child process: per
   scenario the worst delay from a logout's 2xx until every instance refuses the token, logouts, probes and
-  violations (about 5 minutes, the stream transport's scenarios included).
+  violations (about 6 minutes, the stream transport's scenarios and open WebSockets included).
 
 Services: TOKENLIFE_BENCH_REDIS_URL (default redis://127.0.0.1:6379/15), TOKENLIFE_BENCH_DATABASE_URL
 (default postgresql://postgres@127.0.0.1:5432/postgres) and TOKENLIFE_BENCH_AMQP_URL (default
@@ -51,6 +54,7 @@ from bench import (
     introspection,
     jwt_algorithms,
     live_connections,
+    live_sockets,
     log_speed,
     longpoll,
     memory,
@@ -75,6 +79,7 @@ def main() -> int:
     asyncio.run(hotpath.run(results))
     memory.run(results)
     live_connections.run(results)
+    live_sockets.run(results)
     tracing.run(results)
     asyncio.run(throughput.run(results))
     for row in jwt_algorithms.run():

@@ -4,8 +4,9 @@ The bound: a revoked token is refused by every resource instance within B (2 s) 
 every fault, and no committed revocation is lost. tests/fault/ checks it on real processes (2 auth and 3
 resource instances behind TCP proxies, a private embedded PostgreSQL, RabbitMQ) under a steady load, through
 each scenario: relay leader kill -9 and SIGSTOP, the broker unreachable and blackholed, a resource instance
-cut, paused 1/3/10 s, killed and restarted, a database restart, everything crashed and restarted; and
-the broker, relay and instance scenarios again with the instances on the stream transport ("[stream]").
+cut, paused 1/3/10 s, killed and restarted, a database restart, everything crashed and restarted; the
+broker, relay and instance scenarios again with the instances on the stream transport ("[stream]"); and the
+relay leader kill and the broker cut with WebSockets open (", with WebSockets open").
 
 `run()` runs `python -m pytest tests/fault -q` in a child process with TOKENLIFE_FAULT_TABLE naming a file
 in a fresh temporary directory, so every figure comes from this run; the suite writes its table there at the
@@ -36,7 +37,7 @@ from bench.stack import DEFAULT_AMQP_URL, StackUnavailable, _check_broker
 
 ROOT = Path(__file__).resolve().parent.parent
 SUITE = "tests/fault"
-TIMEOUT = 30 * 60.0  # about 2 minutes, 3.5 more for the stream module; a soak run much longer
+TIMEOUT = 30 * 60.0  # about 2 minutes, 3.5 more for the stream module, 1 for the sockets; a soak much longer
 TAIL = 40  # lines of the suite's output printed when it did not pass
 CASE = "bound: {}"
 WHY_LINES = 6

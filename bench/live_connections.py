@@ -6,8 +6,8 @@
   watched connections against none, in interleaved rounds: the ratio is what O(1) per event promises;
 - a session revocation that ends one of 10,000 watched connections: the apply and the ending together.
 
-Not measured here: 10,000 real WebSockets on one instance (process memory per open socket) and logout ->
-close received p50/p99; the run says so in a skipped row. `python -m bench.live_connections` runs this alone.
+Real WebSockets (process memory per open socket, logout -> close received against the request path) are
+bench/live_sockets.py's. `python -m bench.live_connections` runs this alone.
 """
 
 from __future__ import annotations
@@ -157,10 +157,6 @@ def run(results: Results) -> None:
         "<= 1.25x",
         ratio <= 1.25,
         why="median of the rounds' ratios; O(1) per event: a dict lookup by jti, session or user",
-    )
-    results.skipped(
-        f"{WATCHED:,} real WebSockets: process memory per socket, logout -> close p50/p99",
-        "not built yet (issue 27): only the index's own cost is measured",
     )
 
 

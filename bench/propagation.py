@@ -33,7 +33,7 @@ class PropagationFailed(Exception):
     """A sample could not be taken: an unexpected answer, or no 401 within GIVE_UP seconds."""
 
 
-async def _sample(
+async def sample(
     auth: httpx.AsyncClient, resource: httpx.AsyncClient, stack: Stack, delay: float
 ) -> tuple[float, int]:
     """One logout's propagation time in microseconds, and how many whoami calls it took to see the 401."""
@@ -73,7 +73,7 @@ async def measure(
             httpx.AsyncClient(base_url=resource_url, timeout=10) as resource,
         ):
             for _ in range(N):
-                micros, count = await _sample(auth, resource, stack, rng.uniform(0, jitter))
+                micros, count = await sample(auth, resource, stack, rng.uniform(0, jitter))
                 samples.append(micros)
                 polls.append(count)
     except (PropagationFailed, httpx.HTTPError, RuntimeError) as exc:

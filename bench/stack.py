@@ -51,6 +51,7 @@ class Stack:
     exchange: str
     resource_env: dict[str, str]
     database_url: str = ""  # asyncpg form (postgresql://...), for observers of the run's database
+    resource_pid: int = 0  # the first resource service's process, for observers of its memory
     email: str = EMAIL
     password: str = PASSWORD
     service_client: tuple[str, str] = SERVICE_CLIENT
@@ -271,6 +272,7 @@ async def running_stack(
             exchange=exchange,
             resource_env=resource_env,
             database_url=_asyncpg_url(server_url, f"tokenlife_bench_{run_id}"),
+            resource_pid=started[0][1].pid,
         )
 
 
