@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import re
 import secrets
+import time
 import uuid
 from contextlib import AsyncExitStack
 
@@ -15,6 +16,8 @@ import httpx
 from bench.stack import _serve, ready
 
 USERS = 500
+# Refresh tokens for one round under each signing algorithm (3 s closed loops: room for 2,000/s).
+PER_ALGORITHM = 6_000
 PASSWORD = "bench-password"
 # The benchmark's users only: argon2id at its cheapest, so a login measures the write path. The service
 # verifies whatever parameters a hash names; it never makes such a hash (passwords.py uses the defaults).
@@ -101,9 +104,38 @@ class Servers:
             "TOKENLIFE_EXCHANGE": exchange,
             "TOKENLIFE_KEY_ENCRYPTION_KEY": kek,
             "TOKENLIFE_RELAY_ENABLED": "true",
+            # The algorithm rounds rotate the key; each process must sign with the new one within a second.
+            "TOKENLIFE_KEY_REFRESH_SECONDS": "0.5",
         }
 
     async def auth(self) -> tuple[str, int]:
         url, proc, log = _serve(self.stack, "auth", self.env)
         await ready(url, proc, log, "auth service")
         return url, proc.pid
+
+
+async def use_algorithm(database_url: str, kek: str, auth_urls: list[str], algorithm: str) -> str:
+    """Rotate to a new active key made for `algorithm` and wait until every auth process publishes it (its
+    ring reloaded: it signs with that key from then on); the new kid."""
+    from auth_service.db.engine import create_engine
+    from auth_service.tokens import keys
+
+    engine = create_engine(database_url, pool_size=1)
+    try:
+        async with engine.begin() as conn:
+            kid = await keys.rotate(conn, kek, algorithm)  # type: ignore[arg-type]
+    finally:
+        await engine.dispose()
+    deadline = time.monotonic() + 30
+    async with httpx.AsyncClient(timeout=5) as client:
+        for url in auth_urls:
+            while kid not in {
+                k["kid"] for k in (await client.get(url + "/.well-known/jwks.json")).json()["keys"]
+            }:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{url} did not load the {algorithm} key {kid} within 30 s")
+                await asyncio.sleep(0.1)
+    await asyncio.sleep(
+        0.6
+    )  # the ring's JWKS and its active key are loaded together; one reload more for good
+    return kid

@@ -13,6 +13,8 @@ bare-INSERT route in the same rounds; two auth processes against one; logouts on
 - a mixed load, 70% refresh, 20% login, 10% logout: events/s and p99 (closed loop);
 - refreshes/s with two auth processes on the database, half the connections each, against one process in
   the same round, and the append-lock wait p99 the writers report;
+- refreshes/s and the auth process's CPU per refresh under each signing algorithm (RS256, EdDSA, ES256: a
+  key of each made active in turn, every process waited for until it publishes it), in each round;
 and, on two more databases, logouts/s after 100,000 revocations were written into a table whose statistics
 date from when it was empty (autovacuum off for it, never analyzed), against a fresh table.
 """
@@ -57,6 +59,8 @@ OFFERED_SECONDS = 4
 STALE_REVOCATIONS = 100_000
 LOGOUTS = 12_000
 TOKEN = "/oauth/token"
+# Each signing algorithm's refresh round, in this order: the default (ES256) last, so it signs the others.
+ALGORITHMS = ("RS256", "EdDSA", "ES256")
 
 
 async def _grants(server_url: str, amqp_url: str) -> dict[str, Any]:
@@ -67,7 +71,7 @@ async def _grants(server_url: str, amqp_url: str) -> dict[str, Any]:
     run_id = uuid.uuid4().hex[:8]
     exchange = f"tokenlife.bench.grants.{run_id}"
     kek = new_key_encryption_key()
-    per_round = 3 * PER_CLOSED + OFFERED_RATE * OFFERED_SECONDS
+    per_round = 3 * PER_CLOSED + OFFERED_RATE * OFFERED_SECONDS + len(ALGORITHMS) * grant_setup.PER_ALGORITHM
     async with AsyncExitStack() as stack:
         url = await _database(stack, server_url, f"tokenlife_bench_grants_{run_id}", None)
         dsn = _asyncpg_url(server_url, url.rsplit("/", 1)[1])
@@ -95,7 +99,7 @@ async def _grants(server_url: str, amqp_url: str) -> dict[str, Any]:
         await log_load.closed_round(wrk, second, TOKEN, warm[1000:])
         await log_load.closed_round(wrk, bare, log_load.BARE, grant_setup.bearer(warm))
         out: dict[str, list[dict[str, Any]]] = {}
-        cpu = {"refresh": [0.0, 0], "bare": [0.0, 0]}
+        cpu = {"refresh": [0.0, 0], "bare": [0.0, 0]} | {alg: [0.0, 0] for alg in ALGORITHMS}
 
         def keep(name: str, result: dict[str, Any]) -> None:
             out.setdefault(name, []).append(result)
@@ -104,12 +108,22 @@ async def _grants(server_url: str, amqp_url: str) -> dict[str, Any]:
 
         for r in range(ROUNDS):
             mine = refresh[r * per_round : (r + 1) * per_round]
-            closed, two, mixed_r, offered = (
+            closed, two, mixed_r, offered, by_algorithm = (
                 mine[:PER_CLOSED],
                 mine[PER_CLOSED : 2 * PER_CLOSED],
                 mine[2 * PER_CLOSED : 3 * PER_CLOSED],
-                mine[3 * PER_CLOSED :],
+                mine[3 * PER_CLOSED : 3 * PER_CLOSED + OFFERED_RATE * OFFERED_SECONDS],
+                mine[3 * PER_CLOSED + OFFERED_RATE * OFFERED_SECONDS :],
             )
+            # Refreshes under each signing algorithm, the default last (it signs the rest of the round).
+            for i, alg in enumerate(ALGORITHMS):
+                await grant_setup.use_algorithm(url, kek, [auth, second], alg)
+                part = by_algorithm[i * grant_setup.PER_ALGORITHM : (i + 1) * grant_setup.PER_ALGORITHM]
+                cpu0 = _cpu_seconds(auth_pid)
+                result = await log_load.closed_round(wrk, auth, TOKEN, part)
+                cpu[alg][0] += _cpu_seconds(auth_pid) - cpu0
+                cpu[alg][1] += result["statuses"].get("200", 0)
+                keep(f"refresh {alg}", result)
             before, cpu0 = await grant_setup.metrics(auth), _cpu_seconds(auth_pid)
             result = await log_load.closed_round(wrk, auth, TOKEN, closed)
             after = await grant_setup.metrics(auth)
@@ -272,6 +286,8 @@ async def _run() -> dict[str, Any]:
             "mixed_events_per_s": _rate(res["mixed"]),
             "mixed_p99_ms": max(r["p99_ms"] for r in res["mixed"]),
             "lock_wait_p99_ms_two_processes": grants["lock_wait_p99_ms"],
+            **{f"refresh_rate_{alg}": _rate(res[f"refresh {alg}"]) for alg in ALGORITHMS},
+            **{f"refresh_cpu_ms_{alg}": cpu[alg] for alg in ALGORITHMS},
         },
         "targets": targets,
     }
