@@ -141,8 +141,9 @@ def events_delivered(requested: tuple[str, ...] | list[str]) -> list[str]:
     return [e for e in EVENTS_SUPPORTED if e in requested]
 
 
-def configuration(row: Any, issuer: str) -> dict[str, Any]:
-    """A stream's configuration as SSF 1.0 §8.1.1 shows it (never the push authorization header back)."""
+def configuration(row: Any, issuer: str, min_verification_interval: int = 0) -> dict[str, Any]:
+    """A stream's configuration as SSF 1.0 §8.1.1 shows it (never the push authorization header back);
+    `min_verification_interval` (seconds, transmitter-supplied) is shown when there is one."""
     requested = list(row["events_requested"])
     delivery: dict[str, Any] = {"method": row["delivery_method"]}
     if row["delivery_method"] == PUSH:
@@ -160,6 +161,8 @@ def configuration(row: Any, issuer: str) -> dict[str, Any]:
     }
     if row["description"]:
         config["description"] = row["description"]
+    if min_verification_interval:
+        config["min_verification_interval"] = min_verification_interval
     return config
 
 

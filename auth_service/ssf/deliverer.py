@@ -23,6 +23,7 @@ from auth_service.relay.leader import LeaderLock
 from auth_service.ssf import streams
 from auth_service.ssf.push import Pusher
 from auth_service.ssf.tail import LogTail
+from auth_service.ssf.updates import Announce
 from auth_service.tokens.keyring import SigningKey
 
 log = logging.getLogger("tokenlife.ssf")
@@ -40,6 +41,7 @@ class Deliverer:
         issuer: str,
         key: Callable[[], SigningKey | None],
         changed: Callable[[], asyncio.Event],
+        announce: Announce,
         *,
         push_timeout: float,
         max_backoff: float,
@@ -52,6 +54,7 @@ class Deliverer:
         self._issuer = issuer
         self._key = key
         self._changed = changed
+        self._announce = announce
         self._push_timeout = push_timeout
         self._max_backoff = max_backoff
         self._retention = retention
@@ -146,6 +149,7 @@ class Deliverer:
                         tail,
                         self._issuer,
                         self._key,
+                        self._announce,
                         timeout=self._push_timeout,
                         max_backoff=self._max_backoff,
                         retention=self._retention,

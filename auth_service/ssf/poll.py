@@ -23,6 +23,7 @@ from auth_service.ssf import streams
 from auth_service.ssf.events import for_stream, parse_jti, set_jti
 from auth_service.ssf.sets import set_claims, sign_set
 from auth_service.ssf.source import read_entries
+from auth_service.ssf.updates import Announce
 from auth_service.tokens.keyring import SigningKey
 
 log = logging.getLogger("tokenlife.ssf")
@@ -108,6 +109,7 @@ async def _gather(
     cursor: int,
     max_events: int,
     retention: float,
+    announce: Announce,
 ) -> tuple[dict[str, str], bool]:
     """Up to max_events SETs after the cursor that were not acknowledged, signed; and whether more wait."""
     view = await streams.view(conn, row)
@@ -125,7 +127,7 @@ async def _gather(
                 return sets, False
             if after == cursor and entries[0].recorded_at < floor:
                 after = cursor = quiet = await streams.drop_past_retention(
-                    conn, row["stream_id"], cursor, retention
+                    conn, row["stream_id"], cursor, retention, announce
                 )
                 continue
             for entry in entries:
@@ -156,6 +158,7 @@ async def poll(
     *,
     max_wait: float,
     retention: float,
+    announce: Announce,
 ) -> dict[str, Any]:
     """Acknowledge, then answer the next SETs (RFC 8936 §2.5); held up to max_wait when there are none."""
     deadline = time.monotonic() + max_wait
@@ -167,7 +170,9 @@ async def poll(
         if request.max_events == 0 or row["status"] != "enabled":
             return {"sets": {}, "moreAvailable": False}
         async with pool.acquire() as conn:
-            sets, more = await _gather(conn, issuer, key(), row, cursor, request.max_events, retention)
+            sets, more = await _gather(
+                conn, issuer, key(), row, cursor, request.max_events, retention, announce
+            )
         left = deadline - time.monotonic()
         if sets or more or request.return_immediately or left <= 0:
             return {"sets": sets, "moreAvailable": more}

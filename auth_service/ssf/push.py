@@ -28,6 +28,7 @@ from auth_service.ssf.http1 import Connection, PushFailed
 from auth_service.ssf.sets import set_claims, sign_set
 from auth_service.ssf.source import Entry, read_entries
 from auth_service.ssf.tail import LogTail
+from auth_service.ssf.updates import Announce
 from auth_service.tokens.keyring import SigningKey
 
 log = logging.getLogger("tokenlife.ssf")
@@ -47,6 +48,7 @@ class Pusher:
         tail: LogTail,
         issuer: str,
         key: Callable[[], SigningKey | None],
+        announce: Announce,
         *,
         timeout: float,
         max_backoff: float,
@@ -58,6 +60,7 @@ class Pusher:
         self._http = Connection(stream.endpoint_url, timeout=timeout)
         self._issuer = issuer
         self._key = key
+        self._announce = announce
         self._max_backoff = max_backoff
         self._retention = retention
         self.delivered = 0
@@ -94,7 +97,7 @@ class Pusher:
                     floor = datetime.now(UTC) - timedelta(seconds=self._retention)
                     if entries and entries[0].recorded_at < floor:
                         cursor = await streams.drop_past_retention(
-                            conn, self.stream.stream_id, cursor, self._retention
+                            conn, self.stream.stream_id, cursor, self._retention, self._announce
                         )
                         continue
             if not entries:

@@ -12,7 +12,8 @@ from auth_service.ssf.http1 import Connection, PushFailed
 
 ANSWERS = {
     "/length": b"HTTP/1.1 400 Bad Request\r\nContent-Length: 11\r\n\r\ninvalid_key",
-    "/chunked": b"HTTP/1.1 202 Accepted\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2;x=1\r\nde\r\n0\r\n\r\n",
+    "/chunked": b"HTTP/1.1 202 Accepted\r\nTransfer-Encoding: chunked\r\n\r\n"
+    b"3\r\nabc\r\n2;x=1\r\nde\r\n0\r\n\r\n",
     "/close": b"HTTP/1.1 202 Accepted\r\nConnection: close\r\n\r\nuntil the end",
     "/http10": b"HTTP/1.0 202 Accepted\r\nContent-Length: 0\r\n\r\n",
     "/once": b"HTTP/1.1 202 Accepted\r\nContent-Length: 0\r\n\r\n",  # then the server closes it
@@ -105,5 +106,5 @@ async def test_timeouts_refusals_and_garbage_fail_as_push_failed(server: Server)
     await probe.wait_closed()
     with pytest.raises(PushFailed):
         await Connection(f"http://127.0.0.1:{port}/", timeout=2).post(b"x", {})
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="not an http"):
         Connection("ftp://example.com/", timeout=1)
