@@ -4,6 +4,7 @@ Pure: no I/O. A request that cannot be accepted raises InvalidRequest with the r
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 from urllib.parse import urlsplit
@@ -18,6 +19,8 @@ PUSH: Literal["urn:ietf:rfc:8935"] = "urn:ietf:rfc:8935"
 POLL: Literal["urn:ietf:rfc:8936"] = "urn:ietf:rfc:8936"
 DELIVERY_METHODS = (PUSH, POLL)
 Status = Literal["enabled", "paused", "disabled"]
+# Appends a stream's ssf.stream_updated (stream id, status, reason): updates.announcer makes one.
+Announce = Callable[[str, Status, str], Awaitable[None]]
 MAX_URL = 2048
 STREAM_ID = r"^[A-Za-z0-9_-]{1,64}$"  # ours are uuid hex; anything else is no stream of ours
 

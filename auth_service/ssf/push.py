@@ -28,7 +28,7 @@ from auth_service.ssf.http1 import Connection, PushFailed
 from auth_service.ssf.sets import set_claims, sign_set
 from auth_service.ssf.source import Entry, read_entries
 from auth_service.ssf.tail import LogTail
-from auth_service.ssf.updates import Announce
+from auth_service.ssf.updates import Announce, apply, stopping
 from auth_service.tokens.keyring import SigningKey
 
 log = logging.getLogger("tokenlife.ssf")
@@ -36,6 +36,10 @@ log = logging.getLogger("tokenlife.ssf")
 MIN_BACKOFF = 0.05
 BATCH = 500
 HEADERS = {"Content-Type": "application/secevent+jwt", "Accept": "application/json"}
+
+
+class StreamStopped(Exception):
+    """The stream delivered the stream-updated SET that pauses or disables it (updates.py): its task ends."""
 
 
 class Pusher:
@@ -73,6 +77,8 @@ class Pusher:
             while True:
                 try:
                     await self._deliver_from_cursor()
+                except StreamStopped:
+                    return
                 except asyncio.CancelledError:
                     raise
                 except (OSError, TimeoutError, ConnectionError) as exc:
@@ -110,10 +116,17 @@ class Pusher:
         done = cursor
         try:
             for entry in entries:
+                stop = None
                 for index, body in for_stream(entry.bodies, view):
                     jti = set_jti(self.stream.stream_id, entry.position, index)
                     await self._send(jti, body, done)
+                    stop = stopping(body) or stop
                 done = entry.position
+                if stop is not None:  # sent before the stream stops (SSF 1.0 §8.1.5)
+                    async with self._pool.acquire() as conn:
+                        await streams.advance(conn, self.stream.stream_id, done)
+                        await apply(conn, self.stream.stream_id, *stop)
+                    raise StreamStopped
         finally:
             if done > cursor:
                 async with self._pool.acquire() as conn:

@@ -13,9 +13,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from auth_service.errors import InvalidRequest, NotFound, TooManyAttempts
-from auth_service.ssf.config import PUSH, Checked, Status, events_delivered
+from auth_service.ssf.config import PUSH, Announce, Checked, Status, events_delivered
 from auth_service.ssf.events import StreamView
-from auth_service.ssf.updates import Announce
 
 MAX_STREAMS_PER_RECEIVER = 16
 _COLUMNS = (

@@ -1,6 +1,7 @@
 """What the transmitter says about a stream itself (SSF 1.0 §8.1.1, §8.1.4.2, §8.1.5), against real
 PostgreSQL: min_verification_interval advertised and enforced with 429 + Retry-After, and the stream-updated
-SET a receiver gets, by poll and by push, when events older than the retention were dropped."""
+SET a receiver gets, by poll and by push, when events older than the retention were dropped and when an
+operator pauses or enables its stream (`tokenlife ssf status`)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import httpx
 import pytest
 
 from auth_service.settings import AuthSettings
+from auth_service.ssf.updates import status_cli
 from tests.conftest import add_user, auth_env, free_port
 from tests.integration.test_ssf_poll import EMAIL, ISSUER, create_stream, login, poll, serving
 from tests.integration.test_ssf_push import push_stream
@@ -132,5 +134,103 @@ async def test_a_push_stream_behind_the_retention_is_told_by_a_stream_updated_se
             [(_type, event)] = claims[0]["events"].items()
             assert event["status"] == "enabled"
             assert "were dropped" in event["reason"]
+    finally:
+        await receiver.stop()
+
+
+def _status_cli(settings: AuthSettings, stream_id: str, status: str, reason: str) -> tuple[int, str]:
+    """`tokenlife ssf status`, as the command runs it (its own event loop, engine and connection)."""
+    return status_cli(settings, stream_id, status, reason)  # type: ignore[arg-type]
+
+
+async def _stream_status(client: httpx.AsyncClient, token: str, stream_id: str) -> dict[str, Any]:
+    response = await client.get("/ssf/status", params={"stream_id": stream_id}, headers=bearer(token))
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+async def test_an_operator_pause_reaches_a_poll_receiver_before_the_stream_stops(
+    monkeypatch: pytest.MonkeyPatch, database_url: str
+) -> None:
+    await add_user(database_url, EMAIL)
+    settings = _settings(monkeypatch, database_url)
+    async with serving(settings) as (client, _app):
+        token = await receiver_token(client, RECEIVER_A)
+        stream_id = (await create_stream(client, token))["stream_id"]
+        first = await _logout(client)
+        code, said = await asyncio.to_thread(_status_cli, settings, stream_id, "paused", "maintenance")
+        assert code == 0
+        assert "once its receiver got" in said
+        assert (await _stream_status(client, token, stream_id))["status"] == "enabled"  # not yet told
+        held = await _logout(client)
+
+        sets, more = await poll(client, token, stream_id)
+        assert [summary(claims) for _, claims in sets] == [
+            ("session-revoked", summary(sets[0][1])[1], first),
+            ("stream-updated", stream_id, None),  # the last SET before the stream stops
+        ]
+        assert not more
+        assert sets[1][1]["events"] == {STREAM_UPDATED: {"status": "paused", "reason": "maintenance"}}
+        assert (await poll(client, token, stream_id, ack=[j for j, _ in sets]))[0] == []
+        assert await _stream_status(client, token, stream_id) == {
+            "stream_id": stream_id,
+            "status": "paused",
+            "reason": "maintenance",
+        }
+
+        code, said = await asyncio.to_thread(_status_cli, settings, stream_id, "enabled", "back")
+        assert code == 0
+        assert "is enabled" in said
+        assert (await _stream_status(client, token, stream_id))["status"] == "enabled"
+        sets, _ = await poll(client, token, stream_id)
+        assert [summary(claims)[0::2] for _, claims in sets] == [
+            ("session-revoked", held),  # what was held while paused, then the news
+            ("stream-updated", None),
+        ]
+        assert sets[1][1]["events"] == {STREAM_UPDATED: {"status": "enabled", "reason": "back"}}
+        assert await asyncio.to_thread(_status_cli, settings, "no-such-stream", "paused", "x") == (
+            1,
+            "no stream no-such-stream",
+        )
+
+
+async def test_an_operator_pause_reaches_a_push_receiver_before_the_stream_stops(
+    monkeypatch: pytest.MonkeyPatch, database_url: str
+) -> None:
+    await add_user(database_url, EMAIL)
+    receiver = PushReceiver(free_port())
+    await receiver.start()
+    settings = _settings(
+        monkeypatch, database_url, TOKENLIFE_SSF_ENABLED="true", TOKENLIFE_SSF_PUSH_MAX_BACKOFF="0.2"
+    )
+    try:
+        async with serving(settings) as (client, _app):
+            token, stream_id = await push_stream(client, RECEIVER_A, receiver.url)
+            first = await _logout(client)
+            await wait_until(lambda: receiver.distinct() >= 1, 20.0, "the first SET")
+            await asyncio.to_thread(_status_cli, settings, stream_id, "paused", "maintenance")
+
+            async def paused() -> bool:
+                return (await _stream_status(client, token, stream_id))["status"] == "paused"
+
+            deadline = asyncio.get_running_loop().time() + 20
+            while not await paused():
+                assert asyncio.get_running_loop().time() < deadline, "the stream never took the pause"
+                await asyncio.sleep(0.05)
+            held = await _logout(client)
+            await asyncio.to_thread(_status_cli, settings, stream_id, "enabled", "back")
+            await wait_until(lambda: receiver.distinct() >= 4, 20.0, "the held SET and the news")
+
+            jwks = (await client.get("/.well-known/jwks.json")).json()
+            claims = [verify_set(v, jwks, ISSUER, RECEIVER_A[0]) for v in receiver.received]
+            unique = list({c["jti"]: c for c in claims}.values())
+            assert [summary(c)[0::2] for c in unique] == [
+                ("session-revoked", first),
+                ("stream-updated", None),
+                ("session-revoked", held),
+                ("stream-updated", None),
+            ]
+            assert [c["events"][STREAM_UPDATED]["status"] for c in unique[1::2]] == ["paused", "enabled"]
     finally:
         await receiver.stop()
