@@ -212,7 +212,7 @@ async def test_an_operator_pause_reaches_a_push_receiver_before_the_stream_stops
             await asyncio.to_thread(_status_cli, settings, stream_id, "paused", "maintenance")
 
             async def paused() -> bool:
-                return (await _stream_status(client, token, stream_id))["status"] == "paused"
+                return bool((await _stream_status(client, token, stream_id))["status"] == "paused")
 
             deadline = asyncio.get_running_loop().time() + 20
             while not await paused():
