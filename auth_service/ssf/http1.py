@@ -50,6 +50,7 @@ class Connection:
         self._authority = host if default_port else f"{host}:{self._port}"
         self._target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         self._timeout = timeout
+        self._tls_context = ssl.create_default_context() if self._tls else None  # loads the CAs once
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
 
@@ -80,9 +81,8 @@ class Connection:
 
     async def _exchange(self, body: bytes, headers: dict[str, str]) -> Answer:
         if self._writer is None:
-            context = ssl.create_default_context() if self._tls else None
             self._reader, self._writer = await asyncio.open_connection(
-                self._host, self._port, ssl=context, limit=MAX_HEAD
+                self._host, self._port, ssl=self._tls_context, limit=MAX_HEAD
             )
         assert self._reader is not None
         head = [f"POST {self._target} HTTP/1.1", f"Host: {self._authority}"]

@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from auth_service import contract as c
 from auth_service.db.engine import asyncpg_dsn, create_engine
-from auth_service.errors import NotFound
+from auth_service.errors import InvalidRequest, NotFound
 from auth_service.log.store import append
 from auth_service.settings import AuthSettings as Settings
 from auth_service.ssf import streams
@@ -31,6 +31,14 @@ from auth_service.ssf.config import Announce, Status
 from auth_service.ssf.events import STREAM_UPDATED, SetBody
 
 __all__ = ["Announce", "announcer", "apply", "operator_status", "status_cli", "stopping"]
+
+# A pause or disable of the stream appended after its cursor: announced, not yet delivered (or acknowledged).
+_PENDING = """
+SELECT payload->>'status' FROM event_log
+WHERE position > (SELECT cursor FROM ssf_streams WHERE stream_id = $1) AND type = 'ssf.stream_updated'
+  AND payload->>'stream_id' = $1 AND payload->>'status' <> 'enabled'
+ORDER BY position DESC LIMIT 1
+"""
 
 
 def announcer(engine: AsyncEngine, lock_timeout_ms: int) -> Announce:
@@ -66,6 +74,12 @@ async def operator_status(conn: Any, announce: Announce, stream_id: str, status:
     row = await conn.fetchrow("SELECT client_id, status FROM ssf_streams WHERE stream_id = $1", stream_id)
     if row is None:
         raise NotFound(f"no stream {stream_id}")
+    pending = await conn.fetchval(_PENDING, stream_id)
+    if pending is not None:
+        raise InvalidRequest(
+            f"stream {stream_id} is still to be told it is {pending} (its receiver has not got that SET yet);"
+            " change it again once it has"
+        )
     if row["status"] == status:
         return f"stream {stream_id} is {status} already: nothing sent"
     if row["status"] == "enabled":
@@ -81,7 +95,7 @@ def status_cli(settings: Settings, stream_id: str, status: Status, reason: str) 
     what to say."""
     try:
         return 0, asyncio.run(_status(settings, stream_id, status, reason))
-    except NotFound as exc:
+    except (NotFound, InvalidRequest) as exc:
         return 1, str(exc)
 
 

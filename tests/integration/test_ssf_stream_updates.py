@@ -163,6 +163,10 @@ async def test_an_operator_pause_reaches_a_poll_receiver_before_the_stream_stops
         assert code == 0
         assert "once its receiver got" in said
         assert (await _stream_status(client, token, stream_id))["status"] == "enabled"  # not yet told
+        # Another change waits until the receiver has been told of this one.
+        code, said = await asyncio.to_thread(_status_cli, settings, stream_id, "enabled", "never mind")
+        assert code == 1
+        assert "still to be told it is paused" in said
         held = await _logout(client)
 
         sets, more = await poll(client, token, stream_id)
