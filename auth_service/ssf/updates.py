@@ -8,9 +8,9 @@ Two changes are the transmitter's own:
 - an operator's `tokenlife ssf status STREAM STATUS`. §8.1.5 wants the SET sent *before* an enabled stream
   stops, so pausing or disabling an enabled stream only appends the event, and the stream takes the new
   status when it passes that event (`stopping`): push, once the receiver took the SET; poll, once the
-  receiver acknowledged it (the SET is the last one of its poll). Any other change (enabling, or a stream
-  that is not enabled) applies at once and then appends the event, so an enabled stream sends it after what
-  was held.
+  receiver acknowledged it (the SET is the last one of its poll); another change waits until then. Any
+  other change (enabling, or a stream that is not enabled) applies at once and then appends the event, so
+  an enabled stream sends it after what was held.
 """
 
 from __future__ import annotations
