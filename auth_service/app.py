@@ -35,6 +35,7 @@ from auth_service.relay import Relay
 from auth_service.relay.metrics import RelayMetrics
 from auth_service.settings import AuthSettings
 from auth_service.ssf.deliverer import Deliverer
+from auth_service.ssf.updates import announcer
 from auth_service.tokens import keys as keystore
 from auth_service.tokens.keyring import KeyRing
 from auth_service.tokens.keys import KeyCache
@@ -180,6 +181,7 @@ def create_app(settings: AuthSettings, tracing: Tracing | None = None) -> FastAP
                     settings.issuer.rstrip("/"),
                     lambda: keys.current().active,
                     listener.changed,
+                    announcer(engine, settings.lock_timeout_ms),
                     push_timeout=settings.ssf_push_timeout,
                     max_backoff=settings.ssf_push_max_backoff,
                     retention=settings.ssf_retention,

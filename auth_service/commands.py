@@ -263,12 +263,26 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         func=lambda a: asyncio.run(_keys(AuthSettings(), "list", None))
     )
     keys.add_parser("kek", help="print a new key-encryption key").set_defaults(func=_kek)
+    ssf = sub.add_parser("ssf", help="Shared Signals").add_subparsers(dest="ssf_command", required=True)
+    st = ssf.add_parser("status", help="enable, pause or disable a stream (its receiver is told)")
+    st.add_argument("stream_id")
+    st.add_argument("status", choices=["enabled", "paused", "disabled"])
+    st.add_argument("--reason", default="changed by the operator", help="the SET's and the status's reason")
+    st.set_defaults(func=_ssf_status)
     clients = sub.add_parser("clients", help="registered clients").add_subparsers(
         dest="clients_command", required=True
     )
     clients.add_parser(
         "secret", help="print a new client secret and the secret_hash to register for it"
     ).set_defaults(func=_client_secret)
+
+
+def _ssf_status(args: argparse.Namespace) -> int:
+    from auth_service.ssf.updates import status_cli
+
+    code, said = status_cli(AuthSettings(), args.stream_id, args.status, args.reason)
+    (_say if code == 0 else _complain)(said)
+    return code
 
 
 def _kek(args: argparse.Namespace) -> int:

@@ -13,7 +13,8 @@ AuthServiceError
 │   ├── MissingToken           401, no error code in the challenge; body error "missing_token"
 │   ├── InvalidToken           401 invalid_token: bad, expired or revoked access token
 │   └── InsufficientScope      403 insufficient_scope: the token lacks the scope the route needs (SSF)
-├── TooManyAttempts            429 + Retry-After, error "temporarily_unavailable": login/password backoff
+├── TooManyAttempts            429 + Retry-After, error "temporarily_unavailable": login/password backoff,
+│                              an SSF verification sooner than min_verification_interval
 ├── NoSigningKey               503: no active signing key to sign with
 ├── AppendError                503 + Retry-After: the log's append lock was not free in time (one whose
 │                              cause is a database outage is answered as DatabaseUnavailable)

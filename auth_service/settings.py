@@ -129,15 +129,14 @@ class AuthSettings(BaseSettings):
     )
 
     # Shared Signals transmitter (ssf/)
-    ssf_enabled: bool = Field(
-        default=True, description="Run the SSF push deliverer in `tokenlife auth serve`."
-    )
+    ssf_enabled: bool = Field(default=True, description="Run the SSF push deliverer in `auth serve`.")
     ssf_retention: float = Field(
         default=7 * 86400.0, gt=0, description="Seconds of the log a stream that fell behind is still sent."
     )
     ssf_push_timeout: float = Field(default=5.0, gt=0, description="Seconds one push may take.")
     ssf_push_max_backoff: float = Field(default=30.0, gt=0, description="Longest wait between retries.")
     ssf_poll_max_wait: float = Field(default=25.0, gt=0, le=120, description="Longest hold of a long-poll.")
+    ssf_min_verification_interval: int = Field(default=10, ge=0, description="Seconds between verifications.")
 
     # Relay
     relay_enabled: bool = Field(default=True, description="Run the relay inside `tokenlife auth serve`.")

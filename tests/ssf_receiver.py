@@ -19,6 +19,7 @@ from auth_service.accounts.clients import secret_hash
 SESSION_REVOKED = "https://schemas.openid.net/secevent/caep/event-type/session-revoked"
 CREDENTIAL_CHANGE = "https://schemas.openid.net/secevent/caep/event-type/credential-change"
 VERIFICATION = "https://schemas.openid.net/secevent/ssf/event-type/verification"
+STREAM_UPDATED = "https://schemas.openid.net/secevent/ssf/event-type/stream-updated"
 PUSH, POLL = "urn:ietf:rfc:8935", "urn:ietf:rfc:8936"
 
 RECEIVER_A = ("receiver-a", "receiver-a-secret-0123456789abcdef")
@@ -80,9 +81,12 @@ def verify_set(value: str, jwks: dict[str, Any], issuer: str, audience: str) -> 
     assert "sub" not in claims
     [(event_type, event)] = claims["events"].items()  # exactly one event (Interoperability Profile)
     subject = claims["sub_id"]
-    if event_type == VERIFICATION:
-        assert subject["format"] == "opaque"
+    if event_type in (VERIFICATION, STREAM_UPDATED):
+        assert subject["format"] == "opaque"  # the stream (SSF 1.0 §8.1.4, §8.1.5)
         assert isinstance(subject["id"], str)
+        if event_type == STREAM_UPDATED:
+            assert event["status"] in ("enabled", "paused", "disabled")  # REQUIRED
+            assert set(event) <= {"status", "reason"}
         return claims
     assert isinstance(event["event_timestamp"], int)
     assert event["initiating_entity"] in ("admin", "user", "policy", "system")

@@ -55,7 +55,7 @@ _SCOPE = text(description="Space-separated scopes; absent or empty: every scope 
 
 @router.post(
     "/oauth/token",
-    summary="Log in or refresh (password and refresh_token grants)",
+    summary="Log in, refresh, or get a receiver's token (password, refresh_token, client_credentials grants)",
     openapi_extra=form_body(
         form_schema(
             ("grant_type", "username", "password"),
@@ -71,6 +71,15 @@ _SCOPE = text(description="Space-separated scopes; absent or empty: every scope 
             refresh_token=text(1, MAX_REFRESH_TOKEN),
             scope=_SCOPE,
             client_id=_CLIENT,
+        ),
+        form_schema(
+            ("grant_type",),
+            grant_type=text(
+                enum=["client_credentials"],
+                description="A confidential client (a Shared Signals receiver) authenticated with HTTP Basic"
+                " (RFC 6749 §4.4, §2.3.1).",
+            ),
+            scope=text(description="Space-separated scopes; absent or empty: all the client may get."),
         ),
     ),
     responses={200: {"model": TokenResponse}, **errors(400, 401, 413, 429, 503)},

@@ -34,6 +34,7 @@ from auth_service.ssf.config import (
 )
 from auth_service.ssf.poll import PollRequest, poll
 from auth_service.ssf.receivers import MANAGE, READ, Receiver, authenticate_receiver
+from auth_service.ssf.updates import announcer
 from auth_service.tokens.keyring import SigningKey
 
 router = APIRouter(tags=["shared signals"])
@@ -82,6 +83,10 @@ def _issuer(ctx: AuthContext) -> str:
     return ctx.settings.issuer.rstrip("/")
 
 
+def _configuration(ctx: AuthContext, row: Any) -> dict[str, Any]:
+    return configuration(row, _issuer(ctx), ctx.settings.ssf_min_verification_interval)
+
+
 @router.get("/.well-known/ssf-configuration", summary="SSF transmitter metadata")
 async def ssf_configuration(ctx: Context) -> Response:
     """Built from the configured issuer (never from the request's Host)."""
@@ -101,7 +106,7 @@ async def create_stream(request: Request, ctx: Context, receiver: Manager) -> Re
     checked = check(wanted.delivery, wanted.events_requested, allow_http=ctx.settings.env == "dev")
     async with ctx.pg.acquire() as conn:
         row = await streams.create(conn, receiver.client_id, checked, wanted.description)
-    return JSONResponse(configuration(row, _issuer(ctx)), status_code=201, headers=NO_STORE)
+    return JSONResponse(_configuration(ctx, row), status_code=201, headers=NO_STORE)
 
 
 @router.get("/ssf/streams", summary="Read one stream, or list them", responses={**errors(400, 401, 403, 404)})
@@ -112,9 +117,9 @@ async def read_stream(
     async with ctx.pg.acquire() as conn:
         if stream_id is None:
             rows = await streams.list_streams(conn, receiver.client_id)
-            return JSONResponse([configuration(r, _issuer(ctx)) for r in rows], headers=NO_STORE)
+            return JSONResponse([_configuration(ctx, r) for r in rows], headers=NO_STORE)
         row = await streams.get(conn, receiver.client_id, stream_id)
-    return JSONResponse(configuration(row, _issuer(ctx)), headers=NO_STORE)
+    return JSONResponse(_configuration(ctx, row), headers=NO_STORE)
 
 
 async def _change(request: Request, ctx: AuthContext, receiver: Receiver, *, replace: bool) -> Response:
@@ -126,7 +131,7 @@ async def _change(request: Request, ctx: AuthContext, receiver: Receiver, *, rep
         if replace:
             delivery, events, description = wanted.delivery, wanted.events_requested, wanted.description
         else:  # an update keeps what it does not name
-            current = configuration(row, _issuer(ctx))["delivery"] | {
+            current = _configuration(ctx, row)["delivery"] | {
                 "authorization_header": row["authorization_header"]
             }
             delivery = wanted.delivery or parse(StreamRequest, {"delivery": current}).delivery
@@ -134,7 +139,7 @@ async def _change(request: Request, ctx: AuthContext, receiver: Receiver, *, rep
             description = row["description"] if wanted.description is None else wanted.description
         checked = check(delivery, events, allow_http=ctx.settings.env == "dev")
         row = await streams.update(conn, receiver.client_id, wanted.stream_id, checked, description)
-    return JSONResponse(configuration(row, _issuer(ctx)), headers=NO_STORE)
+    return JSONResponse(_configuration(ctx, row), headers=NO_STORE)
 
 
 @router.patch(
@@ -233,16 +238,23 @@ async def remove_subject(request: Request, ctx: Context, receiver: Manager) -> R
     status_code=204,
     summary="Ask for a verification event",
     openapi_extra=json_body(VerificationRequest),
-    responses={**errors(400, 401, 403, 404, 413, 503)},
+    responses={**errors(400, 401, 403, 404, 413, 429, 503)},
 )
 async def verify(request: Request, ctx: Context, receiver: Manager) -> Response:
-    """SSF 1.0 §8.1.4.2: a verification SET follows on the stream, after every event committed before."""
+    """SSF 1.0 §8.1.4.2: a verification SET follows on the stream, after every event committed before;
+    sooner than `min_verification_interval` after the last request, 429 with Retry-After."""
     wanted = parse(VerificationRequest, await _body(request))
+    interval = ctx.settings.ssf_min_verification_interval
     async with ctx.pg.acquire() as conn:
-        await streams.get(conn, receiver.client_id, wanted.stream_id)
-    async with transaction(ctx) as conn:
-        event = c.SsfVerification(stream_id=wanted.stream_id, state=wanted.state)
-        await append(conn, [event], lock_timeout_ms=ctx.settings.lock_timeout_ms)
+        before = await streams.claim_verification(conn, receiver.client_id, wanted.stream_id, interval)
+    try:
+        async with transaction(ctx) as tx:
+            event = c.SsfVerification(stream_id=wanted.stream_id, state=wanted.state)
+            await append(tx, [event], lock_timeout_ms=ctx.settings.lock_timeout_ms)
+    except BaseException:
+        async with ctx.pg.acquire() as conn:  # not sent: this request does not count against the interval
+            await streams.unclaim_verification(conn, wanted.stream_id, before)
+        raise
     return Response(status_code=204)
 
 
@@ -281,5 +293,6 @@ async def poll_stream(
             listener.changed,
             max_wait=s.ssf_poll_max_wait,
             retention=s.ssf_retention,
+            announce=announcer(ctx.engine, s.lock_timeout_ms),
         )
     return JSONResponse(body, headers=NO_STORE)

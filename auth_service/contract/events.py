@@ -30,6 +30,7 @@ class EventType(StrEnum):
     GLOBAL_REVOKED = "global.revoked"
     CREDENTIAL_CHANGED = "credential.changed"
     SSF_VERIFICATION = "ssf.verification"
+    SSF_STREAM_UPDATED = "ssf.stream_updated"
 
 
 HEARTBEAT_TYPE: Final = "relay.heartbeat"
@@ -156,6 +157,21 @@ class SsfVerification(_EventBase):
     )
 
 
+class SsfStreamUpdated(_EventBase):
+    """The Shared Signals transmitter changed a stream's status, or what it says about it, without the
+    receiver asking (ssf/): e.g. events dropped past retention. Logged so that the stream-updated SET reaches
+    the receiver in log order, at least once, like every other SET."""
+
+    type: Literal[EventType.SSF_STREAM_UPDATED] = EventType.SSF_STREAM_UPDATED
+    stream_id: str
+    status: Literal["enabled", "paused", "disabled"]
+    reason: str | None = Field(default=None, max_length=512)
+    expires_at: AwareDatetime = Field(
+        default_factory=utcnow,
+        description="Nothing to revoke: when it changed (resource services skip it).",
+    )
+
+
 Event = Annotated[
     SessionStarted
     | TokenIssued
@@ -165,7 +181,8 @@ Event = Annotated[
     | KeyRevoked
     | GlobalRevoked
     | CredentialChanged
-    | SsfVerification,
+    | SsfVerification
+    | SsfStreamUpdated,
     Field(discriminator="type"),
 ]
 KNOWN_TYPES = frozenset(t.value for t in EventType)

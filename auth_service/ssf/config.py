@@ -4,6 +4,7 @@ Pure: no I/O. A request that cannot be accepted raises InvalidRequest with the r
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 from urllib.parse import urlsplit
@@ -18,6 +19,8 @@ PUSH: Literal["urn:ietf:rfc:8935"] = "urn:ietf:rfc:8935"
 POLL: Literal["urn:ietf:rfc:8936"] = "urn:ietf:rfc:8936"
 DELIVERY_METHODS = (PUSH, POLL)
 Status = Literal["enabled", "paused", "disabled"]
+# Appends a stream's ssf.stream_updated (stream id, status, reason): updates.announcer makes one.
+Announce = Callable[[str, Status, str], Awaitable[None]]
 MAX_URL = 2048
 STREAM_ID = r"^[A-Za-z0-9_-]{1,64}$"  # ours are uuid hex; anything else is no stream of ours
 
@@ -141,8 +144,9 @@ def events_delivered(requested: tuple[str, ...] | list[str]) -> list[str]:
     return [e for e in EVENTS_SUPPORTED if e in requested]
 
 
-def configuration(row: Any, issuer: str) -> dict[str, Any]:
-    """A stream's configuration as SSF 1.0 §8.1.1 shows it (never the push authorization header back)."""
+def configuration(row: Any, issuer: str, min_verification_interval: int = 0) -> dict[str, Any]:
+    """A stream's configuration as SSF 1.0 §8.1.1 shows it (never the push authorization header back);
+    `min_verification_interval` (seconds, transmitter-supplied) is shown when there is one."""
     requested = list(row["events_requested"])
     delivery: dict[str, Any] = {"method": row["delivery_method"]}
     if row["delivery_method"] == PUSH:
@@ -160,6 +164,8 @@ def configuration(row: Any, issuer: str) -> dict[str, Any]:
     }
     if row["description"]:
         config["description"] = row["description"]
+    if min_verification_interval:
+        config["min_verification_interval"] = min_verification_interval
     return config
 
 

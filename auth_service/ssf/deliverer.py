@@ -17,13 +17,13 @@ import logging
 from collections.abc import Callable
 
 import asyncpg
-import httpx
 
 from auth_service.db.engine import asyncpg_dsn
 from auth_service.relay.leader import LeaderLock
 from auth_service.ssf import streams
 from auth_service.ssf.push import Pusher
 from auth_service.ssf.tail import LogTail
+from auth_service.ssf.updates import Announce
 from auth_service.tokens.keyring import SigningKey
 
 log = logging.getLogger("tokenlife.ssf")
@@ -41,6 +41,7 @@ class Deliverer:
         issuer: str,
         key: Callable[[], SigningKey | None],
         changed: Callable[[], asyncio.Event],
+        announce: Announce,
         *,
         push_timeout: float,
         max_backoff: float,
@@ -53,6 +54,7 @@ class Deliverer:
         self._issuer = issuer
         self._key = key
         self._changed = changed
+        self._announce = announce
         self._push_timeout = push_timeout
         self._max_backoff = max_backoff
         self._retention = retention
@@ -104,27 +106,18 @@ class Deliverer:
         tasks: list[asyncio.Task[None]] = []
         try:
             pool = await asyncpg.create_pool(self._dsn, min_size=1, max_size=4)
-            limits = httpx.Limits(max_connections=1000, max_keepalive_connections=200)
-            async with httpx.AsyncClient(limits=limits, follow_redirects=False) as http:
-                tail = LogTail(pool, self._issuer, self._changed)
-                await tail.start_at_head()
-                tasks = [
-                    asyncio.create_task(tail.run(), name="tokenlife-ssf-tail"),
-                    asyncio.create_task(self._supervise(pool, tail, http), name="tokenlife-ssf-streams"),
-                    asyncio.create_task(self._lock.wait_lost(), name="tokenlife-ssf-lock"),
-                ]
-                try:
-                    done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-                    for task in done:
-                        if task.exception() is not None:
-                            log.error("ssf: %s failed: %r", task.get_name(), task.exception())
-                    log.warning("ssf: stopped delivering (leadership lost or a task failed)")
-                finally:
-                    # Before the HTTP client and the pool close under them.
-                    for task in tasks:
-                        task.cancel()
-                    await asyncio.gather(*tasks, return_exceptions=True)
-                    await self._stop_pushers(list(self.pushers))
+            tail = LogTail(pool, self._issuer, self._changed)
+            await tail.start_at_head()
+            tasks = [
+                asyncio.create_task(tail.run(), name="tokenlife-ssf-tail"),
+                asyncio.create_task(self._supervise(pool, tail), name="tokenlife-ssf-streams"),
+                asyncio.create_task(self._lock.wait_lost(), name="tokenlife-ssf-lock"),
+            ]
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                if task.exception() is not None:
+                    log.error("ssf: %s failed: %r", task.get_name(), task.exception())
+            log.warning("ssf: stopped delivering (leadership lost or a task failed)")
         except _DB_ERRORS as exc:
             log.warning("ssf: database error while leading (%r); giving up leadership", exc)
         finally:
@@ -137,7 +130,7 @@ class Deliverer:
                 await pool.close()
             await self._lock.release()
 
-    async def _supervise(self, pool: asyncpg.Pool, tail: LogTail, http: httpx.AsyncClient) -> None:
+    async def _supervise(self, pool: asyncpg.Pool, tail: LogTail) -> None:
         while True:
             try:
                 async with pool.acquire() as conn:
@@ -154,9 +147,9 @@ class Deliverer:
                         stream,
                         pool,
                         tail,
-                        http,
                         self._issuer,
                         self._key,
+                        self._announce,
                         timeout=self._push_timeout,
                         max_backoff=self._max_backoff,
                         retention=self._retention,

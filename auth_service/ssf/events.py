@@ -9,11 +9,13 @@ The map (docs/ssf.md has it with the reasons):
     global.revoked      the same, for every user's sessions it ended
     credential.changed  one CAEP credential-change for the user
     ssf.verification    one SSF verification, on the one stream that asked for it
+    ssf.stream_updated  one SSF stream-updated, on the one stream it is about
     session.started, token.issued, token.revoked, key.revoked: none
 
 Subjects follow RFC 9493: the user as `iss_sub` (this issuer, the user id), a session as `opaque` (its id),
-both in a `complex` subject for a session; the stream as `opaque` for a verification. Every SET carries one
-event (CAEP Interoperability Profile), `txn` the log event's id and `event_timestamp` its time in the log.
+both in a `complex` subject for a session; the stream as `opaque` for a verification or a stream-updated.
+Every SET carries one event (CAEP Interoperability Profile), `txn` the log event's id and
+`event_timestamp` its time in the log.
 """
 
 from __future__ import annotations
@@ -29,6 +31,9 @@ CAEP = "https://schemas.openid.net/secevent/caep/event-type/"
 SESSION_REVOKED: Final = CAEP + "session-revoked"
 CREDENTIAL_CHANGE: Final = CAEP + "credential-change"
 VERIFICATION: Final = "https://schemas.openid.net/secevent/ssf/event-type/verification"
+STREAM_UPDATED: Final = "https://schemas.openid.net/secevent/ssf/event-type/stream-updated"
+# The SETs about a stream itself, sent on that stream only, whatever it asked for (SSF 1.0 §8.1.4, §8.1.5).
+STREAM_EVENTS: Final = frozenset({VERIFICATION, STREAM_UPDATED})
 # What a receiver may ask for; verification is always delivered (SSF 1.0, §8.1.4), asked for or not.
 EVENTS_SUPPORTED: Final = (SESSION_REVOKED, CREDENTIAL_CHANGE)
 
@@ -129,6 +134,10 @@ def set_bodies(
             body = {} if event.state is None else {"state": event.state}
             subject = {"format": "opaque", "id": event.stream_id}
             return [SetBody(VERIFICATION, subject, body, str(event.event_id), None, event.stream_id)]
+        case c.SsfStreamUpdated():
+            body = {"status": event.status} | ({} if event.reason is None else {"reason": event.reason})
+            subject = {"format": "opaque", "id": event.stream_id}
+            return [SetBody(STREAM_UPDATED, subject, body, str(event.event_id), None, event.stream_id)]
         case _:
             return []
 
@@ -151,7 +160,7 @@ def for_stream(bodies: list[SetBody], stream: StreamView) -> list[tuple[int, Set
     """The SETs of one position a stream gets, each with its index among the position's SETs (for jti)."""
     chosen = []
     for index, body in enumerate(bodies):
-        if body.event_type == VERIFICATION:
+        if body.event_type in STREAM_EVENTS:
             if body.stream_id == stream.stream_id:
                 chosen.append((index, body))
         elif body.event_type in stream.events_delivered and body.user_id not in stream.excluded_users:

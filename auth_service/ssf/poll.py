@@ -23,6 +23,7 @@ from auth_service.ssf import streams
 from auth_service.ssf.events import for_stream, parse_jti, set_jti
 from auth_service.ssf.sets import set_claims, sign_set
 from auth_service.ssf.source import read_entries
+from auth_service.ssf.updates import Announce, apply, stopping
 from auth_service.tokens.keyring import SigningKey
 
 log = logging.getLogger("tokenlife.ssf")
@@ -73,31 +74,40 @@ async def _acked(conn: Any, stream_id: str) -> set[tuple[int, int]]:
     return {(int(r[0]), int(r[1])) for r in rows}
 
 
-async def _advance(conn: Any, issuer: str, row: dict[str, Any], acked: set[tuple[int, int]]) -> int:
-    """Move the cursor over every position whose SETs for this stream were all acknowledged."""
+async def _advance(
+    conn: Any, issuer: str, row: dict[str, Any], acked: set[tuple[int, int]]
+) -> tuple[int, bool]:
+    """Move the cursor over every position whose SETs for this stream were all acknowledged; and whether
+    it passed a stream-updated SET that pauses or disables the stream (which then takes that status)."""
     cursor = int(row["cursor"])
     if not acked:
-        return cursor
+        return cursor, False
     view = await streams.view(conn, row)
     last = max(p for p, _ in acked)
-    moved = cursor
-    while moved < last:
+    moved, stop = cursor, None
+    while moved < last and stop is None:
         entries = await read_entries(conn, issuer, moved, _CHUNK)
         if not entries:
             break
         for entry in entries:
             if entry.position > last:
                 break
-            if any((entry.position, i) not in acked for i, _ in for_stream(entry.bodies, view)):
+            chosen = for_stream(entry.bodies, view)
+            if any((entry.position, i) not in acked for i, _ in chosen):
                 last = -1  # stop: this position still has a SET to acknowledge
                 break
             moved = entry.position
+            stop = next((s for _, body in chosen if (s := stopping(body))), None)
+            if stop is not None:
+                break
     if moved > cursor:
         await streams.advance(conn, row["stream_id"], moved)
         await conn.execute(
             "DELETE FROM ssf_acks WHERE stream_id = $1 AND position <= $2", row["stream_id"], moved
         )
-    return moved
+    if stop is not None:
+        await apply(conn, row["stream_id"], *stop)
+    return moved, stop is not None
 
 
 async def _gather(
@@ -108,6 +118,7 @@ async def _gather(
     cursor: int,
     max_events: int,
     retention: float,
+    announce: Announce,
 ) -> tuple[dict[str, str], bool]:
     """Up to max_events SETs after the cursor that were not acknowledged, signed; and whether more wait."""
     view = await streams.view(conn, row)
@@ -125,7 +136,7 @@ async def _gather(
                 return sets, False
             if after == cursor and entries[0].recorded_at < floor:
                 after = cursor = quiet = await streams.drop_past_retention(
-                    conn, row["stream_id"], cursor, retention
+                    conn, row["stream_id"], cursor, retention, announce
                 )
                 continue
             for entry in entries:
@@ -136,6 +147,8 @@ async def _gather(
                         return sets, True
                     jti = set_jti(row["stream_id"], entry.position, index)
                     sets[jti] = sign_set(key, set_claims(issuer, row["client_id"], jti, body))
+                    if stopping(body):  # the last SET before the stream stops (SSF 1.0 §8.1.5)
+                        return sets, False
                 after = entry.position
                 if not sets and quiet == entry.position - 1:
                     quiet = entry.position
@@ -156,18 +169,21 @@ async def poll(
     *,
     max_wait: float,
     retention: float,
+    announce: Announce,
 ) -> dict[str, Any]:
     """Acknowledge, then answer the next SETs (RFC 8936 §2.5); held up to max_wait when there are none."""
     deadline = time.monotonic() + max_wait
     async with pool.acquire() as conn:
         await _record_acks(conn, row["stream_id"], int(row["cursor"]), request)
-        cursor = await _advance(conn, issuer, row, await _acked(conn, row["stream_id"]))
+        cursor, stopped = await _advance(conn, issuer, row, await _acked(conn, row["stream_id"]))
     while True:
         woken = changed()  # taken before the read: a commit after it sets this event
-        if request.max_events == 0 or row["status"] != "enabled":
+        if request.max_events == 0 or row["status"] != "enabled" or stopped:
             return {"sets": {}, "moreAvailable": False}
         async with pool.acquire() as conn:
-            sets, more = await _gather(conn, issuer, key(), row, cursor, request.max_events, retention)
+            sets, more = await _gather(
+                conn, issuer, key(), row, cursor, request.max_events, retention, announce
+            )
         left = deadline - time.monotonic()
         if sets or more or request.return_immediately or left <= 0:
             return {"sets": sets, "moreAvailable": more}

@@ -8,7 +8,8 @@ key, issuer, audience...): sending it again cannot help, so it is logged, counte
 moves after each batch and before each wait, so a new leader resumes after the last SET taken (it may send
 again what was taken since: receivers deduplicate by jti, which is the same on every sending).
 
-Each stream runs in a task of its own (deliverer.py): a dead or slow receiver holds up only its own stream.
+Each stream runs in a task of its own (deliverer.py) with one keep-alive connection of its own (http1.py):
+a dead or slow receiver holds up only its own stream.
 """
 
 from __future__ import annotations
@@ -21,13 +22,13 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import httpx
-
 from auth_service.ssf import streams
 from auth_service.ssf.events import StreamView, for_stream, set_jti
+from auth_service.ssf.http1 import Connection, PushFailed
 from auth_service.ssf.sets import set_claims, sign_set
 from auth_service.ssf.source import Entry, read_entries
 from auth_service.ssf.tail import LogTail
+from auth_service.ssf.updates import Announce, apply, stopping
 from auth_service.tokens.keyring import SigningKey
 
 log = logging.getLogger("tokenlife.ssf")
@@ -35,6 +36,10 @@ log = logging.getLogger("tokenlife.ssf")
 MIN_BACKOFF = 0.05
 BATCH = 500
 HEADERS = {"Content-Type": "application/secevent+jwt", "Accept": "application/json"}
+
+
+class StreamStopped(Exception):
+    """The stream delivered the stream-updated SET that pauses or disables it (updates.py): its task ends."""
 
 
 class Pusher:
@@ -45,9 +50,9 @@ class Pusher:
         stream: streams.PushStream,
         pool: Any,
         tail: LogTail,
-        http: httpx.AsyncClient,
         issuer: str,
         key: Callable[[], SigningKey | None],
+        announce: Announce,
         *,
         timeout: float,
         max_backoff: float,
@@ -56,10 +61,10 @@ class Pusher:
         self.stream = stream
         self._pool = pool
         self._tail = tail
-        self._http = http
+        self._http = Connection(stream.endpoint_url, timeout=timeout)
         self._issuer = issuer
         self._key = key
-        self._timeout = timeout
+        self._announce = announce
         self._max_backoff = max_backoff
         self._retention = retention
         self.delivered = 0
@@ -68,16 +73,21 @@ class Pusher:
 
     async def run(self) -> None:
         """Deliver from the stream's cursor; a database failure is retried, never ends the stream's task."""
-        while True:
-            try:
-                await self._deliver_from_cursor()
-            except asyncio.CancelledError:
-                raise
-            except (OSError, TimeoutError, ConnectionError) as exc:
-                log.warning("ssf: stream %s: %r; resuming from its cursor", self.stream.stream_id, exc)
-            except Exception as exc:  # asyncpg's errors among them: the stream goes on after a pause
-                log.warning("ssf: stream %s: %r; resuming from its cursor", self.stream.stream_id, exc)
-            await asyncio.sleep(self._max_backoff / 4)
+        try:
+            while True:
+                try:
+                    await self._deliver_from_cursor()
+                except StreamStopped:
+                    return
+                except asyncio.CancelledError:
+                    raise
+                except (OSError, TimeoutError, ConnectionError) as exc:
+                    log.warning("ssf: stream %s: %r; resuming from its cursor", self.stream.stream_id, exc)
+                except Exception as exc:  # asyncpg's errors among them: the stream goes on after a pause
+                    log.warning("ssf: stream %s: %r; resuming from its cursor", self.stream.stream_id, exc)
+                await asyncio.sleep(self._max_backoff / 4)
+        finally:
+            self._http.close()
 
     async def _deliver_from_cursor(self) -> None:
         async with self._pool.acquire() as conn:
@@ -93,7 +103,7 @@ class Pusher:
                     floor = datetime.now(UTC) - timedelta(seconds=self._retention)
                     if entries and entries[0].recorded_at < floor:
                         cursor = await streams.drop_past_retention(
-                            conn, self.stream.stream_id, cursor, self._retention
+                            conn, self.stream.stream_id, cursor, self._retention, self._announce
                         )
                         continue
             if not entries:
@@ -106,10 +116,17 @@ class Pusher:
         done = cursor
         try:
             for entry in entries:
+                stop = None
                 for index, body in for_stream(entry.bodies, view):
                     jti = set_jti(self.stream.stream_id, entry.position, index)
                     await self._send(jti, body, done)
+                    stop = stopping(body) or stop
                 done = entry.position
+                if stop is not None:  # sent before the stream stops (SSF 1.0 §8.1.5)
+                    async with self._pool.acquire() as conn:
+                        await streams.advance(conn, self.stream.stream_id, done)
+                        await apply(conn, self.stream.stream_id, *stop)
+                    raise StreamStopped
         finally:
             if done > cursor:
                 async with self._pool.acquire() as conn:
@@ -146,25 +163,23 @@ class Pusher:
             headers["Authorization"] = self.stream.authorization_header
         started = time.monotonic()
         try:
-            response = await self._http.post(
-                self.stream.endpoint_url, content=token, headers=headers, timeout=self._timeout
-            )
-        except httpx.HTTPError as exc:
-            log.info("ssf: stream %s: push failed (%s)", self.stream.stream_id, type(exc).__name__)
+            answer = await self._http.post(token.encode(), headers)
+        except PushFailed as exc:
+            log.info("ssf: stream %s: push failed (%s)", self.stream.stream_id, exc)
             return "retry"
-        if 200 <= response.status_code < 300:
+        if 200 <= answer.status < 300:
             return "taken"
-        if response.status_code == 400:
+        if answer.status == 400:
             log.warning(
                 "ssf: stream %s: the receiver refused a SET: %s",
                 self.stream.stream_id,
-                response.text[:200].replace("\n", " "),
+                answer.body[:200].decode(errors="replace").replace("\n", " "),
             )
             return "refused"
         log.info(
             "ssf: stream %s: push answered %d after %.3f s",
             self.stream.stream_id,
-            response.status_code,
+            answer.status,
             time.monotonic() - started,
         )
         return "retry"

@@ -27,6 +27,7 @@ _TYPES = [
     c.EventType.GLOBAL_REVOKED.value,
     c.EventType.CREDENTIAL_CHANGED.value,
     c.EventType.SSF_VERIFICATION.value,
+    c.EventType.SSF_STREAM_UPDATED.value,
 ]
 _READ = """
 SELECT position, CASE WHEN type = ANY($3::text[]) THEN payload::text END, recorded_at

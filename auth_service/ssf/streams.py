@@ -7,12 +7,13 @@ own: another receiver's stream id is answered as an unknown one (NotFound), so i
 from __future__ import annotations
 
 import json
+import math
 import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from auth_service.errors import InvalidRequest, NotFound
-from auth_service.ssf.config import PUSH, Checked, Status, events_delivered
+from auth_service.errors import InvalidRequest, NotFound, TooManyAttempts
+from auth_service.ssf.config import PUSH, Announce, Checked, Status, events_delivered
 from auth_service.ssf.events import StreamView
 
 MAX_STREAMS_PER_RECEIVER = 16
@@ -127,6 +128,41 @@ def status_body(row: dict[str, Any]) -> dict[str, Any]:
     return body
 
 
+async def claim_verification(conn: Any, client_id: str, stream_id: str, interval: int) -> Any:
+    """Count a verification request against the stream's min_verification_interval (SSF 1.0 §8.1.1): the
+    check and the new mark are one UPDATE, so two requests at once cannot both pass. The previous mark (for
+    unclaim_verification); NotFound for a stream not the receiver's; TooManyAttempts (429) when too soon."""
+    row = await conn.fetchrow(
+        """UPDATE ssf_streams s SET verified_at = now() FROM ssf_streams old
+           WHERE s.stream_id = $1 AND s.client_id = $2 AND old.stream_id = s.stream_id
+             AND (s.verified_at IS NULL OR s.verified_at <= now() - make_interval(secs => $3))
+           RETURNING old.verified_at""",
+        stream_id,
+        client_id,
+        float(interval),
+    )
+    if row is not None:
+        return row[0]
+    await get(conn, client_id, stream_id)  # NotFound when it is not the receiver's
+    wait = await conn.fetchval(
+        "SELECT extract(epoch FROM verified_at + make_interval(secs => $2) - now()) FROM ssf_streams"
+        " WHERE stream_id = $1",
+        stream_id,
+        float(interval),
+    )
+    seconds = max(1, math.ceil(float(wait or 1)))
+    raise TooManyAttempts(
+        f"at most one verification request every {interval} s on a stream (min_verification_interval);"
+        f" retry in {seconds} s",
+        seconds,
+    )
+
+
+async def unclaim_verification(conn: Any, stream_id: str, before: Any) -> None:
+    """Put the mark back (the verification was not appended)."""
+    await conn.execute("UPDATE ssf_streams SET verified_at = $2 WHERE stream_id = $1", stream_id, before)
+
+
 async def set_subject(conn: Any, stream_id: str, user_id: str, included: bool) -> None:
     """Put a user back into the stream, or take them out (every user is in by default)."""
     # updated_at tells the push deliverer to read the stream's subjects again.
@@ -165,15 +201,20 @@ WHERE position > $1 AND recorded_at < clock_timestamp() - make_interval(secs => 
 """
 
 
-async def drop_past_retention(conn: Any, stream_id: str, cursor: int, retention: float) -> int:
+async def drop_past_retention(
+    conn: Any, stream_id: str, cursor: int, retention: float, announce: Announce
+) -> int:
     """Skip a stream that fell behind past the retention over what is too old to send, saying so in its
-    status (SSF: the reason); the cursor it goes on from. Called when the next event to send is that old."""
+    status (SSF: the reason) and in a stream-updated SET (updates.py); the cursor it goes on from. Called
+    when the next event to send is that old."""
     last, count = await conn.fetchrow(_PAST_RETENTION, cursor, retention)
     if last is None:
         return cursor
     reason = (
         f"{count} events older than the retention ({retention:.0f} s) were dropped, up to position {last}"
     )
+    # Told first: a failure before the cursor moves drops (and tells) again, so the receiver hears of it.
+    await announce(stream_id, "enabled", reason)
     await conn.execute(
         "UPDATE ssf_streams SET cursor = $2, status_reason = $3 WHERE stream_id = $1 AND cursor < $2",
         stream_id,

@@ -40,6 +40,7 @@ EXAMPLES: list[c.Event] = [
     c.GlobalRevoked(not_before=T0, expires_at=T0, reason="incident"),
     c.CredentialChanged(user_id="u1", reason="password_change"),
     c.SsfVerification(stream_id="s1", state="abc"),
+    c.SsfStreamUpdated(stream_id="s1", status="enabled", reason="3 events dropped"),
 ]
 
 

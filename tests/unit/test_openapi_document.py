@@ -106,7 +106,9 @@ def test_form_schemas_say_what_the_server_accepts(document: tuple[Any, dict[str,
     assert [v["properties"]["grant_type"]["enum"] for v in token["oneOf"]] == [
         ["password"],
         ["refresh_token"],
+        ["client_credentials"],
     ]
+    assert token["oneOf"][2]["required"] == ["grant_type"]  # the client authenticates with HTTP Basic
     logout = form("POST", "/v1/auth/logout")
     assert logout["required"] is False  # the body is optional
     assert logout["properties"]["scope"]["enum"] == ["", "session", "others", "all"]

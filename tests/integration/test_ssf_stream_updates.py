@@ -1,0 +1,240 @@
+"""What the transmitter says about a stream itself (SSF 1.0 §8.1.1, §8.1.4.2, §8.1.5), against real
+PostgreSQL: min_verification_interval advertised and enforced with 429 + Retry-After, and the stream-updated
+SET a receiver gets, by poll and by push, when events older than the retention were dropped and when an
+operator pauses or enables its stream (`tokenlife ssf status`)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from typing import Any
+
+import httpx
+import pytest
+
+from auth_service.settings import AuthSettings
+from auth_service.ssf.updates import status_cli
+from tests.conftest import add_user, auth_env, free_port
+from tests.integration.test_ssf_poll import EMAIL, ISSUER, create_stream, login, poll, serving
+from tests.integration.test_ssf_push import push_stream
+from tests.ssf_receiver import (
+    RECEIVER_A,
+    RECEIVER_B,
+    STREAM_UPDATED,
+    PushReceiver,
+    bearer,
+    clients_json,
+    receiver_token,
+    summary,
+    verify_set,
+    wait_until,
+)
+
+pytestmark = pytest.mark.integration
+
+INTERVAL = 30
+RETENTION = 1.0  # seconds: what a stream has not received after this is dropped
+
+
+def _settings(monkeypatch: pytest.MonkeyPatch, database_url: str, **extra: str) -> AuthSettings:
+    for name in [n for n in os.environ if n.startswith("TOKENLIFE_") and "TEST" not in n]:
+        monkeypatch.delenv(name)
+    env = auth_env(database_url, TOKENLIFE_CLIENTS=clients_json(), **extra)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    return AuthSettings()
+
+
+async def _logout(client: httpx.AsyncClient) -> str:
+    session = await login(client, EMAIL)
+    response = await client.post("/v1/auth/logout", headers=bearer(session["access_token"]))
+    assert response.status_code == 200, response.text
+    return str(session["sid"])
+
+
+async def test_verification_sooner_than_the_interval_is_429_with_retry_after(
+    monkeypatch: pytest.MonkeyPatch, database_url: str
+) -> None:
+    settings = _settings(monkeypatch, database_url, TOKENLIFE_SSF_MIN_VERIFICATION_INTERVAL=str(INTERVAL))
+    async with serving(settings) as (client, _app):
+        token_a, token_b = await receiver_token(client, RECEIVER_A), await receiver_token(client, RECEIVER_B)
+        config = await create_stream(client, token_a)
+        assert config["min_verification_interval"] == INTERVAL  # transmitter-supplied (§8.1.1)
+        a, other = config["stream_id"], (await create_stream(client, token_a))["stream_id"]
+        b = (await create_stream(client, token_b))["stream_id"]
+
+        first = await client.post("/ssf/verify", json={"stream_id": a, "state": "1"}, headers=bearer(token_a))
+        assert first.status_code == 204, first.text
+        again = await client.post("/ssf/verify", json={"stream_id": a, "state": "2"}, headers=bearer(token_a))
+        assert again.status_code == 429, again.text
+        assert 1 <= int(again.headers["Retry-After"]) <= INTERVAL
+        assert again.json()["error"] == "temporarily_unavailable"
+        assert "min_verification_interval" in again.json()["error_description"]
+        # The interval is per stream; another receiver's stream is still unknown (404), never 429.
+        assert (
+            await client.post("/ssf/verify", json={"stream_id": other}, headers=bearer(token_a))
+        ).status_code == 204
+        assert (
+            await client.post("/ssf/verify", json={"stream_id": b}, headers=bearer(token_a))
+        ).status_code == 404
+        # Only the first request of `a` became a SET.
+        sets, _ = await poll(client, token_a, a)
+        assert [c["events"] for _, c in sets] == [
+            {"https://schemas.openid.net/secevent/ssf/event-type/verification": {"state": "1"}}
+        ]
+
+
+async def test_a_poll_stream_behind_the_retention_is_told_by_a_stream_updated_set(
+    monkeypatch: pytest.MonkeyPatch, database_url: str
+) -> None:
+    await add_user(database_url, EMAIL)
+    settings = _settings(monkeypatch, database_url, TOKENLIFE_SSF_RETENTION=str(RETENTION))
+    async with serving(settings) as (client, _app):
+        token = await receiver_token(client, RECEIVER_A)
+        stream_id = (await create_stream(client, token))["stream_id"]
+        await _logout(client)  # never polled in time: dropped
+        await asyncio.sleep(RETENTION + 0.5)
+        young = await _logout(client)
+        sets, _ = await poll(client, token, stream_id)
+        kinds = [summary(claims) for _, claims in sets]
+        assert kinds[0] == ("session-revoked", kinds[0][1], young)
+        assert kinds[1] == ("stream-updated", stream_id, None)
+        assert len(kinds) == 2
+        [(event_type, event)] = sets[1][1]["events"].items()
+        assert event_type == STREAM_UPDATED
+        assert event["status"] == "enabled"
+        assert "were dropped" in event["reason"]
+        status = await client.get("/ssf/status", params={"stream_id": stream_id}, headers=bearer(token))
+        assert status.json()["reason"] == event["reason"]
+        # Acknowledged, it is not sent again; nothing else is.
+        assert (await poll(client, token, stream_id, ack=[j for j, _ in sets]))[0] == []
+
+
+async def test_a_push_stream_behind_the_retention_is_told_by_a_stream_updated_set(
+    monkeypatch: pytest.MonkeyPatch, database_url: str
+) -> None:
+    await add_user(database_url, EMAIL)
+    receiver = PushReceiver(free_port())
+    await receiver.start()
+    try:
+        quiet = {"TOKENLIFE_SSF_RETENTION": str(RETENTION), "TOKENLIFE_SSF_PUSH_MAX_BACKOFF": "0.2"}
+        # No deliverer at first: the stream falls behind while nobody pushes.
+        async with serving(_settings(monkeypatch, database_url, **quiet)) as (client, _app):
+            _token, stream_id = await push_stream(client, RECEIVER_A, receiver.url)
+            await _logout(client)
+        await asyncio.sleep(RETENTION + 0.5)
+        on = _settings(monkeypatch, database_url, TOKENLIFE_SSF_ENABLED="true", **quiet)
+        async with serving(on) as (client, _app):
+            await wait_until(lambda: receiver.distinct() >= 1, 20.0, "the stream-updated SET")
+            jwks = (await client.get("/.well-known/jwks.json")).json()
+            claims: list[dict[str, Any]] = [
+                verify_set(v, jwks, ISSUER, RECEIVER_A[0]) for v in receiver.received
+            ]
+            assert {summary(c) for c in claims} == {("stream-updated", stream_id, None)}
+            [(_type, event)] = claims[0]["events"].items()
+            assert event["status"] == "enabled"
+            assert "were dropped" in event["reason"]
+    finally:
+        await receiver.stop()
+
+
+def _status_cli(settings: AuthSettings, stream_id: str, status: str, reason: str) -> tuple[int, str]:
+    """`tokenlife ssf status`, as the command runs it (its own event loop, engine and connection)."""
+    return status_cli(settings, stream_id, status, reason)  # type: ignore[arg-type]
+
+
+async def _stream_status(client: httpx.AsyncClient, token: str, stream_id: str) -> dict[str, Any]:
+    response = await client.get("/ssf/status", params={"stream_id": stream_id}, headers=bearer(token))
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+async def test_an_operator_pause_reaches_a_poll_receiver_before_the_stream_stops(
+    monkeypatch: pytest.MonkeyPatch, database_url: str
+) -> None:
+    await add_user(database_url, EMAIL)
+    settings = _settings(monkeypatch, database_url)
+    async with serving(settings) as (client, _app):
+        token = await receiver_token(client, RECEIVER_A)
+        stream_id = (await create_stream(client, token))["stream_id"]
+        first = await _logout(client)
+        code, said = await asyncio.to_thread(_status_cli, settings, stream_id, "paused", "maintenance")
+        assert code == 0
+        assert "once its receiver got" in said
+        assert (await _stream_status(client, token, stream_id))["status"] == "enabled"  # not yet told
+        # Another change waits until the receiver has been told of this one.
+        code, said = await asyncio.to_thread(_status_cli, settings, stream_id, "enabled", "never mind")
+        assert code == 1
+        assert "still to be told it is paused" in said
+        held = await _logout(client)
+
+        sets, more = await poll(client, token, stream_id)
+        assert [summary(claims) for _, claims in sets] == [
+            ("session-revoked", summary(sets[0][1])[1], first),
+            ("stream-updated", stream_id, None),  # the last SET before the stream stops
+        ]
+        assert not more
+        assert sets[1][1]["events"] == {STREAM_UPDATED: {"status": "paused", "reason": "maintenance"}}
+        assert (await poll(client, token, stream_id, ack=[j for j, _ in sets]))[0] == []
+        assert await _stream_status(client, token, stream_id) == {
+            "stream_id": stream_id,
+            "status": "paused",
+            "reason": "maintenance",
+        }
+
+        code, said = await asyncio.to_thread(_status_cli, settings, stream_id, "enabled", "back")
+        assert code == 0
+        assert "is enabled" in said
+        assert (await _stream_status(client, token, stream_id))["status"] == "enabled"
+        sets, _ = await poll(client, token, stream_id)
+        assert [summary(claims)[0::2] for _, claims in sets] == [
+            ("session-revoked", held),  # what was held while paused, then the news
+            ("stream-updated", None),
+        ]
+        assert sets[1][1]["events"] == {STREAM_UPDATED: {"status": "enabled", "reason": "back"}}
+        assert await asyncio.to_thread(_status_cli, settings, "no-such-stream", "paused", "x") == (
+            1,
+            "no stream no-such-stream",
+        )
+
+
+async def test_an_operator_pause_reaches_a_push_receiver_before_the_stream_stops(
+    monkeypatch: pytest.MonkeyPatch, database_url: str
+) -> None:
+    await add_user(database_url, EMAIL)
+    receiver = PushReceiver(free_port())
+    await receiver.start()
+    settings = _settings(
+        monkeypatch, database_url, TOKENLIFE_SSF_ENABLED="true", TOKENLIFE_SSF_PUSH_MAX_BACKOFF="0.2"
+    )
+    try:
+        async with serving(settings) as (client, _app):
+            token, stream_id = await push_stream(client, RECEIVER_A, receiver.url)
+            first = await _logout(client)
+            await wait_until(lambda: receiver.distinct() >= 1, 20.0, "the first SET")
+            await asyncio.to_thread(_status_cli, settings, stream_id, "paused", "maintenance")
+
+            async def paused() -> bool:
+                return bool((await _stream_status(client, token, stream_id))["status"] == "paused")
+
+            deadline = asyncio.get_running_loop().time() + 20
+            while not await paused():
+                assert asyncio.get_running_loop().time() < deadline, "the stream never took the pause"
+                await asyncio.sleep(0.05)
+            held = await _logout(client)
+            await asyncio.to_thread(_status_cli, settings, stream_id, "enabled", "back")
+            await wait_until(lambda: receiver.distinct() >= 4, 20.0, "the held SET and the news")
+
+            jwks = (await client.get("/.well-known/jwks.json")).json()
+            claims = [verify_set(v, jwks, ISSUER, RECEIVER_A[0]) for v in receiver.received]
+            unique = list({c["jti"]: c for c in claims}.values())
+            assert [summary(c)[0::2] for c in unique] == [
+                ("session-revoked", first),
+                ("stream-updated", None),
+                ("session-revoked", held),
+                ("stream-updated", None),
+            ]
+            assert [c["events"][STREAM_UPDATED]["status"] for c in unique[1::2]] == ["paused", "enabled"]
+    finally:
+        await receiver.stop()
