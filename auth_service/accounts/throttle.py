@@ -40,17 +40,24 @@ class LoginThrottle:
     def _rule(self, key: str) -> BackoffRule:
         return self.address_rule if key.startswith("address:") else self.rule
 
+    async def _read(
+        self, conn: AsyncConnection, now: datetime, keys: tuple[str, ...]
+    ) -> tuple[int, frozenset[str]]:
+        rows = (await conn.execute(select(login_failures).where(login_failures.c.key.in_(keys)))).all()
+        waits = (wait_seconds(self._rule(r.key), r.failures, r.first_at, r.last_at, now) for r in rows)
+        return max(waits, default=0), frozenset(r.key for r in rows)
+
     async def retry_after(self, conn: AsyncConnection, now: datetime, *keys: str) -> int:
         """Seconds to wait before another attempt for any of the keys (0: go ahead)."""
-        rows = await conn.execute(select(login_failures).where(login_failures.c.key.in_(keys)))
-        waits = (wait_seconds(self._rule(r.key), r.failures, r.first_at, r.last_at, now) for r in rows)
-        return max(waits, default=0)
+        return (await self._read(conn, now, keys))[0]
 
-    async def check(self, conn: AsyncConnection, now: datetime, *keys: str) -> None:
-        """Raise TooManyAttempts (429 + Retry-After) while any of the keys must wait."""
-        wait = await self.retry_after(conn, now, *keys)
+    async def check(self, conn: AsyncConnection, now: datetime, *keys: str) -> frozenset[str]:
+        """Raise TooManyAttempts (429 + Retry-After) while any of the keys must wait; else the keys that
+        have failures on record (a success need clear only those: most logins have none, and skip a write)."""
+        wait, recorded = await self._read(conn, now, keys)
         if wait:
             raise TooManyAttempts("too many failed password attempts; try again later", retry_after=wait)
+        return recorded
 
     async def failed_alone(self, engine: AsyncEngine, now: datetime, *keys: str) -> None:
         """Count a failure in a transaction of its own (the request's rolls back with the error)."""

@@ -148,7 +148,7 @@ async def password_grant(
     """Log in: check the password, start a session, issue the first access and refresh tokens."""
     email = username.strip().lower()
     keys = password_keys(email, client.address)
-    await ctx.throttle.check(conn, datetime.now(UTC), *keys)
+    recorded = await ctx.throttle.check(conn, datetime.now(UTC), *keys)
     user = (await conn.execute(select(users).where(users.c.email == email))).one_or_none()
     # argon2 takes tens of milliseconds of CPU: keep it off the event loop. An unknown user is checked against
     # a dummy hash, so both failures cost the same and answer the same.
@@ -156,7 +156,8 @@ async def password_grant(
     if user is None or not ok or user.disabled:
         await ctx.throttle.failed_alone(ctx.engine, datetime.now(UTC), *keys)
         raise InvalidGrant(BAD_CREDENTIALS)
-    await ctx.throttle.succeeded(conn, keys[0])
+    if keys[0] in recorded:  # a failure recorded since is kept: as if it came after this success
+        await ctx.throttle.succeeded(conn, keys[0])
     granted = grant_scope(scope, user.scopes, client.scopes)
     user_id = str(user.user_id)
     ttl = ctx.settings.refresh_token_ttl

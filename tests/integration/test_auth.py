@@ -486,10 +486,11 @@ async def test_the_docs_authorize_button_logs_in_through_the_password_grant(
     form = spec["paths"]["/oauth/token"]["post"]["requestBody"]["content"][
         "application/x-www-form-urlencoded"
     ]
-    password, refresh = form["schema"]["oneOf"]
+    password, refresh, client = form["schema"]["oneOf"]
     assert password["required"] == ["grant_type", "username", "password"]
     assert password["properties"]["grant_type"]["enum"] == ["password"]
     assert refresh["required"] == ["grant_type", "refresh_token"]
+    assert client["properties"]["grant_type"]["enum"] == ["client_credentials"]
     assert {"scope", "client_id"} <= set(password["properties"]) & set(refresh["properties"])
 
 
