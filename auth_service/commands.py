@@ -179,9 +179,7 @@ async def _keys(settings: AuthSettings, action: str, kid: str | None) -> int:
                     access_token_ttl=settings.access_token_ttl,
                 ) as writer:
                     try:
-                        event = await keystore.revoke(
-                            writer, conn, kid, kek, "operator", settings.signing_algorithm
-                        )
+                        event = await keystore.revoke(writer, conn, kid, kek, "operator")
                     except keystore.KeyError_ as exc:
                         _say(f"tokenlife: {exc}")
                         return 1

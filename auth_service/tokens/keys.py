@@ -164,7 +164,7 @@ async def revoke(
     kid: str,
     key_encryption_key: str,
     reason: str,
-    algorithm: Algorithm = DEFAULT_ALGORITHM,
+    algorithm: Algorithm | None = None,
 ) -> c.Event | None:
     """Revoke a key: it leaves the JWKS and a key.revoked event covers every token it signed (None: it was
     revoked already, nothing to tell).
@@ -172,14 +172,16 @@ async def revoke(
     Revoking the active key makes its successor first, outside the log's lock (RSA generation takes tens of
     milliseconds), and the log writer makes it active in the same transaction as the revocation, so the
     service never stands without a signing key and nothing slow runs while the lock is held. The successor
-    signs with `algorithm`."""
+    signs with `algorithm`, by default the revoked key's own: an emergency changes one thing, and verifiers
+    that accept only that algorithm keep working."""
     row = (await conn.execute(select(signing_keys).where(signing_keys.c.kid == kid))).one_or_none()
     if row is None:
         raise KeyError_(f"no signing key with kid {kid!r}")
     replacement = None
     if row.retired_at is None:
-        new_kid, jwk, encrypted = await asyncio.to_thread(_generate, key_encryption_key, algorithm)
-        replacement = NewSigningKey(new_kid, algorithm, jwk, encrypted, datetime.now(UTC))
+        alg = algorithm or (row.alg if row.alg in ALGORITHMS else DEFAULT_ALGORITHM)
+        new_kid, jwk, encrypted = await asyncio.to_thread(_generate, key_encryption_key, alg)
+        replacement = NewSigningKey(new_kid, alg, jwk, encrypted, datetime.now(UTC))
     decision = await writer.decide([RevokeKey(kid, reason, replacement)])
     # A retired key never becomes active again, so a key seen retired needs no successor (no RESIGN).
     if decision.verdict is not Verdict.DONE:

@@ -94,3 +94,25 @@ async def test_a_revoked_key_leaves_the_reloaded_ring(
     await _reload(engine, cache)
     assert set(cache.current().public_keys) == {new_kid}
     assert [jwk["kid"] for jwk in cache.current().jwks["keys"]] == [new_kid]
+
+
+async def test_revoking_the_active_key_makes_a_successor_of_its_algorithm(
+    engine: AsyncEngine, auth_settings: AuthSettings
+) -> None:
+    kek = auth_settings.key_encryption_key.get_secret_value()
+    async with engine.begin() as conn:
+        revoked = await keys.rotate(conn, kek, "RS256")
+    async with (
+        LogWriter.running(
+            asyncpg_dsn(auth_settings.database_url), lock_timeout_ms=5000, access_token_ttl=300
+        ) as writer,
+        engine.connect() as conn,
+    ):
+        await keys.revoke(writer, conn, revoked, kek, "compromised")
+    async with engine.connect() as conn:
+        ring = await keys.load(conn, kek, TTL)
+    # An emergency changes one thing: verifiers that accept only RS256 keep accepting the new tokens.
+    assert ring.active is not None
+    assert ring.active.kid != revoked
+    assert ring.active.alg == "RS256"
+    assert revoked not in ring.public_keys
