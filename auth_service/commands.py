@@ -268,6 +268,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     st.add_argument("stream_id")
     st.add_argument("status", choices=["enabled", "paused", "disabled"])
     st.add_argument("--reason", default="changed by the operator", help="the SET's and the status's reason")
+    st.add_argument(
+        "--force",
+        action="store_true",
+        help="pause or disable at once, not once the receiver took the SET (TOKENLIFE_SSF_STATUS_DEADLINE)",
+    )
     st.set_defaults(func=_ssf_status)
     clients = sub.add_parser("clients", help="registered clients").add_subparsers(
         dest="clients_command", required=True
@@ -280,7 +285,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 def _ssf_status(args: argparse.Namespace) -> int:
     from auth_service.ssf.updates import status_cli
 
-    code, said = status_cli(AuthSettings(), args.stream_id, args.status, args.reason)
+    code, said = status_cli(AuthSettings(), args.stream_id, args.status, args.reason, force=args.force)
     (_say if code == 0 else _complain)(said)
     return code
 
