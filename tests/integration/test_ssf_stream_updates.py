@@ -395,3 +395,55 @@ async def test_a_failed_verification_gives_back_only_its_own_mark(database_url: 
             "SELECT verified_at FROM ssf_streams WHERE stream_id = $1", row["stream_id"]
         )
         assert mark == first[1]
+
+
+async def test_a_stop_set_acknowledged_early_still_ends_what_a_poll_hands_out(
+    monkeypatch: pytest.MonkeyPatch, database_url: str
+) -> None:
+    await add_user(database_url, EMAIL)
+    async with serving(_settings(monkeypatch, database_url)) as (client, _app):
+        token = await receiver_token(client, RECEIVER_A)
+        stream_id = (await create_stream(client, token))["stream_id"]
+        first = await _logout(client)
+        engine = create_engine(database_url)
+        try:
+            await announcer(engine, 5000)(stream_id, "paused", "m")
+        finally:
+            await engine.dispose()
+        await _logout(client)  # after the pause: not for this stream until it is enabled again
+        sets, _ = await poll(client, token, stream_id)
+        assert [summary(c)[0::2] for _, c in sets] == [("session-revoked", first), ("stream-updated", None)]
+        # The receiver acknowledges the stop SET before the one ahead of it.
+        again, more = await poll(client, token, stream_id, ack=[sets[1][0]])
+        assert [jti for jti, _ in again] == [sets[0][0]]
+        assert not more
+        assert (await _stream_status(client, token, stream_id))["status"] == "enabled"
+        assert (await poll(client, token, stream_id, ack=[sets[0][0]]))[0] == []
+        assert (await _stream_status(client, token, stream_id))["status"] == "paused"
+
+
+async def test_a_receiver_flipping_its_stream_does_not_cancel_a_pending_operator_pause(
+    monkeypatch: pytest.MonkeyPatch, database_url: str
+) -> None:
+    # Disabled then enabled by its receiver, the stream's cursor jumps past the operator's pause SET: the
+    # command still pauses it when its deadline passes.
+    settings = _settings(monkeypatch, database_url, TOKENLIFE_SSF_STATUS_DEADLINE="2")
+    async with serving(settings) as (client, _app):
+        token = await receiver_token(client, RECEIVER_A)
+        stream_id = (await create_stream(client, token))["stream_id"]
+        command = asyncio.create_task(asyncio.to_thread(_status_cli, settings, stream_id, "paused", "ops"))
+        sets: list[tuple[str, dict[str, Any]]] = []
+        while not sets:
+            assert not command.done(), command.result()
+            sets, _ = await poll(client, token, stream_id)  # the pause's SET is in the log
+        for status in ("disabled", "enabled"):
+            body = {"stream_id": stream_id, "status": status}
+            assert (await client.post("/ssf/status", json=body, headers=bearer(token))).status_code == 200
+        code, said = await command
+        assert code == 0
+        assert "had not taken" in said
+        assert (await _stream_status(client, token, stream_id)) == {
+            "stream_id": stream_id,
+            "status": "paused",
+            "reason": "ops",
+        }

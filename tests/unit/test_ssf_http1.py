@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import ssl
 import struct
+import subprocess
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 import uvloop
@@ -229,3 +232,51 @@ def test_a_reset_idle_connection_is_replaced_under_uvloop() -> None:
     # Production runs uvloop (uvicorn[standard]), whose transports raise RuntimeError on a write after a
     # reset: the POST still goes out, on a new connection.
     uvloop.run(_reset_idle_connection_is_replaced())
+
+
+async def test_an_ipv6_literal_is_connected_to_and_named_in_host() -> None:
+    state = Server()
+    try:
+        listener = await asyncio.start_server(state.handle, "::1", 0)
+    except OSError:
+        pytest.skip("no IPv6 loopback on this machine")
+    state.port = listener.sockets[0].getsockname()[1]
+    async with listener:
+        conn = Connection(f"http://[::1]:{state.port}/length", timeout=2)
+        assert (await conn.post(b"x", {})).status == 400
+        conn.close()
+    assert f"Host: [::1]:{state.port}\r\n".encode() in state.requests[0]
+
+
+@pytest.fixture
+def self_signed(tmp_path: Path) -> tuple[Path, Path]:
+    """A key and a self-signed certificate for localhost (no trust store vouches for it)."""
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+         "-keyout", str(key), "-out", str(cert)],
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
+    return key, cert
+
+
+async def test_tls_checks_the_certificate_against_the_trust_store(self_signed: tuple[Path, Path]) -> None:
+    # A receiver whose certificate the system trust store does not vouch for is refused (no SET is sent
+    # to it); the handshake names the host (SNI).
+    names: list[str | None] = []
+
+    def sni(_sock: ssl.SSLObject, name: str | None, _ctx: ssl.SSLContext) -> None:
+        names.append(name)
+
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(self_signed[1], self_signed[0])
+    context.sni_callback = sni
+    state = Server()
+    listener = await asyncio.start_server(state.handle, "127.0.0.1", 0, ssl=context)
+    port = listener.sockets[0].getsockname()[1]
+    async with listener:
+        with pytest.raises(PushFailed, match="CERTIFICATE_VERIFY_FAILED"):
+            await Connection(f"https://localhost:{port}/length", timeout=2).post(b"x", {})
+    assert names == ["localhost"]
+    assert state.requests == []
