@@ -266,19 +266,18 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     st.add_argument("stream_id")
     st.add_argument("status", choices=["enabled", "paused", "disabled"])
     st.add_argument("--reason", default="changed by the operator", help="the SET's and the status's reason")
+    st.add_argument("--force", action="store_true", help="pause or disable now, not once the SET is taken")
     st.set_defaults(func=_ssf_status)
-    clients = sub.add_parser("clients", help="registered clients").add_subparsers(
-        dest="clients_command", required=True
-    )
-    clients.add_parser(
-        "secret", help="print a new client secret and the secret_hash to register for it"
-    ).set_defaults(func=_client_secret)
+    registered = sub.add_parser("clients", help="registered clients")
+    clients = registered.add_subparsers(dest="clients_command", required=True)
+    secret_help = "print a new client secret and the secret_hash to register for it"
+    clients.add_parser("secret", help=secret_help).set_defaults(func=_client_secret)
 
 
 def _ssf_status(args: argparse.Namespace) -> int:
     from auth_service.ssf.updates import status_cli
 
-    code, said = status_cli(AuthSettings(), args.stream_id, args.status, args.reason)
+    code, said = status_cli(AuthSettings(), args.stream_id, args.status, args.reason, force=args.force)
     (_say if code == 0 else _complain)(said)
     return code
 

@@ -137,6 +137,12 @@ class AuthSettings(BaseSettings):
     ssf_push_max_backoff: float = Field(default=30.0, gt=0, description="Longest wait between retries.")
     ssf_poll_max_wait: float = Field(default=25.0, gt=0, le=120, description="Longest hold of a long-poll.")
     ssf_min_verification_interval: int = Field(default=10, ge=0, description="Seconds between verifications.")
+    ssf_status_deadline: float = Field(
+        default=30.0,
+        ge=0,
+        description="Seconds `tokenlife ssf status` waits for a receiver to take the SET that pauses or"
+        " disables its stream before the stream takes that status all the same.",
+    )
 
     # Relay
     relay_enabled: bool = Field(default=True, description="Run the relay inside `tokenlife auth serve`.")

@@ -246,14 +246,14 @@ async def verify(request: Request, ctx: Context, receiver: Manager) -> Response:
     wanted = parse(VerificationRequest, await _body(request))
     interval = ctx.settings.ssf_min_verification_interval
     async with ctx.pg.acquire() as conn:
-        before = await streams.claim_verification(conn, receiver.client_id, wanted.stream_id, interval)
+        claim = await streams.claim_verification(conn, receiver.client_id, wanted.stream_id, interval)
     try:
         async with transaction(ctx) as tx:
             event = c.SsfVerification(stream_id=wanted.stream_id, state=wanted.state)
             await append(tx, [event], lock_timeout_ms=ctx.settings.lock_timeout_ms)
     except BaseException:
         async with ctx.pg.acquire() as conn:  # not sent: this request does not count against the interval
-            await streams.unclaim_verification(conn, wanted.stream_id, before)
+            await streams.unclaim_verification(conn, wanted.stream_id, claim)
         raise
     return Response(status_code=204)
 

@@ -7,13 +7,13 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
-from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from auth_service.contract.events import describe
 from auth_service.errors import InvalidRequest
 from auth_service.ssf.events import EVENTS_SUPPORTED, VERIFICATION
+from auth_service.ssf.http1 import endpoint
 
 PUSH: Literal["urn:ietf:rfc:8935"] = "urn:ietf:rfc:8935"
 POLL: Literal["urn:ietf:rfc:8936"] = "urn:ietf:rfc:8936"
@@ -114,7 +114,8 @@ class Checked:
 
 def check(delivery: Delivery | None, events: list[str] | None, *, allow_http: bool) -> Checked:
     """Accept a delivery and events_requested, or say why not: a method we do not offer, a push endpoint
-    that is not an absolute https URL (http too in dev mode), an event type we do not send."""
+    that is not an absolute https URL (http too in dev mode) the push client can send to (http1.endpoint:
+    its port, host, no userinfo or fragment), an event type we do not send."""
     if delivery is None:
         raise InvalidRequest("delivery is required")
     if delivery.method not in DELIVERY_METHODS:
@@ -125,10 +126,12 @@ def check(delivery: Delivery | None, events: list[str] | None, *, allow_http: bo
     if delivery.method == PUSH:
         if not url:
             raise InvalidRequest("push delivery needs delivery.endpoint_url")
-        parts = urlsplit(url)
-        schemes = ("https", "http") if allow_http else ("https",)
-        if parts.scheme not in schemes or not parts.hostname or parts.fragment:
-            raise InvalidRequest("delivery.endpoint_url must be an absolute https URL without a fragment")
+        try:
+            tls = endpoint(url).tls
+        except ValueError as exc:
+            raise InvalidRequest(f"delivery.endpoint_url: {exc}") from None
+        if not tls and not allow_http:
+            raise InvalidRequest("delivery.endpoint_url must be an absolute https URL")
     else:
         url = None  # poll: the transmitter supplies the URL (SSF 1.0 §8.1.1)
     requested = tuple(dict.fromkeys(events or ()))

@@ -70,6 +70,7 @@ class Deliverer:
         )
         self._task: asyncio.Task[None] | None = None
         self.pushers: dict[str, tuple[Pusher, asyncio.Task[None]]] = {}
+        self._refused: dict[str, str] = {}  # stream id -> the version that could not be run
         self.leading = False
 
     async def start(self) -> None:
@@ -142,21 +143,32 @@ class Deliverer:
             gone = [sid for sid, (p, _) in self.pushers.items() if wanted.get(sid) != p.stream]
             await self._stop_pushers(gone)
             for sid, stream in wanted.items():
-                if sid not in self.pushers:
-                    pusher = Pusher(
-                        stream,
-                        pool,
-                        tail,
-                        self._issuer,
-                        self._key,
-                        self._announce,
-                        timeout=self._push_timeout,
-                        max_backoff=self._max_backoff,
-                        retention=self._retention,
-                    )
-                    task = asyncio.create_task(pusher.run(), name=f"tokenlife-ssf-push-{sid}")
-                    self.pushers[sid] = (pusher, task)
+                if sid not in self.pushers and self._refused.get(sid) != stream.version:
+                    self._start(stream, pool, tail)
             await asyncio.sleep(self._refresh)
+
+    def _start(self, stream: streams.PushStream, pool: asyncpg.Pool, tail: LogTail) -> None:
+        # One stream that cannot be run (an endpoint stored before config.check refused its kind) is logged
+        # once per version of it and left alone: it never stops the other streams.
+        try:
+            pusher = Pusher(
+                stream,
+                pool,
+                tail,
+                self._issuer,
+                self._key,
+                self._announce,
+                timeout=self._push_timeout,
+                max_backoff=self._max_backoff,
+                retention=self._retention,
+            )
+        except Exception as exc:
+            self._refused[stream.stream_id] = stream.version
+            log.error("ssf: stream %s cannot be delivered: %r", stream.stream_id, exc)
+            return
+        self._refused.pop(stream.stream_id, None)
+        task = asyncio.create_task(pusher.run(), name=f"tokenlife-ssf-push-{stream.stream_id}")
+        self.pushers[stream.stream_id] = (pusher, task)
 
     async def _stop_pushers(self, stream_ids: list[str]) -> None:
         stopping = [self.pushers.pop(sid)[1] for sid in stream_ids if sid in self.pushers]

@@ -100,14 +100,16 @@ async def _advance(
             stop = next((s for _, body in chosen if (s := stopping(body))), None)
             if stop is not None:
                 break
-    if moved > cursor:
-        await streams.advance(conn, row["stream_id"], moved)
-        await conn.execute(
-            "DELETE FROM ssf_acks WHERE stream_id = $1 AND position <= $2", row["stream_id"], moved
-        )
-    if stop is not None:
-        await apply(conn, row["stream_id"], *stop)
-    return moved, stop is not None
+    stopped = False
+    async with conn.transaction():  # the cursor past a stop SET and the stream's new status: both or neither
+        if moved > cursor:
+            await streams.advance(conn, row["stream_id"], moved)
+            await conn.execute(
+                "DELETE FROM ssf_acks WHERE stream_id = $1 AND position <= $2", row["stream_id"], moved
+            )
+        if stop is not None:
+            stopped = await apply(conn, row["stream_id"], moved, *stop)
+    return moved, stopped
 
 
 async def _gather(
@@ -142,6 +144,8 @@ async def _gather(
             for entry in entries:
                 for index, body in for_stream(entry.bodies, view):
                     if (entry.position, index) in acked:
+                        if stopping(body):  # acknowledged early: still nothing after it (SSF 1.0 §8.1.5)
+                            return sets, False
                         continue
                     if len(sets) >= max_events:
                         return sets, True

@@ -123,10 +123,11 @@ class Pusher:
                     stop = stopping(body) or stop
                 done = entry.position
                 if stop is not None:  # sent before the stream stops (SSF 1.0 §8.1.5)
-                    async with self._pool.acquire() as conn:
+                    async with self._pool.acquire() as conn, conn.transaction():  # both or neither
                         await streams.advance(conn, self.stream.stream_id, done)
-                        await apply(conn, self.stream.stream_id, *stop)
-                    raise StreamStopped
+                        stopped = await apply(conn, self.stream.stream_id, done, *stop)
+                    if stopped:  # else a later change replaced it: the stream goes on
+                        raise StreamStopped
         finally:
             if done > cursor:
                 async with self._pool.acquire() as conn:

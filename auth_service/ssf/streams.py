@@ -128,21 +128,22 @@ def status_body(row: dict[str, Any]) -> dict[str, Any]:
     return body
 
 
-async def claim_verification(conn: Any, client_id: str, stream_id: str, interval: int) -> Any:
+async def claim_verification(conn: Any, client_id: str, stream_id: str, interval: int) -> tuple[Any, Any]:
     """Count a verification request against the stream's min_verification_interval (SSF 1.0 §8.1.1): the
-    check and the new mark are one UPDATE, so two requests at once cannot both pass. The previous mark (for
-    unclaim_verification); NotFound for a stream not the receiver's; TooManyAttempts (429) when too soon."""
+    check and the new mark are one UPDATE, so two requests at once cannot both pass. The previous mark and
+    the new one (for unclaim_verification); NotFound for a stream not the receiver's; TooManyAttempts (429)
+    when too soon."""
     row = await conn.fetchrow(
         """UPDATE ssf_streams s SET verified_at = now() FROM ssf_streams old
            WHERE s.stream_id = $1 AND s.client_id = $2 AND old.stream_id = s.stream_id
              AND (s.verified_at IS NULL OR s.verified_at <= now() - make_interval(secs => $3))
-           RETURNING old.verified_at""",
+           RETURNING old.verified_at, s.verified_at""",
         stream_id,
         client_id,
         float(interval),
     )
     if row is not None:
-        return row[0]
+        return row[0], row[1]
     await get(conn, client_id, stream_id)  # NotFound when it is not the receiver's
     wait = await conn.fetchval(
         "SELECT extract(epoch FROM verified_at + make_interval(secs => $2) - now()) FROM ssf_streams"
@@ -158,9 +159,16 @@ async def claim_verification(conn: Any, client_id: str, stream_id: str, interval
     )
 
 
-async def unclaim_verification(conn: Any, stream_id: str, before: Any) -> None:
-    """Put the mark back (the verification was not appended)."""
-    await conn.execute("UPDATE ssf_streams SET verified_at = $2 WHERE stream_id = $1", stream_id, before)
+async def unclaim_verification(conn: Any, stream_id: str, claim: tuple[Any, Any]) -> None:
+    """Put the previous mark back (the verification was not appended), unless a later request's claim
+    replaced this one's meanwhile."""
+    before, mark = claim
+    await conn.execute(
+        "UPDATE ssf_streams SET verified_at = $2 WHERE stream_id = $1 AND verified_at = $3",
+        stream_id,
+        before,
+        mark,
+    )
 
 
 async def set_subject(conn: Any, stream_id: str, user_id: str, included: bool) -> None:

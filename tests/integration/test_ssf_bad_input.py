@@ -54,6 +54,10 @@ async def test_stream_configurations_that_cannot_be_accepted_are_400(ssf_setting
             {"delivery": {"method": PUSH}},  # push without an endpoint
             {"delivery": {"method": PUSH, "endpoint_url": "ftp://receiver.example/events"}},
             {"delivery": {"method": PUSH, "endpoint_url": "/events"}},
+            {"delivery": {"method": PUSH, "endpoint_url": "https://receiver.example:99999/events"}},
+            {"delivery": {"method": PUSH, "endpoint_url": "https://receiver.example:abc/events"}},
+            {"delivery": {"method": PUSH, "endpoint_url": "https://u:p@receiver.example/events"}},
+            {"delivery": {"method": PUSH, "endpoint_url": "https://[::zz]/events"}},
             {"delivery": {"method": POLL}, "events_requested": ["urn:example:unknown-event"]},
             {"delivery": {"method": POLL}, "events_requested": "not a list"},
             {"delivery": {"method": POLL}, "description": "nul \x00 inside"},

@@ -8,10 +8,12 @@ import os
 from collections.abc import AsyncIterator
 from typing import Any
 
+import asyncpg
 import httpx
 import jwt as pyjwt
 import pytest
 
+from auth_service.db.engine import asyncpg_dsn
 from auth_service.settings import AuthSettings
 from tests.conftest import add_user, auth_env, free_port
 from tests.integration.test_ssf_poll import ISSUER, login, serving
@@ -145,3 +147,27 @@ async def test_a_failing_receiver_loses_nothing_and_delays_no_other(
         # Nothing lost, nothing reordered (a retry after a timeout may repeat one: dropped by jti).
         assert await sessions_of(client, failing, RECEIVER_A[0]) == before + during + after
         assert failing.attempts > failing.distinct() or fault == "down"  # it did fail, and was retried
+
+
+async def test_a_stream_whose_endpoint_cannot_be_used_stops_no_other(
+    push_settings: AuthSettings, database_url: str, receivers: tuple[PushReceiver, PushReceiver]
+) -> None:
+    # An endpoint stored before config.check refused its kind (here: a port out of range, written past the
+    # API) is logged and left alone; the leader keeps delivering every other stream.
+    await add_user(database_url, EMAIL)
+    _, healthy = receivers
+    async with serving(push_settings) as (client, _app):
+        _token, broken = await push_stream(client, RECEIVER_A, f"http://127.0.0.1:{free_port()}/x")
+        conn = await asyncpg.connect(asyncpg_dsn(database_url))
+        try:
+            await conn.execute(
+                "UPDATE ssf_streams SET endpoint_url = 'https://h.example:99999/x', updated_at = now()"
+                " WHERE stream_id = $1",
+                broken,
+            )
+        finally:
+            await conn.close()
+        await push_stream(client, RECEIVER_B, healthy.url)
+        sids = await logouts(client, 2)
+        await wait_until(lambda: healthy.distinct() >= 2, WITHIN, "the other stream's SETs")
+        assert await sessions_of(client, healthy, RECEIVER_B[0]) == sids

@@ -7,13 +7,20 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 
+from auth_service.db.engine import asyncpg_dsn, create_engine
+from auth_service.log.store import APPEND_LOCK_KEY
 from auth_service.settings import AuthSettings
-from auth_service.ssf.updates import status_cli
+from auth_service.ssf import streams
+from auth_service.ssf.config import POLL, Checked
+from auth_service.ssf.updates import announcer, status_cli
 from tests.conftest import add_user, auth_env, free_port
 from tests.integration.test_ssf_poll import EMAIL, ISSUER, create_stream, login, poll, serving
 from tests.integration.test_ssf_push import push_stream
@@ -138,9 +145,20 @@ async def test_a_push_stream_behind_the_retention_is_told_by_a_stream_updated_se
         await receiver.stop()
 
 
-def _status_cli(settings: AuthSettings, stream_id: str, status: str, reason: str) -> tuple[int, str]:
+def _status_cli(
+    settings: AuthSettings, stream_id: str, status: str, reason: str, force: bool = False
+) -> tuple[int, str]:
     """`tokenlife ssf status`, as the command runs it (its own event loop, engine and connection)."""
-    return status_cli(settings, stream_id, status, reason)  # type: ignore[arg-type]
+    return status_cli(settings, stream_id, status, reason, force=force)  # type: ignore[arg-type]
+
+
+@asynccontextmanager
+async def _db(database_url: str) -> AsyncIterator[asyncpg.Connection]:
+    conn = await asyncpg.connect(asyncpg_dsn(database_url))
+    try:
+        yield conn
+    finally:
+        await conn.close()
 
 
 async def _stream_status(client: httpx.AsyncClient, token: str, stream_id: str) -> dict[str, Any]:
@@ -159,14 +177,15 @@ async def test_an_operator_pause_reaches_a_poll_receiver_before_the_stream_stops
         token = await receiver_token(client, RECEIVER_A)
         stream_id = (await create_stream(client, token))["stream_id"]
         first = await _logout(client)
-        code, said = await asyncio.to_thread(_status_cli, settings, stream_id, "paused", "maintenance")
-        assert code == 0
-        assert "once its receiver got" in said
+        # The command waits (up to ssf_status_deadline) for the receiver to take the SET.
+        command = asyncio.create_task(
+            asyncio.to_thread(_status_cli, settings, stream_id, "paused", "maintenance")
+        )
+        sets: list[tuple[str, dict[str, Any]]] = []
+        while len(sets) < 2:
+            assert not command.done(), command.result()
+            sets, more = await poll(client, token, stream_id)
         assert (await _stream_status(client, token, stream_id))["status"] == "enabled"  # not yet told
-        # Another change waits until the receiver has been told of this one.
-        code, said = await asyncio.to_thread(_status_cli, settings, stream_id, "enabled", "never mind")
-        assert code == 1
-        assert "still to be told it is paused" in said
         held = await _logout(client)
 
         sets, more = await poll(client, token, stream_id)
@@ -177,6 +196,9 @@ async def test_an_operator_pause_reaches_a_poll_receiver_before_the_stream_stops
         assert not more
         assert sets[1][1]["events"] == {STREAM_UPDATED: {"status": "paused", "reason": "maintenance"}}
         assert (await poll(client, token, stream_id, ack=[j for j, _ in sets]))[0] == []
+        code, said = await command
+        assert code == 0
+        assert "its receiver got the stream-updated SET" in said
         assert await _stream_status(client, token, stream_id) == {
             "stream_id": stream_id,
             "status": "paused",
@@ -238,3 +260,190 @@ async def test_an_operator_pause_reaches_a_push_receiver_before_the_stream_stops
             assert [c["events"][STREAM_UPDATED]["status"] for c in unique[1::2]] == ["paused", "enabled"]
     finally:
         await receiver.stop()
+
+
+async def test_a_receiver_that_never_takes_the_set_cannot_veto_an_operator_pause(
+    monkeypatch: pytest.MonkeyPatch, database_url: str
+) -> None:
+    # A receiver answering 500 forever (the likely reason to pause it): the stream is paused once the
+    # deadline passed; enabled again, it gets the pause's SET and then the enabling's, and stays enabled
+    # (the later change replaced the earlier one, which does not pause it again when delivered).
+    await add_user(database_url, EMAIL)
+    receiver = PushReceiver(free_port())
+    await receiver.start()
+    settings = _settings(
+        monkeypatch,
+        database_url,
+        TOKENLIFE_SSF_ENABLED="true",
+        TOKENLIFE_SSF_PUSH_MAX_BACKOFF="0.2",
+        TOKENLIFE_SSF_STATUS_DEADLINE="1",
+    )
+    try:
+        async with serving(settings) as (client, _app):
+            token, stream_id = await push_stream(client, RECEIVER_A, receiver.url)
+            receiver.status = 500
+            code, said = await asyncio.to_thread(_status_cli, settings, stream_id, "paused", "failing")
+            assert code == 0
+            assert "had not taken the stream-updated SET within 1 s" in said
+            assert (await _stream_status(client, token, stream_id))["status"] == "paused"
+            attempts = receiver.attempts
+            assert attempts >= 1  # it was sent
+            receiver.status = 202
+            code, said = await asyncio.to_thread(_status_cli, settings, stream_id, "enabled", "back")
+            assert (code, said) == (
+                0,
+                f"stream {stream_id} is enabled; its receiver gets a stream-updated SET",
+            )
+            await wait_until(lambda: receiver.distinct() >= 2, 20.0, "the pause's SET and the enabling's")
+            jwks = (await client.get("/.well-known/jwks.json")).json()
+            claims = [verify_set(v, jwks, ISSUER, RECEIVER_A[0]) for v in receiver.received]
+            unique = list({c["jti"]: c for c in claims}.values())
+            assert [c["events"][STREAM_UPDATED]["status"] for c in unique] == ["paused", "enabled"]
+            await asyncio.sleep(1.5)  # a deliverer refresh or so: the delivered pause changed nothing
+            assert (await _stream_status(client, token, stream_id))["status"] == "enabled"
+            # --force: at once.
+            receiver.status = 500
+            code, said = await asyncio.to_thread(_status_cli, settings, stream_id, "disabled", "x", True)
+            assert code == 0
+            assert "within 0 s" in said
+            assert (await _stream_status(client, token, stream_id))["status"] == "disabled"
+    finally:
+        await receiver.stop()
+
+
+async def test_an_operator_change_and_its_set_are_one_transaction(
+    monkeypatch: pytest.MonkeyPatch, database_url: str
+) -> None:
+    await add_user(database_url, EMAIL)
+    settings = _settings(monkeypatch, database_url, TOKENLIFE_LOCK_TIMEOUT_MS="200")
+    async with serving(settings) as (client, _app):
+        token = await receiver_token(client, RECEIVER_A)
+        stream_id = (await create_stream(client, token))["stream_id"]
+        body = {"stream_id": stream_id, "status": "paused"}
+        assert (await client.post("/ssf/status", json=body, headers=bearer(token))).status_code == 200
+        assert await asyncio.to_thread(_status_cli, settings, stream_id, "enabled", "x" * 513) == (
+            1,
+            "--reason is 513 characters long: at most 512",
+        )
+        async with _db(database_url) as holder, holder.transaction():
+            await holder.execute("SELECT pg_advisory_xact_lock($1)", APPEND_LOCK_KEY)  # the log is busy
+            code, said = await asyncio.to_thread(_status_cli, settings, stream_id, "enabled", "back")
+        assert code == 1
+        assert "append lock" in said
+        assert (await _stream_status(client, token, stream_id))["status"] == "paused"  # nothing changed
+        code, said = await asyncio.to_thread(_status_cli, settings, stream_id, "enabled", "back")
+        assert code == 0
+        assert (await _stream_status(client, token, stream_id))["status"] == "enabled"
+        sets, _ = await poll(client, token, stream_id)
+        assert [s[1]["events"] for s in sets] == [{STREAM_UPDATED: {"status": "enabled", "reason": "back"}}]
+
+
+async def test_a_failure_passing_the_pause_moves_neither_the_cursor_nor_the_status(
+    monkeypatch: pytest.MonkeyPatch, database_url: str
+) -> None:
+    # The stream's cursor past the stop SET and its new status are one transaction: a failure taking the
+    # status (here a trigger refusing it) leaves the cursor before the SET, so the pause is not lost.
+    await add_user(database_url, EMAIL)
+    settings = _settings(monkeypatch, database_url)
+    async with serving(settings) as (client, _app):
+        token = await receiver_token(client, RECEIVER_A)
+        stream_id = (await create_stream(client, token))["stream_id"]
+        await _logout(client)
+        engine = create_engine(database_url)
+        try:
+            await announcer(engine, 5000)(stream_id, "paused", "m")  # what `tokenlife ssf status` appends
+        finally:
+            await engine.dispose()
+        sets, _ = await poll(client, token, stream_id)
+        assert [summary(c)[0] for _, c in sets] == ["session-revoked", "stream-updated"]
+        async with _db(database_url) as conn:
+            before = await conn.fetchval("SELECT cursor FROM ssf_streams WHERE stream_id = $1", stream_id)
+            await conn.execute(
+                """CREATE FUNCTION refuse_pause() RETURNS trigger LANGUAGE plpgsql AS $$
+                   BEGIN IF NEW.status = 'paused' THEN RAISE EXCEPTION 'refused'; END IF; RETURN NEW; END $$;
+                   CREATE TRIGGER refuse_pause BEFORE UPDATE ON ssf_streams
+                   FOR EACH ROW EXECUTE FUNCTION refuse_pause()"""
+            )
+            with pytest.raises(asyncpg.RaiseError, match="refused"):  # not an outage: raised as it is
+                await client.post(
+                    f"/ssf/poll/{stream_id}",
+                    json={"returnImmediately": True, "ack": [j for j, _ in sets]},
+                    headers=bearer(token),
+                )
+            after = await conn.fetchrow(
+                "SELECT cursor, status FROM ssf_streams WHERE stream_id = $1", stream_id
+            )
+            assert (after["cursor"], after["status"]) == (before, "enabled")
+            await conn.execute("DROP TRIGGER refuse_pause ON ssf_streams")
+        sets, _ = await poll(client, token, stream_id, ack=[j for j, _ in sets])
+        assert sets == []
+        assert (await _stream_status(client, token, stream_id))["status"] == "paused"
+
+
+async def test_a_failed_verification_gives_back_only_its_own_mark(database_url: str) -> None:
+    async with _db(database_url) as conn:
+        row = await streams.create(conn, "receiver", Checked(POLL, None, None, ()), None)
+        first = await streams.claim_verification(conn, "receiver", row["stream_id"], 0)
+        second = await streams.claim_verification(conn, "receiver", row["stream_id"], 0)
+        await streams.unclaim_verification(conn, row["stream_id"], first)  # the first one's append failed
+        mark = await conn.fetchval(
+            "SELECT verified_at FROM ssf_streams WHERE stream_id = $1", row["stream_id"]
+        )
+        assert mark == second[1]
+        await streams.unclaim_verification(conn, row["stream_id"], second)
+        mark = await conn.fetchval(
+            "SELECT verified_at FROM ssf_streams WHERE stream_id = $1", row["stream_id"]
+        )
+        assert mark == first[1]
+
+
+async def test_a_stop_set_acknowledged_early_still_ends_what_a_poll_hands_out(
+    monkeypatch: pytest.MonkeyPatch, database_url: str
+) -> None:
+    await add_user(database_url, EMAIL)
+    async with serving(_settings(monkeypatch, database_url)) as (client, _app):
+        token = await receiver_token(client, RECEIVER_A)
+        stream_id = (await create_stream(client, token))["stream_id"]
+        first = await _logout(client)
+        engine = create_engine(database_url)
+        try:
+            await announcer(engine, 5000)(stream_id, "paused", "m")
+        finally:
+            await engine.dispose()
+        await _logout(client)  # after the pause: not for this stream until it is enabled again
+        sets, _ = await poll(client, token, stream_id)
+        assert [summary(c)[0::2] for _, c in sets] == [("session-revoked", first), ("stream-updated", None)]
+        # The receiver acknowledges the stop SET before the one ahead of it.
+        again, more = await poll(client, token, stream_id, ack=[sets[1][0]])
+        assert [jti for jti, _ in again] == [sets[0][0]]
+        assert not more
+        assert (await _stream_status(client, token, stream_id))["status"] == "enabled"
+        assert (await poll(client, token, stream_id, ack=[sets[0][0]]))[0] == []
+        assert (await _stream_status(client, token, stream_id))["status"] == "paused"
+
+
+async def test_a_receiver_flipping_its_stream_does_not_cancel_a_pending_operator_pause(
+    monkeypatch: pytest.MonkeyPatch, database_url: str
+) -> None:
+    # Disabled then enabled by its receiver, the stream's cursor jumps past the operator's pause SET: the
+    # command still pauses it when its deadline passes.
+    settings = _settings(monkeypatch, database_url, TOKENLIFE_SSF_STATUS_DEADLINE="2")
+    async with serving(settings) as (client, _app):
+        token = await receiver_token(client, RECEIVER_A)
+        stream_id = (await create_stream(client, token))["stream_id"]
+        command = asyncio.create_task(asyncio.to_thread(_status_cli, settings, stream_id, "paused", "ops"))
+        sets: list[tuple[str, dict[str, Any]]] = []
+        while not sets:
+            assert not command.done(), command.result()
+            sets, _ = await poll(client, token, stream_id)  # the pause's SET is in the log
+        for status in ("disabled", "enabled"):
+            body = {"stream_id": stream_id, "status": status}
+            assert (await client.post("/ssf/status", json=body, headers=bearer(token))).status_code == 200
+        code, said = await command
+        assert code == 0
+        assert "had not taken" in said
+        assert (await _stream_status(client, token, stream_id)) == {
+            "stream_id": stream_id,
+            "status": "paused",
+            "reason": "ops",
+        }
