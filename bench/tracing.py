@@ -25,7 +25,7 @@ import time
 from collections.abc import MutableMapping, Sequence
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, cast
 
 from bench.results import Results, median_p99
 
@@ -177,7 +177,10 @@ def _worker(case: str) -> None:
 
         # As _build wires it: the refusal hook (never called on an accepted request).
         guard._on_revoked = FeedTraces(tracing.tracer, settings.exchange).refused
-    app.state.runtime = SimpleNamespace(guard=guard)
+    # The guard the routes ask for, without the lifespan's feed (nothing to connect to here): set on the app's
+    # Protection (install() put it in the app's lifespan), where the running lifespan would put its Runtime.
+    protection = cast(Any, app.router.lifespan_context).protection
+    protection._runtime = SimpleNamespace(guard=guard)
     token = fixtures.token(setup.key)
     header = f"Bearer {token}"
     headers = [(b"host", b"bench"), (b"authorization", header.encode("latin-1"))]
