@@ -45,13 +45,24 @@ from bench.stack import (
 ROUNDS = 2
 # Where a refresh's time goes, profiled apart from the run (py-spy, see the module's closing note).
 REFRESH_PROFILE = (
-    "py-spy at saturation (refresh closed loop, 64 connections, 2026-12-05): RS256 signing of the new access "
-    "token 28% of the auth process's samples, the pool read of the token's state 14%, the log writer 8%, "
-    "FastAPI, Starlette and uvicorn around the route most of the rest; per batch of about 10 refreshes the "
-    "append function held the lock 0.75 ms (measured apart: the event_log INSERT is the largest statement, "
-    "then the sessions' last_refreshed_at and the refresh-token rows), so the hold per event is per-batch "
-    "cost over small batches; a PyJWT signature took 350 us with RS256 against 56 us with ES256 on this "
-    "machine that day (bench/jwt_algorithms.py measures both)"
+    "py-spy at saturation (refresh closed loop, 64 connections, ES256, 2026-12-05 13:53): the refresh use "
+    "case 31% of the auth process's samples, of which the ES256 signature 9-11% (it was 28% with RS256), "
+    "the pool read of the token's state 10%, sealing the successor 3%; the log writer 18% (its batch's "
+    "statement and arguments 8%), the relay's pump 9%; uvicorn, Starlette and FastAPI around the route "
+    "most of the rest (the access log 5%)"
+)
+LOGIN_PROFILE = (
+    "py-spy at saturation (login closed loop, 64 connections, 2026-12-05 13:53): SQLAlchemy 27% of the auth "
+    "process's samples (the throttle's read 6%, the user's row 6%, the request's own transaction 7%), "
+    "asyncpg 17%, the log writer 9%, the bench-only cheap argon2 check 6% (in a thread), the ES256 "
+    "signature 4%: the login's reads go through SQLAlchemy in a transaction of their own, where the "
+    "refresh's are one asyncpg query on the pool; that is the next step"
+)
+LOCK_PROFILE = (
+    "the writer's own counters: the lock is held per batch, for the append function's statements (the "
+    "event_log INSERT, then the session's and the refresh tokens' rows); at ~1,650 refreshes/s it was held "
+    "about a sixth of the time, and the auth process's CPU, not the lock, bounds the rate (two processes "
+    "on the same lock served more than one)"
 )
 PER_CLOSED = 15_000  # refresh tokens a closed round may use (never one twice: a repeat is another path)
 OFFERED_RATE = 500
