@@ -7,6 +7,7 @@ live in the `login_failures` table, so N instances behind a load balancer do not
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import datetime, timedelta
 
 from sqlalchemy import case, delete, select
@@ -16,6 +17,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from auth_service.accounts.backoff import BackoffRule, wait_seconds
 from auth_service.db.tables import login_failures
 from auth_service.errors import TooManyAttempts
+
+# A failure on record: its key, failures, first_at, last_at.
+Record = tuple[str, int, datetime, datetime]
 
 
 def password_keys(email: str, address: str | None) -> tuple[str, str]:
@@ -44,8 +48,20 @@ class LoginThrottle:
         self, conn: AsyncConnection, now: datetime, keys: tuple[str, ...]
     ) -> tuple[int, frozenset[str]]:
         rows = (await conn.execute(select(login_failures).where(login_failures.c.key.in_(keys)))).all()
-        waits = (wait_seconds(self._rule(r.key), r.failures, r.first_at, r.last_at, now) for r in rows)
-        return max(waits, default=0), frozenset(r.key for r in rows)
+        return self.wait(((r.key, r.failures, r.first_at, r.last_at) for r in rows), now)
+
+    def wait(self, records: Iterable[Record], now: datetime) -> tuple[int, frozenset[str]]:
+        """Seconds to wait for these failure records (key, failures, first_at, last_at), and their keys."""
+        seen = list(records)
+        waits = (wait_seconds(self._rule(key), n, first, last, now) for key, n, first, last in seen)
+        return max(waits, default=0), frozenset(key for key, *_ in seen)
+
+    def check_records(self, records: Iterable[Record], now: datetime) -> frozenset[str]:
+        """check() over records read elsewhere (the login's one query): TooManyAttempts, or their keys."""
+        wait, recorded = self.wait(records, now)
+        if wait:
+            raise TooManyAttempts("too many failed password attempts; try again later", retry_after=wait)
+        return recorded
 
     async def retry_after(self, conn: AsyncConnection, now: datetime, *keys: str) -> int:
         """Seconds to wait before another attempt for any of the keys (0: go ahead)."""
@@ -54,10 +70,8 @@ class LoginThrottle:
     async def check(self, conn: AsyncConnection, now: datetime, *keys: str) -> frozenset[str]:
         """Raise TooManyAttempts (429 + Retry-After) while any of the keys must wait; else the keys that
         have failures on record (a success need clear only those: most logins have none, and skip a write)."""
-        wait, recorded = await self._read(conn, now, keys)
-        if wait:
-            raise TooManyAttempts("too many failed password attempts; try again later", retry_after=wait)
-        return recorded
+        rows = (await conn.execute(select(login_failures).where(login_failures.c.key.in_(keys)))).all()
+        return self.check_records(((r.key, r.failures, r.first_at, r.last_at) for r in rows), now)
 
     async def failed_alone(self, engine: AsyncEngine, now: datetime, *keys: str) -> None:
         """Count a failure in a transaction of its own (the request's rolls back with the error)."""
@@ -80,6 +94,11 @@ class LoginThrottle:
                     },
                 )
             )
+
+    async def succeeded_alone(self, engine: AsyncEngine, key: str) -> None:
+        """succeeded() in a transaction of its own."""
+        async with engine.begin() as own:
+            await self.succeeded(own, key)
 
     async def succeeded(self, conn: AsyncConnection, key: str) -> None:
         """Forget the failures of a key (the account, after a correct password)."""

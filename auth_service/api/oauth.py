@@ -97,10 +97,9 @@ async def token(request: Request, ctx: Context) -> Response:
     scope = fields.get("scope")
     if grant_type == "password":
         username, password = required(fields, "username"), required(fields, "password")
-        async with transaction(ctx) as conn:
-            tokens = await password_grant(conn, ctx, username, password, client, scope)
+        # No transaction of its own, as a refresh: its reads are on the pool, its writes the log writer's.
+        tokens = await password_grant(ctx, username, password, client, scope)
     else:
-        # No transaction of its own: its reads are on the pool, its writes the log writer's.
         tokens = await refresh_grant(ctx, required(fields, "refresh_token"), client, scope)
     return JSONResponse(tokens.body(), headers=NO_STORE)
 

@@ -49,6 +49,21 @@ CROSS JOIN LATERAL (SELECT user_id, client_id, revoked_at FROM sessions
                     WHERE session_id = t.session_id LIMIT 1) AS s
 LEFT JOIN LATERAL (SELECT disabled, scopes FROM users WHERE user_id = s.user_id::uuid LIMIT 1) AS u ON true
 """
+# What a login decides on before it is queued, in one round trip: the user by email (a unique index), the
+# failures on record for its throttle keys (primary key), and the user's watermark. One row always: the
+# failures' arrays are NULL when there are none, the user's columns when there is no such user.
+_LOGIN_STATE = f"""
+SELECT u.user_id, u.password_hash, u.disabled, u.scopes,
+       (SELECT max(r.not_before) FROM revocations r
+        WHERE (r.kind = 'user' AND r.subject = u.user_id::text)
+           OR (r.kind = 'global' AND r.subject = '{c.GLOBAL_SUBJECT}')) AS watermark,
+       f.keys, f.failures, f.first_at, f.last_at
+FROM (SELECT array_agg(key) AS keys, array_agg(failures) AS failures, array_agg(first_at) AS first_at,
+             array_agg(last_at) AS last_at
+      FROM login_failures WHERE key = ANY($2::text[])) AS f
+LEFT JOIN LATERAL (SELECT user_id, password_hash, disabled, scopes FROM users WHERE email = $1 LIMIT 1) AS u
+       ON true
+"""
 # The answer a rotation kept for a repeat within its grace window.
 _KEPT_ANSWER = "SELECT sealed FROM refresh_successors WHERE token_hash = $1 AND expires_at >= $2"
 _SESSION_OF_REFRESH_TOKEN = """
@@ -152,6 +167,13 @@ async def refresh_state(pg: Any, token_hash: bytes) -> Any | None:
     """A refresh token with its session, user and the user's watermark (a record), or None if unknown."""
     async with pg.acquire() as conn:
         return await conn.fetchrow(_REFRESH_STATE, token_hash)
+
+
+async def login_state(pg: Any, email: str, throttle_keys: list[str]) -> Any:
+    """The user with this email (its columns None when there is none), its watermark, and the failures on
+    record for the throttle's keys, as arrays (None when there are none): one record."""
+    async with pg.acquire() as conn:
+        return await conn.fetchrow(_LOGIN_STATE, email, throttle_keys)
 
 
 async def kept_answer(pg: Any, token_hash: bytes, now: datetime) -> bytes | None:

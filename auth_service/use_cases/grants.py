@@ -18,14 +18,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncConnection
-
 from auth_service import contract as c
 from auth_service.accounts.passwords import verify_password
 from auth_service.accounts.throttle import password_keys
 from auth_service.context import AuthContext
-from auth_service.db.tables import users
 from auth_service.errors import (
     AppendError,
     InvalidGrant,
@@ -143,25 +139,33 @@ async def _until_signed_fresh(prepare: Callable[[], Awaitable[Decision]]) -> Dec
 
 
 async def password_grant(
-    conn: AsyncConnection, ctx: AuthContext, username: str, password: str, client: Client, scope: str | None
+    ctx: AuthContext, username: str, password: str, client: Client, scope: str | None
 ) -> Tokens:
-    """Log in: check the password, start a session, issue the first access and refresh tokens."""
+    """Log in: check the password, start a session, issue the first access and refresh tokens.
+
+    No transaction of its own, as a refresh: its reads are one query on the pool (the user, the throttle's
+    failures on record, the watermark), its writes the log writer's, and a failure is counted in a
+    transaction of its own."""
     email = username.strip().lower()
     keys = password_keys(email, client.address)
-    recorded = await ctx.throttle.check(conn, datetime.now(UTC), *keys)
-    user = (await conn.execute(select(users).where(users.c.email == email))).one_or_none()
+    state = await lookups.login_state(ctx.pg, email, list(keys))
+    columns = (state[name] or () for name in ("keys", "failures", "first_at", "last_at"))
+    records = zip(*columns, strict=True)
+    recorded = ctx.throttle.check_records(records, datetime.now(UTC))
     # argon2 takes tens of milliseconds of CPU: keep it off the event loop. An unknown user is checked against
     # a dummy hash, so both failures cost the same and answer the same.
-    ok = await asyncio.to_thread(verify_password, user.password_hash if user else None, password)
-    if user is None or not ok or user.disabled:
+    known = state["user_id"] is not None
+    ok = await asyncio.to_thread(verify_password, state["password_hash"] if known else None, password)
+    if not known or not ok or state["disabled"]:
         await ctx.throttle.failed_alone(ctx.engine, datetime.now(UTC), *keys)
         raise InvalidGrant(BAD_CREDENTIALS)
     if keys[0] in recorded:  # a failure recorded since is kept: as if it came after this success
-        await ctx.throttle.succeeded(conn, keys[0])
-    granted = grant_scope(scope, user.scopes, client.scopes)
-    user_id = str(user.user_id)
+        await ctx.throttle.succeeded_alone(ctx.engine, keys[0])
+    granted = grant_scope(scope, state["scopes"], client.scopes)
+    user_id = str(state["user_id"])
     ttl = ctx.settings.refresh_token_ttl
     answer: list[Tokens] = []
+    first_watermark: list[datetime | None] = [state["watermark"]]
 
     async def prepare() -> Decision:
         now = datetime.now(UTC)
@@ -174,7 +178,8 @@ async def password_grant(
             client_id=client.client_id,
             scope=granted,
             now=now,
-            watermark=await lookups.watermark(ctx.pg, user_id),
+            # The one read with the user's row first; read again if a watermark set meanwhile asks for it.
+            watermark=first_watermark.pop() if first_watermark else await lookups.watermark(ctx.pg, user_id),
         )
         started = c.SessionStarted(
             user_id=user_id,

@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from auth_service import contract as c
 from auth_service.db.engine import asyncpg_dsn
-from auth_service.db.tables import refresh_successors, sessions
+from auth_service.db.tables import login_failures, refresh_successors, sessions
 from auth_service.log.store import read_after, read_head
 from auth_service.log.writer import LogWriter
 from auth_service.settings import AuthSettings
@@ -114,6 +114,22 @@ async def test_repeated_failures_are_throttled_with_retry_after(
     assert throttled.status_code == 429
     assert int(throttled.headers["retry-after"]) >= 1
     assert throttled.json()["error"] == "temporarily_unavailable"  # a registered code; not "wrong password"
+
+
+async def test_a_correct_password_forgets_the_accounts_failures(
+    auth_client: httpx.AsyncClient, user: str, engine: AsyncEngine
+) -> None:
+    wrong = {"grant_type": "password", "username": EMAIL, "password": "nope-nope"}
+    right = {"grant_type": "password", "username": EMAIL, "password": PASSWORD}
+    for _ in range(4):  # one under the account's limit
+        assert (await auth_client.post("/oauth/token", data=wrong)).status_code == 400
+    assert (await auth_client.post("/oauth/token", data=right)).status_code == 200
+    async with engine.connect() as conn:
+        kept = (await conn.execute(select(login_failures.c.key))).scalars().all()
+    assert f"account:{EMAIL}" not in kept  # the address's count stays: other accounts share it
+    for _ in range(4):  # counted from zero again: four more failures are still not throttled
+        assert (await auth_client.post("/oauth/token", data=wrong)).status_code == 400
+    assert (await auth_client.post("/oauth/token", data=right)).status_code == 200
 
 
 async def test_an_address_gets_a_looser_limit_than_an_account(

@@ -229,12 +229,16 @@ STATEMENTS: dict[str, tuple[str, Callable[[], list[Any]]]] = {
         lambda: [b"\x00" * 32, datetime.now(UTC)],
     ),
     "login: the user's watermark": (lookups._WATERMARK, lambda: ["u1"]),
-    # The login grant's reads (grants.py, throttle.py), in SQLAlchemy Core.
-    "login: the user by email": (
-        _compiled(select(users).where(users.c.email == "a@example.com")),
+    "login: the user by email, its failures on record and its watermark": (
+        lookups._LOGIN_STATE,
+        lambda: ["a@example.com", ["account:a@example.com", "address:127.0.0.1"]],
+    ),
+    # Reads in SQLAlchemy Core: the CLI's (commands.py), the password change's throttle (throttle.py).
+    "the CLI's user by email": (
+        _compiled(select(users.c.user_id).where(users.c.email == "a@example.com")),
         lambda: ["a@example.com"],
     ),
-    "login: the throttle's failures": (
+    "password change: the throttle's failures": (
         _compiled(select(login_failures).where(login_failures.c.key.in_(["k1", "k2"]))),
         lambda: ["k1", "k2"],
     ),
