@@ -60,9 +60,9 @@ LOGIN_PROFILE = (
 )
 LOCK_PROFILE = (
     "the writer's own counters: the lock is held per batch, for the append function's statements (the "
-    "event_log INSERT, then the session's and the refresh tokens' rows); at ~1,650 refreshes/s it was held "
-    "about a sixth of the time, and the auth process's CPU, not the lock, bounds the rate (two processes "
-    "on the same lock served more than one)"
+    "event_log INSERT, then the session's and the refresh tokens' rows); at 1,500-1,650 refreshes/s (the "
+    "runs of 2026-12-05) it was held 15-18% of the time, about 0.9 ms a batch of 8-9 events, and the auth "
+    "process's CPU, not the lock, bounds the rate (two processes on the same lock served more than one)"
 )
 PER_CLOSED = 15_000  # refresh tokens a closed round may use (never one twice: a repeat is another path)
 OFFERED_RATE = 500
