@@ -44,34 +44,25 @@ class LoginThrottle:
     def _rule(self, key: str) -> BackoffRule:
         return self.address_rule if key.startswith("address:") else self.rule
 
-    async def _read(
-        self, conn: AsyncConnection, now: datetime, keys: tuple[str, ...]
-    ) -> tuple[int, frozenset[str]]:
-        rows = (await conn.execute(select(login_failures).where(login_failures.c.key.in_(keys)))).all()
-        return self.wait(((r.key, r.failures, r.first_at, r.last_at) for r in rows), now)
-
-    def wait(self, records: Iterable[Record], now: datetime) -> tuple[int, frozenset[str]]:
-        """Seconds to wait for these failure records (key, failures, first_at, last_at), and their keys."""
-        seen = list(records)
-        waits = (wait_seconds(self._rule(key), n, first, last, now) for key, n, first, last in seen)
-        return max(waits, default=0), frozenset(key for key, *_ in seen)
+    async def _records(self, conn: AsyncConnection, keys: tuple[str, ...]) -> list[Record]:
+        rows = await conn.execute(select(login_failures).where(login_failures.c.key.in_(keys)))
+        return [(r.key, r.failures, r.first_at, r.last_at) for r in rows]
 
     def check_records(self, records: Iterable[Record], now: datetime) -> frozenset[str]:
-        """check() over records read elsewhere (the login's one query): TooManyAttempts, or their keys."""
-        wait, recorded = self.wait(records, now)
+        """Raise TooManyAttempts (429 + Retry-After) while any record's key must wait; else the keys that
+        have failures on record (a success need clear only those: most logins have none, and skip a write).
+        The records are (key, failures, first_at, last_at), read by check() or by the login's one query."""
+        seen = list(records)
+        wait = max(
+            (wait_seconds(self._rule(key), n, first, last, now) for key, n, first, last in seen), default=0
+        )
         if wait:
             raise TooManyAttempts("too many failed password attempts; try again later", retry_after=wait)
-        return recorded
-
-    async def retry_after(self, conn: AsyncConnection, now: datetime, *keys: str) -> int:
-        """Seconds to wait before another attempt for any of the keys (0: go ahead)."""
-        return (await self._read(conn, now, keys))[0]
+        return frozenset(key for key, *_ in seen)
 
     async def check(self, conn: AsyncConnection, now: datetime, *keys: str) -> frozenset[str]:
-        """Raise TooManyAttempts (429 + Retry-After) while any of the keys must wait; else the keys that
-        have failures on record (a success need clear only those: most logins have none, and skip a write)."""
-        rows = (await conn.execute(select(login_failures).where(login_failures.c.key.in_(keys)))).all()
-        return self.check_records(((r.key, r.failures, r.first_at, r.last_at) for r in rows), now)
+        """check_records() over the keys' failures, read on `conn`."""
+        return self.check_records(await self._records(conn, keys), now)
 
     async def failed_alone(self, engine: AsyncEngine, now: datetime, *keys: str) -> None:
         """Count a failure in a transaction of its own (the request's rolls back with the error)."""
