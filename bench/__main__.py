@@ -51,6 +51,7 @@ from bench import (
     bound,
     coldstart,
     fanout,
+    grant_profiles,
     grant_speed,
     hotpath,
     introspection,
@@ -171,21 +172,8 @@ def _grant_speed(results: Results) -> None:
     for name, value in figures["baselines"].items():
         results.row(f"grants baseline: {name}", value=round(value, 3), unit="", note="same run")
     for t in figures["targets"]:
-        why = "" if t["met"] else grant_why(t["name"], figures["baselines"])
+        why = "" if t["met"] else grant_profiles.why(t["name"], figures["baselines"])
         results.target(t["name"], t["value"], t["unit"], t["target"], t["met"], why)
-
-
-def grant_why(name: str, base: dict[str, float]) -> str:
-    """Where the time goes, for a missed grants target: this run's CPU a refresh, and the profile."""
-    if name.startswith("logins"):
-        return grant_speed.LOGIN_PROFILE
-    if name.startswith("append lock"):
-        return grant_speed.LOCK_PROFILE
-    return (
-        f"this run: {base['refresh_cpu_ms']:.3f} ms of the auth process's CPU a refresh (relay included)"
-        f" against {base['bare_cpu_ms_per_request']:.3f} ms a bare-route request; "
-        + grant_speed.REFRESH_PROFILE
-    )
 
 
 def _write_path_why(name: str, figures: dict[str, Any]) -> str:

@@ -15,7 +15,7 @@ bare-INSERT route in the same rounds; two auth processes against one; logouts on
   the same round, and the append-lock wait p99 the writers report;
 - refreshes/s and the auth process's CPU per refresh under each signing algorithm (RS256, EdDSA, ES256: a
   key of each made active in turn, every process waited for until it publishes it), in each round;
-and, on two more databases, logouts/s after 100,000 revocations were written into a table whose statistics
+and, on two more databases (bench/stale_stats.py), logouts/s after 100,000 revocations were written into a table whose statistics
 date from when it was empty (autovacuum off for it, never analyzed), against a fresh table.
 """
 
@@ -28,9 +28,7 @@ import uuid
 from contextlib import AsyncExitStack
 from typing import Any
 
-import asyncpg
-
-from bench import grant_setup, log_load
+from bench import grant_setup, log_load, stale_stats
 from bench import wrk as load
 from bench.log_speed import _cpu_seconds, _mint_tokens, _relay_caught_up, _target
 from bench.stack import (
@@ -38,36 +36,12 @@ from bench.stack import (
     DEFAULT_DATABASE_URL,
     _asyncpg_url,
     _database,
-    _serve,
-    ready,
 )
 
 ROUNDS = 2
-# Where a refresh's time goes, profiled apart from the run (py-spy, see the module's closing note).
-REFRESH_PROFILE = (
-    "py-spy at saturation (refresh closed loop, 64 connections, ES256, 2026-12-05 13:53): the refresh use "
-    "case 31% of the auth process's samples, of which the ES256 signature 9-11% (it was 28% with RS256), "
-    "the pool read of the token's state 10%, sealing the successor 3%; the log writer 18% (its batch's "
-    "statement and arguments 8%), the relay's pump 9%; uvicorn, Starlette and FastAPI around the route "
-    "most of the rest (the access log 5%)"
-)
-LOGIN_PROFILE = (
-    "py-spy at saturation (login closed loop, 64 connections, 2026-12-05 13:53): SQLAlchemy 27% of the auth "
-    "process's samples (the throttle's read 6%, the user's row 6%, the request's own transaction 7%), "
-    "asyncpg 17%, the log writer 9%, the bench-only cheap argon2 check 6% (in a thread), the ES256 "
-    "signature 4%: the login's reads go through SQLAlchemy in a transaction of their own, where the "
-    "refresh's are one asyncpg query on the pool; that is the next step"
-)
-LOCK_PROFILE = (
-    "the writer's own counters: the lock is held per batch, for the append function's statements (the "
-    "event_log INSERT, then the session's and the refresh tokens' rows); at 1,500-1,650 refreshes/s (the "
-    "runs of 2026-12-05) it was held 15-18% of the time, about 0.9 ms a batch of 8-9 events, and the auth "
-    "process's CPU, not the lock, bounds the rate (two processes on the same lock served more than one)"
-)
 PER_CLOSED = 15_000  # refresh tokens a closed round may use (never one twice: a repeat is another path)
 OFFERED_RATE = 500
 OFFERED_SECONDS = 4
-STALE_REVOCATIONS = 100_000
 LOGOUTS = 12_000
 TOKEN = "/oauth/token"
 # Each signing algorithm's refresh round, in this order: the default (ES256) last, so it signs the others.
@@ -178,53 +152,6 @@ async def _grants(server_url: str, amqp_url: str) -> dict[str, Any]:
         }
 
 
-async def _stale(server_url: str, amqp_url: str) -> dict[str, list[float]]:
-    """Logouts/s on a fresh revocations table against one holding 100,000 rows it was never analyzed with."""
-    from auth_service.tokens.keys import new_key_encryption_key
-
-    run_id = uuid.uuid4().hex[:8]
-    kek = new_key_encryption_key()
-    rates: dict[str, list[float]] = {"fresh": [], "stale": []}
-    per_round = 9000
-    async with AsyncExitStack() as stack:
-        urls: dict[str, str] = {}
-        tokens: dict[str, list[str]] = {}
-        for name in rates:
-            url = await _database(stack, server_url, f"tokenlife_bench_{name}_{run_id}", None)
-            if name == "stale":
-                conn = await asyncpg.connect(_asyncpg_url(server_url, url.rsplit("/", 1)[1]))
-                try:  # the table's statistics stay those of an empty table: autovacuum off, never analyzed
-                    await conn.execute("ALTER TABLE revocations SET (autovacuum_enabled = false)")
-                    await conn.execute(_OLD_REVOCATIONS, STALE_REVOCATIONS)
-                finally:
-                    await conn.close()
-            env = {
-                "TOKENLIFE_ENV": "dev",
-                "TOKENLIFE_DATABASE_URL": url,
-                "TOKENLIFE_KEY_ENCRYPTION_KEY": kek,
-                "TOKENLIFE_RELAY_ENABLED": "false",
-            }
-            auth, proc, log = _serve(stack, "auth", env)
-            await ready(auth, proc, log, "auth service")
-            urls[name] = auth
-            tokens[name] = await _mint_tokens(url, kek, auth, ROUNDS * per_round + 1000)
-        wrk = load.available()
-        for name in rates:  # warm-up, not counted
-            await log_load.closed_round(wrk, urls[name], "/v1/auth/logout", tokens[name][-1000:])
-        for r in range(ROUNDS):
-            for name in rates:
-                mine = tokens[name][r * per_round : (r + 1) * per_round]
-                done = await log_load.closed_round(wrk, urls[name], "/v1/auth/logout", mine)
-                rates[name].append(done["rate"])
-    return rates
-
-
-_OLD_REVOCATIONS = """
-INSERT INTO revocations (kind, subject, expires_at, position)
-SELECT 'jti', 'old-' || g, now() + interval '1 hour', g FROM generate_series(1, $1) AS g
-"""
-
-
 def _rate(rows: list[dict[str, Any]]) -> float:
     return min(float(r["rate"]) for r in rows)
 
@@ -233,7 +160,7 @@ async def _run() -> dict[str, Any]:
     server_url = os.environ.get("TOKENLIFE_BENCH_DATABASE_URL", DEFAULT_DATABASE_URL)
     amqp_url = os.environ.get("TOKENLIFE_BENCH_AMQP_URL", DEFAULT_AMQP_URL)
     grants = await _grants(server_url, amqp_url)
-    stale = await _stale(server_url, amqp_url)
+    stale = await stale_stats.run(server_url, ROUNDS)
     res = grants["results"]
     refresh, bare = _rate(res["refresh"]), _rate(res["bare"])
     ratio = min(a["rate"] / b["rate"] for a, b in zip(res["refresh"], res["bare"], strict=True))
