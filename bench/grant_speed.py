@@ -15,8 +15,9 @@ bare-INSERT route in the same rounds; two auth processes against one; logouts on
   the same round, and the append-lock wait p99 the writers report;
 - refreshes/s and the auth process's CPU per refresh under each signing algorithm (RS256, EdDSA, ES256: a
   key of each made active in turn, every process waited for until it publishes it), in each round;
-and, on two more databases (bench/stale_stats.py), logouts/s after 100,000 revocations were written into a table whose statistics
-date from when it was empty (autovacuum off for it, never analyzed), against a fresh table.
+and, on two more databases (bench/stale_stats.py), logouts/s after 100,000 revocations were written into a
+table whose statistics date from when it was empty (autovacuum off for it, never analyzed), against a fresh
+table.
 """
 
 from __future__ import annotations
