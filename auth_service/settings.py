@@ -1,9 +1,6 @@
 """Settings of the auth service and the tools around it, read from TOKENLIFE_* environment variables.
 
 Unsafe defaults are refused unless TOKENLIFE_ENV=dev: the error names each setting and says why.
-
-Long because it is one class: every TOKENLIFE_* variable of the auth service beside its description and the
-checks that tie them together; split, the variables would have no single page.
 """
 
 from __future__ import annotations
@@ -22,6 +19,7 @@ from auth_service.accounts.clients import (
     PUBLIC_GRANT_TYPES,
     ClientRegistry,
     ClientSpec,
+    registry_problems,
     secret_hash,
 )
 from auth_service.broker import RelaySettings, StreamSpec
@@ -39,7 +37,6 @@ DEV_KEY_ENCRYPTION_KEY = "ZGV2LW9ubHkta2V5LWVuY3J5cHRpb24ta2V5LTMyYis"
 DEV_SERVICE_CLIENT = "dev-service"
 DEV_SERVICE_SECRET = "dev-service-secret"
 DEV_PUBLIC_CLIENT = "tokenlife-console"  # the web console's id; dev registers it as the default public client
-MIN_SERVICE_SECRET = 16
 
 
 class UnsafeSettings(Exception):
@@ -247,7 +244,6 @@ class AuthSettings(BaseSettings):
 
     def _check_clients(self) -> list[str]:
         """Dev registers the console and a service; outside dev every client is explicit and safe."""
-        problems: list[str] = []
         dev = self.env == "dev"
         if (
             dev
@@ -262,24 +258,9 @@ class AuthSettings(BaseSettings):
         if dev and not self.default_client_id:
             object.__setattr__(self, "default_client_id", DEV_PUBLIC_CLIENT)
         secrets = {name: s.get_secret_value() for name, s in self.service_clients.items()}
-        if not dev and any(len(secret) < MIN_SERVICE_SECRET for secret in secrets.values()):
-            problems.append(
-                f"TOKENLIFE_SERVICE_CLIENTS has a secret shorter than {MIN_SERVICE_SECRET} characters"
-            )
-        dev_hash = secret_hash(DEV_SERVICE_SECRET)
-        if not dev and (
-            DEV_SERVICE_SECRET in secrets.values()
-            or any(c.secret_hash == dev_hash for c in self.clients.values())
-        ):
-            problems.append("a client uses the well-known dev service secret")
-        if both := sorted(set(self.clients) & set(self.service_clients)):
-            problems.append(f"clients {both} are in both TOKENLIFE_CLIENTS and TOKENLIFE_SERVICE_CLIENTS")
-        if too_long := sorted(n for n in [*self.clients, *self.service_clients] if len(n) > MAX_CLIENT_ID):
-            problems.append(f"client ids longer than {MAX_CLIENT_ID} characters: {too_long}")
-        offered = set(self.scopes.split())
-        for name, spec in self.clients.items():
-            if spec.type == "public" and spec.scopes is not None and not set(spec.scopes) <= offered:
-                problems.append(f"client {name!r} may get scopes outside TOKENLIFE_SCOPES")
+        problems = registry_problems(
+            self.clients, secrets, set(self.scopes.split()), dev=dev, dev_secret=DEV_SERVICE_SECRET
+        )
         if self.default_client_id and self.client_registry.public_client(None) is None:
             problems.append(
                 f"TOKENLIFE_DEFAULT_CLIENT_ID {self.default_client_id!r} is not a registered public client"

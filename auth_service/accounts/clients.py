@@ -34,6 +34,7 @@ PUBLIC_GRANT_TYPES: tuple[GrantType, ...] = ("password", "refresh_token")
 # user's, only a confidential receiver's, through client_credentials.
 SSF_SCOPES = ("ssf.read", "ssf.manage")
 MAX_CLIENT_ID = 128
+MIN_SERVICE_SECRET = 16
 _UNKNOWN = "sha256:" + "0" * 64  # compared against for an unknown client, so both cost the same
 
 
@@ -102,3 +103,33 @@ class ClientRegistry:
         stored = spec.secret_hash if spec is not None and spec.secret_hash else _UNKNOWN
         match = hmac.compare_digest(secret_hash(secret).encode(), stored.encode())
         return match and spec is not None and spec.type == "confidential"
+
+
+def registry_problems(
+    clients: Mapping[str, ClientSpec],
+    service_secrets: Mapping[str, str],
+    scopes: set[str],
+    *,
+    dev: bool,
+    dev_secret: str,
+) -> list[str]:
+    """What is wrong with a client registry (TOKENLIFE_CLIENTS, the TOKENLIFE_SERVICE_CLIENTS shorthand's
+    secrets, the scopes offered); outside dev, short secrets and the well-known dev one are refused too."""
+    problems: list[str] = []
+    if not dev and any(len(secret) < MIN_SERVICE_SECRET for secret in service_secrets.values()):
+        problems.append(
+            f"TOKENLIFE_SERVICE_CLIENTS has a secret shorter than {MIN_SERVICE_SECRET} characters"
+        )
+    dev_hash = secret_hash(dev_secret)
+    if not dev and (
+        dev_secret in service_secrets.values() or any(c.secret_hash == dev_hash for c in clients.values())
+    ):
+        problems.append("a client uses the well-known dev service secret")
+    if both := sorted(set(clients) & set(service_secrets)):
+        problems.append(f"clients {both} are in both TOKENLIFE_CLIENTS and TOKENLIFE_SERVICE_CLIENTS")
+    if too_long := sorted(n for n in [*clients, *service_secrets] if len(n) > MAX_CLIENT_ID):
+        problems.append(f"client ids longer than {MAX_CLIENT_ID} characters: {too_long}")
+    for name, spec in clients.items():
+        if spec.type == "public" and spec.scopes is not None and not set(spec.scopes) <= scopes:
+            problems.append(f"client {name!r} may get scopes outside TOKENLIFE_SCOPES")
+    return problems
