@@ -115,8 +115,9 @@ class Servers:
 
 
 async def use_algorithm(database_url: str, kek: str, auth_urls: list[str], algorithm: str) -> str:
-    """Rotate to a new active key made for `algorithm` and wait until every auth process publishes it (its
-    ring reloaded: it signs with that key from then on); the new kid."""
+    """Rotate to a new active key made for `algorithm` and wait until every auth process publishes it: its
+    JWKS and its active key are one ring, loaded together, so it signs with that key from then on; the new
+    kid."""
     from auth_service.db.engine import create_engine
     from auth_service.tokens import keys
 
@@ -135,7 +136,4 @@ async def use_algorithm(database_url: str, kek: str, auth_urls: list[str], algor
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"{url} did not load the {algorithm} key {kid} within 30 s")
                 await asyncio.sleep(0.1)
-    await asyncio.sleep(
-        0.6
-    )  # the ring's JWKS and its active key are loaded together; one reload more for good
     return kid
