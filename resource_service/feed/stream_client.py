@@ -12,7 +12,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from rstream import Consumer, ConsumerOffsetSpecification, MessageContext, OffsetType
-from rstream.exceptions import ClientError, ServerError
+from rstream.exceptions import ClientError, ServerError, StreamNotAvailable
 
 from amqpkit.streams import stream_name
 from resource_service.settings import ResourceSettings
@@ -77,6 +77,10 @@ async def check_stream(settings: ResourceSettings) -> None:
         async with asyncio.timeout(settings.http_timeout):
             await reader.start()
             exists = await reader.stream_exists(stream_name(settings.exchange))
+    except StreamNotAvailable:
+        # The protocol answered: the stream exists and its leader is still being placed (a relay declaring it
+        # at this moment). The stream transport's session retries until it is readable.
+        exists = True
     except STREAM_ERRORS as exc:
         raise StreamUnavailable(
             f"RabbitMQ's stream protocol does not answer at {a.host}:{a.port} ({type(exc).__name__}: {exc}); "
