@@ -5,20 +5,29 @@ committer decides on a guess: every session the batch ends or refreshes is still
 it presents unrotated (the request read them moments ago), no login's prepared token is below its user's
 watermark, and no caller's token is revoked (a logout hands its token's check to the writer:
 `submit(caller=)`). It then calls the append function, a PL/pgSQL function made in pg_temp on its connection.
-Run with no transaction around it, that one statement is a transaction of its own: it takes the lock, checks
-the guess, reads the head, writes the events, the projections and the credentials set-wise, NOTIFYs and
-commits. If the guess failed it writes nothing, and the committer decides again on the locked path, which any
-batch with a watermark (logout everywhere, revoking a user) or a password change takes at once, since those
-decisions need the state under the lock:
+Run with no transaction around it, that one statement is a transaction of its own: it takes the gates of the
+batch's users (store.py's lock order), checks the guess, writes their sessions, refresh tokens and kept
+answers set-wise, then takes the append lock, reads the head, writes the events and the revocations, NOTIFYs
+and commits. If the guess failed it writes nothing, and the committer decides again on the locked path, which
+any batch with a watermark (logout everywhere, revoking a user), a password change or a key revocation takes at
+once, since those decisions need the state read under the gates:
 
-    BEGIN; SET LOCAL lock_timeout; pg_advisory_xact_lock   one round trip (a simple-query batch)
+    BEGIN; SET LOCAL lock_timeout; the log's gate          one round trip (a simple-query batch)
+    the users' gates, in key order                          one prepared statement
     the callers' revocations (REVOKED_CALLERS), if any     one prepared statement
-    the head, and the state the decisions need             one prepared statement
-    the writes (batch_sql.WRITES) that have rows           one prepared statement each
-    pg_notify; COMMIT                                       one round trip
+    the state the decisions need (batch_sql.STATE)         one prepared statement
+    the append function, with nothing left to check       one round trip
+    COMMIT                                                  one round trip
 
 Both paths run the same writes (batch_sql.py holds the statements), so the projections cannot differ, and
-neither signs, seals or hashes anything under the lock: the requests did that before they were queued.
+neither signs, seals or hashes anything under the lock: the requests did that before they were queued. Where
+the append function cannot be made (no TEMP privilege), the locked path runs its statements one by one, in
+the same order, and every batch takes it.
+
+Why the gates: the append lock serialises every batch of every process, so what it covers bounds the log. It
+used to cover the whole batch; it now covers the head, the events and the revocations (a batch of 8 refreshes
+held it 0.45-0.6 ms, now 0.2 ms, docs/design/write-path.md), while the per-user rows are written beside other
+processes' batches, each user's by one batch at a time.
 
 The lock protocol is store.py's: the lock is taken before the head is read, in a later statement, so positions
 stay dense and equal to commit order. The decisions are decide.py's, made in queue order.
@@ -49,7 +58,7 @@ from auth_service.log.intents import (
     Verdict,
     Writes,
 )
-from auth_service.log.locked_state import read_locked_state
+from auth_service.log.locked_state import gates, read_locked_state
 from auth_service.log.store import APPEND_LOCK_KEY, NOTIFY_CHANNEL, positioned
 
 log = logging.getLogger("tokenlife.log")
@@ -71,6 +80,10 @@ def _positioned(decided: list[Decision], base: int) -> list[Decision]:
         decision.events = positioned(decision.events, base)
         base += len(decision.events)
     return decided
+
+
+_USER_GATES = sql.Statement(sql.USER_GATES, "gate_users").prepared
+_GUESSES = ("guess_open", "guess_unrotated", "guess_users", "guess_iats")
 
 
 def _needs_lock(requests: Sequence[Submitted]) -> bool:
@@ -165,14 +178,13 @@ class BatchCommitter:
         values = self._values(decided, writes, requests, now) | checks
         if not values["types"] and not writes and not values["c_jtis"]:
             return decided, None  # nothing to write and nothing to check
+        values |= gates(intents, [r.caller for r in requests if r.caller is not None])
         try:
             row = await conn.fetchrow(
                 one_trip.APPEND, *one_trip.function_values(values), self._lock_timeout_ms
             )
         except asyncpg.LockNotAvailableError as exc:
-            raise AppendError(
-                f"the log's append lock was not free within {self._lock_timeout_ms} ms"
-            ) from exc
+            raise AppendError(f"the log's locks were not free within {self._lock_timeout_ms} ms") from exc
         except asyncpg.PostgresError:
             raise  # the statement failed whole, as its own transaction: the connection is ready for the next
         except BaseException:
@@ -186,29 +198,24 @@ class BatchCommitter:
     async def _locked_commit(
         self, conn: Any, requests: Sequence[Submitted]
     ) -> tuple[list[Decision], datetime | None]:
-        """Decide under the lock, on the state read there: a few round trips, for any batch."""
+        """Decide under the gates, on the state read there: a few round trips, for any batch."""
+        intents = [r.intents for r in requests]
+        gated = gates(intents, [r.caller for r in requests if r.caller is not None])
         try:
-            asked = time.monotonic()
-            # One round trip: a simple-query batch runs as one implicit sequence; the lock is the last step.
+            # One round trip (a simple-query batch runs as one sequence), the log's gate its last step.
             await conn.execute(
                 "BEGIN ISOLATION LEVEL READ COMMITTED; "
                 f"SET LOCAL lock_timeout = {self._lock_timeout_ms}; "
-                f"SELECT pg_advisory_xact_lock({APPEND_LOCK_KEY})"
+                + (sql.GLOBAL_GATE_ALONE if gated["gate_alone"] else sql.GLOBAL_GATE)
             )
-            locked = time.monotonic()
-            self.lock_wait = locked - asked  # with the round trip: an upper bound
-            decided, head, recorded = await self._write(conn, requests)
-            # NOTIFY and COMMIT in one round trip; the NOTIFY is delivered at commit.
-            notify = f"SELECT pg_notify('{NOTIFY_CHANNEL}', '{head}'); " if recorded else ""
-            await conn.execute(notify + "COMMIT")
-            self.lock_held = time.monotonic() - locked
-            return decided, recorded
+            if gated["gate_users"]:
+                await conn.execute(_USER_GATES, gated["gate_users"])
+            decided, appended, recorded = await self._write(conn, requests)
+            return decided, recorded if appended else None
         except BaseException as exc:
             await self._abandon(conn)
             if isinstance(exc, asyncpg.LockNotAvailableError):
-                raise AppendError(
-                    f"the log's append lock was not free within {self._lock_timeout_ms} ms"
-                ) from exc
+                raise AppendError(f"the log's locks were not free within {self._lock_timeout_ms} ms") from exc
             raise
 
     async def _abandon(self, conn: Any) -> None:
@@ -222,21 +229,46 @@ class BatchCommitter:
     async def _write(
         self, conn: Any, requests: Sequence[Submitted]
     ) -> tuple[list[Decision], int, datetime | None]:
-        """Under the lock: each request's decision, positioned, the head after the batch, and the events'
-        recorded_at (a clock_timestamp() under the lock; None when nothing was appended)."""
+        """Under the gates: decide, write, take the append lock, append, commit. Each request's decision,
+        positioned, the events appended, and their recorded_at (a clock_timestamp() under the lock)."""
         refused = await self._revoked_callers(conn, requests)
         intents = [() if i in refused else r.intents for i, r in enumerate(requests)]
         state, now = await read_locked_state(conn, intents)
-        head, recorded = state[0], state[1]
-        decided, writes = decide(intents, state[2], now, self._ttl, self._grace)
-        values = self._values(decided, writes, requests, now) | {"base": head, "recorded": recorded}
-        for statement in sql.WRITES:
-            if values[statement.rows]:
-                await conn.execute(statement.prepared, *(values[name] for name in statement.args))
+        decided, writes = decide(intents, state, now, self._ttl, self._grace)
         for i in refused:
             decided[i].verdict = Verdict.CALLER_REVOKED
+        values = self._values(decided, writes, (), now)  # the callers were checked above
         appended = len(values["types"])
-        return _positioned(decided, head), head + appended, recorded if appended else None
+        if not appended and not writes:
+            await conn.execute("COMMIT")
+            return decided, 0, None
+        if self.one_trip:  # the rest in one round trip: no guess to check, the gates held already
+            values |= {"gate_users": [], "gate_alone": False} | {k: [] for k in _GUESSES}
+            row = await conn.fetchrow(
+                one_trip.APPEND, *one_trip.function_values(values), self._lock_timeout_ms
+            )
+            base, recorded, held, self.lock_wait = row
+            committing = time.monotonic()
+            await conn.execute("COMMIT")
+            self.lock_held = held + time.monotonic() - committing  # the lock is held until COMMIT answers
+            return _positioned(decided, int(base)), appended, recorded
+        for statement in sql.BEFORE_LOCK:
+            if values[statement.rows]:
+                await conn.execute(statement.prepared, *(values[name] for name in statement.args))
+        asked = time.monotonic()
+        await conn.execute(f"SELECT pg_advisory_xact_lock({APPEND_LOCK_KEY})")
+        locked = time.monotonic()
+        self.lock_wait = locked - asked  # with the round trip: an upper bound
+        base, recorded = await conn.fetchrow(sql.HEAD)  # a statement begun once the lock is held
+        values |= {"base": base, "recorded": recorded}
+        for statement in sql.UNDER_LOCK:
+            if values[statement.rows]:
+                await conn.execute(statement.prepared, *(values[name] for name in statement.args))
+        # NOTIFY and COMMIT in one round trip; the NOTIFY is delivered at commit.
+        notify = f"SELECT pg_notify('{NOTIFY_CHANNEL}', '{base + appended}'); " if appended else ""
+        await conn.execute(notify + "COMMIT")
+        self.lock_held = time.monotonic() - locked
+        return _positioned(decided, int(base)), appended, recorded
 
     async def _revoked_callers(self, conn: Any, requests: Sequence[Submitted]) -> set[int]:
         """The requests (by index) whose caller's token a revocation names, read under the lock."""

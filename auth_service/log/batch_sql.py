@@ -1,10 +1,12 @@
-"""The log writer's statements (writer.py): the state its decisions read under the lock, the batch's writes
-and the callers' revocation check (one_trip.py runs the same text in one round trip).
+"""The log writer's statements (writer.py): the gates, the state its decisions read under them, the batch's
+writes and the callers' revocation check (one_trip.py runs the same text in one round trip).
 
 Every statement is written once, with named arguments (`{name}`): `numbered` makes one a prepared statement
 for the locked path, and the append function runs the same text over its own arguments (`a_name`). The
 writes are several statements, run in order, so each sees what the one before wrote (a session started in a
 batch can be ended by a watermark later in it); the locked path sends only those whose rows are not empty.
+Most of them run before the append lock, under the gates of the batch's users (store.py's lock order): only
+the events and the revocations, which carry positions, wait for the head.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from dataclasses import dataclass
 
 from auth_service import contract as c
 from auth_service.log.projections import REVOCATION_ROWS, session_ends
+from auth_service.log.store import GLOBAL_GATE_KEY, USER_GATE_CLASS
 
 # Every probe of sessions, revocations and refresh tokens in these statements is a LATERAL subquery with LIMIT
 # or OFFSET 0, or an equality on a primary key, which the planner cannot merge into a join: it stays one index
@@ -55,15 +58,27 @@ def watermark_of(user: str) -> str:
     return _WATERMARK.format(user=user, all=c.GLOBAL_SUBJECT)
 
 
-# What the decisions read under the lock, in one statement: the head and the moment (the events' recorded_at,
-# under the lock); the open sessions named ($1) or of the users named ($2); the watermarks of the users named
-# ($3); each presented refresh token ($4) with its rotated_at and, while its window lasts ($5), the answer
-# its rotation kept; each signing key named ($6), retired or not, revoked or not.
+# The gates (store.py's lock order), each statement after the one before: the whole log's, shared by an
+# ordinary batch and exclusive for one that revokes a signing key; then each user's, in key order, so two
+# batches never wait for each other's gates crosswise.
+GLOBAL_GATE = f"SELECT pg_advisory_xact_lock_shared({GLOBAL_GATE_KEY})"
+GLOBAL_GATE_ALONE = f"SELECT pg_advisory_xact_lock({GLOBAL_GATE_KEY})"
+USER_GATES = f"""
+SELECT count(pg_advisory_xact_lock({USER_GATE_CLASS}, g.h))
+FROM (SELECT DISTINCT hashtext(u) AS h FROM unnest({{gate_users}}) AS u ORDER BY 1) AS g"""
+
+# The head and the moment (the events' recorded_at), read in a statement that starts once the append lock
+# is held (store.py's protocol).
+HEAD = "SELECT coalesce(max(position), 0), clock_timestamp() FROM event_log"
+
+# What the decisions read under the gates, in one statement: the open sessions named ($1) or of the users
+# named ($2); the watermarks of the users named ($3); each presented refresh token ($4) with its rotated_at
+# and, while its window lasts ($5), the answer its rotation kept; each signing key named ($6), retired or
+# not, revoked or not.
 STATE = f"""
-SELECT h.head, clock_timestamp(), o.sids, o.users, o.created, o.expires, w.marks,
+SELECT o.sids, o.users, o.created, o.expires, w.marks,
        t.hashes, t.rotated, t.sealed, k.kids, k.retired, k.revoked
-FROM (SELECT coalesce(max(position), 0) AS head FROM event_log) AS h,
-     (SELECT array_agg(session_id ORDER BY session_id) AS sids,
+FROM (SELECT array_agg(session_id ORDER BY session_id) AS sids,
              array_agg(user_id ORDER BY session_id) AS users,
              array_agg(created_at ORDER BY session_id) AS created,
              array_agg(expires_at ORDER BY session_id) AS expires
@@ -131,6 +146,9 @@ ARG_TYPES = {
     "guess_unrotated": "bytea[]",
     "guess_users": "text[]",
     "guess_iats": "bigint[]",
+    # The gates the batch takes (store.py's lock order): its users', and whether it takes the log's alone.
+    "gate_users": "text[]",
+    "gate_alone": "boolean",
 }
 EVENT_ARGS = list(ARG_TYPES)[1:13]
 
@@ -257,17 +275,12 @@ class Statement:
         )
 
 
-# In order: each sees what the ones before wrote (sessions started before they can be ended).
-WRITES = (
-    Statement(_EVENTS, "types"),
+# Before the append lock, in order, each seeing what the ones before wrote (sessions started before they are
+# refreshed): the rows of the batch's users, which no one else writes while it holds their gates, and the
+# signing keys, which only a batch holding the whole log's gate alone writes.
+BEFORE_LOCK = (
     Statement(_SESSIONS_STARTED, "types", "'session.started' = ANY({types})"),
     Statement(_REFRESHED, "types", "'token.issued' = ANY({types})"),
-    Statement(
-        _REVOKED,
-        "types",
-        "{types} && ARRAY['token.revoked', 'session.revoked', 'user.revoked', 'key.revoked',"
-        " 'global.revoked']::text[]",
-    ),
     Statement(_ROTATED, "rotated"),
     Statement(_REFRESH_TOKENS, "rt_hashes"),
     Statement(_SUCCESSORS, "succ_hashes"),
@@ -275,6 +288,18 @@ WRITES = (
     Statement(_NEW_KEYS, "nk_kids"),
     Statement(_REVOKED_KEYS, "rk_kids"),
 )
+# Under it: what carries a position (the events; the revocations, and the session ends they make, after the
+# sessions the batch started).
+UNDER_LOCK = (
+    Statement(_EVENTS, "types"),
+    Statement(
+        _REVOKED,
+        "types",
+        "{types} && ARRAY['token.revoked', 'session.revoked', 'user.revoked', 'key.revoked',"
+        " 'global.revoked']::text[]",
+    ),
+)
+WRITES = BEFORE_LOCK + UNDER_LOCK
 
 # The callers (each a request's access token, intents.Caller) that a revocation names, by their number in
 # the arrays (1 on): the rule of intents.revocation_reason in SQL (tests/integration/test_log_writer.py

@@ -1,5 +1,6 @@
-"""What the log writer's locked path reads under the lock before it decides: the keys each intent names (its
-sessions, users, refresh tokens, signing keys), gathered for one statement (batch_sql.STATE)."""
+"""What the log writer's locked path reads under the gates before it decides: the keys each intent names (its
+sessions, users, refresh tokens, signing keys), gathered for one statement (batch_sql.STATE); and the gates
+a batch takes, whichever path it goes (store.py's lock order)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import Any
 
 from auth_service.log import batch_sql as sql
 from auth_service.log.intents import (
+    Caller,
     ChangePassword,
     EndSessions,
     Intent,
@@ -17,16 +19,38 @@ from auth_service.log.intents import (
     Login,
     OpenSession,
     RevokeKey,
+    RevokeToken,
     RevokeUser,
     Rotate,
 )
 
 
-async def read_locked_state(
-    conn: Any, requests: Sequence[Sequence[Intent]]
-) -> tuple[tuple[int, datetime, LockedState], datetime]:
-    """Under the lock: the head, the moment (the events' recorded_at), and the state the batch's decisions
-    need, in one statement (batch_sql.STATE); and the `now` they are decided at."""
+def gates(requests: Sequence[Sequence[Intent]], callers: Sequence[Caller]) -> dict[str, Any]:
+    """The gates a batch takes, as the append function's arguments: the gate of every user its intents or its
+    callers touch, and the whole log's alone for a key revocation or a token revocation that names no user
+    (whose rows no user's gate covers)."""
+    users: dict[str, None] = dict.fromkeys(x.user_id for x in callers)
+    alone = False
+    for intents in requests:
+        for i in intents:
+            match i:
+                case EndSessions() | RevokeUser() | Rotate() | ChangePassword():
+                    users[i.user_id] = None
+                case Login():
+                    users[i.started.user_id] = None
+                case RevokeToken():
+                    if i.event.user_id is None:
+                        alone = True
+                    else:
+                        users[i.event.user_id] = None
+                case RevokeKey():
+                    alone = True
+    return {"gate_users": list(users), "gate_alone": alone}
+
+
+async def read_locked_state(conn: Any, requests: Sequence[Sequence[Intent]]) -> tuple[LockedState, datetime]:
+    """Under the gates: the state the batch's decisions need, in one statement (batch_sql.STATE); and the
+    `now` they are decided at."""
     sids: dict[uuid.UUID, None] = {}
     users: dict[str, None] = {}  # whose open sessions the decisions need, all of them
     marked: dict[str, None] = {}  # whose watermarks they need
@@ -54,8 +78,8 @@ async def read_locked_state(
     row = await conn.fetchrow(
         sql.STATE, list(sids), list(users), list(marked), list(parents), now, list(kids)
     )
-    head, recorded, open_sids, open_users, created, expires, marks, hashes, rotated, sealed = row[:10]
-    found, retired, revoked = row[10:]
+    open_sids, open_users, created, expires, marks, hashes, rotated, sealed = row[:8]
+    found, retired, revoked = row[8:]
     state = LockedState(
         open_sessions={
             sid: OpenSession(user, at, until)
@@ -71,4 +95,4 @@ async def read_locked_state(
             for kid, was_retired, was_revoked in zip(found or [], retired or [], revoked or [], strict=True)
         },
     )
-    return (int(head), recorded, state), now
+    return state, now

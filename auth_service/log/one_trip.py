@@ -1,5 +1,5 @@
 """The one-round-trip path of the log writer: the guess a batch is decided on, and the append function that
-checks it under the lock and writes, BEGIN to COMMIT, in one statement (batch.py says when each path runs).
+checks it under the gates and writes, BEGIN to COMMIT, in one statement (batch.py says when each path runs).
 
 The guess: every session the batch ends or refreshes is still open and every refresh token it presents
 unrotated (the requests read them moments ago), no login's prepared token is below its user's watermark,
@@ -15,7 +15,7 @@ from typing import Any
 
 from auth_service.log import batch_sql as sql
 from auth_service.log.intents import EndSessions, Intent, LockedState, Login, OpenSession, Rotate
-from auth_service.log.store import APPEND_LOCK_KEY, NOTIFY_CHANNEL
+from auth_service.log.store import APPEND_LOCK_KEY, GLOBAL_GATE_KEY, NOTIFY_CHANNEL
 
 # A guess decides on which sessions are open, never on their user, creation or expiry: only a batch with a
 # watermark or a password change asks those, and it takes the locked path.
@@ -80,20 +80,30 @@ def _in_function(template: str) -> str:
 
 # The append function, one round trip for a batch whose decisions need no more than its guess (logouts,
 # RFC 7009, ending a session, logins, refreshes): run as one statement with no transaction around it, it is a
-# transaction of its own, so BEGIN, the lock, the writes and COMMIT cost one round trip instead of many.
-# The decisions were made before it, on the guess; it takes the lock, checks the guess, and writes only if
-# it held (no row back if not: the writer decides again under the lock, where it finds out which). PL/pgSQL
-# runs each statement of a VOLATILE function in a snapshot of its own, taken when the statement starts (READ
-# COMMITTED), so the head is read after the lock is held, as store.py's protocol asks, and each write sees
-# the one before. It answers the head it appended after, the events' recorded_at, how long it held the
-# lock and how long it waited for it. It lives in pg_temp, made on each of the writer's connections: the
-# one definition stays here.
+# transaction of its own, so BEGIN, the locks, the writes and COMMIT cost one round trip instead of many.
+# The decisions were made before it, on the guess. It takes the gates (store.py's lock order), checks the
+# guess, and writes only if it held (no row back if not: the writer decides again on the locked path, where
+# it finds out which). It writes the rows of the batch's users under their gates, then takes the append lock
+# and writes what carries a position: the head, the events, the revocations. PL/pgSQL runs each statement of
+# a VOLATILE function in a snapshot of its own, taken when the statement starts (READ COMMITTED), so each
+# check sees what the gates' holders before it committed, the head is read after the lock is held (store.py's
+# protocol), and each write sees the one before. It answers the head it appended after, the events'
+# recorded_at, how long it held the append lock (to its last statement: the COMMIT's flush follows) and how
+# long it waited for it. The locked path calls it too, with no guess and no callers (it checked them), inside
+# its own transaction. It lives in pg_temp, made on each of the writer's connections: the one definition
+# stays here.
 _FUNCTION_ARGS = [name for name in sql.ARG_TYPES if name not in ("base", "recorded")]
-# Each write only when it has something to do: a batch of refreshes runs neither the revocations nor the
-# session ends, so the lock is held for what the batch writes, not for every kind of write there is.
-_WRITES_IN_FUNCTION = "\n    ".join(
-    f"IF {_in_function(w.guard)} THEN\n        {_in_function(w.template)};\n    END IF;" for w in sql.WRITES
-)
+
+
+def _writes(statements: Sequence[sql.Statement]) -> str:
+    # Each write only when it has something to do: a batch of refreshes runs neither the revocations nor the
+    # session ends, so the lock is held for what the batch writes, not for every kind of write there is.
+    return "\n    ".join(
+        f"IF {_in_function(w.guard)} THEN\n        {_in_function(w.template)};\n    END IF;"
+        for w in statements
+    )
+
+
 APPEND_FUNCTION = f"""
 CREATE FUNCTION pg_temp.tokenlife_append(
     {", ".join(f"a_{name} {sql.ARG_TYPES[name]}" for name in _FUNCTION_ARGS)}, a_lock_timeout_ms integer)
@@ -103,11 +113,17 @@ DECLARE
     a_base bigint;
     a_recorded timestamptz;
     v_locked timestamptz;
-    v_asked timestamptz := clock_timestamp();
+    v_asked timestamptz;
 BEGIN
     PERFORM set_config('lock_timeout', a_lock_timeout_ms::text, true);
-    PERFORM pg_advisory_xact_lock({APPEND_LOCK_KEY});
-    v_locked := clock_timestamp();
+    IF a_gate_alone THEN
+        PERFORM pg_advisory_xact_lock({GLOBAL_GATE_KEY});
+    ELSE
+        PERFORM pg_advisory_xact_lock_shared({GLOBAL_GATE_KEY});
+    END IF;
+    IF cardinality(a_gate_users) > 0 THEN
+        PERFORM ({_in_function(sql.USER_GATES)});
+    END IF;
     IF cardinality(a_guess_open) > 0
        AND ({_in_function(GUESS_OPEN)}) <> cardinality(a_guess_open) THEN
         RETURN;
@@ -122,9 +138,13 @@ BEGIN
     IF cardinality(a_c_jtis) > 0 AND EXISTS ({_in_function(sql.REVOKED_CALLERS)}) THEN
         RETURN;
     END IF;
+    {_writes(sql.BEFORE_LOCK)}
+    v_asked := clock_timestamp();
+    PERFORM pg_advisory_xact_lock({APPEND_LOCK_KEY});
+    v_locked := clock_timestamp();
     SELECT coalesce(max(position), 0) INTO a_base FROM event_log;
     a_recorded := clock_timestamp();
-    {_WRITES_IN_FUNCTION}
+    {_writes(sql.UNDER_LOCK)}
     IF cardinality(a_types) > 0 THEN  -- a batch of checks alone appends nothing: nothing to tell
         PERFORM pg_notify('{NOTIFY_CHANNEL}', (a_base + cardinality(a_types))::text);
     END IF;

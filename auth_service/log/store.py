@@ -19,9 +19,14 @@ lock once, with the configured timeout (`lock_timeout` bounds the wait), and han
 it holds it; an Appender used after its block ends refuses. The NOTIFY is delivered at commit, never for a
 rolled-back append.
 
-The lock order, the one rule for every appending transaction: take the append lock before any row lock. The
-writer's batches take it first and then read and write rows; the requests queued to it hold no row locks of
-their own, so nothing waits on them while they wait on the writer.
+The lock order, the one rule for every appending transaction: gates, then rows, then the append lock, and
+the append lock's holder never waits for a gate or a row that a transaction waiting for the append lock holds.
+A gate is a transaction-level advisory lock: one for the whole log (GLOBAL_GATE_KEY), taken shared by the
+writer's ordinary batches and exclusively by a batch that revokes a signing key and by `appending()`, and one
+per user (USER_GATE_CLASS, the user id's hashtext), taken by every batch for each user its intents touch, in
+key order. A user's sessions, refresh tokens and password are written only by a transaction that holds that
+user's gate, so the writer decides on them and writes them before it takes the append lock, and the lock is
+held only for what needs the position: the head, the events and the revocations (batch_sql.py says which).
 """
 
 from __future__ import annotations
@@ -42,6 +47,11 @@ from auth_service.log.rebuild import rebuild
 
 # Any fixed 64-bit key would do; this one spells "toklife" so it is recognisable in pg_locks.
 APPEND_LOCK_KEY = 0x746F6B6C696665
+# The gates (see the lock order above): the whole log's, a 64-bit key of its own ("toklifg"), and each user's,
+# keyed (USER_GATE_CLASS, hashtext(user_id)) in the two-key space, which never meets the 64-bit one. Two
+# users whose ids hash alike share a gate: they wait for each other, nothing more.
+GLOBAL_GATE_KEY = 0x746F6B6C696667
+USER_GATE_CLASS = 0x746F6B6C
 NOTIFY_CHANNEL = "tokenlife_log"
 MAX_PAGE = 1000
 LOCK_NOT_AVAILABLE = "55P03"
@@ -50,6 +60,8 @@ LOCK_NOT_AVAILABLE = "55P03"
 async def _take_lock(conn: AsyncConnection, lock_timeout_ms: int) -> None:
     await conn.execute(text(f"SET LOCAL lock_timeout = {int(lock_timeout_ms)}"))
     try:
+        # The whole log's gate first, exclusively: every batch of the writers has finished or not begun.
+        await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": GLOBAL_GATE_KEY})
         row = (
             await conn.execute(
                 text("SELECT pg_advisory_xact_lock(:key), current_setting('transaction_isolation')"),

@@ -132,7 +132,7 @@ def _told(decisions: list[Decision]) -> list[tuple[Verdict, list[str]]]:
 
 
 async def _run(
-    url: str, *, together: bool
+    url: str, *, together: bool, one_trip: bool = True
 ) -> tuple[list[list[tuple[Verdict, list[str]]]], dict[str, Any], int]:
     user_ids = [await add_user(url, f"u{i}@example.com") for i in range(4)]
     script = Script(user_ids)
@@ -142,6 +142,8 @@ async def _run(
         async with LogWriter.running(
             asyncpg_dsn(url), lock_timeout_ms=5000, access_token_ttl=TTL, refresh_grace=GRACE
         ) as writer:
+            # The statement-by-statement path, as where the append function cannot be made (no TEMP).
+            writer._committer.one_trip = one_trip
             for phase in script.phases():
                 requests = phase()
                 if together:  # queued at once: the writer takes them in as few batches as it can
@@ -189,6 +191,11 @@ def test_a_mixed_batch_decides_what_the_same_requests_decide_one_at_a_time(
     ]
     assert state_together["users revoked"] == [3]
     assert state_together["password hashes"] == [False, False, True, False]  # u2's, by email
+    # Without the append function every batch runs its statements one by one, in the same order.
+    by_statements, state_by_statements, _ = asyncio.run(
+        _run(database_factory(), together=True, one_trip=False)
+    )
+    assert (by_statements, state_by_statements) == (together, state_together)
 
 
 @pytest.fixture
