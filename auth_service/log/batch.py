@@ -9,8 +9,8 @@ Run with no transaction around it, that one statement is a transaction of its ow
 batch's users (store.py's lock order), checks the guess, writes their sessions, refresh tokens and kept
 answers set-wise, then takes the append lock, reads the head, writes the events and the revocations, NOTIFYs
 and commits. If the guess failed it writes nothing, and the committer decides again on the locked path, which
-any batch with a watermark (logout everywhere, revoking a user), a password change or a key revocation takes at
-once, since those decisions need the state read under the gates:
+any batch with a watermark (logout everywhere, revoking a user), a password change or a key revocation takes
+at once, since those decisions need the state read under the gates:
 
     BEGIN; SET LOCAL lock_timeout; the log's gate          one round trip (a simple-query batch)
     the users' gates, in key order                          one prepared statement

@@ -146,13 +146,14 @@ async def test_a_users_gate_held_elsewhere_holds_back_that_user_alone(
         try:
             await held.execute("BEGIN")
             await held.execute(f"SELECT pg_advisory_xact_lock({USER_GATE_CLASS}, hashtext($1))", users[0])
-            stuck, free = await asyncio.gather(
+            outcomes: list[Decision | BaseException] = await asyncio.gather(
                 one.decide([script.rotate(script.sessions[0], 0)]),
                 two.decide([script.rotate(script.sessions[2], 0)]),
                 return_exceptions=True,
             )
         finally:
             await held.close()
+    stuck, free = outcomes
     assert isinstance(stuck, AppendError), stuck
     assert isinstance(free, Decision)
     assert free.verdict is Verdict.ROTATED
