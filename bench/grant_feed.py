@@ -23,7 +23,7 @@ from typing import Any
 
 import httpx
 
-from bench.stack import _serve, ready
+from bench.stack import _cleanup, _delete_broker_objects, _serve, ready
 
 # The feed's counters a round reports: long-polls, gap fills, heartbeats received, events by long-poll.
 COUNTED = ("polls", "gap_fills", "heartbeats", "long_poll_events")
@@ -41,6 +41,10 @@ async def start(stack: AsyncExitStack, auth_url: str, amqp_url: str, exchange: s
         "TOKENLIFE_AMQP_URL": amqp_url,
         "TOKENLIFE_EXCHANGE": exchange,
     }
+    # The instance declares the exchange's dead-letter exchange and queue; they go when the run ends.
+    stack.push_async_callback(
+        _cleanup, "delete dead letters", lambda: _delete_broker_objects(amqp_url, exchange)
+    )
     url, proc, log = _serve(stack, "resource", env)
     await ready(url, proc, log, "resource service")
     return url
