@@ -29,7 +29,7 @@ import uuid
 from contextlib import AsyncExitStack
 from typing import Any
 
-from bench import grant_setup, log_load, stale_stats
+from bench import grant_feed, grant_setup, log_load, stale_stats
 from bench import wrk as load
 from bench.log_speed import _cpu_seconds, _mint_tokens, _relay_caught_up, _target
 from bench.stack import (
@@ -84,6 +84,17 @@ async def _grants(server_url: str, amqp_url: str) -> dict[str, Any]:
         await log_load.closed_round(wrk, auth, TOKEN, warm[:1000])
         await log_load.closed_round(wrk, second, TOKEN, warm[1000:])
         await log_load.closed_round(wrk, bare, log_load.BARE, grant_setup.bearer(warm))
+        # A resource instance subscribed once the setup's events are published (bench/grant_feed.py).
+        await _relay_caught_up(dsn)
+        resource = await grant_feed.start(stack, auth, amqp_url, exchange)
+        on_broker_s = await grant_feed.on_broker(resource)
+
+        async def refresh_round(tokens: list[str]) -> dict[str, Any]:
+            before = await grant_feed.counters(resource)
+            result = await log_load.closed_round(wrk, auth, TOKEN, tokens)
+            after = await grant_feed.counters(resource)
+            return result | grant_feed.during(before, after, result.get("seconds", log_load.CLOSED_SECONDS))
+
         out: dict[str, list[dict[str, Any]]] = {}
         cpu = {"refresh": [0.0, 0], "bare": [0.0, 0]} | {alg: [0.0, 0] for alg in ALGORITHMS}
 
@@ -106,12 +117,12 @@ async def _grants(server_url: str, amqp_url: str) -> dict[str, Any]:
                 await grant_setup.use_algorithm(url, kek, [auth, second], alg)
                 part = by_algorithm[i * grant_setup.PER_ALGORITHM : (i + 1) * grant_setup.PER_ALGORITHM]
                 cpu0 = _cpu_seconds(auth_pid)
-                result = await log_load.closed_round(wrk, auth, TOKEN, part)
+                result = await refresh_round(part)
                 cpu[alg][0] += _cpu_seconds(auth_pid) - cpu0
                 cpu[alg][1] += result["statuses"].get("200", 0)
                 keep(f"refresh {alg}", result)
             before, cpu0 = await grant_setup.metrics(auth), _cpu_seconds(auth_pid)
-            result = await log_load.closed_round(wrk, auth, TOKEN, closed)
+            result = await refresh_round(closed)
             after = await grant_setup.metrics(auth)
             result |= await _relay_caught_up(dsn)
             cpu["refresh"][0] += _cpu_seconds(auth_pid) - cpu0
@@ -150,6 +161,7 @@ async def _grants(server_url: str, amqp_url: str) -> dict[str, Any]:
             "lock_wait_p99_ms": max(
                 1000 * w.get("tokenlife_log_lock_wait_p99_seconds", float("nan")) for w in waits
             ),
+            "on_broker_s": on_broker_s,
         }
 
 
@@ -171,6 +183,9 @@ async def _run() -> dict[str, Any]:
     two = min(t["rate"] / o["rate"] for t, o in zip(res["two processes"], res["refresh"], strict=True))
     stale_ratio = min(s / f for s, f in zip(stale["stale"], stale["fresh"], strict=True))
     cpu = grants["cpu_ms"]
+    # Every refresh round the resource instance watched: the main closed loop and one per algorithm.
+    watched = [r for name in ("refresh", *(f"refresh {alg}" for alg in ALGORITHMS)) for r in res[name]]
+    long_polls = grant_feed.total(watched, "long_polls")
     rows = [
         {"case": f"{name} round {i + 1}", **{k: v for k, v in r.items() if k != "parts"}}
         for name, runs in res.items()
@@ -214,6 +229,13 @@ async def _run() -> dict[str, Any]:
             ">= 0.9",
             stale_ratio >= 0.9,
         ),
+        _target(
+            "fallback long-polls by a resource instance during saturated refresh rounds (all rounds)",
+            long_polls,
+            "requests",
+            "= 0",
+            long_polls == 0,
+        ),
     ]
     return {
         "rows": rows,
@@ -227,6 +249,10 @@ async def _run() -> dict[str, Any]:
             "lock_wait_p99_ms_two_processes": grants["lock_wait_p99_ms"],
             **{f"refresh_rate_{alg}": _rate(res[f"refresh {alg}"]) for alg in ALGORITHMS},
             **{f"refresh_cpu_ms_{alg}": cpu[alg] for alg in ALGORITHMS},
+            "resource_gap_fills_in_refresh_rounds": grant_feed.total(watched, "gap_fills"),
+            "resource_heartbeats_in_refresh_rounds": grant_feed.total(watched, "heartbeats"),
+            "resource_heartbeats_due_in_refresh_rounds": grant_feed.total(watched, "heartbeats_due"),
+            "resource_on_broker_wait_s": grants["on_broker_s"],
         },
         "targets": targets,
     }
@@ -236,7 +262,16 @@ def run() -> dict[str, Any]:
     """Measure, print the table, and return the rows, baselines and targets."""
     figures = asyncio.run(_run())
     for row in figures["rows"]:
-        extra = {k: row[k] for k in ("p50_ms", "p99_ms", "statuses", "lock_held_us_per_event") if k in row}
+        keys = (
+            "p50_ms",
+            "p99_ms",
+            "statuses",
+            "lock_held_us_per_event",
+            "long_polls",
+            "gap_fills",
+            "heartbeats",
+        )
+        extra = {k: row[k] for k in keys if k in row}
         print(f"{row['case']:<40} {row['rate']:>8.0f}/s  {extra}")  # noqa: T201
     for key, value in figures["baselines"].items():
         print(f"baseline {key}: {value:.3f}")  # noqa: T201

@@ -66,6 +66,7 @@ class Consumer:
     channel: aio_pika.abc.AbstractChannel
     messages: list[AbstractIncomingMessage] = field(default_factory=list)
     heartbeats: list[c.Heartbeat] = field(default_factory=list)
+    events_before: list[int] = field(default_factory=list)  # each heartbeat's count of events before it
     queue: aio_pika.abc.AbstractQueue | None = None
 
     async def bind(self) -> None:
@@ -81,6 +82,7 @@ class Consumer:
     async def _receive(self, message: AbstractIncomingMessage) -> None:
         if message.type == c.HEARTBEAT_TYPE:
             self.heartbeats.append(c.decode_heartbeat(message.body))
+            self.events_before.append(len(self.messages))
         else:
             self.messages.append(message)
 
