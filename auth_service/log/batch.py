@@ -47,7 +47,9 @@ import asyncpg
 from auth_service.errors import AppendError
 from auth_service.log import arrays, one_trip
 from auth_service.log import batch_sql as sql
+from auth_service.log import gates as gating
 from auth_service.log.decide import decide
+from auth_service.log.gates import gates
 from auth_service.log.intents import (
     Caller,
     ChangePassword,
@@ -58,7 +60,7 @@ from auth_service.log.intents import (
     Verdict,
     Writes,
 )
-from auth_service.log.locked_state import gates, read_locked_state
+from auth_service.log.locked_state import read_locked_state
 from auth_service.log.store import APPEND_LOCK_KEY, NOTIFY_CHANNEL, positioned
 
 log = logging.getLogger("tokenlife.log")
@@ -82,7 +84,7 @@ def _positioned(decided: list[Decision], base: int) -> list[Decision]:
     return decided
 
 
-_USER_GATES = sql.Statement(sql.USER_GATES, "gate_users").prepared
+_USER_GATES = sql.Statement(gating.USER_GATES, "gate_users").prepared
 _GUESSES = ("guess_open", "guess_unrotated", "guess_users", "guess_iats")
 
 
@@ -206,7 +208,7 @@ class BatchCommitter:
             await conn.execute(
                 "BEGIN ISOLATION LEVEL READ COMMITTED; "
                 f"SET LOCAL lock_timeout = {self._lock_timeout_ms}; "
-                + (sql.GLOBAL_GATE_ALONE if gated["gate_alone"] else sql.GLOBAL_GATE)
+                + (gating.GLOBAL_GATE_ALONE if gated["gate_alone"] else gating.GLOBAL_GATE)
             )
             if gated["gate_users"]:
                 await conn.execute(_USER_GATES, gated["gate_users"])
@@ -259,7 +261,7 @@ class BatchCommitter:
         await conn.execute(f"SELECT pg_advisory_xact_lock({APPEND_LOCK_KEY})")
         locked = time.monotonic()
         self.lock_wait = locked - asked  # with the round trip: an upper bound
-        base, recorded = await conn.fetchrow(sql.HEAD)  # a statement begun once the lock is held
+        base, recorded = await conn.fetchrow(gating.HEAD)  # a statement begun once the lock is held
         values |= {"base": base, "recorded": recorded}
         for statement in sql.UNDER_LOCK:
             if values[statement.rows]:

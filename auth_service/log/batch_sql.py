@@ -7,6 +7,10 @@ writes are several statements, run in order, so each sees what the one before wr
 batch can be ended by a watermark later in it); the locked path sends only those whose rows are not empty.
 Most of them run before the append lock, under the gates of the batch's users (store.py's lock order): only
 the events and the revocations, which carry positions, wait for the head.
+
+Long because every statement a batch runs lives here, side by side: the append function and the locked path
+read one text, and the plan tests walk one list (the gates, the one statement shared with nothing, are in
+gates.py).
 """
 
 from __future__ import annotations
@@ -16,7 +20,6 @@ from dataclasses import dataclass
 
 from auth_service import contract as c
 from auth_service.log.projections import REVOCATION_ROWS, session_ends
-from auth_service.log.store import GLOBAL_GATE_KEY, USER_GATE_CLASS
 
 # Every probe of sessions, revocations and refresh tokens in these statements is a LATERAL subquery with LIMIT
 # or OFFSET 0, or an equality on a primary key, which the planner cannot merge into a join: it stays one index
@@ -57,19 +60,6 @@ def watermark_of(user: str) -> str:
     """The latest watermark covering `user` (an SQL expression), as a scalar subquery."""
     return _WATERMARK.format(user=user, all=c.GLOBAL_SUBJECT)
 
-
-# The gates (store.py's lock order), each statement after the one before: the whole log's, shared by an
-# ordinary batch and exclusive for one that revokes a signing key; then each user's, in key order, so two
-# batches never wait for each other's gates crosswise.
-GLOBAL_GATE = f"SELECT pg_advisory_xact_lock_shared({GLOBAL_GATE_KEY})"
-GLOBAL_GATE_ALONE = f"SELECT pg_advisory_xact_lock({GLOBAL_GATE_KEY})"
-USER_GATES = f"""
-SELECT count(pg_advisory_xact_lock({USER_GATE_CLASS}, g.h))
-FROM (SELECT DISTINCT hashtext(u) AS h FROM unnest({{gate_users}}) AS u ORDER BY 1) AS g"""
-
-# The head and the moment (the events' recorded_at), read in a statement that starts once the append lock
-# is held (store.py's protocol).
-HEAD = "SELECT coalesce(max(position), 0), clock_timestamp() FROM event_log"
 
 # What the decisions read under the gates, in one statement: the open sessions named ($1) or of the users
 # named ($2); the watermarks of the users named ($3); each presented refresh token ($4) with its rotated_at

@@ -1,6 +1,5 @@
 """What the log writer's locked path reads under the gates before it decides: the keys each intent names (its
-sessions, users, refresh tokens, signing keys), gathered for one statement (batch_sql.STATE); and the gates
-a batch takes, whichever path it goes (store.py's lock order)."""
+sessions, users, refresh tokens, signing keys), gathered for one statement (batch_sql.STATE)."""
 
 from __future__ import annotations
 
@@ -11,7 +10,6 @@ from typing import Any
 
 from auth_service.log import batch_sql as sql
 from auth_service.log.intents import (
-    Caller,
     ChangePassword,
     EndSessions,
     Intent,
@@ -19,33 +17,9 @@ from auth_service.log.intents import (
     Login,
     OpenSession,
     RevokeKey,
-    RevokeToken,
     RevokeUser,
     Rotate,
 )
-
-
-def gates(requests: Sequence[Sequence[Intent]], callers: Sequence[Caller]) -> dict[str, Any]:
-    """The gates a batch takes, as the append function's arguments: the gate of every user its intents or its
-    callers touch, and the whole log's alone for a key revocation or a token revocation that names no user
-    (whose rows no user's gate covers)."""
-    users: dict[str, None] = dict.fromkeys(x.user_id for x in callers)
-    alone = False
-    for intents in requests:
-        for i in intents:
-            match i:
-                case EndSessions() | RevokeUser() | Rotate() | ChangePassword():
-                    users[i.user_id] = None
-                case Login():
-                    users[i.started.user_id] = None
-                case RevokeToken():
-                    if i.event.user_id is None:
-                        alone = True
-                    else:
-                        users[i.event.user_id] = None
-                case RevokeKey():
-                    alone = True
-    return {"gate_users": list(users), "gate_alone": alone}
 
 
 async def read_locked_state(conn: Any, requests: Sequence[Sequence[Intent]]) -> tuple[LockedState, datetime]:

@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from auth_service.log import batch_sql as sql
+from auth_service.log import gates as gating
 from auth_service.log.intents import EndSessions, Intent, LockedState, Login, OpenSession, Rotate
 from auth_service.log.store import APPEND_LOCK_KEY, GLOBAL_GATE_KEY, NOTIFY_CHANNEL
 
@@ -122,7 +123,7 @@ BEGIN
         PERFORM pg_advisory_xact_lock_shared({GLOBAL_GATE_KEY});
     END IF;
     IF cardinality(a_gate_users) > 0 THEN
-        PERFORM ({_in_function(sql.USER_GATES)});
+        PERFORM ({_in_function(gating.USER_GATES)});
     END IF;
     IF cardinality(a_guess_open) > 0
        AND ({_in_function(GUESS_OPEN)}) <> cardinality(a_guess_open) THEN
