@@ -13,7 +13,7 @@ any batch with a watermark (logout everywhere, revoking a user), a password chan
 at once, since those decisions need the state read under the gates:
 
     BEGIN; SET LOCAL lock_timeout; the log's gate          one round trip (a simple-query batch)
-    the users' gates, in key order                          one prepared statement
+    the users' and sessions' gates, in key order            one prepared statement
     the callers' revocations (REVOKED_CALLERS), if any     one prepared statement
     the state the decisions need (batch_sql.STATE)         one prepared statement
     the append function, with nothing left to check       one round trip
@@ -84,7 +84,7 @@ def _positioned(decided: list[Decision], base: int) -> list[Decision]:
     return decided
 
 
-_USER_GATES = sql.Statement(gating.USER_GATES, "gate_users").prepared
+_GATES = sql.Statement(gating.GATES, "gate_users")
 _GUESSES = ("guess_open", "guess_unrotated", "guess_users", "guess_iats")
 
 
@@ -210,8 +210,8 @@ class BatchCommitter:
                 f"SET LOCAL lock_timeout = {self._lock_timeout_ms}; "
                 + (gating.GLOBAL_GATE_ALONE if gated["gate_alone"] else gating.GLOBAL_GATE)
             )
-            if gated["gate_users"]:
-                await conn.execute(_USER_GATES, gated["gate_users"])
+            if gated["gate_users"] or gated["gate_sessions"]:
+                await conn.execute(_GATES.prepared, *(gated[name] for name in _GATES.args))
             decided, appended, recorded = await self._write(conn, requests)
             return decided, recorded if appended else None
         except BaseException as exc:
@@ -245,7 +245,8 @@ class BatchCommitter:
             await conn.execute("COMMIT")
             return decided, 0, None
         if self.one_trip:  # the rest in one round trip: no guess to check, the gates held already
-            values |= {"gate_users": [], "gate_alone": False} | {k: [] for k in _GUESSES}
+            taken = {"gate_users": [], "gate_user_alone": [], "gate_sessions": [], "gate_alone": False}
+            values |= taken | {k: [] for k in _GUESSES}
             row = await conn.fetchrow(
                 one_trip.APPEND, *one_trip.function_values(values), self._lock_timeout_ms
             )

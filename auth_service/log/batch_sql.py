@@ -136,8 +136,11 @@ ARG_TYPES = {
     "guess_unrotated": "bytea[]",
     "guess_users": "text[]",
     "guess_iats": "bigint[]",
-    # The gates the batch takes (store.py's lock order): its users', and whether it takes the log's alone.
+    # The gates the batch takes (gates.py): its users' (each shared or alone), its sessions', and whether it
+    # takes the whole log's alone.
     "gate_users": "text[]",
+    "gate_user_alone": "boolean[]",
+    "gate_sessions": "text[]",
     "gate_alone": "boolean",
 }
 EVENT_ARGS = list(ARG_TYPES)[1:13]

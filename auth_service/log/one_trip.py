@@ -122,8 +122,8 @@ BEGIN
     ELSE
         PERFORM pg_advisory_xact_lock_shared({GLOBAL_GATE_KEY});
     END IF;
-    IF cardinality(a_gate_users) > 0 THEN
-        PERFORM ({_in_function(gating.USER_GATES)});
+    IF cardinality(a_gate_users) + cardinality(a_gate_sessions) > 0 THEN
+        PERFORM ({_in_function(gating.GATES)});
     END IF;
     IF cardinality(a_guess_open) > 0
        AND ({_in_function(GUESS_OPEN)}) <> cardinality(a_guess_open) THEN

@@ -22,11 +22,12 @@ rolled-back append.
 The lock order, the one rule for every appending transaction: gates, then rows, then the append lock, and
 the append lock's holder never waits for a gate or a row that a transaction waiting for the append lock holds.
 A gate is a transaction-level advisory lock: one for the whole log (GLOBAL_GATE_KEY), taken shared by the
-writer's ordinary batches and exclusively by a batch that revokes a signing key and by `appending()`, and one
-per user (USER_GATE_CLASS, the user id's hashtext), taken by every batch for each user its intents touch, in
-key order. A user's sessions, refresh tokens and password are written only by a transaction that holds that
-user's gate, so the writer decides on them and writes them before it takes the append lock, and the lock is
-held only for what needs the position: the head, the events and the revocations (batch_sql.py says which).
+writer's ordinary batches and exclusively by a batch that revokes a signing key and by `appending()`, then
+one per user and one per session, in key order (gates.py says which a batch takes, shared or alone). A
+session's rows are written only by a transaction that holds its gate and its user's, and a user's password
+and revocations only by one that holds the user's alone, so the writer decides on them and writes them before
+it takes the append lock, and the lock is held only for what needs the position: the head, the events and
+the revocations (batch_sql.py says which).
 """
 
 from __future__ import annotations
@@ -47,11 +48,12 @@ from auth_service.log.rebuild import rebuild
 
 # Any fixed 64-bit key would do; this one spells "toklife" so it is recognisable in pg_locks.
 APPEND_LOCK_KEY = 0x746F6B6C696665
-# The gates (see the lock order above): the whole log's, a 64-bit key of its own ("toklifg"), and each user's,
-# keyed (USER_GATE_CLASS, hashtext(user_id)) in the two-key space, which never meets the 64-bit one. Two
-# users whose ids hash alike share a gate: they wait for each other, nothing more.
+# The gates (see the lock order above, and gates.py): the whole log's, a 64-bit key of its own ("toklifg"),
+# and each user's and each session's, keyed (USER_GATE_CLASS, hashtext(user_id)) and (SESSION_GATE_CLASS,
+# hashtext(session_id)) in the two-key space, which never meets the 64-bit one.
 GLOBAL_GATE_KEY = 0x746F6B6C696667
 USER_GATE_CLASS = 0x746F6B6C
+SESSION_GATE_CLASS = 0x746F6B73
 NOTIFY_CHANNEL = "tokenlife_log"
 MAX_PAGE = 1000
 LOCK_NOT_AVAILABLE = "55P03"

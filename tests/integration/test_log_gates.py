@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from auth_service.db.engine import asyncpg_dsn, create_engine
 from auth_service.errors import AppendError
 from auth_service.log.intents import ChangePassword, Decision, EndSessions, RevokeUser, Verdict
-from auth_service.log.store import APPEND_LOCK_KEY, USER_GATE_CLASS, appending
+from auth_service.log.store import APPEND_LOCK_KEY, SESSION_GATE_CLASS, USER_GATE_CLASS, appending
 from auth_service.log.writer import LogWriter
 from tests.conftest import add_user
 from tests.integration.test_grant_batches import GRACE, TTL, Script
@@ -41,20 +41,34 @@ async def _two_writers_on_the_same_users(url: str) -> None:
             await asyncio.gather(
                 *(random.choice((one, two)).decide([script.login(s)]) for s in script.sessions)
             )
-            # Every refresh token presented to both writers at once, with the other users' ends, a password
-            # change and a rebuild under the append lock running beside them.
+            # Every refresh token presented to both writers at once, beside a logout. The append lock is
+            # held meanwhile, so each writer's batch is in flight with the other's, whatever the scheduling:
+            # without the gates both would pass their checks and rotate each token twice.
             rotations = [(s, w, script.rotate(s, 0)) for s in script.sessions for w in (one, two)]
             random.shuffle(rotations)
+            ended = script.sessions[4]
+            blocker = await asyncpg.connect(asyncpg_dsn(url))
+            try:
+                await blocker.execute(f"BEGIN; SELECT pg_advisory_xact_lock({APPEND_LOCK_KEY})")
+                both = asyncio.gather(
+                    *(w.decide([rotate]) for _, w, rotate in rotations),
+                    two.decide([EndSessions(script.owner[ended], (ended,), "logout")]),
+                )
+                await _until_waiting(blocker, 2)
+                await blocker.execute("COMMIT")
+                outcomes: list[Any] = await both
+            finally:
+                await blocker.close()
 
             async def rebuild() -> None:
                 async with engine.begin() as conn, appending(conn, lock_timeout_ms=10_000) as log_:
                     await log_.rebuild_projections()
 
-            outcomes: list[Any] = await asyncio.gather(
-                *(w.decide([rotate]) for _, w, rotate in rotations),
-                two.decide([EndSessions(script.owner[script.sessions[4]], (script.sessions[4],), "logout")]),
+            # Then what takes a user's gate alone, and the whole log's, beside each other and a refresh.
+            await asyncio.gather(
                 one.decide([ChangePassword(users[2], "new-hash", script.sessions[5], datetime.now(UTC))]),
                 two.decide([RevokeUser(users[2], "logout_all")]),
+                one.decide([script.rotate(script.sessions[0], 1)]),
                 rebuild(),
             )
         by_session: dict[Any, list[tuple[Decision, Any]]] = {}
@@ -78,7 +92,7 @@ async def _two_writers_on_the_same_users(url: str) -> None:
                 await conn.execute(text("SELECT count(*) FROM refresh_tokens WHERE rotated_at IS NOT NULL"))
             ).scalar_one()
         assert positions == list(range(1, len(positions) + 1))
-        assert rotated_count == sum(
+        assert rotated_count == 1 + sum(  # and the one rotation after
             1 for pair in by_session.values() if any(d.verdict is Verdict.ROTATED for d, _ in pair)
         )
         incremental = await projections(engine)
@@ -87,6 +101,24 @@ async def _two_writers_on_the_same_users(url: str) -> None:
         assert await projections(engine) == incremental
     finally:
         await engine.dispose()
+
+
+async def _until_waiting(conn: Any, count: int) -> None:
+    """Until `count` backends of this database wait for a lock (each writer's batch, here)."""
+    for _ in range(1000):
+        waiting = await conn.fetchval(
+            """SELECT count(DISTINCT l.pid) FROM pg_locks l JOIN pg_stat_activity a USING (pid)
+               WHERE NOT l.granted AND a.datname = current_database()"""
+        )
+        if waiting >= count:
+            return
+        await asyncio.sleep(0.01)
+    locks = await conn.fetch(
+        """SELECT l.pid, l.locktype, l.classid, l.objid, l.mode, l.granted, a.state, left(a.query, 60)
+           FROM pg_locks l JOIN pg_stat_activity a USING (pid)
+           WHERE a.datname = current_database() AND l.locktype IN ('advisory', 'transactionid')"""
+    )
+    raise AssertionError(f"fewer than {count} backends ever waited for a lock: {[tuple(r) for r in locks]}")
 
 
 def test_two_writers_sharing_users_never_deadlock_rotate_once_and_project_what_a_rebuild_gives(
@@ -162,3 +194,49 @@ async def test_a_users_gate_held_elsewhere_holds_back_that_user_alone(
             await conn.execute(text("SELECT count(*) FROM refresh_tokens WHERE rotated_at IS NOT NULL"))
         ).scalar_one()
     assert rotated == 1
+
+
+async def test_a_sessions_gate_holds_back_that_session_and_a_users_shared_gate_only_revoking_the_user(
+    engine: AsyncEngine, database_url: str
+) -> None:
+    script = Script([await add_user(database_url, "m@example.com")])
+    first, second = script.sessions[:2]  # one user's two sessions
+    user = script.users[0]
+    async with _writer(database_url, lock_timeout_ms=300) as one, _writer(database_url, 300) as two:
+        await asyncio.gather(*(one.decide([script.login(s)]) for s in (first, second)))
+        other = await asyncpg.connect(asyncpg_dsn(database_url))
+        try:
+            # A batch on the first session (another process's refresh, say) holds its gate.
+            await other.execute("BEGIN")
+            await other.execute(
+                f"SELECT pg_advisory_xact_lock({SESSION_GATE_CLASS}, hashtext($1))", str(first)
+            )
+            outcomes: list[Decision | BaseException] = await asyncio.gather(
+                one.decide([script.rotate(first, 0)]),
+                two.decide([script.rotate(second, 0)]),
+                return_exceptions=True,
+            )
+            same, sibling = outcomes
+            await other.execute("ROLLBACK")
+            # A refresh of the user's holds the user's gate shared: another refresh goes on, revoking waits.
+            await other.execute("BEGIN")
+            await other.execute(f"SELECT pg_advisory_xact_lock_shared({USER_GATE_CLASS}, hashtext($1))", user)
+            outcomes = await asyncio.gather(
+                one.decide([script.rotate(first, 0)]),
+                two.decide([RevokeUser(user, "logout_all")]),
+                return_exceptions=True,
+            )
+            refreshed, revoked = outcomes
+        finally:
+            await other.close()
+    assert isinstance(same, AppendError), same
+    assert isinstance(sibling, Decision)
+    assert sibling.verdict is Verdict.ROTATED
+    assert isinstance(refreshed, Decision)
+    assert refreshed.verdict is Verdict.ROTATED
+    assert isinstance(revoked, AppendError), revoked
+    async with engine.connect() as conn:
+        watermarks = (
+            await conn.execute(text("SELECT count(*) FROM revocations WHERE kind = 'user'"))
+        ).scalar_one()
+    assert watermarks == 0
