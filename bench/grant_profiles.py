@@ -18,10 +18,18 @@ LOGIN_PROFILE = (
     "refresh's are one asyncpg query on the pool; that is the next step"
 )
 LOCK_PROFILE = (
-    "the writer's own counters: the lock is held per batch, for the append function's statements (the "
-    "event_log INSERT, then the session's and the refresh tokens' rows); at 1,500-1,650 refreshes/s (the "
-    "runs of 2026-12-05) it was held 15-18% of the time, about 0.9 ms a batch of 8-9 events, and the auth "
-    "process's CPU, not the lock, bounds the rate (two processes on the same lock served more than one)"
+    "the writer's own counters: the append lock is held per batch for the head, the events and the "
+    "revocations only (the sessions' and refresh tokens' rows are written before it, under the gates, "
+    "docs/design/write-path.md); at 2,050-2,160 refreshes/s (bench.grant_speed alone, 2026-12-05 16:46) "
+    "39-42 us an event, so held about 8% of the time"
+)
+TWO_PROCESSES = (
+    "CPU, not the lock: on this machine's 2 cores one auth process already takes ~0.85 of a core at "
+    "saturation, beside PostgreSQL, wrk and the resource instance; two processes split the same cores, and "
+    "each writer gets half the requests, so smaller batches each paying their fixed cost (inferred, not "
+    "profiled). The append "
+    "lock is held about 8% of the time (39-42 us an event at ~2,100/s), and the two-process rounds moved "
+    "between 0.945x and 1.06x of one in the same runs (bench.grant_speed alone at 16:46: 1.06x and 0.945x)"
 )
 
 
@@ -31,6 +39,11 @@ def why(name: str, baselines: dict[str, float]) -> str:
         return LOGIN_PROFILE
     if name.startswith("append lock"):
         return LOCK_PROFILE
+    if name.startswith("two auth processes"):
+        return (
+            f"this run: append-lock wait p99 {baselines['lock_wait_p99_ms_two_processes']:.2f} ms with two "
+            "processes; " + TWO_PROCESSES
+        )
     return (
         f"this run: {baselines['refresh_cpu_ms']:.3f} ms of the auth process's CPU a refresh (relay included)"
         f" against {baselines['bare_cpu_ms_per_request']:.3f} ms a bare-route request; " + REFRESH_PROFILE
