@@ -1,8 +1,9 @@
-"""Intents: what a request asks of the log, as plain values the log writer decides on under the lock.
+"""Intents: what a request asks of the log, as plain values the log writer decides on under its locks.
 
 A request that changes anything says what it wants (an intent) and queues it for the process's log writer
-(writer.py); the writer reads, under the append lock, the state the decisions need (LockedState) and
-decide.py makes them, in queue order, exactly as one transaction per request would have.
+(writer.py); the writer reads, under the gates of the batch's users and sessions (gates.py), the state the
+decisions need (LockedState) and decide.py makes them, in queue order, exactly as one transaction per
+request would have. "Under the lock" below means under those gates; the append lock follows them.
 
 Ending things: EndSessions, RevokeUser (a not-before watermark), RevokeToken. Grants: Login (a session
 with its first tokens), Rotate (a refresh: rotation, the grace window, reuse detection), ChangePassword (a
