@@ -15,7 +15,7 @@ at once, since those decisions need the state read under the gates:
     BEGIN; SET LOCAL lock_timeout; the log's gate          one round trip (a simple-query batch)
     the users' and sessions' gates, in key order            one prepared statement
     the callers' revocations (REVOKED_CALLERS), if any     one prepared statement
-    the state the decisions need (batch_sql.STATE)         one prepared statement
+    the state the decisions need (locked_state.STATE)      one prepared statement
     the append function, with nothing left to check       one round trip
     COMMIT                                                  one round trip
 
@@ -25,9 +25,9 @@ the append function cannot be made (no TEMP privilege), the locked path runs its
 the same order, and every batch takes it.
 
 Why the gates: the append lock serialises every batch of every process, so what it covers bounds the log. It
-used to cover the whole batch; it now covers the head, the events and the revocations (a batch of 8 refreshes
-held it 0.45-0.6 ms, now 0.2 ms, docs/design/write-path.md), while the per-user rows are written beside other
-processes' batches, each user's by one batch at a time.
+used to cover the whole batch; it now covers the head, the events and the revocations, while the rows of each
+user and session are written beside other processes' batches, by one batch at a time (the measured holds are
+in docs/design/write-path.md).
 
 The lock protocol is store.py's: the lock is taken before the head is read, in a later statement, so positions
 stay dense and equal to commit order. The decisions are decide.py's, made in queue order.
@@ -85,7 +85,18 @@ def _positioned(decided: list[Decision], base: int) -> list[Decision]:
 
 
 _GATES = sql.Statement(gating.GATES, "gate_users")
-_GUESSES = ("guess_open", "guess_unrotated", "guess_users", "guess_iats")
+# The append function's arguments when the locked path calls it: its gates held, its callers checked.
+_NOTHING_TO_CHECK = gates((), ()) | one_trip.guess(())[1] | arrays.caller_columns(())
+# The head and the moment (the events' recorded_at), read in a statement that starts once the append lock is
+# held (store.py's protocol): the statement-by-statement path's, after its gates and its rows.
+_HEAD = "SELECT coalesce(max(position), 0), clock_timestamp() FROM event_log"
+
+
+async def _execute(conn: Any, statements: Sequence[sql.Statement], values: dict[str, Any]) -> None:
+    """Each statement whose rows are not empty, in order, as a prepared statement of its own."""
+    for statement in statements:
+        if values[statement.rows]:
+            await conn.execute(statement.prepared, *(values[name] for name in statement.args))
 
 
 def _needs_lock(requests: Sequence[Submitted]) -> bool:
@@ -239,14 +250,13 @@ class BatchCommitter:
         decided, writes = decide(intents, state, now, self._ttl, self._grace)
         for i in refused:
             decided[i].verdict = Verdict.CALLER_REVOKED
-        values = self._values(decided, writes, (), now)  # the callers were checked above
+        values = self._values(decided, writes, (), now)
         appended = len(values["types"])
         if not appended and not writes:
             await conn.execute("COMMIT")
             return decided, 0, None
         if self.one_trip:  # the rest in one round trip: no guess to check, the gates held already
-            taken = {"gate_users": [], "gate_user_alone": [], "gate_sessions": [], "gate_alone": False}
-            values |= taken | {k: [] for k in _GUESSES}
+            values |= _NOTHING_TO_CHECK
             row = await conn.fetchrow(
                 one_trip.APPEND, *one_trip.function_values(values), self._lock_timeout_ms
             )
@@ -255,18 +265,13 @@ class BatchCommitter:
             await conn.execute("COMMIT")
             self.lock_held = held + time.monotonic() - committing  # the lock is held until COMMIT answers
             return _positioned(decided, int(base)), appended, recorded
-        for statement in sql.BEFORE_LOCK:
-            if values[statement.rows]:
-                await conn.execute(statement.prepared, *(values[name] for name in statement.args))
+        await _execute(conn, sql.BEFORE_LOCK, values)
         asked = time.monotonic()
         await conn.execute(f"SELECT pg_advisory_xact_lock({APPEND_LOCK_KEY})")
         locked = time.monotonic()
         self.lock_wait = locked - asked  # with the round trip: an upper bound
-        base, recorded = await conn.fetchrow(gating.HEAD)  # a statement begun once the lock is held
-        values |= {"base": base, "recorded": recorded}
-        for statement in sql.UNDER_LOCK:
-            if values[statement.rows]:
-                await conn.execute(statement.prepared, *(values[name] for name in statement.args))
+        base, recorded = await conn.fetchrow(_HEAD)  # a statement begun once the lock is held
+        await _execute(conn, sql.UNDER_LOCK, values | {"base": base, "recorded": recorded})
         # NOTIFY and COMMIT in one round trip; the NOTIFY is delivered at commit.
         notify = f"SELECT pg_notify('{NOTIFY_CHANNEL}', '{base + appended}'); " if appended else ""
         await conn.execute(notify + "COMMIT")

@@ -1,5 +1,5 @@
-"""The log writer's statements (writer.py): the gates, the state its decisions read under them, the batch's
-writes and the callers' revocation check (one_trip.py runs the same text in one round trip).
+"""The log writer's statements (writer.py): the batch's writes and the callers' revocation check (one_trip.py
+runs the same text in one round trip; locked_state.py holds what the locked path reads, gates.py the gates).
 
 Every statement is written once, with named arguments (`{name}`): `numbered` makes one a prepared statement
 for the locked path, and the append function runs the same text over its own arguments (`a_name`). The
@@ -7,10 +7,6 @@ writes are several statements, run in order, so each sees what the one before wr
 batch can be ended by a watermark later in it); the locked path sends only those whose rows are not empty.
 Most of them run before the append lock, under the gates of the batch's users (store.py's lock order): only
 the events and the revocations, which carry positions, wait for the head.
-
-Long because every statement a batch runs lives here, side by side: the append function and the locked path
-read one text, and the plan tests walk one list (the gates, the one statement shared with nothing, are in
-gates.py).
 """
 
 from __future__ import annotations
@@ -29,7 +25,7 @@ from auth_service.log.projections import REVOCATION_ROWS, session_ends
 # statement here to index probes.
 
 
-def _open_sessions(session_ids: str, user_ids: str, started_in: str | None = None) -> str:
+def open_sessions(session_ids: str, user_ids: str, started_in: str | None = None) -> str:
     """The open sessions (session_id, user_id, created_at, expires_at, start_position) named by `session_ids`
     (a relation with a session_id column) or owned by a user of `user_ids` (one with a user_id column), each
     probed by index. start_position is the position of the session's session.started in `started_in` (the
@@ -60,34 +56,6 @@ def watermark_of(user: str) -> str:
     """The latest watermark covering `user` (an SQL expression), as a scalar subquery."""
     return _WATERMARK.format(user=user, all=c.GLOBAL_SUBJECT)
 
-
-# What the decisions read under the gates, in one statement: the open sessions named ($1) or of the users
-# named ($2); the watermarks of the users named ($3); each presented refresh token ($4) with its rotated_at
-# and, while its window lasts ($5), the answer its rotation kept; each signing key named ($6), retired or
-# not, revoked or not.
-STATE = f"""
-SELECT o.sids, o.users, o.created, o.expires, w.marks,
-       t.hashes, t.rotated, t.sealed, k.kids, k.retired, k.revoked
-FROM (SELECT array_agg(session_id ORDER BY session_id) AS sids,
-             array_agg(user_id ORDER BY session_id) AS users,
-             array_agg(created_at ORDER BY session_id) AS created,
-             array_agg(expires_at ORDER BY session_id) AS expires
-      FROM {_open_sessions("unnest($1::uuid[]) AS k(session_id)", "unnest($2::text[]) AS k(user_id)")}
-           AS open) AS o,
-     (SELECT array_agg({watermark_of("w.u")} ORDER BY n) AS marks
-      FROM unnest($3::text[]) WITH ORDINALITY AS w(u, n)) AS w,
-     (SELECT array_agg(t.token_hash ORDER BY k.n) AS hashes, array_agg(t.rotated_at ORDER BY k.n) AS rotated,
-             array_agg(sc.sealed ORDER BY k.n) AS sealed
-      FROM unnest($4::bytea[]) WITH ORDINALITY AS k(token_hash, n)
-      CROSS JOIN LATERAL (SELECT token_hash, rotated_at FROM refresh_tokens
-                          WHERE token_hash = k.token_hash LIMIT 1) AS t
-      LEFT JOIN LATERAL (SELECT sealed FROM refresh_successors
-                         WHERE token_hash = k.token_hash AND expires_at >= $5::timestamptz LIMIT 1) AS sc
-           ON true) AS t,
-     (SELECT array_agg(kid) AS kids, array_agg(retired_at IS NOT NULL) AS retired,
-             array_agg(revoked_at IS NOT NULL) AS revoked
-      FROM signing_keys WHERE kid = ANY($6::text[])) AS k
-"""
 
 # Every argument of the writes and checks, with its type. The events' columns come first (`columns()`).
 ARG_TYPES = {
@@ -185,7 +153,7 @@ FROM unnest({types}, {occurred}, {user_ids}, {session_ids}, {jtis}, {kids}, {not
 
 # The open sessions the batch's events end (by session, or by user for a watermark), as they stand after the
 # batch's own session.started rows went in.
-_ENDED_OPEN = _open_sessions(
+_ENDED_OPEN = open_sessions(
     "(SELECT DISTINCT session_id FROM batch WHERE type = 'session.revoked') AS k",
     "(SELECT DISTINCT user_id FROM batch WHERE type = 'user.revoked') AS k",
     started_in="batch",

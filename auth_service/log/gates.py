@@ -44,10 +44,6 @@ CROSS JOIN LATERAL (SELECT pg_advisory_xact_lock(g.k1, g.k2) WHERE g.alone
                     UNION ALL
                     SELECT pg_advisory_xact_lock_shared(g.k1, g.k2) WHERE NOT g.alone) AS l"""
 
-# The head and the moment (the events' recorded_at), read in a statement that starts once the append lock
-# is held (store.py's protocol): the statement-by-statement path's, after its gates and its rows.
-HEAD = "SELECT coalesce(max(position), 0), clock_timestamp() FROM event_log"
-
 
 def gates(requests: Sequence[Sequence[Intent]], callers: Sequence[Caller]) -> dict[str, Any]:
     """The gates a batch takes, as the append function's arguments (see the module): its users' (each

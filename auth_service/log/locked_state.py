@@ -1,5 +1,5 @@
 """What the log writer's locked path reads under the gates before it decides: the keys each intent names (its
-sessions, users, refresh tokens, signing keys), gathered for one statement (batch_sql.STATE)."""
+sessions, users, refresh tokens, signing keys), gathered for one statement (STATE)."""
 
 from __future__ import annotations
 
@@ -21,9 +21,37 @@ from auth_service.log.intents import (
     Rotate,
 )
 
+# What the decisions read under the gates, in one statement: the open sessions named ($1) or of the users
+# named ($2); the watermarks of the users named ($3); each presented refresh token ($4) with its rotated_at
+# and, while its window lasts ($5), the answer its rotation kept; each signing key named ($6), retired or
+# not, revoked or not.
+STATE = f"""
+SELECT o.sids, o.users, o.created, o.expires, w.marks,
+       t.hashes, t.rotated, t.sealed, k.kids, k.retired, k.revoked
+FROM (SELECT array_agg(session_id ORDER BY session_id) AS sids,
+             array_agg(user_id ORDER BY session_id) AS users,
+             array_agg(created_at ORDER BY session_id) AS created,
+             array_agg(expires_at ORDER BY session_id) AS expires
+      FROM {sql.open_sessions("unnest($1::uuid[]) AS k(session_id)", "unnest($2::text[]) AS k(user_id)")}
+           AS open) AS o,
+     (SELECT array_agg({sql.watermark_of("w.u")} ORDER BY n) AS marks
+      FROM unnest($3::text[]) WITH ORDINALITY AS w(u, n)) AS w,
+     (SELECT array_agg(t.token_hash ORDER BY k.n) AS hashes, array_agg(t.rotated_at ORDER BY k.n) AS rotated,
+             array_agg(sc.sealed ORDER BY k.n) AS sealed
+      FROM unnest($4::bytea[]) WITH ORDINALITY AS k(token_hash, n)
+      CROSS JOIN LATERAL (SELECT token_hash, rotated_at FROM refresh_tokens
+                          WHERE token_hash = k.token_hash LIMIT 1) AS t
+      LEFT JOIN LATERAL (SELECT sealed FROM refresh_successors
+                         WHERE token_hash = k.token_hash AND expires_at >= $5::timestamptz LIMIT 1) AS sc
+           ON true) AS t,
+     (SELECT array_agg(kid) AS kids, array_agg(retired_at IS NOT NULL) AS retired,
+             array_agg(revoked_at IS NOT NULL) AS revoked
+      FROM signing_keys WHERE kid = ANY($6::text[])) AS k
+"""
+
 
 async def read_locked_state(conn: Any, requests: Sequence[Sequence[Intent]]) -> tuple[LockedState, datetime]:
-    """Under the gates: the state the batch's decisions need, in one statement (batch_sql.STATE); and the
+    """Under the gates: the state the batch's decisions need, in one statement (STATE); and the
     `now` they are decided at."""
     sids: dict[uuid.UUID, None] = {}
     users: dict[str, None] = {}  # whose open sessions the decisions need, all of them
@@ -49,9 +77,7 @@ async def read_locked_state(conn: Any, requests: Sequence[Sequence[Intent]]) -> 
                 case RevokeKey():
                     kids[i.kid] = None
     now = datetime.now(UTC)
-    row = await conn.fetchrow(
-        sql.STATE, list(sids), list(users), list(marked), list(parents), now, list(kids)
-    )
+    row = await conn.fetchrow(STATE, list(sids), list(users), list(marked), list(parents), now, list(kids))
     open_sids, open_users, created, expires, marks, hashes, rotated, sealed = row[:8]
     found, retired, revoked = row[8:]
     state = LockedState(

@@ -26,7 +26,7 @@ from sqlalchemy.sql import ClauseElement
 
 from auth_service.db.engine import asyncpg_dsn
 from auth_service.db.tables import login_failures, users
-from auth_service.log import batch_sql, lookups, one_trip
+from auth_service.log import batch_sql, locked_state, lookups, one_trip
 
 pytestmark = pytest.mark.integration
 
@@ -206,7 +206,7 @@ STATEMENTS: dict[str, tuple[str, Callable[[], list[Any]]]] = {
     "append function: the guess's unrotated tokens": _statement(one_trip.GUESS_UNROTATED),
     "append function: the guess's watermarks": _statement(f"SELECT EXISTS ({one_trip.GUESS_BORN_REVOKED})"),
     "log writer: locked state": (
-        batch_sql.STATE,
+        locked_state.STATE,
         lambda: [
             [uuid.uuid4() for _ in range(3)],
             ["u1", "u2"],
