@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -104,8 +104,12 @@ async def _two_writers_on_the_same_users(url: str) -> None:
 
 
 async def _until_waiting(conn: Any, count: int) -> None:
-    """Until `count` backends of this database wait for a lock (each writer's batch, here)."""
+    """Until `count` backends of this database wait for a lock (each writer's batch, here).
+
+    `conn` is inside a transaction, where pg_stat_activity is a snapshot taken at its first read: each poll
+    drops it first, or a writer that connected since would never be seen."""
     for _ in range(1000):
+        await conn.execute("SELECT pg_stat_clear_snapshot()")
         waiting = await conn.fetchval(
             """SELECT count(DISTINCT l.pid) FROM pg_locks l JOIN pg_stat_activity a USING (pid)
                WHERE NOT l.granted AND a.datname = current_database()"""
@@ -119,6 +123,14 @@ async def _until_waiting(conn: Any, count: int) -> None:
            WHERE a.datname = current_database() AND l.locktype IN ('advisory', 'transactionid')"""
     )
     raise AssertionError(f"fewer than {count} backends ever waited for a lock: {[tuple(r) for r in locks]}")
+
+
+async def _outcome(decision: Awaitable[Decision]) -> Decision | BaseException:
+    """The decision, or the error it raised."""
+    try:
+        return await decision
+    except Exception as exc:  # noqa: BLE001 - the test asserts which
+        return exc
 
 
 def test_two_writers_sharing_users_never_deadlock_rotate_once_and_project_what_a_rebuild_gives(
@@ -140,6 +152,7 @@ async def test_a_batch_writes_its_users_rows_before_it_asks_for_the_append_lock(
             refresh = asyncio.create_task(writer.decide([script.rotate(script.sessions[0], 0)]))
             held: dict[str, Any] = {}
             for _ in range(200):  # until the writer's backend waits for the append lock
+                await blocker.execute("SELECT pg_stat_clear_snapshot()")  # see _until_waiting
                 rows = await blocker.fetch(
                     """SELECT l.locktype, l.classid, l.objid, l.objsubid, l.granted, c.relname, l.mode
                        FROM pg_locks l JOIN pg_stat_activity a USING (pid)
@@ -219,13 +232,14 @@ async def test_a_sessions_gate_holds_back_that_session_and_a_users_shared_gate_o
             same, sibling = outcomes
             await other.execute("ROLLBACK")
             # A refresh of the user's holds the user's gate shared: another refresh goes on, revoking waits.
+            # One after the other: PostgreSQL queues a shared request behind a waiting exclusive one, so a
+            # refresh asked while a revocation waits waits too (and revoking is never starved).
             await other.execute("BEGIN")
             await other.execute(f"SELECT pg_advisory_xact_lock_shared({USER_GATE_CLASS}, hashtext($1))", user)
-            outcomes = await asyncio.gather(
-                one.decide([script.rotate(first, 0)]),
-                two.decide([RevokeUser(user, "logout_all")]),
-                return_exceptions=True,
-            )
+            outcomes = [
+                await _outcome(one.decide([script.rotate(first, 0)])),
+                await _outcome(two.decide([RevokeUser(user, "logout_all")])),
+            ]
             refreshed, revoked = outcomes
         finally:
             await other.close()
